@@ -48,6 +48,18 @@ class Adapter(abc.ABC):
     def sync(self, device: str = "cpu") -> None:
         """Block until all work queued on `device` has finished (timed callables end with this)."""
 
+    def compile_count(self) -> int:
+        """How many times this adapter has traced/compiled a function so far (jit, tf.function); 0 if it never
+        compiles. The timing harness reads it around a timed region to prove nothing retraced there."""
+        return 0
+
+    def reset_peak_memory(self, device: str = "cpu") -> None:
+        """Reset the allocator's peak counter on `device` (GPU only; CPU memory is measured as process RSS)."""
+
+    def peak_memory(self, device: str = "cpu") -> int | None:
+        """Peak bytes the framework's allocator held on `device` since the last reset; None where unknown."""
+        return None
+
     def rnn_strategies(self, cell: str) -> list[str]:
         """The exact RNN strategies this adapter offers for `cell`, default first."""
         check_choice("cell", cell, ("rnn", "lstm", "gru"))

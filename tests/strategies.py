@@ -1,0 +1,23 @@
+"""Hypothesis strategies for ragged batches: lengths (zero-length rows included), padded length, side, seed."""
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from harness.spec import SIDES
+
+
+@st.composite
+def ragged_batches(draw, max_batch: int = 6, max_len: int = 7):
+    """(lengths tuple, T >= max(lengths), side, seed)."""
+    batch = draw(st.integers(1, max_batch))
+    lengths = tuple(draw(st.lists(st.integers(0, max_len), min_size=batch, max_size=batch)))
+    T = draw(st.integers(max(lengths), max_len + 2))
+    side = draw(st.sampled_from(SIDES))
+    seed = draw(st.integers(0, 2**16))
+    return lengths, T, side, seed
+
+
+@st.composite
+def rnn_shapes(draw):
+    """Small RNN sizes: (input_size, hidden_size, num_layers, bidirectional)."""
+    return (draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(1, 2)), draw(st.booleans()))

@@ -1,0 +1,145 @@
+"""pad / mask / pack / unpack / masked_mean of every framework against the NumPy reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from harness.compare import close
+from harness.data import EDGE_CASES, padded, ragged
+from harness.tolerances import tolerance
+from tests.strategies import ragged_batches
+
+CASES = sorted(EDGE_CASES)
+HYPO = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def assert_same(fw, actual, expected, what):
+    actual = fw.to_numpy(actual)
+    assert actual.dtype == expected.dtype, f"{fw.name} {what}: dtype {actual.dtype}, expected {expected.dtype}"
+    assert actual.shape == expected.shape, f"{fw.name} {what}: shape {actual.shape}, expected {expected.shape}"
+    assert np.array_equal(actual, expected, equal_nan=True), (
+        f"{fw.name} {what}: values differ\n got {actual.tolist()}\nwant {expected.tolist()}")
+
+
+def assert_packed_same(fw, packed, expected, what):
+    for field in ("data", "batch_sizes", "sorted_indices", "unsorted_indices"):
+        got = fw.to_numpy(getattr(packed, field))
+        want = getattr(expected, field)
+        assert got.shape == want.shape and np.array_equal(got, want), (
+            f"{fw.name} pack {what}: {field} = {got.tolist()}, expected {want.tolist()}")
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("truncate", ["right", "left"])
+@pytest.mark.parametrize("maxlen", ["none", "shorter", "longer"])
+def test_pad(fw, ref, case, side, truncate, maxlen):
+    lengths, T = EDGE_CASES[case]
+    seqs = ragged(lengths, (2,), seed=1)
+    m = {"none": None, "shorter": max(max(lengths) - 1, 0), "longer": T + 2}[maxlen]
+    kw = dict(side=side, truncate=truncate, maxlen=m, value=-7.0)
+    assert_same(fw, fw.pad([fw.asarray(s) for s in seqs], **kw), ref.pad(seqs, **kw), f"pad {case} {kw}")
+
+
+@pytest.mark.parametrize("padding", ["pre", "post"])
+@pytest.mark.parametrize("truncating", ["pre", "post"])
+@pytest.mark.parametrize("maxlen", [None, 2, 6])
+def test_pad_matches_keras_pad_sequences(any_adapter, padding, truncating, maxlen):
+    keras = pytest.importorskip("keras", reason="keras is not installed: pip install 'varlen[tensorflow]'")
+    seqs = [np.arange(1, n + 1, dtype="int32") * 10 for n in (3, 0, 5, 1, 4)]
+    want = keras.utils.pad_sequences(seqs, maxlen=maxlen, dtype="int32", padding=padding,
+                                     truncating=truncating, value=-1)
+    side = {"pre": "left", "post": "right"}
+    got = any_adapter.pad([any_adapter.asarray(s) for s in seqs], side=side[padding], truncate=side[truncating],
+                          maxlen=maxlen, value=-1)
+    assert_same(any_adapter, got, want, f"pad vs keras padding={padding} truncating={truncating} maxlen={maxlen}")
+
+
+def test_pad_keeps_integer_dtype_and_feature_dims(fw, ref):
+    seqs = [np.arange(n * 6, dtype="int64").reshape(n, 2, 3) for n in (2, 0, 3)]
+    assert_same(fw, fw.pad([fw.asarray(s) for s in seqs], value=5), ref.pad(seqs, value=5), "pad int64 [L,2,3]")
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_mask(fw, ref, case, side):
+    lengths, T = EDGE_CASES[case]
+    assert_same(fw, fw.mask(np.array(lengths), T, side=side), ref.mask(np.array(lengths), T, side=side),
+                f"mask {case} side={side}")
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pack_unpack(fw, ref, case, side):
+    lengths, T = EDGE_CASES[case]
+    x = padded(lengths, T, (2,), side=side, seed=3, fill=np.nan)
+    want = ref.pack(x, np.array(lengths), side=side)
+    got = fw.pack(fw.asarray(x), np.array(lengths), side=side)
+    assert_packed_same(fw, got, want, f"{case} side={side}")
+    for total in (None, T + 1):
+        xs, ls = fw.unpack(got, total_length=total, side=side)
+        want_x, want_l = ref.unpack(want, total_length=total, side=side)
+        assert_same(fw, xs, want_x, f"unpack {case} side={side} total_length={total}")
+        assert np.array_equal(fw.to_numpy(ls), want_l), f"{fw.name} unpack lengths {fw.to_numpy(ls)} != {want_l}"
+
+
+def test_reference_unpack_inverts_pack(ref):
+    lengths, T = EDGE_CASES["zero_length"]
+    x = padded(lengths, T, (2,), seed=4)
+    back, ls = ref.unpack(ref.pack(x, np.array(lengths)))
+    assert np.array_equal(back, x[:, : max(lengths)]) and np.array_equal(ls, lengths)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if 0 not in EDGE_CASES[c].lengths])
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+def test_pack_matches_torch_pack_padded_sequence(any_adapter, case, enforce_sorted):
+    torch = pytest.importorskip("torch", reason="torch is not installed: pip install 'varlen[torch]'")
+    lengths, T = EDGE_CASES[case]
+    lengths = np.array(sorted(lengths, reverse=True) if enforce_sorted else lengths)
+    x = padded(lengths, T, (3,), seed=5)
+    want = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), torch.from_numpy(lengths),
+                                                   batch_first=True, enforce_sorted=enforce_sorted)
+    got = any_adapter.pack(any_adapter.asarray(x), lengths, enforce_sorted=enforce_sorted)
+    ident = np.arange(lengths.size)
+    for field in ("data", "batch_sizes", "sorted_indices", "unsorted_indices"):
+        w = getattr(want, field)
+        w = ident if w is None else w.numpy()  # PyTorch gives None when enforce_sorted=True
+        g = any_adapter.to_numpy(getattr(got, field))
+        assert np.array_equal(g, w), f"{any_adapter.name} pack {case}: {field} {g.tolist()} != torch {w.tolist()}"
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_masked_mean_nan_in_padding(fw, ref, case, side, dtype):
+    lengths, T = EDGE_CASES[case]
+    x = padded(lengths, T, (3,), side=side, seed=6, dtype=dtype, fill=np.nan)
+    want = ref.masked_mean(x.astype("float64"), np.array(lengths), side=side)
+    assert np.isfinite(want).all()
+    got = fw.to_numpy(fw.masked_mean(fw.asarray(x), np.array(lengths), side=side))
+    assert got.dtype == np.dtype(dtype), f"{fw.name} masked_mean dtype {got.dtype} != {dtype}"
+    ok, err = close(got, want, tolerance(dtype))
+    assert ok, f"{fw.name} masked_mean {case} side={side} {dtype}: max abs err {err}"
+    empty = np.array(lengths) == 0
+    assert (got[empty] == 0).all(), f"{fw.name} masked_mean of an empty row must be 0, got {got[empty]}"
+
+
+@given(batch=ragged_batches())
+@HYPO
+def test_ops_on_random_ragged_batches(fw, ref, batch):
+    lengths, T, side, seed = batch
+    L = np.array(lengths)
+    x = padded(L, T, (2,), side=side, seed=seed, fill=np.nan)
+    seqs = ragged(L, (2,), seed=seed)
+    assert_same(fw, fw.pad([fw.asarray(s) for s in seqs], side=side, maxlen=T), ref.pad(seqs, side=side, maxlen=T),
+                f"pad {batch}")
+    assert_same(fw, fw.mask(L, T, side=side), ref.mask(L, T, side=side), f"mask {batch}")
+    got = fw.pack(fw.asarray(x), L, side=side)
+    want = ref.pack(x, L, side=side)
+    assert_packed_same(fw, got, want, str(batch))
+    assert_same(fw, fw.unpack(got, total_length=T, side=side)[0], ref.unpack(want, total_length=T, side=side)[0],
+                f"unpack {batch}")
+    ok, err = close(fw.to_numpy(fw.masked_mean(fw.asarray(x), L, side=side)),
+                    ref.masked_mean(x.astype("float64"), L, side=side), tolerance("float32"))
+    assert ok, f"{fw.name} masked_mean {batch}: max abs err {err}"
