@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from functools import lru_cache
+from functools import cache
 
 from adapters.base import Adapter
 
@@ -15,7 +15,8 @@ from adapters.base import Adapter
 _REGISTRY = {
     "numpy": ("adapters.numpy_ref", "NumpyAdapter", "numpy", "numpy"),
     "torch": ("adapters.torch_backend", "TorchAdapter", "torch", "pip install 'varlen[torch]'"),
-    "tensorflow": ("adapters.tensorflow_backend", "TensorflowAdapter", "tensorflow", "pip install 'varlen[tensorflow]'"),
+    "tensorflow": ("adapters.tensorflow_backend", "TensorflowAdapter", "tensorflow",
+                   "pip install 'varlen[tensorflow]'"),
     "jax": ("adapters.jax_backend", "JaxAdapter", "jax", "pip install 'varlen[jax]'"),
 }
 
@@ -31,7 +32,7 @@ def available() -> list[str]:
     return sorted(n for n, (_, _, fw, _) in _REGISTRY.items() if importlib.util.find_spec(fw) is not None)
 
 
-@lru_cache(maxsize=None)
+@cache
 def get(name: str) -> Adapter:
     """The adapter called `name` (one instance per process)."""
     if name not in _REGISTRY:
@@ -42,4 +43,12 @@ def get(name: str) -> Adapter:
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["Adapter", "FrameworkUnavailable", "KNOWN", "available", "get"]
+def declared_strategies(name: str) -> list[str]:
+    """The RNN strategies adapter `name` declares (class attribute; imports the adapter module, not the framework)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown adapter {name!r}; known adapters: {list(KNOWN)}")
+    module, cls, _, _ = _REGISTRY[name]
+    return list(getattr(importlib.import_module(module), cls).strategies)
+
+
+__all__ = ["declared_strategies", "Adapter", "FrameworkUnavailable", "KNOWN", "available", "get"]

@@ -31,6 +31,9 @@ class Adapter(abc.ABC):
 
     name: str = "base"
     version: str = ""
+    #: the exact RNN strategies, default first (a class attribute, so the registry can list them without
+    #: importing the framework)
+    strategies: tuple[str, ...] = ()
 
     # -- helpers every framework provides ---------------------------------------------------------------------
     def devices(self) -> list[str]:
@@ -45,7 +48,7 @@ class Adapter(abc.ABC):
     def to_numpy(self, x: Any) -> np.ndarray:
         """A native (or NumPy) array as a NumPy array on the host."""
 
-    def sync(self, device: str = "cpu") -> None:
+    def sync(self, device: str = "cpu") -> None:  # noqa: B027 - a no-op is right for synchronous frameworks
         """Block until all work queued on `device` has finished (timed callables end with this)."""
 
     def compile_count(self) -> int:
@@ -53,7 +56,7 @@ class Adapter(abc.ABC):
         compiles. The timing harness reads it around a timed region to prove nothing retraced there."""
         return 0
 
-    def reset_peak_memory(self, device: str = "cpu") -> None:
+    def reset_peak_memory(self, device: str = "cpu") -> None:  # noqa: B027 - nothing to reset on CPU
         """Reset the allocator's peak counter on `device` (GPU only; CPU memory is measured as process RSS)."""
 
     def peak_memory(self, device: str = "cpu") -> int | None:
@@ -66,7 +69,7 @@ class Adapter(abc.ABC):
         return self._strategies(cell)
 
     def _strategies(self, cell: str) -> list[str]:
-        return []
+        return list(self.strategies)
 
     # -- the ops: validate, then dispatch ---------------------------------------------------------------------
     def pad(self, seqs: Sequence[Any], *, side: str = "right", value: Any = 0, maxlen: int | None = None,

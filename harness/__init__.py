@@ -1,4 +1,4 @@
 """varlen's framework-free core. Importing it imports the contract's value types only (no framework)."""
-from harness.spec import RnnOut, RnnSpec, Packed, init_params
+from harness.spec import Packed, RnnOut, RnnSpec, init_params
 
 __all__ = ["RnnOut", "RnnSpec", "Packed", "init_params"]

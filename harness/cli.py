@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from harness import results
+
 RESULTS = Path("results")
 FRAMEWORKS = ("torch", "tensorflow", "jax")
 
@@ -58,6 +60,43 @@ def cmd_check(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_bench(args) -> int:
+    import adapters
+    from harness import bench
+    from suites import axes
+
+    frameworks = _frameworks(args.framework)
+    grid = dict(axes.QUICK) if args.quick else {
+        "ops": axes.OPS, "batches": axes.BATCHES, "max_lens": axes.MAX_LENS, "profiles": axes.PROFILES,
+        "cells": axes.CELLS[:1], "hidden": axes.HIDDEN, "dtypes": axes.DTYPES}
+    for key, value in (("ops", args.op), ("batches", args.batch), ("max_lens", args.max_len),
+                       ("profiles", args.profile), ("cells", args.cell), ("hidden", args.hidden),
+                       ("dtypes", args.dtype)):
+        if value:
+            grid[key] = tuple(value)
+    strategies = {f: adapters.declared_strategies(f) for f in frameworks}
+    if args.strategy:
+        strategies = {f: [s for s in v if s in args.strategy] for f, v in strategies.items()}
+    cases = axes.cases(frameworks=frameworks, strategies=strategies, devices=tuple(args.device or ["cpu"]), **grid)
+    print(f"varlen bench: {len(cases)} cases -> {args.out}")
+    bench.sweep(cases, args.out, resume=args.resume, timeout=args.timeout)
+    recs = [r for r in results.read([args.out]) if r.get("source") == "bench"]
+    failed = [r for r in recs if r.get("status") != "ok"]
+    print(f"varlen bench: {len(recs) - len(failed)} measured, {len(failed)} failed")
+    for r in failed:
+        print(f"  FAILED {r.get('key')}: {r.get('error')}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from harness import report
+
+    paths = args.results or sorted(str(p) for p in RESULTS.glob("**/*.jsonl") if "report" not in p.parts)
+    page = report.build(results.read(paths), args.out, asv_html=Path(args.asv_html))
+    print(f"varlen report: {page} (+ report.md) from {len(paths)} result file(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="varlen", description=__doc__)
@@ -68,6 +107,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
     p.add_argument("--out", default=str(RESULTS / "check.jsonl"), help="records file (rewritten)")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("bench", help="timing / memory sweep, one tidy record per measurement")
+    p.add_argument("--quick", action="store_true", help="the quick grid (every op/framework/strategy once)")
+    p.add_argument("--framework", action="append", help="torch, tensorflow, jax (repeatable)")
+    p.add_argument("--op", action="append", help="pad, mask, pack_unpack, masked_mean, rnn_forward, "
+                   "rnn_forward_backward (repeatable)")
+    p.add_argument("--strategy", action="append", help="limit RNN strategies (repeatable)")
+    p.add_argument("--device", action="append", choices=["cpu", "gpu"])
+    p.add_argument("--batch", action="append", type=int)
+    p.add_argument("--max-len", action="append", type=int)
+    p.add_argument("--profile", action="append")
+    p.add_argument("--cell", action="append")
+    p.add_argument("--hidden", action="append", type=int)
+    p.add_argument("--dtype", action="append")
+    p.add_argument("--out", default=str(RESULTS / "bench.jsonl"))
+    p.add_argument("--resume", action="store_true", help="skip the cases already measured in --out")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per case before it is marked failed")
+    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("report", help="HTML + Markdown comparison report from result files")
+    p.add_argument("results", nargs="*", help="JSON-lines result files (default: every results/**/*.jsonl)")
+    p.add_argument("--out", default=str(RESULTS / "report"))
+    p.add_argument("--asv-html", default=str(RESULTS / "asv" / "html"), help="published asv dashboard to link")
+    p.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -78,7 +78,7 @@ def run_idiom(adapter, name: str, spec: RnnSpec, params, x: np.ndarray, lengths:
             g["x"] = g["x"] * valid[..., None]
         return {"outputs": a.to_numpy(out.outputs), "h_n": h_n, "grads": g}
     if name == "last_step":
-        D, H = spec.num_directions, spec.hidden_size
+        D = spec.num_directions
         summary_cot = np.concatenate(list(cot["h_n"][-D:]), axis=-1)  # [B, D*H], last layer's directions
         cot_out = np.zeros_like(cot["outputs"])
         cot_out[:, -1] = summary_cot

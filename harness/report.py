@@ -85,6 +85,10 @@ def render(sections: list[Section], out: Path, title: str) -> None:
                 df, fail_col = payload
                 md += [md_table(df), ""]
                 body.append(html_table(df, fail_col))
+            elif kind == "link":
+                href, text = payload
+                md += [f"[{text}]({href})", ""]
+                body.append(f'<p><a href="{html.escape(href)}">{html.escape(text)}</a></p>')
             elif kind == "figure":
                 path, caption = payload
                 md += [f"![{caption}]({path})", "", f"*{caption}*", ""]
@@ -179,23 +183,276 @@ def check_summary_text(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def build(records: list[dict], out: str | Path, *, title: str = "varlen comparison report") -> Path:
+def build(records: list[dict], out: str | Path, *, title: str = "varlen comparison report",
+          asv_html: Path | None = None) -> Path:
     out = Path(out)
     check = _frame(records, "check")
-    sections = [setup_section(records)]
+    df = bench_frame(records)
+    sections = [setup_section(records, df)]
+    if not df.empty:
+        sections.append(recommendation_section(df, check))
     if not check.empty:
         sections += check_sections(check)
+    if not df.empty:
+        sections += [throughput_section(df, out), memory_section(df, out), compile_section(df, out),
+                     floor_section(df, records, out), failed_section(df)]
+    sections.append(asv_section(out, asv_html))
     render(sections, out, title)
     return out / "index.html"
 
 
-def setup_section(records: list[dict]) -> Section:
+def failed_section(df: pd.DataFrame) -> Section:
+    s = Section("Failed benchmark cases")
+    bad = df[df["status"] != "ok"] if "status" in df.columns else df.iloc[:0]
+    if bad.empty:
+        return s.p("None: every case of the sweep was measured.")
+    return s.table(bad[["framework", "op", "strategy", "device", "batch", "max_len", "profile", "error"]]
+                   .assign(ok=False), fail_col="ok")
+
+
+def setup_section(records: list[dict], bench: pd.DataFrame) -> Section:
     s = Section("Setup")
     df = pd.DataFrame(records)
     if df.empty:
         return s.p("No records.")
-    cols = [c for c in ("host", "cpu", "cores", "python", "commit") if c in df.columns]
-    s.table(df[cols].drop_duplicates().reset_index(drop=True))
-    if "framework" in df.columns and "version" in df.columns:
-        s.table(df[["framework", "version"]].dropna().drop_duplicates().sort_values("framework"))
+    cols = [c for c in ("host", "cpu", "cores", "python", "platform", "commit") if c in df.columns]
+    s.p("Machines and commits the results come from:")
+    s.table(df[cols].dropna(subset=["host"]).drop_duplicates().reset_index(drop=True))
+    if "version" in df.columns:
+        fw = df.dropna(subset=["framework", "version"])
+        devices = (bench.groupby("framework")["device"].agg(lambda d: ", ".join(sorted(set(d))))
+                   if not bench.empty else pd.Series(dtype=str))
+        t = fw[["framework", "version"]].drop_duplicates().sort_values("framework").reset_index(drop=True)
+        t["devices benchmarked"] = t["framework"].map(devices).fillna("-")
+        s.table(t)
+    fl = setup_floor_rows(records)
+    if not fl.empty:
+        s.p("Floors measured in the same run (NumPy: large array copy counting bytes read + written; 2048^3 "
+            "float32 matrix product):")
+        s.table(fl)
     return s
+
+
+# -- bench sections -------------------------------------------------------------------------------------------
+OP_TITLES = {"pad": "pad", "mask": "mask", "pack_unpack": "pack + unpack", "masked_mean": "masked mean",
+             "rnn_forward": "RNN forward", "rnn_forward_backward": "RNN forward + backward"}
+
+
+def bench_frame(records: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame([r for r in records if r.get("source") == "bench"])
+    if df.empty:
+        return df
+    df["impl"] = df["framework"] + ":" + df["strategy"].astype(str)
+    return df
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"] if "status" in df.columns else df
+
+
+def _new_fig(ncols: int, nrows: int = 1, w: float = 5.2, h: float = 3.8):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes.ravel()
+
+
+def _save(fig, out: Path, name: str) -> str:
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "figures" / name, dpi=110)
+    return f"figures/{name}"
+
+
+def _errbar(ax, g: pd.DataFrame, x: str, label: str) -> None:
+    g = g.sort_values(x)
+    y = g["valid_tokens"] / g["median_s"]
+    lo = y - g["valid_tokens"] / g["p75_s"]
+    hi = g["valid_tokens"] / g["p25_s"] - y
+    ax.errorbar(g[x], y, yerr=[lo.clip(lower=0), hi.clip(lower=0)], marker="o", capsize=3, label=label)
+
+
+def _headline(df: pd.DataFrame) -> pd.DataFrame:
+    """The quick grid's common point: the most frequent (batch, max_len) per op."""
+    if df.empty:
+        return df
+    B = df["batch"].mode().iloc[0]
+    T = df["max_len"].mode().iloc[0]
+    return df[(df["batch"] == B) & (df["max_len"] == T)]
+
+
+def throughput_section(df: pd.DataFrame, out: Path) -> Section:
+    s = Section("Throughput vs length skew and batch size")
+    ok = _ok(df)
+    for device, d in ok.groupby("device"):
+        head = _headline(d)
+        ops = [op for op in OP_TITLES if op in set(head["op"])]
+        if ops:
+            fig, axes = _new_fig(3, (len(ops) + 2) // 3)
+            for ax, op in zip(axes, ops):
+                for impl, g in head[head["op"] == op].groupby("impl"):
+                    _errbar(ax, g, "padding_fraction", impl)
+                ax.set(title=f"{OP_TITLES[op]} ({device}, B={head['batch'].iloc[0]}, T={head['max_len'].iloc[0]})",
+                       xlabel="padding fraction (share of padded steps)", ylabel="valid tokens / s", yscale="log")
+                ax.legend(fontsize=7, title="framework:strategy", title_fontsize=7)
+            for ax in axes[len(ops):]:
+                ax.set_axis_off()
+            s.figure(_save(fig, out, f"throughput_skew_{device}.png"),
+                     f"Valid tokens per second vs padding fraction ({device}); each point is one length profile "
+                     "(equal has 0 padding; zipf the most); error bars span the quartiles of the repeats.")
+        by_batch = d[d.groupby(["op", "max_len", "profile"])["batch"].transform("nunique") > 1]
+        if not by_batch.empty:
+            ops = [op for op in OP_TITLES if op in set(by_batch["op"])]
+            fig, axes = _new_fig(len(ops))
+            for ax, op in zip(axes, ops):
+                g_op = by_batch[by_batch["op"] == op]
+                for impl, g in g_op.groupby("impl"):
+                    _errbar(ax, g, "batch", impl)
+                prof, T = g_op["profile"].iloc[0], g_op["max_len"].iloc[0]
+                ax.set(title=f"{OP_TITLES[op]} ({device}, {prof}, T={T})", xlabel="batch size (sequences)",
+                       ylabel="valid tokens / s", xscale="log", yscale="log")
+                ax.legend(fontsize=7, title="framework:strategy", title_fontsize=7)
+            s.figure(_save(fig, out, f"throughput_batch_{device}.png"),
+                     f"Valid tokens per second vs batch size ({device}); error bars span the quartiles.")
+    return s
+
+
+def memory_section(df: pd.DataFrame, out: Path) -> Section:
+    s = Section("Memory")
+    ok = _ok(df).copy()
+    ok["peak_bytes"] = ok["device_peak_bytes"].where(ok["device"] != "cpu", ok["peak_rss_bytes"])
+    ok = ok.dropna(subset=["peak_bytes"])
+    s.p("Peak bytes of one call above what the inputs already hold: on CPU the process's peak RSS above its RSS "
+        "just before the call (high-water mark reset per case), on GPU the framework allocator's peak. Allocator "
+        "caches make small CPU figures noisy (a few MB); differences between strategies are what matters.")
+    rnn = ok[ok["op"] == "rnn_forward_backward"]
+    panels = [("batch", "max_len"), ("max_len", "batch")]
+    fig, axes = _new_fig(2)
+    drawn = False
+    for ax, (x, fixed) in zip(axes, panels):
+        for (impl, device), g in rnn.groupby(["impl", "device"]):
+            g = g[g["profile"] == "lognormal"]
+            g = g[g[fixed] == g[fixed].mode().iloc[0]] if len(g) else g
+            if g[x].nunique() > 1:
+                g = g.sort_values(x)
+                ax.plot(g[x], g["peak_bytes"] / 2**20, marker="o", label=f"{impl} ({device})")
+                drawn = True
+        ax.set(title=f"RNN forward + backward peak memory vs {x.replace('_', ' ')} (lognormal)",
+               xlabel="batch size (sequences)" if x == "batch" else "max length T (steps)",
+               ylabel="peak MiB above baseline", xscale="log")
+        ax.legend(fontsize=7)
+    if drawn:
+        s.figure(_save(fig, out, "memory.png"), "Peak memory of one RNN forward+backward call vs batch size and "
+                 "max length.")
+    table = (ok[ok["profile"] == "lognormal"].groupby(["device", "op", "impl", "batch", "max_len"])["peak_bytes"]
+             .median().div(2**20).round(2).rename("peak MiB").reset_index())
+    return s.table(table)
+
+
+def compile_section(df: pd.DataFrame, out: Path) -> Section:
+    s = Section("Compile time")
+    rnn = _ok(df)[_ok(df)["op"].isin(["rnn_forward", "rnn_forward_backward"])]
+    if rnn.empty:
+        return s.p("No RNN results.")
+    t = rnn.groupby(["device", "op", "impl"])["compile_s"].median().reset_index()
+    s.p("First call minus a warm call, for the case's shape (jax.jit / tf.function trace and compile; eager "
+        "strategies show ~0). Compiled once per shape: new length values never retrace (checked in every timed "
+        "region).")
+    fig, axes = _new_fig(2)
+    for ax, (op, g) in zip(axes, t.groupby("op")):
+        g = g.sort_values("impl")
+        labels = g["impl"] + " (" + g["device"] + ")"
+        ax.barh(labels, g["compile_s"])
+        ax.set(title=f"{OP_TITLES[op]}: compile seconds", xlabel="seconds (median over cases)")
+    s.figure(_save(fig, out, "compile.png"), "Compile (trace) seconds per framework and strategy.")
+    return s.table(t.round(3))
+
+
+def floor_section(df: pd.DataFrame, records: list[dict], out: Path) -> Section:
+    s = Section("Fraction of the machine's floor")
+    ok = _ok(df).dropna(subset=["fraction_of_floor"])
+    if ok.empty:
+        return s.p("No floors measured.")
+    head = _headline(ok)
+    best = (head.sort_values("median_s").groupby(["device", "op", "framework", "profile"]).head(1)
+            .groupby(["device", "op", "framework"]).apply(lambda g: g.loc[g["fraction_of_floor"].idxmax()],
+                                                          include_groups=False).reset_index())
+    best = best[["device", "op", "framework", "strategy", "profile", "fraction_of_floor", "floor", "kernel"]]
+    s.p("Floor time = ideal bytes / measured copy bandwidth (pad, mask, pack, mean) or matrix-product FLOPs on valid "
+        "tokens / measured float32 GEMM rate (RNNs); fraction = floor time / measured time, for the best strategy "
+        "of each framework (its best profile). 1.0 would be the machine's limit.")
+    fig, axes = _new_fig(1, w=9)
+    ax = axes[0]
+    labels = best["op"].map(OP_TITLES) + " / " + best["framework"] + " (" + best["device"] + ")"
+    ax.barh(labels, best["fraction_of_floor"])
+    ax.set(xscale="log", xlabel="fraction of floor (log)", title="Best strategy per framework and op")
+    s.figure(_save(fig, out, "floor.png"), "Fraction of the copy-bandwidth / GEMM floor reached.")
+    return s.table(best.round(4))
+
+
+def recommendation_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
+    """Per op x device x profile: the fastest exact strategy per framework and overall, vs the padded baseline.
+
+    Padded baseline = the same framework's fastest strategy on the fully padded batch (the `equal` profile at the
+    same B and T): the cost of ignoring the lengths. Only strategies that passed every check cell count as exact.
+    """
+    ok = _head_rnn(_ok(df))
+    if ok.empty:
+        return ok
+    exact = None
+    if not check.empty and "name" in check.columns:
+        st = check[check["kind"] == "strategy"]
+        exact = set(st.groupby(["framework", "name"])["equivalent"].all().loc[lambda s: s].index)
+        ok = ok[[(f, s) in exact for f, s in zip(ok["framework"], ok["strategy"])]]
+    rows = []
+    for (op, device, _, _), d in ok.groupby(["op", "device", "batch", "max_len"]):
+        base = d[d["profile"] == "equal"].groupby("framework")["median_s"].min()
+        for profile, g in d.groupby("profile"):
+            fastest = g.loc[g.groupby("framework")["median_s"].idxmin()]
+            winner = fastest.loc[fastest["median_s"].idxmin()]
+            for _, r in fastest.iterrows():
+                rows.append({"op": OP_TITLES[op], "device": device, "profile": profile,
+                             "padding": round(float(r["padding_fraction"]), 2), "framework": r["framework"],
+                             "fastest exact strategy": r["strategy"], "kernel": r["kernel"],
+                             "valid Mtok/s": round(r["valid_tokens_per_s"] / 1e6, 3),
+                             "x vs padded baseline": round(base.get(r["framework"], float("nan")) / r["median_s"], 2),
+                             "overall best": r["framework"] == winner["framework"]})
+    return pd.DataFrame(rows)
+
+
+def _head_rnn(df: pd.DataFrame) -> pd.DataFrame:
+    rnn = df[df["op"].isin(["rnn_forward", "rnn_forward_backward"])]
+    return _headline(rnn) if not rnn.empty else rnn
+
+
+def recommendation_section(df: pd.DataFrame, check: pd.DataFrame) -> Section:
+    s = Section("Recommendation")
+    t = recommendation_table(df, check)
+    if t.empty:
+        return s.p("No RNN benchmark results.")
+    s.p("For each length profile and device: the fastest strategy of each framework that passed every equivalence "
+        "cell, and the overall winner. 'x vs padded baseline' = time of that framework's fastest strategy on the "
+        "fully padded batch (profile equal, same B and T: what ignoring the lengths costs) over this time.")
+    return s.table(t)
+
+
+def setup_floor_rows(records: list[dict]) -> pd.DataFrame:
+    fl = pd.DataFrame([r for r in records if r.get("source") == "floors"])
+    if fl.empty:
+        return fl
+    fl["copy GB/s"] = (fl["copy_bytes_per_s"] / 1e9).round(2)
+    fl["GEMM GFLOP/s (float32)"] = (fl["gemm_flop_per_s"] / 1e9).round(1)
+    fl["date"] = pd.to_datetime(fl["time"], unit="s").dt.strftime("%Y-%m-%d %H:%M UTC")
+    return fl[["host", "date", "copy GB/s", "GEMM GFLOP/s (float32)"]]
+
+
+def asv_section(out: Path, asv_html: Path | None) -> Section:
+    s = Section("asv dashboard")
+    if asv_html is not None and (asv_html / "index.html").exists():
+        import os
+
+        rel = os.path.relpath(asv_html / "index.html", out)
+        s.blocks.append(("link", (rel, "Open the asv dashboard")))
+        return s.p("Published with `asv publish`; `asv preview` serves it over HTTP (some browsers refuse its "
+                   "data files from file://).")
+    return s.p("Not published yet: run `make asv` (asv run + asv publish), then rebuild this report.")

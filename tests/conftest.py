@@ -60,3 +60,16 @@ def pytest_sessionfinish(session, exitstatus):
     if exitstatus == 0 and _passed == 0 and not session.config.option.collectonly:
         print("\nvarlen: no test passed (all skipped or none collected) -- failing the run")
         session.exitstatus = 1
+
+
+def strategy_params():
+    """(framework, strategy) pairs for every installed framework's declared RNN strategies."""
+    out = []
+    for p in framework_params():
+        name = p.values[0]
+        if p.marks or name not in adapters.available():
+            out.append(pytest.param(name, "default", id=f"{name}-default", marks=p.marks))
+            continue
+        for strategy in adapters.get(name).rnn_strategies("lstm"):
+            out.append(pytest.param(name, strategy, id=f"{name}-{strategy}"))
+    return out

@@ -1,0 +1,53 @@
+"""The quick grid as pytest benchmarks, through the same callables `varlen bench` and asv time.
+
+`make test` runs them once, untimed (--benchmark-disable), as smoke tests that also check the records' sanity;
+`make bench` times them, one framework per process, into results/pytest-benchmark-<framework>.json.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import adapters
+from harness import bench
+from suites import axes
+from tests.conftest import framework_params
+
+FLOORS = {"copy_bytes_per_s": 1e10, "gemm_flop_per_s": 1e11}  # nominal: only the arithmetic is checked here
+
+
+def quick_cases(framework: str) -> list[dict]:
+    grid = {**axes.QUICK, "profiles": ("lognormal",)}
+    return axes.cases(frameworks=[framework], strategies={framework: adapters.declared_strategies(framework)},
+                      **grid)
+
+
+CASES = [pytest.param(c, id=f"{c['framework']}-{c['op']}-{c['strategy']}", marks=p.marks)
+         for p in framework_params() for c in quick_cases(p.values[0])]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_quick_grid(benchmark, case):
+    adapter = adapters.get(case["framework"])
+    p = bench.prepare(adapter, case)
+    assert p.valid_tokens <= p.padded_tokens and p.work > 0
+    if case["op"] in axes.RNN_OPS:
+        assert p.kernel, f"{case['framework']}/{case['strategy']}: RnnOut.kernel is empty"
+    before = adapter.compile_count()
+    benchmark(p.call)
+    assert adapter.compile_count() == before, f"{case['framework']}/{case['strategy']} retraced in the timed region"
+
+
+def test_measure_case_record_is_consistent():
+    """One full record: throughput, floor fraction and compile time derive from the same median."""
+    name = next(n for n in ("torch", "jax", "tensorflow") if n in adapters.available())
+    case = quick_cases(name)[-1]  # an RNN forward+backward case
+    rec = bench.measure_case(adapters.get(name), case, FLOORS)
+    med = rec["median_s"]
+    assert rec["status"] == "ok" and rec["p25_s"] <= med <= rec["p75_s"] and not rec["retraced"]
+    assert math.isclose(rec["valid_tokens_per_s"], rec["valid_tokens"] / med)
+    assert math.isclose(rec["sec_per_M_valid_tokens"], med / rec["valid_tokens"] * 1e6)
+    assert math.isclose(rec["fraction_of_floor"], rec["work"] / FLOORS["gemm_flop_per_s"] / med)
+    assert rec["compile_s"] >= 0 and rec["first_call_s"] >= rec["compile_s"]
+    assert rec["peak_rss_bytes"] is None or rec["peak_rss_bytes"] >= 0

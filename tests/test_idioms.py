@@ -1,0 +1,51 @@
+"""The recipes practitioners copy: every one is caught in every framework, and correct where it honestly is."""
+from __future__ import annotations
+
+import pytest
+
+import adapters
+from harness.idioms import IDIOMS, idiom_case, reference_for, run_idiom, verdicts
+from harness.spec import RnnSpec, init_params, valid_mask
+from harness.tolerances import tolerance
+from tests.conftest import framework_params
+
+
+def judge(fw, name, cell, side, bi):
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=1, bidirectional=bi)
+    x, L, cot = idiom_case(spec, side)
+    params = init_params(spec, seed=1, dtype="float64")
+    got = run_idiom(fw, name, spec, params, x, L, side, cot)
+    want = reference_for(adapters.get("numpy"), name, spec, params, x, L, side, cot)
+    return {v.quantity: v for v in verdicts(got, want, valid_mask(L, x.shape[1], side), tolerance("float64"))}
+
+
+@pytest.mark.parametrize("name", list(IDIOMS))
+@pytest.mark.parametrize("framework", framework_params(("numpy", "torch", "tensorflow", "jax")))
+def test_every_idiom_is_caught(framework, name):
+    fw = adapters.get(framework)
+    caught = {(cell, side, bi): [q for q, v in judge(fw, name, cell, side, bi).items() if not v.equivalent]
+              for cell in ("lstm", "gru") for side in ("right", "left") for bi in (False, True)}
+    assert any(caught.values()), f"{framework}: recipe {name} was never caught: {caught}"
+
+
+@pytest.mark.parametrize("framework", framework_params(("numpy", "torch", "tensorflow", "jax")))
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_mask_outputs_right_uni_is_right_for_outputs_wrong_for_state(framework, cell):
+    v = judge(adapters.get(framework), "mask_outputs", cell, "right", False)
+    assert v["outputs"].equivalent, f"valid outputs should be exact, err {v['outputs'].max_abs_err}"
+    assert not v["h_n"].equivalent and v["h_n"].max_abs_err > 1e-3, "the final state must be caught as wrong"
+
+
+@pytest.mark.parametrize("framework", framework_params(("numpy", "torch", "tensorflow", "jax")))
+def test_last_step_is_exact_only_for_left_padded_forward(framework):
+    fw = adapters.get(framework)
+    assert judge(fw, "last_step", "lstm", "left", False)["h_n"].equivalent
+    assert not judge(fw, "last_step", "lstm", "right", False)["h_n"].equivalent
+    assert not judge(fw, "last_step", "lstm", "left", True)["h_n"].equivalent
+
+
+def test_unknown_idiom():
+    spec = RnnSpec("lstm", 3, 4)
+    x, L, cot = idiom_case(spec, "right")
+    with pytest.raises(ValueError, match="unknown idiom"):
+        run_idiom(adapters.get("numpy"), "magic", spec, init_params(spec), x, L, "right", cot)
