@@ -36,9 +36,15 @@ def from_torch_names(spec: RnnSpec, named: dict[str, Any]) -> list[list[dict[str
 
 
 class TorchAdapter(Adapter):
-    """PyTorch behind the contract. RNN strategies: "packed" (default) and "masked_loop"."""
+    """PyTorch behind the contract. RNN strategies: "packed" (default) and "masked_loop".
+
+    Decisions where the contract is silent: `pad` keeps seqs[0]'s dtype and reads non-tensor sequences through
+    NumPy (so Python floats become float64, as in the reference); `pack`'s batch_sizes live on the CPU like
+    PyTorch's, the indices on the data's device; `unpack` returns lengths as an int64 CPU tensor; `rnn` on a
+    batch whose lengths are all 0 runs nothing and reports kernel "none"."""
 
     name = "torch"
+    strategies = ("packed", "masked_loop")
     _DEVICES = {"cpu": "cpu", "gpu": "cuda"}
 
     def __init__(self) -> None:
@@ -94,7 +100,8 @@ class TorchAdapter(Adapter):
 
     # -- ops ---------------------------------------------------------------------------------------------------
     def _pad(self, seqs, maxlen, side, value, truncate, device):
-        """pad_sequence after keras-style truncation; then extended/cut to exactly maxlen. dtype of seqs[0]."""
+        """pad_sequence after keras-style truncation, then extended to exactly maxlen (pad_sequence pads to the
+        longest row only)."""
         torch = self.torch
         seqs = [s if isinstance(s, torch.Tensor) else np.asarray(s) for s in seqs]
         first = self.asarray(seqs[0], device)
@@ -162,9 +169,6 @@ class TorchAdapter(Adapter):
         return (total / count).to(x.dtype)
 
     # -- RNN ---------------------------------------------------------------------------------------------------
-    def _strategies(self, cell: str) -> list[str]:
-        return ["packed", "masked_loop"]
-
     def _rnn(self, spec, params, x, lengths, side, strategy, device):
         x = self.asarray(x, device)
         with self.torch.no_grad():
@@ -193,7 +197,7 @@ class TorchAdapter(Adapter):
 
     def _forward(self, spec, weights, x, lengths, side, strategy):
         """Right-align, run the strategy on right-padded data, align back. Returns (outputs, h_n, c_n)."""
-        B, T = x.shape[:2]
+        T = x.shape[1]
         if not np.any(lengths):
             return self._empty(spec, x)
         if side == "left":
@@ -235,7 +239,7 @@ class TorchAdapter(Adapter):
             with self.torch.no_grad():
                 for name, value in to_torch_names(params).items():
                     getattr(module, name).copy_(self._native(value))
-            return module, dict(module.named_parameters())
+            return module, dict(module.named_parameters()) if grad else {}
         leaf = lambda v: self._native(v).to(device=x.device, dtype=x.dtype).detach().requires_grad_(grad)
         weights = map_params(leaf, params)
         return weights, to_torch_names(weights)

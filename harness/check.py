@@ -20,6 +20,7 @@ from harness.idioms import IDIOMS, idiom_case, reference_for, run_idiom, verdict
 from harness.spec import CELLS, SIDES, RnnSpec, init_params, map_params, valid_mask
 from harness.tolerances import tolerance
 
+PARAM_KEYS = ("w_ih", "w_hh", "b_ih", "b_hh")
 RNN_LENGTHS = (5, 0, 1, 3, 5)  # unsorted, a zero-length row, every row padded
 RNN_T = 6
 
@@ -60,7 +61,7 @@ def _exact(a, b) -> dict:
 
 def flat_grads(g: dict, to_numpy) -> np.ndarray:
     """Every parameter gradient in one vector (fixed order), for one max-error figure."""
-    return np.concatenate([to_numpy(v).ravel() for layer in g for d in layer for v in d.values()])
+    return np.concatenate([to_numpy(d[k]).ravel() for layer in g for d in layer for k in PARAM_KEYS])
 
 
 def rnn_case(spec: RnnSpec, side: str, dtype: str, seed: int = 0):

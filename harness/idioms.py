@@ -126,6 +126,7 @@ def idiom_case(spec: RnnSpec, side: str, *, seed: int = 0, dtype: str = "float64
 
 def verdicts(actual: dict, expected: dict, valid: np.ndarray, tol) -> list[Verdict]:
     """Per-quantity verdicts; outputs are compared at valid steps only (where the recipe's user reads them)."""
+    from harness.check import flat_grads
     from harness.compare import close
 
     out = []
@@ -133,7 +134,6 @@ def verdicts(actual: dict, expected: dict, valid: np.ndarray, tol) -> list[Verdi
     e = np.where(valid[..., None], expected["outputs"], 0)
     out.append(Verdict("outputs", *close(a, e, tol)))
     out.append(Verdict("h_n", *close(actual["h_n"], expected["h_n"], tol)))
-    flat = lambda g: np.concatenate([g["x"].ravel()] + [v.ravel() for layer in g["params"] for d in layer
-                                                         for v in d.values()])
+    flat = lambda g: np.concatenate([g["x"].ravel(), flat_grads(g["params"], np.asarray)])
     out.append(Verdict("grads", *close(flat(actual["grads"]), flat(expected["grads"]), tol)))
     return out

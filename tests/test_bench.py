@@ -42,12 +42,14 @@ def test_quick_grid(benchmark, case):
 def test_measure_case_record_is_consistent():
     """One full record: throughput, floor fraction and compile time derive from the same median."""
     name = next(n for n in ("torch", "jax", "tensorflow") if n in adapters.available())
-    case = quick_cases(name)[-1]  # an RNN forward+backward case
+    case = quick_cases(name)[-1]
+    assert case["op"] == "rnn_forward_backward", f"the quick grid lacks {name}'s RNN cases: {case}"
     rec = bench.measure_case(adapters.get(name), case, FLOORS)
     med = rec["median_s"]
     assert rec["status"] == "ok" and rec["p25_s"] <= med <= rec["p75_s"] and not rec["retraced"]
     assert math.isclose(rec["valid_tokens_per_s"], rec["valid_tokens"] / med)
     assert math.isclose(rec["sec_per_M_valid_tokens"], med / rec["valid_tokens"] * 1e6)
+    assert rec["floor"] == "gemm"
     assert math.isclose(rec["fraction_of_floor"], rec["work"] / FLOORS["gemm_flop_per_s"] / med)
     assert rec["compile_s"] >= 0 and rec["first_call_s"] >= rec["compile_s"]
     assert rec["peak_rss_bytes"] is None or rec["peak_rss_bytes"] >= 0

@@ -1,0 +1,475 @@
+"""TensorFlow 2 / Keras 3 adapter.
+
+TensorFlow is imported in `TensorflowAdapter.__init__` (with KERAS_BACKEND=tensorflow), never at module level.
+TF32 is turned off there (`enable_tensor_float_32_execution(False)`) so float32 correctness runs compare tightly,
+and GPUs get memory growth so the allocator's peak reflects what the work needed.
+
+RNN strategies, both exact and both compiled once per (spec, strategy, side, device, dtype, shapes) with
+`tf.function` (lengths are a tensor argument, so new length values never retrace):
+
+- "keras" (default): `keras.layers.LSTM` / `GRU(reset_after=True)` / `SimpleRNN`, stacked, wrapped in
+  `keras.layers.Bidirectional` when bidirectional, called with an explicit mask. Layers are built once per
+  (spec, dtype, device) and their variables are assigned from the canonical params inside the compiled function.
+  Decisions (verified numerically against a per-sequence reference):
+  * Keras's generic masked loop carries the state through masked steps and `go_backwards` reverses input and mask
+    together, so the math is exact for right AND left padding. But the cuDNN path (GPU, right-padded masks only)
+    `tf.Assert`s that the mask is right-padded and has no fully masked row, and that assert fires at run time
+    inside a compiled function instead of falling back. So the adapter always realigns left padding to right
+    with a gather before the layers and back after, and gives zero-length rows a one-step mask (their input there
+    is 0 and their outputs/states are replaced by zeros with `tf.where`, so nothing leaks, forward or backward).
+  * Padded inputs are zeroed with `tf.where` before any matmul (NaN never meets a weight), and outputs are zeroed
+    at padded steps with `tf.where` (Keras would carry the previous output there).
+  * kernel: "cudnn" when the traced graph really contains a CudnnRNN op (GPU, LSTM/GRU), else "keras-while":
+    Keras's TF backend runs its cell in a `tf.while_loop`. TF's oneDNN ("oneDNN custom operations are on") only
+    supplies the matmul kernels inside the step, the same ones "masked_scan" uses, so calling it "onednn" would
+    suggest a fused oneDNN RNN primitive that does not run. On device="cpu" the layers are built with
+    use_cudnn=False so a visible GPU is never used behind the caller's back.
+- "masked_scan": the cell math written out in `tf.scan` (a while loop) over time with a masked carry
+  (`tf.where(valid_t, new, old)`), both directions of a layer in one scan (batched matmul over directions), the
+  backward direction on per-sequence-reversed input (gather). Input projections for all steps are one einsum.
+  kernel "tf-while".
+
+Gradients come from `tf.GradientTape` inside the compiled function; Keras-layout gradients are mapped back to the
+canonical PyTorch layout (`canonical_grads`: transposed, gate order restored, a merged bias gradient goes to both
+b_ih and b_hh).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from adapters.base import Adapter
+from harness.spec import Packed, RnnOut, RnnSpec
+
+# Keras gate blocks in terms of PyTorch's: LSTM i,f,c,o == i,f,g,o; GRU z,r,h <- r,z,n (blocks 1,0,2).
+_KERAS_BLOCKS = {"rnn": (0,), "lstm": (0, 1, 2, 3), "gru": (1, 0, 2)}
+
+
+def gate_perm(cell: str, hidden: int) -> np.ndarray | None:
+    """Row gather that turns PyTorch's gate order into Keras's (None when they already agree)."""
+    blocks = _KERAS_BLOCKS[cell]
+    if blocks == tuple(range(len(blocks))):
+        return None
+    return np.concatenate([np.arange(b * hidden, (b + 1) * hidden) for b in blocks])
+
+
+def keras_weights(tf: Any, cell: str, p: dict) -> tuple[Any, Any, Any]:
+    """Canonical {w_ih [G*H,in], w_hh [G*H,H], b_ih, b_hh} -> Keras (kernel [in,G*H], recurrent_kernel [H,G*H], bias).
+
+    LSTM / SimpleRNN have ONE bias (b_ih + b_hh); GRU with reset_after=True keeps both as bias [2, 3H]
+    (row 0 input bias, row 1 recurrent bias), which is what keeps b_hn inside r * (W_hn h + b_hn).
+    """
+    perm = gate_perm(cell, p["w_hh"].shape[1])
+    order = (lambda a: a) if perm is None else (lambda a: tf.gather(a, perm))
+    kernel = tf.transpose(order(p["w_ih"]))
+    recurrent = tf.transpose(order(p["w_hh"]))
+    if cell == "gru":
+        return kernel, recurrent, tf.stack([order(p["b_ih"]), order(p["b_hh"])])
+    return kernel, recurrent, p["b_ih"] + p["b_hh"]
+
+
+def canonical_grads(tf: Any, cell: str, kernel: Any, recurrent: Any, bias: Any) -> dict[str, Any]:
+    """Gradients w.r.t. Keras (kernel, recurrent_kernel, bias) -> gradients w.r.t. the canonical params.
+
+    The adjoint of `keras_weights`: transpose back, undo the gate permutation; a merged bias b_ih + b_hh passes
+    its gradient unchanged to both terms.
+    """
+    perm = gate_perm(cell, recurrent.shape[0])
+    undo = (lambda a: a) if perm is None else (lambda a: tf.gather(a, np.argsort(perm)))
+    grads = {"w_ih": undo(tf.transpose(kernel)), "w_hh": undo(tf.transpose(recurrent))}
+    if cell == "gru":
+        grads.update(b_ih=undo(bias[0]), b_hh=undo(bias[1]))
+    else:
+        grads.update(b_ih=bias, b_hh=bias)
+    return grads
+
+
+class _KerasNet:
+    """Stacked Keras recurrent layers for one (spec, dtype, device), built once; weights assigned per call."""
+
+    kernel_fallback = "keras-while"
+
+    def __init__(self, tf: Any, keras: Any, spec: RnnSpec, dtype: str, use_cudnn: bool) -> None:
+        self.tf, self.spec = tf, spec
+        self.layers, self.cells = [], []
+        for layer in range(spec.num_layers):
+            net = self._make(keras, spec, dtype, use_cudnn)
+            if spec.bidirectional:
+                net = keras.layers.Bidirectional(net, merge_mode="concat", dtype=dtype)
+                subs = [net.forward_layer, net.backward_layer]
+            else:
+                subs = [net]
+            net.build((None, None, spec.layer_input_size(layer)))
+            self.layers.append(net)
+            self.cells.append([s.cell for s in subs])
+
+    @staticmethod
+    def _make(keras: Any, spec: RnnSpec, dtype: str, use_cudnn: bool) -> Any:
+        kw = dict(return_sequences=True, return_state=True, dtype=dtype)
+        if spec.cell == "lstm":
+            return keras.layers.LSTM(spec.hidden_size, use_cudnn="auto" if use_cudnn else False, **kw)
+        if spec.cell == "gru":
+            return keras.layers.GRU(spec.hidden_size, reset_after=True,
+                                    use_cudnn="auto" if use_cudnn else False, **kw)
+        return keras.layers.SimpleRNN(spec.hidden_size, activation="tanh", **kw)
+
+    def sources(self, params: list) -> list:
+        """Assign the canonical params to the layers' variables; return those variables (what to differentiate)."""
+        out = []
+        for cells, dirs in zip(self.cells, params, strict=True):
+            for cell, p in zip(cells, dirs, strict=True):
+                vs = (cell.kernel.value, cell.recurrent_kernel.value, cell.bias.value)
+                for v, w in zip(vs, keras_weights(self.tf, self.spec.cell, p), strict=True):
+                    v.assign(w)
+                out.append(vs)
+        return out
+
+    def to_canonical(self, grads: list) -> list:
+        D = self.spec.num_directions
+        flat = [canonical_grads(self.tf, self.spec.cell, *g) for g in grads]
+        return [flat[i:i + D] for i in range(0, len(flat), D)]
+
+    def forward(self, x: Any, lengths: Any, valid: Any, params: list) -> tuple[Any, list, list]:
+        """x right-aligned and zeroed at padding -> (outputs zeroed at padding, [h per layer*dir], [c ...])."""
+        tf = self.tf
+        # cuDNN asserts that no row is fully masked: give empty rows one (zero-input, discarded) step.
+        kmask = tf.range(x.shape[1], dtype=lengths.dtype)[None, :] < tf.maximum(lengths, 1)[:, None]
+        lstm = self.spec.cell == "lstm"
+        hs, cs = [], []
+        for layer in self.layers:
+            out, *states = layer(x, mask=kmask)  # states: h (, c) per direction, forward first
+            x = tf.where(valid[..., None], out, tf.zeros_like(out))
+            hs += states[0::2] if lstm else states
+            cs += states[1::2] if lstm else []
+        return x, hs, cs
+
+
+class _ScanNet:
+    """The cell math in `tf.scan` with a masked carry; both directions of a layer share one scan."""
+
+    kernel_fallback = "tf-while"
+
+    def __init__(self, tf: Any, spec: RnnSpec) -> None:
+        self.tf, self.spec = tf, spec
+
+    def sources(self, params: list) -> list:
+        return params
+
+    def to_canonical(self, grads: list) -> list:
+        return grads
+
+    def forward(self, x: Any, lengths: Any, valid: Any, params: list) -> tuple[Any, list, list]:
+        tf = self.tf
+        t = tf.range(x.shape[1], dtype=lengths.dtype)[None, :]
+        rev = tf.where(valid, lengths[:, None] - 1 - t, t)  # per-sequence reversal; its own inverse
+        valid_tm = tf.transpose(valid)[:, None, :, None]  # [T, 1, B, 1]
+        hs, cs = [], []
+        for dirs in params:
+            xs = tf.stack([x, tf.gather(x, rev, batch_dims=1)][: len(dirs)])  # [D, B, T, in]
+            w = {k: tf.stack([p[k] for p in dirs]) for k in dirs[0]}
+            xw = tf.einsum("dbti,dgi->tdbg", xs, w["w_ih"]) + w["b_ih"][:, None, :]
+            seq, last = self._scan(xw, valid_tm, w["w_hh"], w["b_hh"])
+            ys = tf.transpose(seq, [1, 2, 0, 3])  # [D, B, T, H]
+            y = tf.concat([ys[0], tf.gather(ys[1], rev, batch_dims=1)] if len(dirs) == 2 else [ys[0]], axis=-1)
+            x = tf.where(valid[..., None], y, tf.zeros_like(y))
+            hs += tf.unstack(last[0])
+            cs += tf.unstack(last[1]) if len(last) == 2 else []
+        return x, hs, cs
+
+    def _scan(self, xw: Any, valid_tm: Any, w_hh: Any, b_hh: Any) -> tuple[Any, tuple]:
+        tf, cell = self.tf, self.spec.cell
+        zeros = tf.zeros([xw.shape[1], xw.shape[2], w_hh.shape[2]], dtype=xw.dtype)  # [D, B, H]
+        init = (zeros, zeros) if cell == "lstm" else (zeros,)
+
+        def step(carry, elems):
+            xw_t, v_t = elems
+            hw = tf.matmul(carry[0], w_hh, transpose_b=True) + b_hh[:, None, :]
+            new = _cell_step(tf, cell, xw_t, hw, carry)
+            return tuple(tf.where(v_t, n, o) for n, o in zip(new, carry, strict=True))
+
+        seq = tf.scan(step, (xw, valid_tm), initializer=init)
+        return seq[0], tuple(s[-1] for s in seq)
+
+
+def _cell_step(tf: Any, cell: str, xw: Any, hw: Any, carry: tuple) -> tuple:
+    """One step in PyTorch's formulation: xw = W_ih x + b_ih, hw = W_hh h + b_hh (gate blocks in torch order)."""
+    if cell == "rnn":
+        return (tf.tanh(xw + hw),)
+    if cell == "lstm":
+        i, f, g, o = tf.split(xw + hw, 4, axis=-1)
+        c = tf.sigmoid(f) * carry[1] + tf.sigmoid(i) * tf.tanh(g)
+        return tf.sigmoid(o) * tf.tanh(c), c
+    xr, xz, xn = tf.split(xw, 3, axis=-1)
+    hr, hz, hn = tf.split(hw, 3, axis=-1)
+    r, z = tf.sigmoid(xr + hr), tf.sigmoid(xz + hz)
+    n = tf.tanh(xn + r * hn)
+    return ((1 - z) * n + z * carry[0],)
+
+
+class TensorflowAdapter(Adapter):
+    """TensorFlow / Keras 3 behind the contract (see the module docstring for the RNN strategies)."""
+
+    name = "tensorflow"
+    strategies = ("keras", "masked_scan")
+
+    def __init__(self) -> None:
+        import os  # the module's top level imports only NumPy and the project's leaf modules
+
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras
+        import tensorflow as tf
+
+        if keras.backend.backend() != "tensorflow":
+            raise ImportError(f"the tensorflow adapter needs KERAS_BACKEND=tensorflow; keras runs "
+                              f"{keras.backend.backend()!r} in this process")
+        self.tf, self.keras = tf, keras
+        self.version = f"tensorflow {tf.__version__}, keras {keras.__version__}"
+        self._gpus = tf.config.list_physical_devices("GPU")
+        for gpu in self._gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # the GPU was initialised before this adapter; growth can no longer change
+                pass
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        self._traces = 0
+        self._fns: dict = {}
+        self._nets: dict = {}
+        self._kernels: dict = {}
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    def devices(self) -> list[str]:
+        return ["cpu", "gpu"] if self._gpus else ["cpu"]
+
+    @staticmethod
+    def _dev(device: str) -> str:
+        return "/GPU:0" if device == "gpu" else "/CPU:0"
+
+    def asarray(self, x: Any, device: str = "cpu") -> Any:
+        tf = self.tf
+        if not isinstance(x, tf.Tensor):
+            x = np.asarray(x)  # NumPy's dtype rules (int64, float64) for lists, like the reference
+        with tf.device(self._dev(device)):
+            t = tf.convert_to_tensor(x)
+            return t if t.device.endswith(self._dev(device)[1:]) else tf.identity(t)
+
+    def _tensor(self, x: Any, dtype: Any = None) -> Any:
+        """A native tensor where it already lives (no device move), optionally cast."""
+        tf = self.tf
+        t = x if isinstance(x, tf.Tensor) else tf.convert_to_tensor(np.asarray(x))
+        return t if dtype is None or t.dtype == dtype else tf.cast(t, dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+    def sync(self, device: str = "cpu") -> None:
+        """Eager CPU ops return when done; on GPU a device->host copy of a fresh value waits for the stream."""
+        if device == "gpu":
+            with self.tf.device("/GPU:0"):
+                (self.tf.zeros(()) + 1).numpy()
+
+    def compile_count(self) -> int:
+        return self._traces
+
+    def reset_peak_memory(self, device: str = "cpu") -> None:
+        if device == "gpu" and self._gpus:
+            self.tf.config.experimental.reset_memory_stats("GPU:0")
+
+    def peak_memory(self, device: str = "cpu") -> int | None:
+        if device == "gpu" and self._gpus:
+            return int(self.tf.config.experimental.get_memory_info("GPU:0")["peak"])
+        return None
+
+    # -- non-RNN ops ------------------------------------------------------------------------------------------
+    def _pad(self, seqs, maxlen, side, value, truncate, device):
+        """`keras.utils.pad_sequences` values through a RaggedTensor.
+
+        Unlike pad_sequences (whose dtype defaults to int32) the result keeps the sequences' dtype (the first
+        sequence's, like the NumPy reference). Right truncation is `to_tensor`'s own; left truncation slices the
+        ragged rows; left padding rolls each right-padded row by a gather.
+        """
+        tf = self.tf
+        arrays = [s if isinstance(s, tf.Tensor) else np.asarray(s) for s in seqs]
+        dtype = tf.as_dtype(arrays[0].dtype)
+        lens = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+        feat = list(arrays[0].shape[1:])
+        with tf.device(self._dev(device)):
+            if any(isinstance(a, tf.Tensor) for a in arrays):
+                values = tf.concat([tf.cast(a, dtype) for a in arrays], axis=0)
+            else:  # one host->device conversion instead of one per sequence
+                values = tf.convert_to_tensor(np.concatenate(arrays).astype(dtype.as_numpy_dtype, copy=False))
+            rt = tf.RaggedTensor.from_row_lengths(values, lens)
+            if truncate == "left":  # keep the last maxlen items (to_tensor's own truncation keeps the first)
+                rt = rt[:, -maxlen:] if maxlen else rt[:, :0]
+            out = rt.to_tensor(default_value=tf.cast(value, dtype), shape=[len(arrays), maxlen, *feat])
+            if side == "left" and maxlen:
+                out = self._to_left(out, tf.constant(np.minimum(lens, maxlen)))
+        return out
+
+    def _mask(self, lengths, maxlen, side, device):
+        with self.tf.device(self._dev(device)):
+            return self._valid(lengths, maxlen, side)
+
+    def _valid(self, lengths: Any, maxlen: int, side: str) -> Any:
+        """`tf.sequence_mask`; its mirror image is the left-padding mask (placed where TF puts it)."""
+        m = self.tf.sequence_mask(lengths, maxlen)
+        return self.tf.reverse(m, axis=[1]) if side == "left" else m
+
+    def _to_right(self, x: Any, lengths: Any) -> Any:
+        """Left-padded rows -> right-padded rows (valid steps first, order kept): a per-row roll by a gather."""
+        tf, T = self.tf, x.shape[1]
+        t = tf.range(T, dtype=lengths.dtype)[None, :]
+        return tf.gather(x, (t + T - lengths[:, None]) % T, batch_dims=1)
+
+    def _to_left(self, x: Any, lengths: Any) -> Any:
+        """Right-padded rows -> left-padded rows (inverse of `_to_right`)."""
+        tf, T = self.tf, x.shape[1]
+        t = tf.range(T, dtype=lengths.dtype)[None, :]
+        return tf.gather(x, (t - (T - lengths[:, None])) % T, batch_dims=1)
+
+    def _pack(self, padded, lengths, side):
+        tf = self.tf
+        x = self._tensor(padded)
+        L = tf.constant(lengths)
+        if side == "left" and x.shape[1]:
+            x = self._to_right(x, L)
+        sorted_indices = tf.cast(tf.argsort(L, direction="DESCENDING", stable=True), tf.int64)
+        longest = int(lengths.max())
+        valid_tm = tf.range(longest, dtype=tf.int64)[:, None] < tf.gather(L, sorted_indices)[None, :]  # [T, B]
+        time_major = tf.transpose(tf.gather(x[:, :longest], sorted_indices), [1, 0, *range(2, len(x.shape))])
+        return Packed(data=tf.boolean_mask(time_major, valid_tm),
+                      batch_sizes=tf.reduce_sum(tf.cast(valid_tm, tf.int64), axis=1),
+                      sorted_indices=sorted_indices,
+                      unsorted_indices=tf.math.invert_permutation(sorted_indices))
+
+    def _unpack(self, packed, batch_sizes, total_length, side):
+        tf = self.tf
+        data = self._tensor(packed.data)
+        sorted_indices = self._tensor(packed.sorted_indices, tf.int64)
+        B = int(sorted_indices.shape[0])
+        valid_tm = tf.range(B, dtype=tf.int64)[None, :] < tf.constant(batch_sizes)[:, None]  # [T, B], sorted rows
+        lengths_sorted = tf.reduce_sum(tf.cast(valid_tm, tf.int64), axis=0)
+        pos = tf.where(valid_tm)  # (t, r) in row-major order == the order of packed.data
+        t, r = pos[:, 0], pos[:, 1]
+        if side == "left":
+            t = t + total_length - tf.gather(lengths_sorted, r)
+        index = tf.stack([tf.gather(sorted_indices, r), t], axis=1)
+        out = tf.scatter_nd(index, data, [B, total_length, *data.shape[1:]])
+        return out, tf.scatter_nd(sorted_indices[:, None], lengths_sorted, [B])
+
+    def _masked_mean(self, x, lengths, side):
+        """Sum of `tf.where`-selected valid steps over max(n, 1): NaN in padding never meets an arithmetic op."""
+        tf = self.tf
+        x = self._tensor(x)
+        m = tf.reshape(self._valid(lengths, x.shape[1], side), [*x.shape[:2]] + [1] * (len(x.shape) - 2))
+        total = tf.reduce_sum(tf.where(m, x, tf.zeros_like(x)), axis=1)
+        n = tf.reshape(tf.constant(np.maximum(lengths, 1)), [-1] + [1] * (len(x.shape) - 2))
+        if x.dtype.is_floating or x.dtype.is_complex:
+            return total / tf.cast(n, x.dtype)
+        return tf.cast(total / n, x.dtype)  # integer means truncate toward zero, like the NumPy reference
+
+    # -- RNN --------------------------------------------------------------------------------------------------
+    def _net(self, spec: RnnSpec, strategy: str, dtype: str, device: str) -> Any:
+        if strategy == "masked_scan":
+            return _ScanNet(self.tf, spec)
+        key = (spec, dtype, device)
+        if key not in self._nets:
+            with self.tf.device(self._dev(device)):
+                self._nets[key] = _KerasNet(self.tf, self.keras, spec, dtype, use_cudnn=device == "gpu")
+        return self._nets[key]
+
+    def _function(self, mode: str, spec: RnnSpec, strategy: str, side: str, dtype: str, device: str):
+        """The cached tf.function for this configuration (it traces once per input shape)."""
+        key = (mode, spec, strategy, side, dtype, device)
+        if key not in self._fns:
+            import functools
+
+            net = self._net(spec, strategy, dtype, device)
+            # partial: TF keys its "frequent retracing" warning on the code object, which all bodies share
+            body = functools.partial(self._body(key, net, side, with_grad=mode == "vjp"))
+            self._fns[key] = self.tf.function(body, autograph=False)
+        return self._fns[key], key
+
+    def _body(self, key: tuple, net: Any, side: str, with_grad: bool):
+        tf = self.tf
+
+        def run(x, lengths, params, cot=None):
+            self._traces += 1  # Python body: runs only while tracing
+            sources = net.sources(params)
+            if not with_grad:
+                result = self._forward(net, x, lengths, params, side)
+                self._kernels[key] = self._kernel_name(net)
+                return result
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch([x, sources])
+                out, h_n, c_n = self._forward(net, x, lengths, params, side)
+                loss = self._loss(out, h_n, c_n, cot)
+            self._kernels[key] = self._kernel_name(net)
+            gx, gs = tape.gradient(loss, [x, sources], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            dense = tf.nest.map_structure(tf.convert_to_tensor, [gx, net.to_canonical(gs)])  # no IndexedSlices
+            return (out, h_n, c_n), *dense
+
+        return run
+
+    def _forward(self, net: Any, x: Any, lengths: Any, params: list, side: str) -> tuple[Any, Any, Any]:
+        """Realign to right padding, zero padded inputs (so NaN never reaches a matmul), run, realign back."""
+        tf = self.tf
+        valid = tf.range(x.shape[1], dtype=lengths.dtype)[None, :] < lengths[:, None]
+        if side == "left":
+            x = self._to_right(x, lengths)
+        out, hs, cs = net.forward(tf.where(valid[..., None], x, tf.zeros_like(x)), lengths, valid, params)
+        if side == "left":
+            out = self._to_left(out, lengths)
+        nonempty = (lengths > 0)[None, :, None]
+        h_n = tf.where(nonempty, tf.stack(hs), 0)
+        c_n = tf.where(nonempty, tf.stack(cs), 0) if cs else None
+        return out, h_n, c_n
+
+    def _loss(self, out: Any, h_n: Any, c_n: Any, cot: dict) -> Any:
+        """sum(outputs*cot) + sum(h_n*cot) [+ sum(c_n*cot)]: its gradient is the requested VJP."""
+        rs = self.tf.reduce_sum
+        loss = rs(out * cot["outputs"]) + rs(h_n * cot["h_n"])
+        return loss + rs(c_n * cot["c_n"]) if c_n is not None else loss
+
+    def _kernel_name(self, net: Any) -> str:
+        ops = self.tf.compat.v1.get_default_graph().get_operations()
+        return "cudnn" if any(op.type.startswith("CudnnRNN") for op in ops) else net.kernel_fallback
+
+    def _inputs(self, spec: RnnSpec, params: list, x: Any, lengths: np.ndarray, device: str):
+        tf = self.tf
+        with tf.device(self._dev(device)):
+            x = self.asarray(x, device)
+            params = [[{k: self._tensor(self.asarray(v, device), x.dtype) for k, v in p.items()} for p in dirs]
+                      for dirs in params]
+            return x, tf.constant(lengths), params
+
+    def _empty(self, spec: RnnSpec, x: Any, strategy: str) -> RnnOut:
+        """T == 0: every sequence is empty, nothing to run (a scan over zero steps is not defined in Keras)."""
+        tf = self.tf
+        B, D, H = x.shape[0], spec.num_directions, spec.hidden_size
+        state = tf.zeros([spec.num_layers * D, B, H], x.dtype)
+        return RnnOut(tf.zeros([B, 0, D * H], x.dtype), state, state if spec.cell == "lstm" else None,
+                      "keras-while" if strategy == "keras" else "tf-while")
+
+    def _rnn(self, spec, params, x, lengths, side, strategy, device):
+        x, L, params = self._inputs(spec, params, x, lengths, device)
+        if x.shape[1] == 0:
+            return self._empty(spec, x, strategy)
+        fn, key = self._function("fwd", spec, strategy, side, x.dtype.name, device)
+        with self.tf.device(self._dev(device)):
+            out, h_n, c_n = fn(x, L, params)
+        return RnnOut(out, h_n, c_n, self._kernels[key])
+
+    def _rnn_vjp(self, spec, params, x, lengths, cotangents, side, strategy, device):
+        tf = self.tf
+        x, L, params = self._inputs(spec, params, x, lengths, device)
+        if x.shape[1] == 0:
+            zeros = [[{k: tf.zeros_like(v) for k, v in p.items()} for p in dirs] for dirs in params]
+            return self._empty(spec, x, strategy), {"x": tf.zeros_like(x), "params": zeros}
+        with tf.device(self._dev(device)):
+            cot = {k: self.asarray(v, device) for k, v in cotangents.items()}
+            cot = {k: tf.cast(v, x.dtype) for k, v in cot.items()}
+            fn, key = self._function("vjp", spec, strategy, side, x.dtype.name, device)
+            (out, h_n, c_n), gx, gp = fn(x, L, params, cot)
+        return RnnOut(out, h_n, c_n, self._kernels[key]), {"x": gx, "params": gp}
