@@ -161,6 +161,11 @@ class Adapter(abc.ABC):
                 raise ValueError(f"cotangents[{key!r}] has shape {tuple(cotangents[key].shape)}, expected {shape}")
         return self._rnn_vjp(spec, params, x, lengths, cotangents, side, strategy, device)
 
+    def raw_rnn(self, spec: RnnSpec, params: Any, x: Any, lengths: Any, device: str = "cpu"):
+        """A callable running the default strategy's framework code directly, the way a user would write it
+        without varlen (no validation, no conversion), for measuring the adapter's overhead. Optional."""
+        raise NotImplementedError(f"{self.name} has no raw baseline for the overhead measurement")
+
     # -- what a framework implements --------------------------------------------------------------------------
     @abc.abstractmethod
     def _pad(self, seqs: list, maxlen: int, side: str, value: Any, truncate: str, device: str) -> Any: ...

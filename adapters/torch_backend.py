@@ -176,6 +176,25 @@ class TorchAdapter(Adapter):
             out, h, c = self._forward(spec, weights, x, lengths, side, strategy)
         return RnnOut(out, h, c, self._kernel(spec, strategy, x, lengths))
 
+    def raw_rnn(self, spec, params, x, lengths, device="cpu"):
+        """pack_padded_sequence -> nn.LSTM/GRU/RNN -> pad_packed_sequence under no_grad, written the usual way
+        (weights loaded once, lengths as a CPU tensor, right padding, no zero-length rows)."""
+        torch, utils = self.torch, self.rnn_utils
+        x = self.asarray(x, device)
+        module = self._module(spec, x.dtype, x.device)
+        with torch.no_grad():
+            for name, value in to_torch_names(params).items():
+                getattr(module, name).copy_(self._native(value))
+        lengths_t = torch.as_tensor(np.asarray(lengths))
+
+        def run():
+            with torch.no_grad():
+                packed = utils.pack_padded_sequence(x, lengths_t, batch_first=True, enforce_sorted=False)
+                out, state = module(packed)
+                return utils.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], state
+
+        return run
+
     def _rnn_vjp(self, spec, params, x, lengths, cotangents, side, strategy, device):
         """Autograd through the strategy itself, x and the weights as leaves; cotangents go straight into
         torch.autograd.grad (no loss sum, so nothing multiplies a cotangent by a constant-zero output)."""

@@ -113,7 +113,9 @@ def measure_case(adapter, case: dict, floor_rates: dict) -> dict:
     return {
         **case, **asdict(t), "status": "ok", "kernel": p.kernel or case["strategy"],
         "setup_s": setup_s, "compiles_in_setup": compiles, "first_call_s": p.first_call_s,
-        "compile_s": max(p.first_call_s - med, 0.0),
+        # compile time exists only where this case compiled; a shape compiled by an earlier case of the same
+        # worker has none (None, not 0). Eager frameworks never compile: theirs is first-call overhead.
+        "compile_s": max(p.first_call_s - med, 0.0) if compiles or adapter.compile_count() == 0 else None,
         "valid_tokens": p.valid_tokens, "padded_tokens": p.padded_tokens, "padding_fraction": p.padding_fraction,
         "valid_tokens_per_s": p.valid_tokens / med, "padded_tokens_per_s": p.padded_tokens / med,
         "sec_per_M_valid_tokens": med / p.valid_tokens * 1e6,
@@ -180,8 +182,10 @@ def _run_worker(framework: str, cases: list[dict], out: str, floor_rates: dict, 
         remaining = remaining[lost + 1:]
 
 
-def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float = 600, quiet: bool = False) -> dict:
-    """Run `cases` (grouped by framework, each in its own process), appending to `out`. Returns the floors."""
+def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float = 600, quiet: bool = False,
+          overhead: tuple[str, ...] = ()) -> dict:
+    """Run `cases` (grouped by framework, each in its own process), appending to `out`; then, for each framework
+    in `overhead`, the adapter-vs-raw overhead ratio (`harness.overhead`). Returns the floors."""
     out_path = Path(out)
     if resume:
         done = {r.get("key") for r in results.read([out_path]) if r.get("status") == "ok"}
@@ -200,6 +204,11 @@ def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float =
         advance = lambda case: bar.update(task, advance=1, description=f"{case['framework']} {case['op']}")
         for fw in dict.fromkeys(c["framework"] for c in cases):
             _run_worker(fw, [c for c in cases if c["framework"] == fw], out, floor_rates, timeout, advance)
+    for fw in overhead:
+        proc = subprocess.run([sys.executable, "-m", "harness.overhead", fw, out], capture_output=True, text=True,
+                              timeout=timeout)
+        if not quiet:
+            print((proc.stdout or proc.stderr[-500:]).strip())
     return floor_rates
 
 

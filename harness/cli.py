@@ -66,20 +66,24 @@ def cmd_bench(args) -> int:
     from suites import axes
 
     frameworks = _frameworks(args.framework)
-    grid = dict(axes.QUICK) if args.quick else {
+    grids = [dict(g) for g in axes.QUICK] if args.quick else [{
         "ops": axes.OPS, "batches": axes.BATCHES, "max_lens": axes.MAX_LENS, "profiles": axes.PROFILES,
-        "cells": axes.CELLS[:1], "hidden": axes.HIDDEN, "dtypes": axes.DTYPES}
+        "cells": axes.CELLS[:1], "hidden": axes.HIDDEN, "dtypes": axes.DTYPES}]
     for key, value in (("ops", args.op), ("batches", args.batch), ("max_lens", args.max_len),
                        ("profiles", args.profile), ("cells", args.cell), ("hidden", args.hidden),
                        ("dtypes", args.dtype)):
-        if value:
-            grid[key] = tuple(value)
+        for grid in grids:
+            if value:
+                grid[key] = tuple(value)
     strategies = {f: adapters.declared_strategies(f) for f in frameworks}
     if args.strategy:
         strategies = {f: [s for s in v if s in args.strategy] for f, v in strategies.items()}
-    cases = axes.cases(frameworks=frameworks, strategies=strategies, devices=tuple(args.device or ["cpu"]), **grid)
+    devices = tuple(args.device or ["cpu"])
+    cases = list({axes.case_key(c): c for grid in grids
+                  for c in axes.cases(frameworks=frameworks, strategies=strategies, devices=devices, **grid)}.values())
     print(f"varlen bench: {len(cases)} cases -> {args.out}")
-    bench.sweep(cases, args.out, resume=args.resume, timeout=args.timeout)
+    bench.sweep(cases, args.out, resume=args.resume, timeout=args.timeout,
+                overhead=tuple(frameworks) if args.quick else ())
     recs = [r for r in results.read([args.out]) if r.get("source") == "bench"]
     failed = [r for r in recs if r.get("status") != "ok"]
     print(f"varlen bench: {len(recs) - len(failed)} measured, {len(failed)} failed")

@@ -19,16 +19,15 @@ HIDDEN = (128,)                     # hidden size H (= input size I)
 DTYPES = ("float32",)
 FEATURES = 64                       # feature size of the non-RNN ops' inputs
 
-# The quick grid: every op, framework, strategy and profile once, in a few minutes on 2 cores.
-QUICK = {
-    "ops": OPS,
-    "batches": (64,),
-    "max_lens": (128,),
-    "profiles": ("equal", "lognormal", "zipf"),
-    "cells": ("lstm",),
-    "hidden": (128,),
-    "dtypes": ("float32",),
-}
+# The quick grid: every op, framework, strategy and three length profiles at one point, plus a batch-size sweep
+# and a max-length sweep on a few ops (for the report's batch and memory plots); a few minutes on 2 cores.
+QUICK_BASE = {"ops": OPS, "batches": (64,), "max_lens": (128,), "profiles": ("equal", "lognormal", "zipf"),
+              "cells": ("lstm",), "hidden": (128,), "dtypes": ("float32",)}
+QUICK = (
+    QUICK_BASE,
+    {**QUICK_BASE, "ops": ("masked_mean", "rnn_forward_backward"), "batches": (8, 256), "profiles": ("lognormal",)},
+    {**QUICK_BASE, "ops": ("pack_unpack", "rnn_forward_backward"), "max_lens": (32, 512), "profiles": ("lognormal",)},
+)
 # The RNN point every note quotes: B=64, T=128, H=128, LSTM, float32.
 HEADLINE = {"batch": 64, "max_len": 128, "hidden": 128, "cell": "lstm"}
 

@@ -18,7 +18,7 @@ FLOORS = {"copy_bytes_per_s": 1e10, "gemm_flop_per_s": 1e11}  # nominal: only th
 
 
 def quick_cases(framework: str) -> list[dict]:
-    grid = {**axes.QUICK, "profiles": ("lognormal",)}
+    grid = {**axes.QUICK_BASE, "profiles": ("lognormal",)}
     return axes.cases(frameworks=[framework], strategies={framework: adapters.declared_strategies(framework)},
                       **grid)
 

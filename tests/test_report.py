@@ -70,6 +70,7 @@ def test_failing_cells_are_marked(built):
     _, page, md = built
     assert page.count('<tr class="fail">') >= 2, "the failing strategy and the failed case must be highlighted"
     assert "FAILING" in page and "timed out after 600 s" in md
+    assert re.search(r'<tr class="fail"><td>jax</td><td>strategy</td><td>fast</td>', page), "failing strategy row"
 
 
 def test_recommendation_picks_fastest_exact_strategy(built):
@@ -85,7 +86,10 @@ def test_recommendation_picks_fastest_exact_strategy(built):
 
 def test_idiom_verdicts_say_what_is_right_and_wrong(built):
     _, _, md = built
-    assert re.search(r"\| torch \| mask_outputs \| right \| uni \| outputs \| h_n, grads \|", md), md
+    row = re.search(r"\| mask_outputs \| right \| uni \| (.*) \|", md)
+    assert row, md
+    jax_cell, torch_cell = row.group(1).split(" | ")
+    assert torch_cell == jax_cell == "WRONG h_n, grads (err 0.3); right: outputs", row.group(0)
 
 
 def chromium() -> str | None:
