@@ -7,18 +7,24 @@ STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test demo check bench bench-pytest asv report lint clean
+.PHONY: install chromium test demo check bench asv report lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip setuptools wheel
 	$(PIP) -e '.[all,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-## the correctness gates; every framework must be present (none may be skipped)
-test: $(STAMP)
+## Debian's chromium, for the test that renders the report in a real browser (installed when we are root)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "varlen: chromium is missing: sudo apt-get install chromium (the report's browser test needs it)"; fi; }
+
+## the correctness gates; every framework (and chromium) must be present: none may be skipped
+test: $(STAMP) chromium
 	VARLEN_REQUIRE_ALL=1 $(BIN)/python -m pytest
 
 ## the main job: equivalence check, quick CPU sweep, then the report
@@ -38,7 +44,7 @@ bench: $(STAMP)
 
 asv: $(STAMP)
 	$(BIN)/asv machine --yes
-	$(BIN)/asv run --python=same --quick --show-stderr
+	$(BIN)/asv run --python=same --quick
 	$(BIN)/asv publish
 
 report: $(STAMP)

@@ -1,37 +1,57 @@
-"""asv: pad, mask, pack+unpack and masked_mean per framework, batch size and length profile."""
+"""asv: pad, mask, pack+unpack and masked_mean per framework and length profile (B=64, T=128, 64 features)."""
 from __future__ import annotations
+
+import itertools
 
 from suites import common
 
-BATCHES = [8, 64, 256]                      # sequences per batch
-PROFILES = ["equal", "lognormal", "zipf"]   # length skew (harness.profiles)
+FRAMEWORKS = common.impls(rnn=False)
 OPS = ["pad", "mask", "pack_unpack", "masked_mean"]
+PROFILES = ["equal", "zipf"]                # length skew (harness.profiles): none, long tail
+CASE = dict(batch=64, max_len=128, features=64)
+
+
+def _case(framework, op, profile):
+    return common.full_case(framework, op=op, profile=profile, **CASE)
 
 
 class Ops:
-    params = (common.impls(rnn=False), OPS, BATCHES, PROFILES)
-    param_names = ["framework", "op", "batch", "profile"]
+    """Wall time and process peak memory; each parameter set runs in its own process (asv)."""
+
+    params = (FRAMEWORKS, OPS, PROFILES)
+    param_names = ["framework", "op", "profile"]
     timeout = 300
 
-    def setup(self, framework, op, batch, profile):
-        self.adapter, self.case = common.setup_case(framework, op=op, batch=batch, max_len=128, profile=profile,
-                                                    features=64)
+    def setup(self, framework, op, profile):
+        self.adapter, self.case = common.setup_case(framework, op=op, profile=profile, **CASE)
 
     def time_op(self, *args):
         self.case.call()
-
-    def track_sec_per_M_valid_tokens(self, *args):
-        return common.sec_per_million_valid_tokens(self.adapter, self.case)
-
-    track_sec_per_M_valid_tokens.unit = "s/Mtok"
-
-    def track_times_floor(self, *args):
-        return common.times_floor(self.adapter, self.case)
-
-    track_times_floor.unit = "x floor"
 
     def peakmem_op(self, *args):
         self.case.call()
 
     def peakmem_baseline(self, *args):
-        """What setup alone holds (inputs, framework): subtract from peakmem_op."""
+        """What setup alone holds (framework, inputs): subtract from peakmem_op."""
+
+
+class OpsTracks:
+    """Derived figures, all lower-is-better, from one `varlen bench` sweep (setup_cache)."""
+
+    params = Ops.params
+    param_names = Ops.param_names
+    timeout = 1800
+
+    def setup_cache(self):
+        return common.sweep_records([_case(*p) for p in itertools.product(*Ops.params)])
+
+    def track_sec_per_M_valid_tokens(self, cache, *p):
+        return common.tracked(cache, _case(*p), "sec_per_M_valid_tokens")
+
+    track_sec_per_M_valid_tokens.unit = "s/Mtok"
+
+    def track_times_floor(self, cache, *p):
+        """Measured time over the copy-bandwidth floor time (1 / fraction of floor)."""
+        return 1.0 / common.tracked(cache, _case(*p), "fraction_of_floor")
+
+    track_times_floor.unit = "x floor"

@@ -4,14 +4,13 @@ from __future__ import annotations
 import os
 
 import adapters
-from harness import bench, floors, memory, timing
+from harness import bench, results
 from suites import axes
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
-_FLOORS: dict = {}
 
 
 def impls(rnn: bool) -> list[str]:
@@ -21,38 +20,43 @@ def impls(rnn: bool) -> list[str]:
     return [f"{fw}:{s}" for fw in axes.FRAMEWORKS for s in adapters.declared_strategies(fw)]
 
 
-def machine_floors() -> dict:
-    if not _FLOORS:
-        _FLOORS.update(floors.measure())
-    return _FLOORS
-
-
 def setup_case(impl: str, **case) -> tuple[object, bench.Prepared]:
     """(adapter, prepared case); NotImplementedError (asv: skipped) when the framework or device is missing."""
-    framework, _, strategy = impl.partition(":")
+    framework = impl.partition(":")[0]
     if framework not in adapters.available():
         raise NotImplementedError(f"{framework} is not installed")
     adapter = adapters.get(framework)
     if case.get("device", "cpu") not in adapter.devices():
         raise NotImplementedError(f"{framework} sees no {case['device']}")
-    full = {"framework": framework, "strategy": strategy or case["op"], "device": "cpu", "dtype": "float32",
+    return adapter, bench.prepare(adapter, full_case(impl, **case))
+
+
+def sweep_records(cases: list[dict]) -> dict[str, dict]:
+    """Measure `cases` with `varlen bench`'s runner (one worker process per framework) -> {case_key: record}.
+
+    For asv's `setup_cache`: every track_* figure of a class comes from one sweep instead of one fresh process
+    (and one framework import) per parameter set. Frameworks that are not installed are left out.
+    """
+    import tempfile
+
+    present = [c for c in cases if c["framework"] in adapters.available()]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/records.jsonl"
+        bench.sweep(present, out, quiet=True)
+        recs = results.read([out])
+    return {r["key"]: r for r in recs if r.get("source") == "bench"}
+
+
+def tracked(cache: dict, case: dict, field: str) -> float:
+    """One figure of a swept case; NotImplementedError (asv: skipped) where it could not be measured."""
+    rec = cache.get(axes.case_key(case))
+    if rec is None or rec.get("status") != "ok" or rec.get(field) is None:
+        why = "not measured" if rec is None else rec.get("error") or f"no {field}"
+        raise NotImplementedError(why)
+    return float(rec[field])
+
+
+def full_case(impl: str, **case) -> dict:
+    framework, _, strategy = impl.partition(":")
+    return {"framework": framework, "strategy": strategy or case["op"], "device": "cpu", "dtype": "float32",
             "seed": 0, **case}
-    return adapter, bench.prepare(adapter, full)
-
-
-def sec_per_million_valid_tokens(adapter, p: bench.Prepared) -> float:
-    return timing.measure(p.call, compile_count=adapter.compile_count).median_s / p.valid_tokens * 1e6
-
-
-def times_floor(adapter, p: bench.Prepared) -> float:
-    """Measured time over the floor time (>= ~1; lower is better, as asv assumes): 1 / fraction of floor."""
-    rate = machine_floors()["copy_bytes_per_s" if p.floor == "copy" else "gemm_flop_per_s"]
-    return timing.measure(p.call, compile_count=adapter.compile_count).median_s / (p.work / rate)
-
-
-def peak_bytes(adapter, p: bench.Prepared, device: str) -> float:
-    if device == "cpu":
-        return float(memory.peak_rss_above_baseline(p.call) or 0)
-    adapter.reset_peak_memory(device)
-    p.call()
-    return float(adapter.peak_memory(device) or 0)
