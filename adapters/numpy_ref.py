@@ -16,6 +16,7 @@ from harness.spec import Packed, RnnOut, RnnSpec, pack_order
 
 class NumpyAdapter(Adapter):
     name = "numpy"
+    strategies = ("reference",)
 
     def __init__(self) -> None:
         self.np = np
@@ -85,9 +86,6 @@ class NumpyAdapter(Adapter):
         return out
 
     # -- RNN ---------------------------------------------------------------------------------------------------
-    def _strategies(self, cell):
-        return ["reference"]
-
     def _rnn(self, spec, params, x, lengths, side, strategy, device):
         out, _ = self._run(spec, params, x, lengths, side, None)
         return out

@@ -121,6 +121,7 @@ def measure_case(adapter, case: dict, floor_rates: dict) -> dict:
         "sec_per_M_valid_tokens": med / p.valid_tokens * 1e6,
         "floor": p.floor, "work": p.work, "floor_s": floor_s, "fraction_of_floor": floor_s / med if floor_s else None,
         "device_peak_bytes": device_peak, "peak_rss_bytes": rss_peak,
+        "peak_bytes": device_peak if case["device"] != "cpu" else rss_peak,
     }
 
 

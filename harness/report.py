@@ -366,7 +366,8 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
 def memory_section(df: pd.DataFrame, out: Path) -> Section:
     s = Section("Memory")
     ok = _ok(df).copy()
-    ok["peak_bytes"] = ok["device_peak_bytes"].where(ok["device"] != "cpu", ok["peak_rss_bytes"])
+    if "peak_bytes" not in ok.columns:
+        ok["peak_bytes"] = ok["device_peak_bytes"].where(ok["device"] != "cpu", ok["peak_rss_bytes"])
     ok = ok.dropna(subset=["peak_bytes"])
     s.p("Peak bytes of one call above what the inputs already hold: on CPU the process's peak RSS above its RSS "
         "just before the call (high-water mark reset per case), on GPU the framework allocator's peak. Allocator "

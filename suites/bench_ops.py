@@ -1,8 +1,6 @@
 """asv: pad, mask, pack+unpack and masked_mean per framework and length profile (B=64, T=128, 64 features)."""
 from __future__ import annotations
 
-import itertools
-
 from suites import common
 
 FRAMEWORKS = common.impls(rnn=False)
@@ -41,17 +39,10 @@ class OpsTracks:
     params = Ops.params
     param_names = Ops.param_names
     timeout = 1800
-
-    def setup_cache(self):
-        return common.sweep_records([_case(*p) for p in itertools.product(*Ops.params)])
-
-    def track_sec_per_M_valid_tokens(self, cache, *p):
-        return common.tracked(cache, _case(*p), "sec_per_M_valid_tokens")
-
-    track_sec_per_M_valid_tokens.unit = "s/Mtok"
-
-    def track_times_floor(self, cache, *p):
-        """Measured time over the copy-bandwidth floor time (1 / fraction of floor)."""
-        return 1.0 / common.tracked(cache, _case(*p), "fraction_of_floor")
-
-    track_times_floor.unit = "x floor"
+    case = staticmethod(_case)
+    setup_cache = common.sweep_all
+    setup = common.setup_measured
+    track_sec_per_M_valid_tokens = common.track("sec_per_M_valid_tokens", "s/Mtok",
+                                                "Seconds per million valid tokens.")
+    track_times_floor = common.track("fraction_of_floor", "x floor",
+                                     "Measured time over the copy-bandwidth floor time.", invert=True)

@@ -2,8 +2,6 @@
 (B=64, T=128, I=H=128, float32)."""
 from __future__ import annotations
 
-import itertools
-
 from suites import common
 
 IMPLS = common.impls(rnn=True)               # "framework:strategy"
@@ -47,30 +45,25 @@ class RnnTracks:
     params = Rnn.params
     param_names = Rnn.param_names
     timeout = 3600
+    case = staticmethod(_case)
+    setup_cache = common.sweep_all
+    setup = common.setup_measured
+    track_sec_per_M_valid_tokens = common.track("sec_per_M_valid_tokens", "s/Mtok",
+                                                "Seconds per million valid tokens, forward+backward.")
+    track_times_floor = common.track("fraction_of_floor", "x floor",
+                                     "Measured time over the GEMM floor time on valid tokens.", invert=True)
+    track_peak_bytes = common.track("peak_bytes", "bytes", "Device allocator peak on GPU; on CPU the RSS peak of "
+                                    "one call above the RSS before it.")
 
-    def setup_cache(self):
-        return common.sweep_records([_case(*p) for p in itertools.product(*Rnn.params)])
 
-    def track_sec_per_M_valid_tokens(self, cache, *p):
-        return common.tracked(cache, _case(*p), "sec_per_M_valid_tokens")
+class RnnCompile:
+    """Compile seconds: first call minus a warm call, one fresh shape per parameter set (profile fixed)."""
 
-    track_sec_per_M_valid_tokens.unit = "s/Mtok"
-
-    def track_times_floor(self, cache, *p):
-        """Measured time over the GEMM floor time on valid tokens (1 / fraction of floor)."""
-        return 1.0 / common.tracked(cache, _case(*p), "fraction_of_floor")
-
-    track_times_floor.unit = "x floor"
-
-    def track_compile_seconds(self, cache, *p):
-        """First call minus a warm call (jit / tf.function trace+compile; first-call overhead when eager)."""
-        return common.tracked(cache, _case(*p), "compile_s")
-
-    track_compile_seconds.unit = "seconds"
-
-    def track_peak_bytes(self, cache, *p):
-        """Device allocator peak on GPU; on CPU the RSS peak of one call above the RSS before it."""
-        field = "peak_rss_bytes" if p[1] == "cpu" else "device_peak_bytes"
-        return common.tracked(cache, _case(*p), field)
-
-    track_peak_bytes.unit = "bytes"
+    params = (IMPLS, DEVICES)
+    param_names = ["impl", "device"]
+    timeout = 1800
+    case = staticmethod(lambda impl, device: _case(impl, device, "equal"))
+    setup_cache = common.sweep_all
+    setup = common.setup_measured
+    track_compile_seconds = common.track("compile_s", "seconds", "jit / tf.function trace+compile; first-call "
+                                         "overhead for eager strategies.")

@@ -1,6 +1,7 @@
 """What every asv benchmark class shares: building a case through the harness, skipping what cannot run here."""
 from __future__ import annotations
 
+import itertools
 import os
 
 import adapters
@@ -47,13 +48,38 @@ def sweep_records(cases: list[dict]) -> dict[str, dict]:
     return {r["key"]: r for r in recs if r.get("source") == "bench"}
 
 
-def tracked(cache: dict, case: dict, field: str) -> float:
-    """One figure of a swept case; NotImplementedError (asv: skipped) where it could not be measured."""
+def measured(cache: dict, case: dict) -> dict:
+    """The swept record of `case`; NotImplementedError (asv: skipped, n/a) where it could not be measured."""
     rec = cache.get(axes.case_key(case))
-    if rec is None or rec.get("status") != "ok" or rec.get(field) is None:
-        why = "not measured" if rec is None else rec.get("error") or f"no {field}"
-        raise NotImplementedError(why)
-    return float(rec[field])
+    if rec is None or rec.get("status") != "ok":
+        raise NotImplementedError("not measured" if rec is None else rec.get("error", "failed"))
+    return rec
+
+
+# Building blocks of the *Tracks classes (asv discovers methods by name, so these are plain functions that the
+# classes bind as attributes; each class defines `case(*params) -> case dict`).
+def sweep_all(self) -> dict:
+    """setup_cache: measure every parameter set of the class in one sweep."""
+    return sweep_records([self.case(*p) for p in itertools.product(*self.params)])
+
+
+def setup_measured(self, cache, *p) -> None:
+    """setup: skip (not fail) parameter sets the sweep could not measure, e.g. no GPU."""
+    measured(cache, self.case(*p))
+
+
+def track(field: str, unit: str, doc: str, invert: bool = False):
+    """A track_* method returning `field` of the swept record (its inverse with invert=True)."""
+
+    def method(self, cache, *p):
+        value = measured(cache, self.case(*p)).get(field)
+        if value is None:
+            raise NotImplementedError(f"{field} was not measured for this case")
+        return 1.0 / float(value) if invert else float(value)
+
+    method.unit = unit
+    method.__doc__ = doc
+    return method
 
 
 def full_case(impl: str, **case) -> dict:

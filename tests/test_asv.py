@@ -1,0 +1,40 @@
+"""asv's view of the suites: benchmarks discovered and well-formed, every axis from `suites.axes`/the registry."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import adapters
+from suites import bench_ops, bench_rnn, common
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_asv_check_finds_no_problems(tmp_path):
+    asv = shutil.which("asv") or str(Path(sys.executable).parent / "asv")
+    proc = subprocess.run([asv, "check", "--python=same"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={"HOME": str(tmp_path), "PATH": str(Path(sys.executable).parent)})
+    assert proc.returncode == 0 and "No problems found" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_asv_axes_cover_every_declared_strategy():
+    declared = {f"{fw}:{s}" for fw in ("torch", "tensorflow", "jax") for s in adapters.declared_strategies(fw)}
+    assert set(bench_rnn.Rnn.params[0]) == declared
+    assert set(bench_ops.Ops.params[0]) == {"torch", "tensorflow", "jax"}
+
+
+def test_tracks_skip_unmeasured_cases_instead_of_failing():
+    case = bench_rnn.RnnTracks.case("torch:packed", "gpu", "equal")
+    failed = {common.axes.case_key(case): {"status": "failed", "error": "no GPU"}}
+    for cache in ({}, failed):
+        try:
+            common.setup_measured(bench_rnn.RnnTracks(), cache, "torch:packed", "gpu", "equal")
+        except NotImplementedError:
+            continue
+        raise AssertionError(f"an unmeasured case must raise NotImplementedError (asv: skipped), cache={cache}")
+    ok = {common.axes.case_key(case): {"status": "ok", "sec_per_M_valid_tokens": 2.0, "fraction_of_floor": 0.25}}
+    t = bench_rnn.RnnTracks()
+    assert t.track_sec_per_M_valid_tokens(ok, "torch:packed", "gpu", "equal") == 2.0
+    assert t.track_times_floor(ok, "torch:packed", "gpu", "equal") == 4.0

@@ -1,0 +1,60 @@
+"""The sweep runner: one record per case as soon as it is measured, a hanging case recorded as failed while the
+sweep goes on in a fresh worker, and --resume skipping what is done. Uses the NumPy adapter (no framework needed)."""
+from __future__ import annotations
+
+from harness import bench, results
+from suites import axes
+
+
+def case(op, batch, **kw):
+    base = dict(op=op, framework="numpy", strategy=op, device="cpu", dtype="float32", batch=batch, max_len=32,
+                profile="lognormal", seed=0, features=8)
+    if op.startswith("rnn"):
+        base.update(strategy="reference", cell="lstm", hidden=64, input_size=64, num_layers=2, bidirectional=True)
+    return {**base, **kw}
+
+
+def test_hanging_case_is_recorded_failed_and_the_sweep_goes_on(tmp_path):
+    out = tmp_path / "r.jsonl"
+    # the NumPy reference RNN's backward pass over 64 x 512 steps takes far longer than the 2 s timeout
+    cases = [case("masked_mean", 4), case("rnn_forward_backward", 64, max_len=512), case("mask", 8)]
+    bench.sweep(cases, str(out), timeout=2, quiet=True)
+    recs = [r for r in results.read([out]) if r.get("source") == "bench"]
+    by_key = {r["key"]: r for r in recs}
+    assert len(recs) == 3 and set(by_key) == {axes.case_key(c) for c in cases}
+    assert by_key[axes.case_key(cases[0])]["status"] == "ok"
+    hung = by_key[axes.case_key(cases[1])]
+    assert hung["status"] == "failed" and "timed out" in hung["error"]
+    last = by_key[axes.case_key(cases[2])]
+    assert last["status"] == "ok" and last["valid_tokens_per_s"] > 0 and last["floor"] == "copy"
+    assert [r for r in results.read([out]) if r.get("source") == "floors"], "floors must be recorded"
+
+    # --resume: only the failed case runs again (it fails again the same way), nothing done is repeated
+    bench.sweep(cases, str(out), timeout=2, quiet=True, resume=True)
+    recs = [r for r in results.read([out]) if r.get("source") == "bench"]
+    assert len(recs) == 4 and recs[-1]["key"] == axes.case_key(cases[1])
+
+
+def test_a_failing_case_is_a_record_not_a_lost_run(tmp_path):
+    out = tmp_path / "r.jsonl"
+    cases = [case("mask", 4, device="gpu"), case("pad", 4)]  # the NumPy adapter has no GPU
+    bench.sweep(cases, str(out), quiet=True)
+    recs = [r for r in results.read([out]) if r.get("source") == "bench"]
+    assert [r["status"] for r in recs] == ["failed", "ok"]
+    assert "device 'gpu' is not available to numpy" in recs[0]["error"]
+
+
+def test_rerun_without_resume_keeps_the_previous_file(tmp_path):
+    out = tmp_path / "r.jsonl"
+    bench.sweep([case("mask", 4)], str(out), quiet=True)
+    bench.sweep([case("mask", 8)], str(out), quiet=True)
+    assert (tmp_path / "r.jsonl.prev").exists()
+    assert [r["batch"] for r in results.read([out]) if r.get("source") == "bench"] == [8]
+
+
+def test_truncated_last_line_is_skipped(tmp_path):
+    out = tmp_path / "r.jsonl"
+    results.append(out, {"a": 1})
+    with open(out, "a") as f:
+        f.write('{"a": 2, "b"')  # a write cut short by a kill
+    assert results.read([out]) == [{"a": 1}]
