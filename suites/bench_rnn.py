@@ -46,7 +46,10 @@ class RnnTracks:
     param_names = Rnn.param_names
     timeout = 3600
     case = staticmethod(_case)
-    setup_cache = common.sweep_all
+
+    def setup_cache(self):  # its own function per class: asv keys setup_cache results by source location
+        return common.sweep_all(self)
+
     setup = common.setup_measured
     track_sec_per_M_valid_tokens = common.track("sec_per_M_valid_tokens", "s/Mtok",
                                                 "Seconds per million valid tokens, forward+backward.")
@@ -63,7 +66,10 @@ class RnnCompile:
     param_names = ["impl", "device"]
     timeout = 1800
     case = staticmethod(lambda impl, device: _case(impl, device, "equal"))
-    setup_cache = common.sweep_all
+
+    def setup_cache(self):  # its own function per class: asv keys setup_cache results by source location
+        return common.sweep_all(self)
+
     setup = common.setup_measured
     track_compile_seconds = common.track("compile_s", "seconds", "jit / tf.function trace+compile; first-call "
                                          "overhead for eager strategies.")

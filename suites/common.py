@@ -59,7 +59,8 @@ def measured(cache: dict, case: dict) -> dict:
 # Building blocks of the *Tracks classes (asv discovers methods by name, so these are plain functions that the
 # classes bind as attributes; each class defines `case(*params) -> case dict`).
 def sweep_all(self) -> dict:
-    """setup_cache: measure every parameter set of the class in one sweep."""
+    """For setup_cache: measure every parameter set of the class in one sweep. Each class calls it from a
+    setup_cache of its own: asv keys cached results by the setup_cache function's source location."""
     return sweep_records([self.case(*p) for p in itertools.product(*self.params)])
 
 
