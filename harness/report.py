@@ -40,7 +40,7 @@ def fmt(v) -> str:
         return "yes" if v else "no"
     if isinstance(v, float):
         if math.isnan(v):
-            return "nan"
+            return "-"
         if math.isinf(v):
             return "inf"
         return f"{v:.3g}"
@@ -309,6 +309,12 @@ def _plain_log_x(ax, values) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
+def _legend_below(ax) -> None:
+    """Legend under the axes, so it never hides a curve."""
+    ax.legend(fontsize=7, title="framework:strategy", title_fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+
+
 def _errbar(ax, g: pd.DataFrame, x: str, label: str) -> None:
     g = g.sort_values(x)
     y = g["valid_tokens"] / g["median_s"]
@@ -333,13 +339,13 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
         head = _headline(d)
         ops = [op for op in OP_TITLES if op in set(head["op"])]
         if ops:
-            fig, axes = _new_fig(3, (len(ops) + 2) // 3)
+            fig, axes = _new_fig(3, (len(ops) + 2) // 3, h=5.2)
             for ax, op in zip(axes, ops):
                 for impl, g in head[head["op"] == op].groupby("impl"):
                     _errbar(ax, g, "padding_fraction", impl)
                 ax.set(title=f"{OP_TITLES[op]} ({device}, B={head['batch'].iloc[0]}, T={head['max_len'].iloc[0]})",
                        xlabel="padding fraction (share of padded steps)", ylabel="valid tokens / s", yscale="log")
-                ax.legend(fontsize=7, title="framework:strategy", title_fontsize=7)
+                _legend_below(ax)
             for ax in axes[len(ops):]:
                 ax.set_axis_off()
             s.figure(_save(fig, out, f"throughput_skew_{device}.png"),
@@ -348,7 +354,7 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
         by_batch = d[d.groupby(["op", "max_len", "profile"])["batch"].transform("nunique") > 1]
         if not by_batch.empty:
             ops = [op for op in OP_TITLES if op in set(by_batch["op"])]
-            fig, axes = _new_fig(len(ops))
+            fig, axes = _new_fig(len(ops), h=5.2)
             for ax, op in zip(axes, ops):
                 g_op = by_batch[by_batch["op"] == op]
                 for impl, g in g_op.groupby("impl"):
@@ -357,7 +363,7 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
                 ax.set(title=f"{OP_TITLES[op]} ({device}, {prof}, T={T})", xlabel="batch size (sequences)",
                        ylabel="valid tokens / s", yscale="log")
                 _plain_log_x(ax, g_op["batch"])
-                ax.legend(fontsize=7, title="framework:strategy", title_fontsize=7)
+                _legend_below(ax)
             s.figure(_save(fig, out, f"throughput_batch_{device}.png"),
                      f"Valid tokens per second vs batch size ({device}); error bars span the quartiles.")
     return s
@@ -374,7 +380,7 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
         "caches make small CPU figures noisy (a few MB); differences between strategies are what matters.")
     rnn = ok[ok["op"] == "rnn_forward_backward"]
     panels = [("batch", "max_len"), ("max_len", "batch")]
-    fig, axes = _new_fig(2)
+    fig, axes = _new_fig(2, h=5.2)
     drawn = False
     for ax, (x, fixed) in zip(axes, panels):
         for (impl, device), g in rnn.groupby(["impl", "device"]):
@@ -386,16 +392,23 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
                 drawn = True
         ax.set(title=f"RNN fwd+bwd peak memory vs {x.replace('_', ' ')} (lognormal)",
                xlabel="batch size (sequences)" if x == "batch" else "max length T (steps)",
-               ylabel="peak MiB above baseline")
+               ylabel="peak MiB above the RSS before the call")
         _plain_log_x(ax, rnn[x])
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            _legend_below(ax)
     if drawn:
         s.figure(_save(fig, out, "memory.png"), "Peak memory of one RNN forward+backward call vs batch size and "
                  "max length.")
-    table = (ok[ok["profile"] == "lognormal"].groupby(["device", "op", "impl", "batch", "max_len"])["peak_bytes"]
-             .median().div(2**20).round(2).rename("peak MiB").reset_index())
-    return s.table(table)
+    head = _headline(ok[ok["profile"] == "lognormal"])
+    s.p(f"Peak MiB per op at B={head['batch'].iloc[0]}, T={head['max_len'].iloc[0]}, lognormal lengths:")
+    is_rnn = head["op"].str.startswith("rnn")
+    for part, index in ((head[~is_rnn], ["device", "framework"]), (head[is_rnn], ["device", "impl"])):
+        if part.empty:
+            continue
+        t = part.pivot_table(index=index, columns="op", values="peak_bytes", aggfunc="median").div(2**20).round(2)
+        t.columns = [f"{OP_TITLES.get(c, c)} (MiB)" for c in t.columns]
+        s.table(t.reset_index())
+    return s
 
 
 def compile_section(df: pd.DataFrame, out: Path) -> Section:
@@ -412,7 +425,7 @@ def compile_section(df: pd.DataFrame, out: Path) -> Section:
         g = g.sort_values("impl")
         labels = g["impl"] + " (" + g["device"] + ")"
         ax.barh(labels, g["compile_s"])
-        ax.set(title=f"{OP_TITLES[op]}: compile seconds", xlabel="seconds (median over cases)")
+        ax.set(title=f"{OP_TITLES[op]}", xlabel="compile seconds (median over cases)")
     s.figure(_save(fig, out, "compile.png"), "Compile (trace) seconds per framework and strategy.")
     return s.table(t.round(3))
 
@@ -429,7 +442,8 @@ def floor_section(df: pd.DataFrame, records: list[dict], out: Path) -> Section:
     best = best[["device", "op", "framework", "strategy", "profile", "fraction_of_floor", "floor", "kernel"]]
     s.p("Floor time = ideal bytes / measured copy bandwidth (pad, mask, pack, mean) or matrix-product FLOPs on valid "
         "tokens / measured float32 GEMM rate (RNNs); fraction = floor time / measured time, for the best strategy "
-        "of each framework (its best profile). 1.0 would be the machine's limit.")
+        "of each framework (its best profile). 1.0 = NumPy's BLAS rate / bandwidth on this machine, measured in "
+        "the same run; a fused framework kernel (e.g. oneDNN's LSTM) can go beyond NumPy's GEMM and so above 1.")
     fig, axes = _new_fig(1, w=9)
     ax = axes[0]
     labels = best["op"].map(OP_TITLES) + " / " + best["framework"] + " (" + best["device"] + ")"

@@ -11,7 +11,8 @@ import adapters
 
 
 def test_import_harness_and_adapters_imports_no_framework():
-    code = ("import sys, harness, adapters, harness.cli, harness.check, harness.idioms, harness.profiles; "
+    code = ("import sys, harness, adapters, harness.cli, harness.check, harness.idioms, harness.profiles, "
+            "harness.bench, harness.report, harness.overhead, suites.axes, suites.bench_rnn, suites.bench_ops; "
             "adapters.available(); bad = {'torch', 'tensorflow', 'jax', 'keras'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
