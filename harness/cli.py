@@ -38,7 +38,7 @@ def cmd_env(args) -> int:
             print(f"{name:<11} not installed")
             continue
         a = adapters.get(name)
-        print(f"{name:<11} {a.version:<14} devices={a.devices()} strategies(lstm)={a.rnn_strategies('lstm')}")
+        print(f"{name:<11} {a.version:<32} devices={a.devices()} strategies(lstm)={a.rnn_strategies('lstm')}")
     return 0
 
 
