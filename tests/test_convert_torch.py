@@ -135,3 +135,26 @@ def test_grads_land_on_the_right_keys(fw, spec, strategy):
         assert np.abs(g[0][1] - g[1][1]).max() > 1e-6
     if spec.num_layers > 1:
         assert np.abs(g[0][1] - g[D][1]).max() > 1e-6
+
+
+def test_packed_reloads_weights_updated_in_place():
+    """The packed strategy skips reloading unchanged tensors; an in-place update (a training step) must be seen."""
+    import torch
+
+    import adapters
+    from harness import RnnSpec, init_params
+    from harness.spec import map_params
+
+    fw = adapters.get("torch")
+    spec = RnnSpec("lstm", 3, 4)
+    params = map_params(torch.from_numpy, init_params(spec, dtype="float64"))
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    L = np.array([5, 3])
+    first = fw.rnn(spec, params, x, L).outputs.clone()
+    assert torch.equal(fw.rnn(spec, params, x, L).outputs, first)
+    with torch.no_grad():
+        params[0][0]["w_hh"].mul_(0.5)
+    after = fw.rnn(spec, params, x, L, strategy="packed").outputs
+    want = fw.rnn(spec, params, x, L, strategy="masked_loop").outputs
+    assert not torch.equal(after, first), "an in-place weight update was ignored"
+    assert torch.allclose(after, want, atol=1e-12)
