@@ -14,6 +14,7 @@ import pytest
 
 import adapters
 from harness.spec import RnnSpec, init_params, valid_mask
+from tests.gradcheck import fd_check
 
 LENGTHS = np.array([3, 0, 4, 1])  # unsorted, a zero-length row and a full-length one
 B, T, IN, H = 4, 4, 3, 2
@@ -138,20 +139,10 @@ def test_param_grads_match_finite_differences(jx, cell):
         total = sum(np.sum(jx.to_numpy(getattr(out, k)) * cot[k]) for k in cot)
         return float(total)
 
-    eps = 1e-6
     for layer, d in ((0, 1), (1, 0)):
         for k in ("w_ih", "w_hh", "b_hh"):
             array, grad = params[layer][d][k], jx.to_numpy(grads["params"][layer][d][k])
-            for idx in _entries(array.shape, H):
-                keep = array[idx]
-                array[idx] = keep + eps
-                up = loss()
-                array[idx] = keep - eps
-                down = loss()
-                array[idx] = keep
-                fd = (up - down) / (2 * eps)
-                assert grad[idx] == pytest.approx(fd, rel=1e-6, abs=1e-8), \
-                    f"jax {cell}: grad [{layer}][{d}][{k}]{idx} = {grad[idx]} but finite differences give {fd}"
+            fd_check(f"jax {cell}: grad [{layer}][{d}][{k}]", array, grad, loss, _entries(array.shape, H))
 
 
 def test_float32_stays_float32(jx):

@@ -13,12 +13,12 @@ import pytest
 
 import adapters
 from harness.spec import RnnSpec, init_params, map_params, to_left_index
+from tests.gradcheck import fd_check
 
 B, T, IN, H = 4, 4, 2, 3
 LENGTHS = np.array([3, 0, 4, 1])  # unsorted, with a zero-length row and a full-length one
 CELLS = ("rnn", "lstm", "gru")
 CONFIGS = list(itertools.product(CELLS, (1, 2), (False, True)))
-EPS, RTOL, ATOL = 1e-6, 1e-6, 1e-8
 
 
 @pytest.fixture(scope="module")
@@ -62,19 +62,6 @@ def _loss(ref, spec, params, x, cot, side) -> float:
     return float(total)
 
 
-def _fd_check(name: str, array: np.ndarray, grad: np.ndarray, loss, entries) -> None:
-    """Central differences of `loss` w.r.t. the given entries of `array` (perturbed in place, then restored)."""
-    for idx in entries:
-        keep = array[idx]
-        array[idx] = keep + EPS
-        up = loss()
-        array[idx] = keep - EPS
-        down = loss()
-        array[idx] = keep
-        fd = (up - down) / (2 * EPS)
-        assert grad[idx] == pytest.approx(fd, rel=RTOL, abs=ATOL), f"{name}{idx}: analytic {grad[idx]} vs FD {fd}"
-
-
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("config", CONFIGS, ids=_ids)
 def test_gradients_match_finite_differences(ref, config, side):
@@ -83,10 +70,10 @@ def test_gradients_match_finite_differences(ref, config, side):
     params, x, cot = _problem(spec, side)
     _, grads = ref.rnn_vjp(spec, params, x, LENGTHS, cot, side=side)
     loss = lambda: _loss(ref, spec, params, x, cot, side)
-    _fd_check("x", x, grads["x"], loss, np.ndindex(*x.shape))  # every entry, padding included: its gradient is 0
+    fd_check("x", x, grads["x"], loss, np.ndindex(*x.shape))  # every entry, padding included: its gradient is 0
     flat_grads = _flat(grads["params"])
     for name, array in _flat(params).items():  # the same array objects as in params: perturbing them moves the loss
-        _fd_check(f"params{name}", array, flat_grads[name], loss, np.ndindex(*array.shape))
+        fd_check(f"params{name}", array, flat_grads[name], loss, np.ndindex(*array.shape))
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
