@@ -1,8 +1,9 @@
 """The one timing module every entry point uses (varlen bench, asv, pytest-benchmark).
 
-`measure` runs the callable once to compile (recorded as compile time), once more to warm up, then times repeats
-of `number` calls each, every one ending in the adapter's `sync`. The adapter's compile counter is read around the
-timed region: a retrace there is reported, never silently timed.
+`measure` expects a callable whose first (compiling) call already happened in setup (`harness.bench.prepare`
+times that call: it is the compile figure). It warms up once more, then times repeats of `number` calls each,
+every one ending in the adapter's `sync`. The adapter's compile counter is read around the timed region: a retrace
+there is reported, never silently timed.
 """
 from __future__ import annotations
 
@@ -21,17 +22,12 @@ class Timing:
     p75_s: float
     repeats: int
     number: int
-    first_call_s: float
-    compile_s: float
     retraced: bool
 
 
 def measure(call: Callable[[], object], *, compile_count: Callable[[], int] = lambda: 0, min_repeats: int = 5,
             max_repeats: int = 30, budget_s: float = 1.5, min_sample_s: float = 2e-3) -> Timing:
-    """Median seconds of one `call()` (which must end in a sync), with its spread and compile time."""
-    t = time.perf_counter()
-    call()
-    first = time.perf_counter() - t
+    """Median seconds of one `call()` (which must end in a sync), with its spread."""
     t = time.perf_counter()
     call()
     warm = max(time.perf_counter() - t, 1e-9)
@@ -46,5 +42,4 @@ def measure(call: Callable[[], object], *, compile_count: Callable[[], int] = la
         samples.append((time.perf_counter() - t) / number)
     retraced = compile_count() != before
     p25, med, p75 = np.percentile(samples, [25, 50, 75])
-    return Timing(float(med), float(p25), float(p75), len(samples), number, first, max(first - float(med), 0.0),
-                  retraced)
+    return Timing(float(med), float(p25), float(p75), len(samples), number, retraced)
