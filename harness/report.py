@@ -399,8 +399,11 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
     if drawn:
         s.figure(_save(fig, out, "memory.png"), "Peak memory of one RNN forward+backward call vs batch size and "
                  "max length.")
-    head = _headline(ok[ok["profile"] == "lognormal"])
-    s.p(f"Peak MiB per op at B={head['batch'].iloc[0]}, T={head['max_len'].iloc[0]}, lognormal lengths:")
+    if ok.empty:
+        return s.p("No memory figures were measured.")
+    profile = "lognormal" if (ok["profile"] == "lognormal").any() else ok["profile"].mode().iloc[0]
+    head = _headline(ok[ok["profile"] == profile])
+    s.p(f"Peak MiB per op at B={head['batch'].iloc[0]}, T={head['max_len'].iloc[0]}, {profile} lengths:")
     is_rnn = head["op"].str.startswith("rnn")
     for part, index in ((head[~is_rnn], ["device", "framework"]), (head[is_rnn], ["device", "impl"])):
         if part.empty:

@@ -119,3 +119,13 @@ def test_page_renders_in_headless_chromium_with_every_figure_loaded(built):
     subprocess.run([exe, *flags, f"--screenshot={shot}", (out / "index.html").as_uri()], capture_output=True,
                    timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_report_from_a_partial_sweep(tmp_path):
+    """A custom sweep (one profile, one batch, no check, no floors) still gives a whole report."""
+    recs = [r for r in fixture_records() if r.get("source") == "bench" and r.get("profile") == "equal"
+            and r.get("batch") == 8]
+    page = report.build(recs, tmp_path).read_text()
+    for title in ("Setup", "Recommendation", "Memory", "Compile time", "Failed benchmark cases"):
+        assert f">{title}</h2>" in page
+    assert "equal lengths" in (tmp_path / "report.md").read_text()
