@@ -1,29 +1,48 @@
-"""The adapter contract (ARCHITECTURE.md): one base class, one subclass per framework.
+"""The adapter contract (ARCHITECTURE.md): one base class; one package per framework (`adapters/<framework>/`).
 
 The public methods here validate their input once, in NumPy on the host, so that every framework rejects bad
-input with the same `ValueError`, and then dispatch to the subclass's `_op` method, which only ever sees valid
-input: lengths as a validated int64 NumPy array, `side` in ("right", "left"), a resolved maxlen, a strategy the
-adapter declared. Subclasses import their framework in `__init__` and keep it as an attribute, so importing this
-package imports no framework.
+input with the same `ValueError`, and then dispatch: plain ops to the subclass's `_op` method, strategy families
+(e.g. "rnn") by a table lookup in the framework's `STRATEGIES` table of `adapters.spec.Strategy` units. Both only
+ever see valid input: lengths as a validated int64 NumPy array, `side` in ("right", "left"), a resolved maxlen, a
+strategy the adapter declared and whose precondition holds. Subclasses import their framework in `__init__` and
+keep it as an attribute, so importing this package imports no framework.
+
+Shared algorithms (the valid mask, left/right realignment, per-row reversal) are written once here on three
+primitives a framework provides (`_arange`, `_take_time`, `_native_lengths`), einops-style; a framework overrides
+one only for a native fast path.
 """
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from harness.spec import (
+from adapters.spec import (
+    CELLS,
     DEVICES,
+    FLOAT_DTYPES,
     SIDES,
+    AttnOut,
     Packed,
     RnnOut,
     RnnSpec,
+    Strategy,
     check_choice,
     check_lengths,
     check_maxlen,
+    valid_mask,
 )
+
+
+class _Attn(NamedTuple):
+    """Validated attention arguments: host int64 lengths, the resolved scale, the strategy unit to run."""
+
+    q_lengths: np.ndarray
+    kv_lengths: np.ndarray
+    scale: float
+    unit: Strategy
 
 
 class Adapter(abc.ABC):
@@ -31,14 +50,21 @@ class Adapter(abc.ABC):
 
     name: str = "base"
     version: str = ""
-    #: the exact RNN strategies, default first (a class attribute, so the registry can list them without
-    #: importing the framework)
-    strategies: tuple[str, ...] = ()
+    #: family -> the framework's strategy table (name -> `Strategy`, default first). A class attribute, so the
+    #: registry can list strategies without importing the framework.
+    STRATEGIES: dict[str, dict[str, Strategy]] = {}
+    #: family -> {behaviour name: fn(adapter, **inputs)}: the framework's own primitive called the obvious way,
+    #: without varlen's fixes (never a strategy; the harness judges each against the reference)
+    NATIVES: dict[str, dict[str, Any]] = {}
 
     # -- helpers every framework provides ---------------------------------------------------------------------
     def devices(self) -> list[str]:
         """Devices this framework can run on here: "cpu" always, "gpu" when it sees one."""
         return ["cpu"]
+
+    def device_report(self) -> str:
+        """One line on what this framework sees (for "no GPU visible" messages)."""
+        return f"{self.name} sees {self.devices()}"
 
     @abc.abstractmethod
     def asarray(self, x: Any, device: str = "cpu") -> Any:
@@ -46,15 +72,29 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def to_numpy(self, x: Any) -> np.ndarray:
-        """A native (or NumPy) array as a NumPy array on the host."""
+        """A native (or NumPy) array as a NumPy array on the host (bfloat16 comes back as float32)."""
+
+    def dtype_name(self, x: Any) -> str:
+        """NumPy-style dtype name of an array ("float32", "bfloat16", "int64", "bool")."""
+        return np.dtype(x.dtype).name if hasattr(x, "dtype") else np.asarray(x).dtype.name
 
     def sync(self, device: str = "cpu") -> None:  # noqa: B027 - a no-op is right for synchronous frameworks
         """Block until all work queued on `device` has finished (timed callables end with this)."""
+
+    def warmup(self, device: str = "cpu") -> None:
+        """Start the backend on `device` (allocator, compiler, thread pools) so the first measured case does not
+        absorb it. Default: one small op through the contract, synchronised."""
+        self.to_numpy(self.masked_mean(self.asarray(np.ones((2, 3, 4), np.float32), device), np.array([3, 1])))
+        self.sync(device)
 
     def compile_count(self) -> int:
         """How many times this adapter has traced/compiled a function so far (jit, tf.function); 0 if it never
         compiles. The timing harness reads it around a timed region to prove nothing retraced there."""
         return 0
+
+    #: whether `reset_peak_memory` really resets the device allocator's peak (if not, the harness measures each
+    #: GPU case in a fresh process so that the peak is that case's own)
+    peak_resettable: bool = True
 
     def reset_peak_memory(self, device: str = "cpu") -> None:  # noqa: B027 - nothing to reset on CPU
         """Reset the allocator's peak counter on `device` (GPU only; CPU memory is measured as process RSS)."""
@@ -63,13 +103,134 @@ class Adapter(abc.ABC):
         """Peak bytes the framework's allocator held on `device` since the last reset; None where unknown."""
         return None
 
+    # -- floors: measured with this framework on the device being benchmarked -----------------------------------
+    def _copy(self, x: Any) -> Any:
+        """A fresh copy of x on its device (floor primitive)."""
+        raise NotImplementedError(f"{self.name} has no copy primitive")
+
+    def _matmul(self, a: Any, b: Any) -> Any:
+        """a @ b on their device, full float32 precision (floor primitive)."""
+        raise NotImplementedError(f"{self.name} has no matmul primitive")
+
+    def _wait(self, x: Any, device: str) -> None:
+        """Block until x is computed (default: `sync`)."""
+        self.sync(device)
+
+    def floors(self, device: str = "cpu", *, copy_bytes: int = 256 * 2**20, gemm_n: int = 2048,
+               repeats: int = 5) -> dict[str, float]:
+        """This framework's copy bandwidth (bytes read + written per second) and float32 GEMM rate (FLOP/s) on
+        `device`, best of `repeats`: the floors a case on that device is measured against."""
+        import time
+
+        self._check_device(device)
+        rng = np.random.default_rng(0)
+        x = self.asarray(np.ones(copy_bytes // 4, np.float32), device)
+        a = self.asarray(rng.standard_normal((gemm_n, gemm_n), dtype=np.float32), device)
+        b = self.asarray(rng.standard_normal((gemm_n, gemm_n), dtype=np.float32), device)
+        best = {}
+        for what, fn, work in (("copy_bytes_per_s", lambda: self._copy(x), 2.0 * copy_bytes),
+                               ("gemm_flop_per_s", lambda: self._matmul(a, b), 2.0 * gemm_n**3)):
+            self._wait(fn(), device)  # warm-up
+            t_best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                self._wait(fn(), device)
+                t_best = min(t_best, time.perf_counter() - t)
+            best[what] = work / t_best
+        return best
+
+    # -- strategies: one table per family ----------------------------------------------------------------------
+    def strategy_table(self, family: str) -> dict[str, Strategy]:
+        if family not in self.STRATEGIES:
+            raise ValueError(f"unknown family {family!r}; {self.name} declares strategies for "
+                             f"{sorted(self.STRATEGIES)}")
+        return self.STRATEGIES[family]
+
+    def strategies(self, family: str, **spec: Any) -> list[str]:
+        """The exact strategies for `family` whose precondition holds for `spec` (e.g. cell="gru",
+        device="gpu", dtype="float32"), default first."""
+        return [n for n, u in self.strategy_table(family).items() if u.supports(self, **spec) is None]
+
+    def why_not(self, family: str, strategy: str, **spec: Any) -> str | None:
+        """None if `strategy` may run for `spec`, else the reason its precondition gives."""
+        table = self.strategy_table(family)
+        check_choice(f"{self.name} {family} strategy", strategy, list(table))
+        return table[strategy].supports(self, **spec)
+
+    def natives(self, family: str) -> list[str]:
+        """The native behaviours this framework records for `family`."""
+        return list(self.NATIVES.get(family, {}))
+
+    def native(self, family: str, name: str, **inputs: Any) -> Any:
+        """Run native behaviour `name` of `family` (NumPy inputs in, native results out)."""
+        table = self.NATIVES.get(family, {})
+        check_choice(f"{self.name} {family} native behaviour", name, list(table))
+        return table[name](self, **inputs)
+
+    def strategy_kernel(self, family: str, strategy: str) -> str:
+        """The static kernel name a strategy declares ("" if its results carry it)."""
+        return self.strategy_table(family)[strategy].kernel
+
     def rnn_strategies(self, cell: str) -> list[str]:
         """The exact RNN strategies this adapter offers for `cell`, default first."""
-        check_choice("cell", cell, ("rnn", "lstm", "gru"))
-        return self._strategies(cell)
+        check_choice("cell", cell, CELLS)
+        return self.strategies("rnn", cell=cell)
 
-    def _strategies(self, cell: str) -> list[str]:
-        return list(self.strategies)
+    def _unit(self, family: str, strategy: str | None, **spec: Any) -> Strategy:
+        """The strategy unit to run (the default when None), after its precondition."""
+        table = self.strategy_table(family)
+        if strategy is None:
+            usable = self.strategies(family, **spec)
+            if not usable:
+                raise ValueError(f"no {self.name} {family} strategy supports {spec}")
+            strategy = usable[0]
+        check_choice(f"{self.name} strategy", strategy, list(table))
+        why = table[strategy].supports(self, **spec)
+        if why is not None:
+            raise ValueError(f"{self.name} strategy {strategy!r} does not support {spec}: {why}")
+        return table[strategy]
+
+    # -- shared algorithms on three primitives -----------------------------------------------------------------
+    def _arange(self, n: int, like: Any) -> Any:
+        """Native int range [0, n) next to `like` (a native lengths array), in its integer dtype."""
+        raise NotImplementedError
+
+    def _take_time(self, x: Any, index: Any) -> Any:
+        """x [B, T, ...] gathered along time with a per-row native index [B, T]."""
+        raise NotImplementedError
+
+    def _native_lengths(self, lengths: Any, like: Any) -> Any:
+        """Lengths (host NumPy or native) as a native int array on `like`'s device."""
+        return self.asarray(np.asarray(lengths)) if isinstance(lengths, np.ndarray) else lengths
+
+    def valid(self, lengths: Any, maxlen: int, side: str = "right") -> Any:
+        """bool [B, maxlen], True at valid steps, from native (even traced) lengths: the one valid-mask helper."""
+        t = self._arange(maxlen, lengths)[None, :]
+        n = lengths[:, None]
+        return t < n if side == "right" else t >= maxlen - n
+
+    def realign(self, x: Any, lengths: Any, to: str) -> Any:
+        """Move each row's valid steps to the other side, order kept (to="right": left-padded -> right-padded;
+        to="left": the inverse). A permutation per row, so its gradient is exact and padding only meets padding."""
+        T = x.shape[1]
+        if not T:
+            return x
+        n = self._native_lengths(lengths, x)[:, None]
+        t = self._arange(T, n)[None, :]
+        index = (t + T - n) % T if to == "right" else (t - (T - n)) % T
+        return self._take_time(x, index)
+
+    def reverse_within(self, x: Any, lengths: Any) -> Any:
+        """Reverse each right-padded row within its own length; padding stays in place (its own inverse)."""
+        T = x.shape[1]
+        if not T:
+            return x
+        n = self._native_lengths(lengths, x)[:, None]
+        t = self._arange(T, n)[None, :]
+        return self._take_time(x, self._where(t < n, n - 1 - t, t))
+
+    def _where(self, cond: Any, a: Any, b: Any) -> Any:
+        raise NotImplementedError
 
     # -- the ops: validate, then dispatch ---------------------------------------------------------------------
     def pad(self, seqs: Sequence[Any], *, side: str = "right", value: Any = 0, maxlen: int | None = None,
@@ -88,6 +249,8 @@ class Adapter(abc.ABC):
                 raise ValueError(f"sequence {i} is a scalar; each sequence must be at least 1-D [L, *feat]")
             if shape[1:] != shapes[0][1:]:
                 raise ValueError(f"sequence {i} has feature shape {shape[1:]} but sequence 0 has {shapes[0][1:]}")
+        first = seqs[0]
+        check_pad_value(value, self.dtype_name(first) if hasattr(first, "dtype") else np.asarray(first).dtype.name)
         longest = max(s[0] for s in shapes)
         T = longest if maxlen is None else check_maxlen(maxlen)
         return self._pad(list(seqs), T, side, value, truncate, device)
@@ -121,7 +284,7 @@ class Adapter(abc.ABC):
         check_choice("side", side, SIDES)
         if not isinstance(packed, Packed):
             raise ValueError(f"unpack expects a harness.Packed, got {type(packed).__name__}")
-        batch_sizes = np.asarray(self.to_numpy(packed.batch_sizes)).astype(np.int64)
+        batch_sizes, sorted_indices = check_packed(packed, self.to_numpy)
         longest = int(batch_sizes.size)
         if total_length is None:
             T = longest
@@ -129,25 +292,26 @@ class Adapter(abc.ABC):
             T = check_maxlen(total_length)
             if T < longest:
                 raise ValueError(f"total_length={T} is shorter than the longest packed sequence ({longest})")
-        return self._unpack(packed, batch_sizes, T, side)
+        return self._unpack(packed, batch_sizes, sorted_indices, T, side)
 
     def masked_mean(self, x: Any, lengths: Any, *, side: str = "right") -> Any:
         """Mean over valid steps, [B, *feat]; 0 for an empty sequence; padding (even NaN) never leaks."""
         check_choice("side", side, SIDES)
         B, T = self._batch_time(x, min_rank=2)
+        self._check_float("masked_mean", x)
         return self._masked_mean(x, self._lengths(lengths, batch=B, maxlen=T), side)
 
     def rnn(self, spec: RnnSpec, params: Any, x: Any, lengths: Any, *, side: str = "right",
             strategy: str | None = None, device: str = "cpu") -> RnnOut:
         """Masked (multi-layer, optionally bidirectional) RNN; see ARCHITECTURE.md, "RNN semantics"."""
-        lengths, strategy = self._check_rnn(spec, params, x, lengths, side, strategy, device)
-        return self._rnn(spec, params, x, lengths, side, strategy, device)
+        params, lengths, unit = self._check_rnn(spec, params, x, lengths, side, strategy, device)
+        return unit.forward(self, spec, params, x, lengths, side, device)
 
     def rnn_vjp(self, spec: RnnSpec, params: Any, x: Any, lengths: Any, cotangents: dict[str, Any], *,
                 side: str = "right", strategy: str | None = None, device: str = "cpu") -> tuple[RnnOut, dict]:
         """(RnnOut, grads) with grads = {"x": [B,T,I], "params": nest like params} of
         sum(outputs*cot["outputs"]) + sum(h_n*cot["h_n"]) [+ sum(c_n*cot["c_n"])]."""
-        lengths, strategy = self._check_rnn(spec, params, x, lengths, side, strategy, device)
+        params, lengths, unit = self._check_rnn(spec, params, x, lengths, side, strategy, device)
         B, T = lengths.shape[0], x.shape[1]
         D, H = spec.num_directions, spec.hidden_size
         want = {"outputs": (B, T, D * H), "h_n": (spec.num_layers * D, B, H)}
@@ -159,11 +323,223 @@ class Adapter(abc.ABC):
         for key, shape in want.items():
             if tuple(cotangents[key].shape) != shape:
                 raise ValueError(f"cotangents[{key!r}] has shape {tuple(cotangents[key].shape)}, expected {shape}")
-        return self._rnn_vjp(spec, params, x, lengths, cotangents, side, strategy, device)
+        return unit.vjp(self, spec, params, x, lengths, cotangents, side, device)
 
-    def raw_rnn(self, spec: RnnSpec, params: Any, x: Any, lengths: Any, device: str = "cpu"):
+    # -- losses (ARCHITECTURE.md, "Losses") -------------------------------------------------------------------
+    def masked_loss(self, logits: Any, targets: Any, lengths: Any, *, kind: str = "softmax_ce",
+                    reduction: str = "token_mean", side: str = "right", strategy: str | None = None,
+                    device: str = "cpu") -> Any:
+        """Loss over valid steps only, a native 0-d array in logits' dtype; 0 (never NaN) when no step is valid.
+
+        kind "softmax_ce": logits [B, T, C], int targets [B, T]; "sigmoid_bce": logits and float targets of one
+        shape, [B, T] or [B, T, C] (a step's loss sums its C labels). reduction "token_mean" (sum over valid tokens
+        / their count), "sequence_mean" (mean over non-empty rows of each row's mean) or "sum". Padded logits and
+        targets may hold anything (NaN, out-of-range ids): the result is bit-identical whatever they hold.
+        """
+        lengths, unit = self._check_loss(logits, targets, lengths, kind, reduction, side, strategy, device)
+        return unit.forward(self, logits, targets, lengths, kind, reduction, side, device)
+
+    def masked_loss_vjp(self, logits: Any, targets: Any, lengths: Any, *, kind: str = "softmax_ce",
+                        reduction: str = "token_mean", side: str = "right", strategy: str | None = None,
+                        device: str = "cpu") -> tuple[Any, Any]:
+        """(loss, d loss / d logits): the gradient has logits' shape and dtype and is exactly 0 at padded steps."""
+        lengths, unit = self._check_loss(logits, targets, lengths, kind, reduction, side, strategy, device)
+        return unit.vjp(self, logits, targets, lengths, kind, reduction, side, device)
+
+    def _check_loss(self, logits, targets, lengths, kind, reduction, side, strategy, device):
+        """Validate once on the host (same message in every adapter); (lengths as int64 NumPy, the unit)."""
+        check_choice("loss kind", kind, LOSS_KINDS)
+        check_choice("reduction", reduction, LOSS_REDUCTIONS)
+        check_choice("side", side, SIDES)
+        self._check_device(device)
+        B, T = self._batch_time(logits, min_rank=2)
+        check_loss_inputs(kind, tuple(logits.shape), tuple(getattr(targets, "shape", np.shape(targets))),
+                          self.dtype_name(logits), self.dtype_name(targets))
+        lengths = self._lengths(lengths, batch=B, maxlen=T)
+        if kind == "softmax_ce":
+            check_targets_in_range(np.asarray(self.to_numpy(targets)), lengths, side, int(logits.shape[2]))
+        unit = self._unit("loss", strategy, kind=kind, reduction=reduction, device=device,
+                          dtype=self.dtype_name(logits))
+        return lengths, unit
+
+    # -- embeddings (ARCHITECTURE.md, "Embeddings") -----------------------------------------------------------
+    #: embedding_bag's reductions over each row's valid tokens
+    EMBEDDING_MODES = ("sum", "mean", "max")
+
+    def embed(self, tokens: Any, table: Any, lengths: Any, *, side: str = "right", strategy: str | None = None,
+              device: str = "cpu") -> Any:
+        """table[tokens] at valid steps, [B, T, E] native in the table's dtype, exactly 0 at padded steps.
+
+        Padded tokens may hold anything (negative, >= V): the result is bit-identical whatever they hold. Token
+        id 0 is an ordinary token (never implied padding).
+        """
+        lengths, unit = self._check_embedding("embed", tokens, table, lengths, None, side, strategy, device)
+        return unit.forward(self, "embed", tokens, table, lengths, side, None, device)
+
+    def embedding_bag(self, tokens: Any, table: Any, lengths: Any, *, mode: str = "mean", side: str = "right",
+                      strategy: str | None = None, device: str = "cpu") -> Any:
+        """[B, E]: the sum / mean / max of each row's valid tokens' vectors; an empty row gives 0.
+
+        max's gradient goes to the position holding the maximum; where several valid positions tie (the same
+        token twice) every tie-breaking rule sends the same total to that table row.
+        """
+        lengths, unit = self._check_embedding("embedding_bag", tokens, table, lengths, mode, side, strategy, device)
+        return unit.forward(self, "embedding_bag", tokens, table, lengths, side, mode, device)
+
+    def embed_vjp(self, tokens: Any, table: Any, lengths: Any, cotangent: Any, *, side: str = "right",
+                  strategy: str | None = None, device: str = "cpu") -> tuple[Any, Any]:
+        """(embed's output, d sum(output * cotangent) / d table [V, E]); padded steps contribute nothing, whatever
+        the cotangent holds there."""
+        lengths, unit = self._check_embedding("embed", tokens, table, lengths, None, side, strategy, device,
+                                              cotangent=cotangent)
+        return unit.vjp(self, "embed", tokens, table, lengths, cotangent, side, None, device)
+
+    def embedding_bag_vjp(self, tokens: Any, table: Any, lengths: Any, cotangent: Any, *, mode: str = "mean",
+                          side: str = "right", strategy: str | None = None, device: str = "cpu") -> tuple[Any, Any]:
+        """(embedding_bag's output [B, E], d sum(output * cotangent) / d table [V, E])."""
+        lengths, unit = self._check_embedding("embedding_bag", tokens, table, lengths, mode, side, strategy, device,
+                                              cotangent=cotangent)
+        return unit.vjp(self, "embedding_bag", tokens, table, lengths, cotangent, side, mode, device)
+
+    def _check_embedding(self, op: str, tokens: Any, table: Any, lengths: Any, mode: str | None, side: str,
+                         strategy: str | None, device: str, cotangent: Any = None) -> tuple[np.ndarray, Strategy]:
+        """Validate once on the host (the same message in every adapter); (lengths as int64 NumPy, the unit).
+
+        Reads the tokens back to the host to check every valid id against the table: the price of one message
+        for every framework (an out-of-range id is an IndexError in torch, a clamp or NaN in JAX, zeros on TF GPU).
+        """
+        if op == "embedding_bag":
+            check_choice("mode", mode, self.EMBEDDING_MODES)
+        check_choice("side", side, SIDES)
+        self._check_device(device)
+        shape = tuple(getattr(tokens, "shape", np.shape(tokens)))
+        if len(shape) != 2:
+            raise ValueError(f"tokens must be a rank-2 integer array [B, T], got shape {shape}")
+        tok_dtype = self.dtype_name(tokens) if hasattr(tokens, "dtype") else np.asarray(tokens).dtype.name
+        try:
+            integer = tok_dtype != "bool" and np.issubdtype(np.dtype(tok_dtype), np.integer)
+        except TypeError:  # a dtype NumPy does not know (bfloat16, float8...) holds no token ids
+            integer = False
+        if not integer:
+            raise ValueError(f"tokens must be integer token ids, got dtype {tok_dtype}")
+        if shape[0] == 0:
+            raise ValueError("empty batch: tokens has batch size 0")
+        tshape = tuple(getattr(table, "shape", ()))
+        if len(tshape) != 2:
+            raise ValueError(f"table must be a rank-2 float array [V, E], got shape {tshape}")
+        dtype = self.dtype_name(table)
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"table must be floating-point ({', '.join(FLOAT_DTYPES)}), got dtype {dtype}")
+        B, T = shape
+        lengths = self._lengths(lengths, batch=B, maxlen=T)
+        ids = np.asarray(self.to_numpy(tokens))
+        bad = np.argwhere(valid_mask(lengths, T, side) & ((ids < 0) | (ids >= tshape[0])))
+        if bad.size:
+            b, t = (int(i) for i in bad[0])
+            raise ValueError(f"token id {int(ids[b, t])} at (row {b}, step {t}) is outside the table [0, {tshape[0]})")
+        if cotangent is not None:
+            want = (B, T, tshape[1]) if op == "embed" else (B, tshape[1])
+            got = tuple(getattr(cotangent, "shape", np.shape(cotangent)))
+            if got != want:
+                raise ValueError(f"cotangent has shape {got}, expected {want} (the shape of {op}'s output)")
+        return lengths, self._unit("embedding", strategy, op=op, mode=mode, device=device, dtype=dtype)
+
+    # -- attention (ARCHITECTURE.md, "Attention semantics") ----------------------------------------------------
+    def attention(self, q: Any, k: Any, v: Any, q_lengths: Any, kv_lengths: Any = None, *, causal: bool = False,
+                  side: str = "right", scale: float | None = None, strategy: str | None = None,
+                  device: str = "cpu") -> AttnOut:
+        """Masked (grouped-query, optionally causal) scaled dot-product attention over each row's valid steps.
+
+        q [B, Tq, Hq, Dh], k/v [B, Tk, Hkv, Dh] padded on `side`; query head h reads kv head h // (Hq // Hkv).
+        kv_lengths=None is self-attention (kv_lengths = q_lengths, Tk = Tq). Causal positions count from each
+        row's first valid step. Outputs are exactly 0 at padded query steps and for a valid query with no valid
+        key (PyTorch SDPA's convention); values in padding, even NaN, change nothing.
+        """
+        a = self._check_attention(q, k, v, q_lengths, kv_lengths, causal, side, scale, strategy, device)
+        return a.unit.forward(self, q, k, v, a.q_lengths, a.kv_lengths, causal, side, a.scale, device)
+
+    def attention_vjp(self, q: Any, k: Any, v: Any, q_lengths: Any, kv_lengths: Any, cotangent: Any, *,
+                      causal: bool = False, side: str = "right", scale: float | None = None,
+                      strategy: str | None = None, device: str = "cpu") -> tuple[AttnOut, dict[str, Any]]:
+        """(AttnOut, {"q", "k", "v"}): the gradients of sum(outputs * cotangent), exactly 0 at padded steps and
+        zero for the keyless queries' contribution; cotangent has q's shape (its padded entries are ignored)."""
+        a = self._check_attention(q, k, v, q_lengths, kv_lengths, causal, side, scale, strategy, device)
+        if tuple(getattr(cotangent, "shape", ())) != tuple(q.shape):
+            raise ValueError(f"cotangent has shape {tuple(getattr(cotangent, 'shape', ()))}, expected q's shape "
+                             f"{tuple(q.shape)}")
+        self._check_float("attention cotangent", cotangent)
+        return a.unit.vjp(self, q, k, v, a.q_lengths, a.kv_lengths, cotangent, causal, side, a.scale, device)
+
+    def attention_strategies(self, **spec: Any) -> list[str]:
+        """The exact attention strategies whose precondition holds for `spec` (device, dtype, causal, gqa, side,
+        cross), default first."""
+        return self.strategies("attention", **spec)
+
+    def attention_allowed(self, q_lengths: Any, kv_lengths: Any, Tq: int, Tk: int, side: str, causal: bool) -> Any:
+        """bool [B, Tq, Tk], True where a query may read a key: the key is valid and, when causal, its position
+        (counted from the row's first valid step) is <= the query's. Built from native (even traced) lengths on
+        the shared primitives, so every framework masks identically."""
+        allowed = self.valid(kv_lengths, Tk, side)[:, None, :]
+        if not causal:
+            return allowed
+        tq, tk = self._arange(Tq, q_lengths)[None, :, None], self._arange(Tk, kv_lengths)[None, None, :]
+        if side == "left":
+            tq, tk = tq - (Tq - q_lengths[:, None, None]), tk - (Tk - kv_lengths[:, None, None])
+        return allowed & (tk <= tq)
+
+    def _check_attention(self, q, k, v, q_lengths, kv_lengths, causal, side, scale, strategy, device) -> _Attn:
+        """Validate once, in NumPy, for every framework: shapes, heads, dtypes, lengths, causal, scale, choices."""
+        check_choice("side", side, SIDES)
+        self._check_device(device)
+        if not isinstance(causal, (bool, np.bool_)):
+            raise ValueError(f"causal must be a bool, got {causal!r}")
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            shape = tuple(getattr(x, "shape", ()))
+            if len(shape) != 4:
+                raise ValueError(f"{name} must be rank 4 [B, T, H, Dh], got shape {shape}")
+            self._check_float(f"attention {name}", x)
+        B, Tq, Hq, Dh = (int(s) for s in q.shape)
+        _, Tk, Hkv, _ = (int(s) for s in k.shape)
+        if B == 0:
+            raise ValueError("empty batch: q has batch size 0")
+        if tuple(v.shape) != tuple(k.shape):
+            raise ValueError(f"v has shape {tuple(v.shape)} but k has {tuple(k.shape)}; they must match")
+        if k.shape[0] != B:
+            raise ValueError(f"k has batch size {k.shape[0]} but q has {B}")
+        if k.shape[3] != Dh:
+            raise ValueError(f"head dim mismatch: q has Dh={Dh} but k/v have Dh={k.shape[3]}")
+        if Hkv == 0 or Hq % Hkv:
+            raise ValueError(f"Hq={Hq} query heads is not a multiple of Hkv={Hkv} key/value heads")
+        dtypes = {self.dtype_name(x) for x in (q, k, v)}
+        if len(dtypes) > 1:
+            raise ValueError(f"q, k and v must share one dtype, got {sorted(dtypes)}")
+        q_lengths = self._lengths(q_lengths, batch=B, maxlen=Tq)
+        if kv_lengths is None:
+            if Tk != Tq:
+                raise ValueError(f"kv_lengths=None means self-attention, but k has Tk={Tk} steps and q Tq={Tq}")
+            kv_lengths = q_lengths
+        else:
+            kv_lengths = self._lengths(kv_lengths, batch=B, maxlen=Tk)
+        if causal:
+            diff = np.flatnonzero(kv_lengths != q_lengths)
+            if diff.size:
+                i = int(diff[0])
+                raise ValueError(f"causal attention needs kv_lengths == q_lengths (self-attention), but at index "
+                                 f"{i} kv_length {int(kv_lengths[i])} != q_length {int(q_lengths[i])}")
+        if scale is None:
+            scale = 1.0 / float(np.sqrt(Dh)) if Dh else 1.0
+        elif isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) \
+                or not np.isfinite(scale):
+            raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+        unit = self._unit("attention", strategy, device=device, dtype=dtypes.pop(), causal=bool(causal),
+                          gqa=Hq != Hkv, side=side, cross=not np.array_equal(q_lengths, kv_lengths) or Tk != Tq)
+        return _Attn(q_lengths, kv_lengths, float(scale), unit)
+
+    def raw_rnn(self, spec: RnnSpec, params: Any, x: Any, lengths: Any, device: str = "cpu", *,
+                backward: bool = False, cotangents: dict | None = None):
         """A callable running the default strategy's framework code directly, the way a user would write it
-        without varlen (no validation, no conversion), for measuring the adapter's overhead. Optional."""
+        without varlen (no validation, no conversion; compiled where users compile), forward or forward +
+        backward, for measuring the adapter's overhead. Optional."""
         raise NotImplementedError(f"{self.name} has no raw baseline for the overhead measurement")
 
     # -- what a framework implements --------------------------------------------------------------------------
@@ -177,22 +553,22 @@ class Adapter(abc.ABC):
     def _pack(self, padded: Any, lengths: np.ndarray, side: str) -> Packed: ...
 
     @abc.abstractmethod
-    def _unpack(self, packed: Packed, batch_sizes: np.ndarray, total_length: int, side: str) -> tuple[Any, Any]: ...
+    def _unpack(self, packed: Packed, batch_sizes: np.ndarray, sorted_indices: np.ndarray, total_length: int,
+                side: str) -> tuple[Any, Any]: ...
 
     @abc.abstractmethod
     def _masked_mean(self, x: Any, lengths: np.ndarray, side: str) -> Any: ...
-
-    def _rnn(self, spec, params, x, lengths, side, strategy, device) -> RnnOut:
-        raise NotImplementedError(f"{self.name} has no RNN implementation")
-
-    def _rnn_vjp(self, spec, params, x, lengths, cotangents, side, strategy, device) -> tuple[RnnOut, dict]:
-        raise NotImplementedError(f"{self.name} has no RNN gradient implementation")
 
     # -- validation helpers -----------------------------------------------------------------------------------
     def _check_device(self, device: str) -> None:
         check_choice("device", device, DEVICES)
         if device not in self.devices():
             raise ValueError(f"device {device!r} is not available to {self.name} here; it sees {self.devices()}")
+
+    def _check_float(self, op: str, x: Any) -> None:
+        dt = self.dtype_name(x)
+        if dt not in FLOAT_DTYPES:
+            raise ValueError(f"{op} needs floating-point x ({', '.join(FLOAT_DTYPES)}), got dtype {dt}")
 
     def _lengths(self, lengths: Any, *, batch: int | None = None, maxlen: int | None = None) -> np.ndarray:
         if isinstance(lengths, (list, tuple)):
@@ -210,35 +586,156 @@ class Adapter(abc.ABC):
             raise ValueError("empty batch: the input has batch size 0")
         return int(shape[0]), int(shape[1])
 
-    def _check_rnn(self, spec, params, x, lengths, side, strategy, device) -> tuple[np.ndarray, str]:
+    def _check_rnn(self, spec, params, x, lengths, side, strategy, device) -> tuple[list, np.ndarray, Strategy]:
         if not isinstance(spec, RnnSpec):
             raise ValueError(f"spec must be a harness.RnnSpec, got {type(spec).__name__}")
         check_choice("side", side, SIDES)
         self._check_device(device)
-        strategies = self.rnn_strategies(spec.cell)
-        strategy = strategies[0] if strategy is None else strategy
-        check_choice(f"{self.name} strategy", strategy, strategies)
         B, T = self._batch_time(x, min_rank=3, rank=3)
         if x.shape[2] != spec.input_size:
             raise ValueError(f"x has feature size {x.shape[2]} but spec.input_size is {spec.input_size}")
-        check_params(spec, params)
-        return self._lengths(lengths, batch=B, maxlen=T), strategy
+        self._check_float("rnn", x)
+        unit = self._unit("rnn", strategy, cell=spec.cell, device=device, dtype=self.dtype_name(x))
+        params = check_params(spec, params)
+        return params, self._lengths(lengths, batch=B, maxlen=T), unit
 
 
-def check_params(spec: RnnSpec, params: Any) -> None:
-    """Raise ValueError unless `params` nests layers x directions x {w_ih, w_hh, b_ih, b_hh} of spec's shapes."""
+def check_params(spec: RnnSpec, params: Any) -> list:
+    """`params` as layers x directions x {w_ih, w_hh, b_ih, b_hh} of spec's shapes; array-likes (nested lists)
+    become NumPy arrays, native arrays are kept. ValueError naming the offending entry otherwise."""
     if not isinstance(params, (list, tuple)) or len(params) != spec.num_layers:
         n = len(params) if isinstance(params, (list, tuple)) else type(params).__name__
         raise ValueError(f"params must be a list of {spec.num_layers} layers, got {n}")
     gh = spec.gates * spec.hidden_size
+    out = []
     for layer, dirs in enumerate(params):
         if not isinstance(dirs, (list, tuple)) or len(dirs) != spec.num_directions:
             raise ValueError(f"params[{layer}] must hold {spec.num_directions} direction(s)")
         want = {"w_ih": (gh, spec.layer_input_size(layer)), "w_hh": (gh, spec.hidden_size),
                 "b_ih": (gh,), "b_hh": (gh,)}
+        row = []
         for d, p in enumerate(dirs):
             if not isinstance(p, dict) or set(p) != set(want):
                 raise ValueError(f"params[{layer}][{d}] must be a dict with keys {sorted(want)}")
+            q = {}
             for k, shape in want.items():
-                if tuple(p[k].shape) != shape:
-                    raise ValueError(f"params[{layer}][{d}][{k!r}] has shape {tuple(p[k].shape)}, expected {shape}")
+                v = p[k] if hasattr(p[k], "shape") else np.asarray(p[k], dtype=np.float64)
+                if tuple(v.shape) != shape:
+                    raise ValueError(f"params[{layer}][{d}][{k!r}] has shape {tuple(v.shape)}, expected {shape}")
+                q[k] = v
+            row.append(q)
+        out.append(row)
+    return out
+
+
+def check_pad_value(value: Any, dtype: str) -> None:
+    """`pad`'s value must be representable in the sequences' dtype (no NaN into ints, no 0.5 into bools)."""
+    kind = np.dtype(dtype).kind if dtype != "bfloat16" else "f"
+    try:
+        v = complex(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"pad value {value!r} is not a number") from None
+    if kind in "iub":
+        if v.imag or not np.isfinite(v.real) or v.real != int(v.real):
+            raise ValueError(f"pad value {value!r} is not representable in dtype {dtype}")
+        info = np.iinfo(dtype) if kind != "b" else None
+        if kind == "b" and v.real not in (0, 1):
+            raise ValueError(f"pad value {value!r} is not representable in dtype {dtype}")
+        if info is not None and not info.min <= int(v.real) <= info.max:
+            raise ValueError(f"pad value {value!r} is not representable in dtype {dtype}")
+    elif kind == "f" and v.imag:
+        raise ValueError(f"pad value {value!r} is not representable in dtype {dtype}")
+
+
+def check_packed(packed: Packed, to_numpy) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a `Packed` once for every adapter: (batch_sizes, sorted_indices) as int64 NumPy arrays."""
+    batch_sizes = np.asarray(to_numpy(packed.batch_sizes))
+    sorted_indices = np.asarray(to_numpy(packed.sorted_indices))
+    unsorted_indices = np.asarray(to_numpy(packed.unsorted_indices))
+    for name, a in (("batch_sizes", batch_sizes), ("sorted_indices", sorted_indices),
+                    ("unsorted_indices", unsorted_indices)):
+        if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+            raise ValueError(f"inconsistent Packed: {name} must be a 1-D integer array, got shape {a.shape} "
+                             f"dtype {a.dtype}")
+    B = sorted_indices.size
+    if B == 0:
+        raise ValueError("empty batch: the Packed has no rows")
+    if not np.array_equal(np.sort(sorted_indices), np.arange(B)):
+        raise ValueError(f"inconsistent Packed: sorted_indices is not a permutation of 0..{B - 1}")
+    if unsorted_indices.size != B or not np.array_equal(unsorted_indices[sorted_indices], np.arange(B)):
+        raise ValueError("inconsistent Packed: unsorted_indices is not the inverse of sorted_indices")
+    bad = np.flatnonzero((batch_sizes < 1) | (batch_sizes > B))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"inconsistent Packed: batch_sizes[{i}]={int(batch_sizes[i])} is outside [1, {B}]")
+    up = np.flatnonzero(np.diff(batch_sizes) > 0)
+    if up.size:
+        i = int(up[0]) + 1
+        raise ValueError(f"inconsistent Packed: batch_sizes must not increase (batch_sizes[{i}]="
+                         f"{int(batch_sizes[i])} > batch_sizes[{i - 1}]={int(batch_sizes[i - 1])})")
+    rows = int(getattr(packed.data, "shape", (0,))[0])
+    if rows != int(batch_sizes.sum()):
+        raise ValueError(f"inconsistent Packed: data has {rows} rows but batch_sizes sum to {int(batch_sizes.sum())}")
+    return batch_sizes.astype(np.int64), sorted_indices.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses: the choices and the host-side validation every adapter shares (ARCHITECTURE.md, "Losses").
+
+LOSS_KINDS = ("softmax_ce", "sigmoid_bce")
+LOSS_REDUCTIONS = ("token_mean", "sequence_mean", "sum")
+
+
+def check_loss_inputs(kind: str, logits_shape: tuple, targets_shape: tuple, logits_dtype: str,
+                      targets_dtype: str) -> None:
+    """Ranks, shapes and dtypes of a masked loss's logits and targets (ValueError naming the problem)."""
+    if logits_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"masked_loss needs floating-point logits ({', '.join(FLOAT_DTYPES)}), got dtype "
+                         f"{logits_dtype}")
+    if kind == "softmax_ce":
+        if len(logits_shape) != 3:
+            raise ValueError(f"softmax_ce expects logits of rank 3 [B, T, C], got shape {logits_shape}")
+        if logits_shape[2] == 0:
+            raise ValueError("softmax_ce needs at least one class: logits have C=0")
+        if targets_shape != logits_shape[:2]:
+            raise ValueError(f"softmax_ce expects targets of shape [B, T] = {logits_shape[:2]}, got "
+                             f"{targets_shape}")
+        if not _is_int_dtype(targets_dtype):
+            raise ValueError(f"softmax_ce expects integer class targets, got dtype {targets_dtype}")
+        return
+    if len(logits_shape) not in (2, 3):
+        raise ValueError(f"sigmoid_bce expects logits of rank 2 [B, T] or 3 [B, T, C], got shape {logits_shape}")
+    if targets_shape != logits_shape:
+        raise ValueError(f"sigmoid_bce expects targets of the logits' shape {logits_shape}, got {targets_shape}")
+    if targets_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"sigmoid_bce expects floating-point targets, got dtype {targets_dtype}")
+
+
+def check_targets_in_range(targets: np.ndarray, lengths: np.ndarray, side: str, classes: int) -> None:
+    """Every VALID class target lies in [0, C); padded targets may hold anything."""
+    bad = np.argwhere(valid_mask(lengths, targets.shape[1], side) & ((targets < 0) | (targets >= classes)))
+    if bad.size:
+        b, t = (int(i) for i in bad[0])
+        raise ValueError(f"target {int(targets[b, t])} at (row {b}, step {t}) is outside [0, {classes}) "
+                         f"(C={classes} classes)")
+
+
+def _is_int_dtype(name: str) -> bool:
+    try:
+        return name != "bool" and np.issubdtype(np.dtype(name), np.integer)
+    except TypeError:  # a dtype NumPy does not know (bfloat16, float8...) is no integer dtype
+        return False
+
+
+def loss_weights(lengths: np.ndarray, maxlen: int, side: str, reduction: str, dtype: str = "float64") -> np.ndarray:
+    """[B, T] host weights w with loss = sum(per_step_loss * w): 1 (sum), 1/N (token_mean) or 1/(n_b * rows)
+    (sequence_mean) at valid steps and 0 at padded ones, so an empty row or batch contributes exactly 0. Built once
+    on the host from the validated lengths, so a jitted strategy never retraces on new lengths."""
+    n = lengths.astype(np.float64)
+    if reduction == "sum":
+        per_row = np.ones_like(n)
+    elif reduction == "token_mean":
+        per_row = np.full_like(n, 1.0 / max(n.sum(), 1.0))
+    else:
+        per_row = 1.0 / (np.maximum(n, 1.0) * max(int(np.count_nonzero(lengths)), 1))
+    return np.where(valid_mask(lengths, maxlen, side), per_row[:, None], 0.0).astype(dtype)

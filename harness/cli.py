@@ -1,4 +1,9 @@
-"""The `varlen` command: env, check, bench, report. Frameworks are imported only in the processes that need them."""
+"""The `varlen` command: env, check, bench, report. Frameworks are imported only in the processes that need them.
+
+Exit codes tell the truth: 0 = everything measured / equivalent; 1 = a failed case, a non-equivalent cell, or a
+report with nothing to show; 2 = bad usage (reported before any work starts); 130 = interrupted (finished records
+are kept; the message says how to resume).
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,27 +12,59 @@ import os
 import sys
 from pathlib import Path
 
-from harness import results
+from harness import axes, records, results
 
 RESULTS = Path("results")
-FRAMEWORKS = ("torch", "tensorflow", "jax")
+
+
+class Usage(Exception):
+    """Bad usage: exit 2 with this message, before any work."""
+
+
+def _positive(kind: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind} must be a positive integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{kind} must be a positive integer, got {value}")
+        return value
+    return parse
 
 
 def _frameworks(requested: list[str] | None) -> list[str]:
+    """The frameworks to run: the requested ones (each must be installed) or every installed one."""
     import adapters
 
-    present = [f for f in FRAMEWORKS if f in adapters.available()]
+    present = [f for f in axes.FRAMEWORKS if f in adapters.available()]
     if not requested:
-        missing = sorted(set(FRAMEWORKS) - set(present))
+        missing = sorted(set(axes.FRAMEWORKS) - set(present))
         if missing:
             print(f"varlen: not installed, skipped: {', '.join(missing)}", file=sys.stderr)
+        if not present:
+            raise Usage(f"none of {list(axes.FRAMEWORKS)} is installed: pip install 'varlen[all]'")
         return present
     for f in requested:
-        if f not in adapters.KNOWN:
-            raise SystemExit(f"varlen: unknown framework {f!r}; known: {list(adapters.KNOWN)}")
         if f not in present:
-            raise SystemExit(f"varlen: framework {f!r} is not installed: pip install 'varlen[{f}]'")
-    return requested
+            raise Usage(f"framework {f!r} is not installed: pip install 'varlen[{f}]'")
+    return list(dict.fromkeys(requested))
+
+
+def _probe_gpu(frameworks: list[str]) -> None:
+    """Usage error unless every framework sees a GPU, naming what each sees (a subprocess each: frameworks stay
+    out of this process)."""
+    from harness.proc import spawn
+
+    blind = []
+    for fw in frameworks:
+        proc = spawn("harness.probe", fw)
+        out, err = proc.communicate(timeout=300)
+        info = json.loads(out.strip().splitlines()[-1]) if proc.returncode == 0 and out.strip() else {}
+        if "gpu" not in info.get("devices", []):
+            blind.append(info.get("report") or f"{fw}: probe failed: {err.strip()[-200:]}")
+    if blind:
+        raise Usage("--device gpu, but no GPU is visible here: " + "; ".join(blind))
 
 
 def cmd_env(args) -> int:
@@ -38,103 +75,174 @@ def cmd_env(args) -> int:
             print(f"{name:<11} not installed")
             continue
         a = adapters.get(name)
-        print(f"{name:<11} {a.version:<32} devices={a.devices()} strategies(lstm)={a.rnn_strategies('lstm')}")
+        fams = {f: a.strategies(f) for f in a.STRATEGIES}
+        print(f"{name:<11} {a.version}\n{'':<11} devices={a.devices()} strategies={fams}")
     return 0
 
 
-def cmd_check(args) -> int:
-    from harness import check, report
+def _progress_bar(total: int, what: str):
+    from rich.progress import Progress
 
+    bar = Progress(transient=False)
+    task = bar.add_task(what, total=total)
+    return bar, task
+
+
+def cmd_check(args) -> int:
+    from harness import check, families
+    from harness.report import check_summary_text
+
+    frameworks = _frameworks(args.framework)
+    devices = list(dict.fromkeys(args.device or ["cpu"]))
+    if "gpu" in devices:
+        _probe_gpu(frameworks)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.unlink(missing_ok=True)
-    records = check.run(_frameworks(args.framework), str(out))
+    if out.is_dir():
+        raise Usage(f"--out {out} is a directory; give a results file (JSON lines)")
+    records.run_id()
+    bar, task = _progress_bar(len(frameworks) * len(devices) * len(families.FAMILIES), "varlen check")
+    with bar:
+        recs = check.run(frameworks, devices, str(out), progress=lambda fw, dev, fam: bar.update(
+            task, advance=1, description=f"check {fw} ({dev}): {fam} done"))
     if args.json:
-        for r in records:
+        for r in recs:
             print(json.dumps(r, allow_nan=True))
     else:
-        print(report.check_summary_text(records))
-    bad = [r for r in records if r.get("kind") in ("op", "strategy", "error") and not r["equivalent"]]
+        print(check_summary_text(recs))
+    bad = check.failures(recs)
     if bad:
-        print(f"varlen check: {len(bad)} non-equivalent strategy/op results (see {out})", file=sys.stderr)
+        print(f"varlen check: {len(bad)} non-equivalent strategy/op results (see {out}, run {records.run_id()})",
+              file=sys.stderr)
     return 1 if bad else 0
+
+
+def _bench_grids(args) -> list[dict]:
+    grids = [dict(g) for g in axes.QUICK] if args.quick else [dict(axes.FULL)]
+    for key, value in (("ops", args.op), ("batches", args.batch), ("max_lens", args.max_len),
+                       ("profiles", args.profile), ("cells", args.cell), ("hidden", args.hidden),
+                       ("dtypes", args.dtype)):
+        if value:
+            for grid in grids:
+                grid[key] = tuple(dict.fromkeys(value))
+    return grids
 
 
 def cmd_bench(args) -> int:
     import adapters
-    from harness import bench
-    from suites import axes
+    from harness import bench, families
 
     frameworks = _frameworks(args.framework)
-    grids = [dict(g) for g in axes.QUICK] if args.quick else [{
-        "ops": axes.OPS, "batches": axes.BATCHES, "max_lens": axes.MAX_LENS, "profiles": axes.PROFILES,
-        "cells": axes.CELLS[:1], "hidden": axes.HIDDEN, "dtypes": axes.DTYPES}]
-    for key, value in (("ops", args.op), ("batches", args.batch), ("max_lens", args.max_len),
-                       ("profiles", args.profile), ("cells", args.cell), ("hidden", args.hidden),
-                       ("dtypes", args.dtype)):
-        for grid in grids:
-            if value:
-                grid[key] = tuple(value)
-    strategies = {f: adapters.declared_strategies(f) for f in frameworks}
+    devices = tuple(dict.fromkeys(args.device or ["cpu"]))
+    declared = {f: {fam: adapters.declared_strategies(f, fam) for fam in adapters.STRATEGY_FAMILIES}
+                for f in frameworks}
     if args.strategy:
-        strategies = {f: [s for s in v if s in args.strategy] for f, v in strategies.items()}
-    devices = tuple(args.device or ["cpu"])
-    cases = list({axes.case_key(c): c for grid in grids
-                  for c in axes.cases(frameworks=frameworks, strategies=strategies, devices=devices, **grid)}.values())
-    print(f"varlen bench: {len(cases)} cases -> {args.out}")
-    bench.sweep(cases, args.out, resume=args.resume, timeout=args.timeout,
-                overhead=tuple(frameworks) if args.quick else ())
-    recs = [r for r in results.read([args.out]) if r.get("source") == "bench"]
-    failed = [r for r in recs if r.get("status") != "ok"]
-    print(f"varlen bench: {len(recs) - len(failed)} measured, {len(failed)} failed")
+        known = {s for d in declared.values() for v in d.values() for s in v}
+        unknown = sorted(set(args.strategy) - known)
+        if unknown:
+            raise Usage(f"unknown strategy {unknown[0]!r} for {frameworks}; declared: {sorted(known)}")
+        declared = {f: {fam: [s for s in v if s in args.strategy] for fam, v in d.items()}
+                    for f, d in declared.items()}
+    out = Path(args.out)
+    if out.is_dir():
+        raise Usage(f"--out {out} is a directory; give a results file (JSON lines)")
+    if "gpu" in devices:
+        _probe_gpu(frameworks)
+    cases = list({axes.case_key(c): c for grid in _bench_grids(args) for c in axes.cases(
+        frameworks=frameworks, strategies=declared, devices=devices, **grid)}.values())
+    if args.strategy:
+        cases = [c for c in cases if c["op"] not in families.strategy_ops() or c["strategy"] in args.strategy]
+    if not cases:
+        raise Usage("these options select no case to run")
+    run = records.run_id()
+    print(f"varlen bench: {len(cases)} cases -> {out} (run {run})")
+    recs = bench.sweep(cases, str(out), resume=args.resume, timeout=args.timeout,
+                       overhead=tuple(frameworks) if args.quick else (), overhead_devices=devices)
+    failed = [r for r in recs if r["status"] == "failed"]
+    unsupported = [r for r in recs if r["status"] == "unsupported"]
+    print(f"varlen bench: {len(recs) - len(failed) - len(unsupported)} measured, {len(failed)} failed, "
+          f"{len(unsupported)} not supported by their strategy's precondition here (run {run})")
     for r in failed:
-        print(f"  FAILED {r.get('key')}: {r.get('error')}")
-    return 0
+        print(f"  FAILED {r['key']}: {r.get('error')}")
+    return 1 if failed else 0
 
 
 def cmd_report(args) -> int:
     from harness import report
 
-    paths = args.results or sorted(str(p) for p in RESULTS.glob("**/*.jsonl") if "report" not in p.parts)
-    page = report.build(results.read(paths), args.out, asv_html=Path(args.asv_html))
-    print(f"varlen report: {page} (+ report.md) from {len(paths)} result file(s)")
-    return 0
+    if args.results:
+        missing = [p for p in args.results if not Path(p).exists()]
+        if missing:
+            raise Usage(f"no such results file: {missing[0]}")
+        paths = args.results
+    else:
+        paths = sorted(str(p) for p in RESULTS.glob("**/*.jsonl") if "report" not in p.parts)
+    loaded = results.load(paths)
+    for p in loaded.problems:
+        print(f"varlen report: skipped {p}", file=sys.stderr)
+    page, usable = report.build(loaded.records, args.out, asv_html=Path(args.asv_html), problems=loaded.problems,
+                                run=args.run)
+    print(f"varlen report: {page} (+ report.md) from {len(paths)} result file(s), {len(loaded.records)} records")
+    if not usable:
+        print("varlen report: nothing to report (no valid, measured record): see the page", file=sys.stderr)
+    return 0 if usable else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = argparse.ArgumentParser(prog="varlen", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    import adapters
+    from harness.families import OPS
+
+    parser = argparse.ArgumentParser(prog="varlen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("env", help="frameworks, versions and devices found").set_defaults(func=cmd_env)
+    sub.add_parser("env", help="frameworks, versions, devices and strategies found").set_defaults(func=cmd_env)
+    fws = list(axes.FRAMEWORKS)
     p = sub.add_parser("check", help="equivalence matrix against the NumPy reference, and the recipes' verdicts")
-    p.add_argument("--framework", action="append", help="limit to this framework (repeatable)")
+    p.add_argument("--framework", action="append", choices=fws, help="limit to this framework (repeatable)")
+    p.add_argument("--device", action="append", choices=list(axes.DEVICES), help="cpu (default) and/or gpu")
     p.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
-    p.add_argument("--out", default=str(RESULTS / "check.jsonl"), help="records file (rewritten)")
+    p.add_argument("--out", default=str(RESULTS / "check.jsonl"), help="results file (appended to, never rewritten)")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("bench", help="timing / memory sweep, one tidy record per measurement")
     p.add_argument("--quick", action="store_true", help="the quick grid (every op/framework/strategy once)")
-    p.add_argument("--framework", action="append", help="torch, tensorflow, jax (repeatable)")
-    p.add_argument("--op", action="append", help="pad, mask, pack_unpack, masked_mean, rnn_forward, "
-                   "rnn_forward_backward (repeatable)")
-    p.add_argument("--strategy", action="append", help="limit RNN strategies (repeatable)")
-    p.add_argument("--device", action="append", choices=["cpu", "gpu"])
-    p.add_argument("--batch", action="append", type=int)
-    p.add_argument("--max-len", action="append", type=int)
-    p.add_argument("--profile", action="append")
-    p.add_argument("--cell", action="append")
-    p.add_argument("--hidden", action="append", type=int)
-    p.add_argument("--dtype", action="append")
-    p.add_argument("--out", default=str(RESULTS / "bench.jsonl"))
-    p.add_argument("--resume", action="store_true", help="skip the cases already measured in --out")
+    p.add_argument("--framework", action="append", choices=fws, help="repeatable")
+    p.add_argument("--op", action="append", choices=list(OPS), metavar="OP", help=f"repeatable; one of {list(OPS)}")
+    strategies = sorted({s for f in fws for fam in adapters.STRATEGY_FAMILIES
+                         for s in adapters.declared_strategies(f, fam)})
+    p.add_argument("--strategy", action="append", metavar="S", help=f"limit strategies (repeatable): {strategies}")
+    p.add_argument("--device", action="append", choices=list(axes.DEVICES))
+    p.add_argument("--batch", action="append", type=_positive("--batch"))
+    p.add_argument("--max-len", action="append", type=_positive("--max-len"))
+    p.add_argument("--profile", action="append", choices=list(axes.PROFILES))
+    p.add_argument("--cell", action="append", choices=list(axes.CELLS))
+    p.add_argument("--hidden", action="append", type=_positive("--hidden"))
+    p.add_argument("--dtype", action="append", choices=list(axes.DTYPES))
+    p.add_argument("--out", default=str(RESULTS / "bench.jsonl"), help="results file (appended to, never rewritten)")
+    p.add_argument("--resume", action="store_true", help="skip the cases whose latest record in --out is measured")
     p.add_argument("--timeout", type=float, default=600, help="seconds per case before it is marked failed")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("report", help="HTML + Markdown comparison report from result files")
     p.add_argument("results", nargs="*", help="JSON-lines result files (default: every results/**/*.jsonl)")
     p.add_argument("--out", default=str(RESULTS / "report"))
+    p.add_argument("--run", help="only the records of this run id ('latest' for the last run); default: the "
+                   "latest record of every case across runs")
     p.add_argument("--asv-html", default=str(RESULTS / "asv" / "html"), help="published asv dashboard to link")
     p.set_defaults(func=cmd_report)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Usage as e:
+        print(f"varlen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nvarlen {args.command}: interrupted; every finished record is in the results file (run "
+              f"{os.environ.get(records.RUN_ENV, '?')}). Resume with the same command"
+              f"{' plus --resume' if args.command == 'bench' else ''}.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

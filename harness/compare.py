@@ -34,3 +34,11 @@ def exactly_equal(actual, expected) -> tuple[bool, float]:
         return False, float("inf")
     diff = int(np.count_nonzero(a != e))
     return diff == 0, float(diff)
+
+
+PARAM_KEYS = ("w_ih", "w_hh", "b_ih", "b_hh")
+
+
+def flat_grads(g: list, to_numpy) -> np.ndarray:
+    """Every parameter gradient of a params nest in one vector (fixed order), for one max-error figure."""
+    return np.concatenate([np.asarray(to_numpy(d[k])).ravel() for layer in g for d in layer for k in PARAM_KEYS])

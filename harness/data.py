@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from harness.spec import RnnSpec, valid_mask
+from adapters.spec import RnnSpec, valid_mask
 
 
 class Edge(NamedTuple):

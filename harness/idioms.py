@@ -17,7 +17,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from harness.spec import RnnSpec, map_params, valid_mask
+from adapters.spec import RnnSpec, map_params, valid_mask
+from harness.compare import close, flat_grads
+from harness.data import cotangents, padded
 
 IDIOMS = {
     "mask_inputs": "multiplies padded inputs by the mask, runs the plain RNN over the padded batch and trusts its "
@@ -55,12 +57,12 @@ def _cot_zero_padding(cot: dict, valid: np.ndarray) -> dict:
 
 
 def run_idiom(adapter, name: str, spec: RnnSpec, params, x: np.ndarray, lengths: np.ndarray, side: str,
-              cot: dict) -> dict:
+              cot: dict, device: str = "cpu") -> dict:
     """Run recipe `name` through `adapter`: {"outputs", "h_n", "grads"} as NumPy (grads: {"x", "params"})."""
     B, T = x.shape[:2]
     valid = valid_mask(lengths, T, side)
     a, full = adapter, _lengths_full(B, T)
-    xa = a.asarray(x)
+    xa = a.asarray(x, device)
     if name in ("mask_inputs", "mask_outputs", "reset_loop"):
         x_in = x * valid[..., None] if name == "mask_inputs" else x
         cot_in = _cot_zero_padding(cot, valid)
@@ -69,7 +71,7 @@ def run_idiom(adapter, name: str, spec: RnnSpec, params, x: np.ndarray, lengths:
             last_valid = valid[:, -1]
             cot_in = {k: (np.where(last_valid[None, :, None], v, 0).astype(v.dtype) if k != "outputs" else v)
                       for k, v in cot_in.items()}
-        out, grads = a.rnn_vjp(spec, params, a.asarray(x_in), full, cot_in, side=side)
+        out, grads = a.rnn_vjp(spec, params, a.asarray(x_in, device), full, cot_in, side=side, device=device)
         h_n = a.to_numpy(out.h_n)
         if name == "reset_loop":
             h_n = np.where(valid[None, :, -1:], h_n, 0)
@@ -83,12 +85,12 @@ def run_idiom(adapter, name: str, spec: RnnSpec, params, x: np.ndarray, lengths:
         cot_out = np.zeros_like(cot["outputs"])
         cot_out[:, -1] = summary_cot
         cot_in = {k: (cot_out if k == "outputs" else np.zeros_like(v)) for k, v in cot.items()}
-        out, grads = a.rnn_vjp(spec, params, xa, lengths, cot_in, side=side)
+        out, grads = a.rnn_vjp(spec, params, xa, lengths, cot_in, side=side, device=device)
         return {"outputs": a.to_numpy(out.outputs), "h_n": a.to_numpy(out.outputs)[:, -1],
                 "grads": _grads_np(a, grads)}
     if name == "mask_from_value":
         derived = (x != 0).any(axis=-1).sum(axis=1).astype(np.int64)  # the recipe: padding is "all features zero"
-        out, grads = a.rnn_vjp(spec, params, xa, derived, cot, side=side)
+        out, grads = a.rnn_vjp(spec, params, xa, derived, cot, side=side, device=device)
         return {"outputs": a.to_numpy(out.outputs), "h_n": a.to_numpy(out.h_n), "grads": _grads_np(a, grads)}
     raise ValueError(f"unknown idiom {name!r}; expected one of {list(IDIOMS)}")
 
@@ -114,8 +116,6 @@ def idiom_case(spec: RnnSpec, side: str, *, seed: int = 0, dtype: str = "float64
 
     Padding holds zeros (not NaN): the recipes are judged on clean data, where their failures are subtle.
     """
-    from harness.data import cotangents, padded
-
     lengths = np.array([6, 3, 1, 4], dtype=np.int64)
     T = 6
     x = padded(lengths, T, (spec.input_size,), side=side, seed=seed, dtype=dtype)
@@ -126,9 +126,6 @@ def idiom_case(spec: RnnSpec, side: str, *, seed: int = 0, dtype: str = "float64
 
 def verdicts(actual: dict, expected: dict, valid: np.ndarray, tol) -> list[Verdict]:
     """Per-quantity verdicts; outputs are compared at valid steps only (where the recipe's user reads them)."""
-    from harness.check import flat_grads
-    from harness.compare import close
-
     out = []
     a = np.where(valid[..., None], actual["outputs"], 0)
     e = np.where(valid[..., None], expected["outputs"], 0)

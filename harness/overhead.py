@@ -1,4 +1,6 @@
-"""The adapter's overhead over calling the framework directly (the default RNN strategy, forward).
+"""The adapter's overhead over calling the framework directly: the default RNN strategy, forward and forward +
+backward, against the same framework code written the way a user would (compiled where users compile:
+`jax.jit`, `tf.function`), `Adapter.raw_rnn`.
 
 Both callables run interleaved in one process (alternating which goes first), so machine noise hits both alike;
 the figure is the ratio of the medians. Frameworks whose adapter offers no `raw_rnn` are skipped.
@@ -10,30 +12,35 @@ import time
 
 import numpy as np
 
-from harness import results
-from harness.data import padded
+from adapters.spec import RnnSpec, init_params, map_params
+from harness import records, results
+from harness.axes import HEADLINE
+from harness.data import cotangents, padded
+from harness.proc import die_with_parent
 from harness.profiles import lengths_for
-from harness.spec import RnnSpec, init_params, map_params
-from suites.axes import HEADLINE
 
 
-def measure(framework: str, repeats: int = 40) -> dict | None:
+def measure(framework: str, device: str = "cpu", backward: bool = False, repeats: int = 30) -> dict | None:
     import adapters
 
     a = adapters.get(framework)
     B, T, H = HEADLINE["batch"], HEADLINE["max_len"], HEADLINE["hidden"]
     spec = RnnSpec(HEADLINE["cell"], H, H)
     L = lengths_for("lognormal", B, T)
-    x = a.asarray(padded(L, T, (H,), dtype="float32"))
-    params = map_params(a.asarray, init_params(spec))
+    x = a.asarray(padded(L, T, (H,), dtype="float32"), device)
+    params = map_params(lambda v: a.asarray(v, device), init_params(spec))
+    cot = {k: a.asarray(v, device) for k, v in cotangents(spec, B, T).items()}
     try:
-        raw = a.raw_rnn(spec, params, x, L)
+        raw = a.raw_rnn(spec, params, x, L, device, backward=backward, cotangents=cot)
     except NotImplementedError:
         return None
-    ours = lambda: a.rnn(spec, params, x, L)
-    calls = {"raw": lambda: (raw(), a.sync()), "adapter": lambda: (ours(), a.sync())}
+    if backward:
+        ours = lambda: a.rnn_vjp(spec, params, x, L, cot, device=device)
+    else:
+        ours = lambda: a.rnn(spec, params, x, L, device=device)
+    calls = {"raw": lambda: (raw(), a.sync(device)), "adapter": lambda: (ours(), a.sync(device))}
     times: dict[str, list[float]] = {"raw": [], "adapter": []}
-    for name in calls:  # warm-up
+    for name in calls:  # warm-up, compiles included
         calls[name]()
         calls[name]()
     for i in range(repeats):
@@ -42,17 +49,22 @@ def measure(framework: str, repeats: int = 40) -> dict | None:
             calls[name]()
             times[name].append(time.perf_counter() - t)
     raw_s, ours_s = float(np.median(times["raw"])), float(np.median(times["adapter"]))
-    return {"source": "overhead", "framework": framework, "version": a.version,
-            "strategy": a.rnn_strategies(spec.cell)[0], "op": "rnn_forward", "batch": B, "max_len": T, "hidden": H,
-            "cell": spec.cell, "profile": "lognormal", "raw_median_s": raw_s, "adapter_median_s": ours_s,
-            "overhead_ratio": ours_s / raw_s, "repeats": repeats, **results.machine(), "time": time.time()}
+    return records.make("overhead", framework=framework, version=a.version, device=device,
+                        strategy=a.rnn_strategies(spec.cell)[0],
+                        op="rnn_forward_backward" if backward else "rnn_forward", batch=B, max_len=T, hidden=H,
+                        cell=spec.cell, profile="lognormal", raw_median_s=raw_s, adapter_median_s=ours_s,
+                        overhead_ratio=ours_s / raw_s, repeats=repeats)
 
 
 if __name__ == "__main__":
-    rec = measure(sys.argv[1])
-    if rec is not None:
-        results.append(sys.argv[2], rec)
-        print(f"{rec['framework']} {rec['strategy']}: adapter {rec['adapter_median_s'] * 1e3:.2f} ms vs raw "
-              f"{rec['raw_median_s'] * 1e3:.2f} ms -> ratio {rec['overhead_ratio']:.3f}")
-    else:
-        print(f"{sys.argv[1]}: no raw baseline (adapter offers no raw_rnn)")
+    die_with_parent()
+    framework, out, device = sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "cpu"
+    for backward in (False, True):
+        rec = measure(framework, device, backward)
+        if rec is None:
+            print(f"{framework}: no raw baseline (adapter offers no raw_rnn)")
+            break
+        results.append(out, rec)
+        print(f"overhead {framework} {rec['strategy']} {rec['op']} ({device}): adapter "
+              f"{rec['adapter_median_s'] * 1e3:.2f} ms vs raw {rec['raw_median_s'] * 1e3:.2f} ms -> ratio "
+              f"{rec['overhead_ratio']:.3f}")

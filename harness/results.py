@@ -1,46 +1,137 @@
-"""Tidy result files: one JSON object per line, appended as soon as it is measured.
+"""The results store: append-only JSON-lines files, one record (`harness.records`) per line.
 
-Each append is a single `write` of one line to a file opened with O_APPEND, then flushed and fsynced, so an
-interrupted run or a crashed worker loses no finished record, and a half-written last line (a kill mid-write) is
-skipped on reading.
+Promises (the README's "Results store"):
+- append only: a run opens its file with O_APPEND and never renames, truncates or deletes it (or any other);
+- one record per `write`, under an exclusive `fcntl` lock and `fsync`ed before the lock is released, so two
+  concurrent runs on one file interleave whole lines and a crash or kill loses at most the record being written;
+- every record carries the `run_id` of the run that wrote it (and the commit); readers select by run
+  (`select`: by default the latest record per case key);
+- a line that is not a valid record (cut short by a kill, garbage, JSON that is not a record) is reported with its
+  file and line number and the reason (`load`), never silently dropped and never a crash.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import platform
-import subprocess
 from collections.abc import Iterable
-from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness.records import machine, problems  # noqa: F401 - machine: re-exported
 
 
 def append(path: str | os.PathLike, record: dict) -> None:
-    line = json.dumps(record, default=_jsonable, allow_nan=True) + "\n"
+    """Append one record as one line, under an exclusive lock, fsynced."""
+    line = (json.dumps(record, default=_jsonable, allow_nan=True) + "\n").encode()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            _complete_last_line(fd)
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
 
-def read(paths: Iterable[str | os.PathLike]) -> list[dict]:
-    """All complete records of the given JSON-lines files (missing files count as empty)."""
-    out = []
+def _complete_last_line(fd: int) -> None:
+    """If a killed writer left a partial last line, end it so the next record starts on a line of its own (the
+    partial line stays, and is reported by `load` as not a record)."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        os.write(fd, b"\n")
+
+
+class Problem(NamedTuple):
+    path: str
+    line: int  # 1-based; 0 for a problem with the file itself
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.why}" if self.line else f"{self.path}: {self.why}"
+
+
+class Loaded(NamedTuple):
+    records: list[dict]
+    problems: list[Problem]
+
+
+def load(paths: Iterable[str | os.PathLike], *, missing_ok: bool = False) -> Loaded:
+    """Every valid record of the given files, and a `Problem` for every line (or file) that is not one."""
+    records, bad = [], []
     for path in paths:
         p = Path(path)
         if not p.exists():
+            if not missing_ok:
+                bad.append(Problem(str(p), 0, "no such file"))
             continue
-        for line in p.read_text().splitlines():
+        if p.is_dir():
+            bad.append(Problem(str(p), 0, "is a directory, not a results file"))
+            continue
+        try:
+            text = p.read_text(errors="replace")
+        except OSError as e:
+            bad.append(Problem(str(p), 0, f"cannot be read: {e}"))
+            continue
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted write
-    return out
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                bad.append(Problem(str(p), i, f"not JSON ({e.msg}): {line[:60]!r}"))
+                continue
+            why = problems(rec)
+            if why:
+                bad.append(Problem(str(p), i, "; ".join(why)))
+            else:
+                records.append(rec)
+    return Loaded(records, bad)
+
+
+def read(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """The valid records of the given files (missing files count as empty); see `load` for the rest."""
+    return load(paths, missing_ok=True).records
+
+
+def runs(records: list[dict]) -> list[str]:
+    """Run ids in the order their first record was written."""
+    first: dict[str, float] = {}
+    for r in records:
+        first.setdefault(r["run_id"], r["time"])
+    return sorted(first, key=first.get)
+
+
+def select(records: list[dict], *, run: str | None = None) -> list[dict]:
+    """Records of one run (`run`: an id, or "latest" for the last run), or by default every source's latest
+    record per case: bench by `key` (a completed measurement beats a failed one of an earlier run, the latest
+    wins otherwise), check by (framework, device, kind, op, name, case, cell, side, direction, dtype, quantity),
+    floors and overhead by (host, framework, device)."""
+    if run is not None:
+        wanted = runs(records)[-1] if run == "latest" and records else run
+        return [r for r in records if r["run_id"] == wanted]
+    best: dict[tuple, dict] = {}
+    for r in sorted(records, key=lambda r: r["time"]):
+        k = _case_identity(r)
+        old = best.get(k)
+        if old is None or not (old.get("status") == "ok" and r.get("status") == "failed"
+                               and old["run_id"] != r["run_id"]):
+            best[k] = r
+    return list(best.values())
+
+
+def _case_identity(r: dict) -> tuple:
+    s = r["source"]
+    if s == "bench":
+        return (s, r["key"])
+    if s == "check":
+        return (s, r["framework"], r["device"], r["kind"], r["op"], r["name"], r["case"], r.get("cell"),
+                r.get("side"), r.get("bidirectional"), r.get("dtype"), r["quantity"])
+    return (s, r.get("host"), r.get("framework"), r.get("device"), r.get("op"))
 
 
 def _jsonable(x):
@@ -49,27 +140,3 @@ def _jsonable(x):
     if hasattr(x, "tolist"):
         return x.tolist()
     return str(x)
-
-
-@lru_cache(maxsize=1)
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-@lru_cache(maxsize=1)
-def machine() -> dict:
-    """Host facts attached to every record (no framework is imported here)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "commit": commit()}

@@ -1,1 +1,1 @@
-"""Benchmark suites: the sweep axes (`suites.axes`) and the asv benchmark classes (`bench_*.py`)."""
+"""Benchmark suites: the sweep axes (`harness.axes`) and the asv benchmark classes (`bench_*.py`)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from suites import common
 
-FRAMEWORKS = common.impls(rnn=False)
+IMPLS = common.impls()                       # "framework" (ops have no strategies)
 OPS = ["pad", "mask", "pack_unpack", "masked_mean"]
 PROFILES = ["equal", "zipf"]                # length skew (harness.profiles): none, long tail
 CASE = dict(batch=64, max_len=128, features=64)
@@ -16,7 +16,7 @@ def _case(framework, op, profile):
 class Ops:
     """Wall time and process peak memory; each parameter set runs in its own process (asv)."""
 
-    params = (FRAMEWORKS, OPS, PROFILES)
+    params = (IMPLS, OPS, PROFILES)
     param_names = ["framework", "op", "profile"]
     timeout = 300
 

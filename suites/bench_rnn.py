@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from suites import common
 
-IMPLS = common.impls(rnn=True)               # "framework:strategy"
+IMPLS = common.impls("rnn")               # "framework:strategy"
 DEVICES = ["cpu", "gpu"]                     # skipped where the framework sees no GPU
 PROFILES = ["equal", "lognormal"]            # length skew (harness.profiles)
 CASE = dict(batch=64, max_len=128, cell="lstm", hidden=128, input_size=128, num_layers=1, bidirectional=False)

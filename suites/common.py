@@ -5,23 +5,22 @@ import itertools
 import os
 
 import adapters
-from harness import bench, results
-from suites import axes
+from harness import axes, bench
+from harness.proc import WORKER_ENV
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-
+for _k, _v in WORKER_ENV.items():  # asv runs suites in its own processes: the same quiet framework settings
+    os.environ.setdefault(_k, _v)
 
 
-def impls(rnn: bool) -> list[str]:
-    """asv's implementation axis: "framework" for ops, "framework:strategy" for RNNs (no framework imported)."""
-    if not rnn:
+def impls(family: str | None = None) -> list[str]:
+    """asv's implementation axis: "framework" for ops without strategies, "framework:strategy" for a strategy
+    family (no framework imported)."""
+    if family is None:
         return list(axes.FRAMEWORKS)
-    return [f"{fw}:{s}" for fw in axes.FRAMEWORKS for s in adapters.declared_strategies(fw)]
+    return [f"{fw}:{s}" for fw in axes.FRAMEWORKS for s in adapters.declared_strategies(fw, family)]
 
 
-def setup_case(impl: str, **case) -> tuple[object, bench.Prepared]:
+def setup_case(impl: str, **case) -> tuple[object, bench.Ready]:
     """(adapter, prepared case); NotImplementedError (asv: skipped) when the framework or device is missing."""
     framework = impl.partition(":")[0]
     if framework not in adapters.available():
@@ -42,10 +41,8 @@ def sweep_records(cases: list[dict]) -> dict[str, dict]:
 
     present = [c for c in cases if c["framework"] in adapters.available()]
     with tempfile.TemporaryDirectory() as tmp:
-        out = f"{tmp}/records.jsonl"
-        bench.sweep(present, out, quiet=True)
-        recs = results.read([out])
-    return {r["key"]: r for r in recs if r.get("source") == "bench"}
+        recs = bench.sweep(present, f"{tmp}/records.jsonl", quiet=True)
+    return {r["key"]: r for r in recs}
 
 
 def measured(cache: dict, case: dict) -> dict:

@@ -1,8 +1,11 @@
-"""Shared fixtures: the adapter registry, parametrized over the frameworks.
+"""Shared fixtures: the adapter registry, parametrized over the frameworks, and the device under test.
 
 A framework that is not installed is skipped with a reason naming it, unless VARLEN_REQUIRE_ALL=1 (set by
 `make test`, hence CI), where it fails instead. A session in which no test passed fails: a run that executed
 nothing is not a green run.
+
+The device: `pytest --device gpu` (or VARLEN_DEVICE=gpu) runs the device-aware gates (ops, RNN, every family) on
+the GPU; a framework that sees no GPU is skipped with a reason naming what it sees.
 """
 from __future__ import annotations
 
@@ -11,11 +14,27 @@ import os
 import pytest
 
 import adapters
+from harness.axes import FRAMEWORKS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-FRAMEWORKS = ("torch", "tensorflow", "jax")
 REQUIRE_ALL = os.environ.get("VARLEN_REQUIRE_ALL") == "1"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", choices=["cpu", "gpu"], default=os.environ.get("VARLEN_DEVICE", "cpu"),
+                     help="device the gates run on (default: cpu, or $VARLEN_DEVICE)")
+
+
+def require(name: str) -> None:
+    """Skip (or, under VARLEN_REQUIRE_ALL=1, fail) unless framework `name` is installed: the one helper every
+    test module uses instead of a stray importorskip."""
+    if name in adapters.available():
+        return
+    msg = f"framework {name} is not installed: pip install 'varlen[{name}]'"
+    if REQUIRE_ALL:
+        pytest.fail(msg + " (VARLEN_REQUIRE_ALL=1: none may be skipped)")
+    pytest.skip(msg)
 
 
 def framework_params(names=FRAMEWORKS):
@@ -30,10 +49,22 @@ def framework_params(names=FRAMEWORKS):
     return out
 
 
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    return request.config.getoption("--device")
+
+
+def on_device(adapter, device: str):
+    """The adapter, or a skip naming what it sees when `device` is not visible to it."""
+    if device not in adapter.devices():
+        pytest.skip(f"no {device} visible: {adapter.device_report()}")
+    return adapter
+
+
 @pytest.fixture(params=framework_params())
-def fw(request):
-    """Each framework adapter in turn (not the reference)."""
-    return adapters.get(request.param)
+def fw(request, device):
+    """Each framework adapter in turn (not the reference), on the device under test."""
+    return on_device(adapters.get(request.param), device)
 
 
 @pytest.fixture(params=framework_params(("numpy", *FRAMEWORKS)))
@@ -62,14 +93,12 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
-def strategy_params():
-    """(framework, strategy) pairs for every installed framework's declared RNN strategies."""
+def strategy_params(family: str = "rnn"):
+    """(framework, strategy) pairs for every framework's declared strategies of `family` (collecting imports no
+    framework: `adapters.declared_strategies` reads the family modules' tables)."""
     out = []
     for p in framework_params():
         name = p.values[0]
-        if p.marks or name not in adapters.available():
-            out.append(pytest.param(name, "default", id=f"{name}-default", marks=p.marks))
-            continue
-        for strategy in adapters.get(name).rnn_strategies("lstm"):
-            out.append(pytest.param(name, strategy, id=f"{name}-{strategy}"))
+        for strategy in adapters.declared_strategies(name, family):
+            out.append(pytest.param(name, strategy, id=f"{name}-{strategy}", marks=p.marks))
     return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from harness.spec import SIDES
+from adapters.spec import SIDES
 
 
 @st.composite

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from adapters.spec import Packed
 from harness import RnnSpec, init_params
 from harness.data import cotangents
 
@@ -49,6 +50,21 @@ def ops(a):
         "vjp_cot_shape": (lambda: a.rnn_vjp(SPEC, PARAMS, x, L, {**cotangents(SPEC, 2, 4),
                                                                 "h_n": np.zeros((1, 3, 2))}), "cotangents['h_n']"),
         "unknown_cell_strategies": (lambda: a.rnn_strategies("transformer"), "unknown cell 'transformer'"),
+        "rnn_bool_x": (lambda: a.rnn(SPEC, PARAMS, a.asarray(X.astype(bool)), L), "floating-point x"),
+        "rnn_int_x": (lambda: a.rnn(SPEC, PARAMS, a.asarray(X.astype(np.int64)), L), "got dtype int64"),
+        "mean_int_x": (lambda: a.masked_mean(a.asarray(X.astype(np.int32)), L), "floating-point x"),
+        "pad_nan_into_int": (lambda: a.pad([np.array([1, 2]), np.array([3])], value=np.nan),
+                             "pad value nan is not representable in dtype int64"),
+        "pad_half_into_bool": (lambda: a.pad([np.array([True]), np.array([False])], value=0.5),
+                               "not representable in dtype bool"),
+        "unpack_bad_batch_sizes": (lambda: a.unpack(Packed(np.zeros((3, 2)), np.array([1, 2]), np.array([0, 1]),
+                                                          np.array([0, 1]))), "batch_sizes must not increase"),
+        "unpack_bad_indices": (lambda: a.unpack(Packed(np.zeros((3, 2)), np.array([2, 1]), np.array([0, 0]),
+                                                      np.array([0, 1]))), "not a permutation"),
+        "unpack_rows_mismatch": (lambda: a.unpack(Packed(np.zeros((4, 2)), np.array([2, 1]), np.array([1, 0]),
+                                                        np.array([1, 0]))), "data has 4 rows"),
+        "rnn_params_lists_bad_shape": (lambda: a.rnn(SPEC, [[{k: np.zeros(3).tolist() for k in PARAMS[0][0]}]], x, L),
+                                       "has shape"),
     }
 
 
@@ -68,3 +84,30 @@ def test_unknown_cell_in_spec():
         RnnSpec("lstmx", 3, 2)
     with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
         RnnSpec("gru", 3, 0)
+
+
+def test_rnn_spec_validates_field_types():
+    with pytest.raises(ValueError, match="bidirectional must be a bool, got 'no'"):
+        RnnSpec("lstm", 3, 2, bidirectional="no")
+    with pytest.raises(ValueError, match="unknown cell"):
+        RnnSpec(["lstm"], 3, 2)
+
+
+def test_params_as_nested_lists_work_like_arrays(any_adapter):
+    a = any_adapter
+    x, L = a.asarray(X + 0.5), np.array([2, 4])
+    as_lists = [[{k: v.tolist() for k, v in d.items()} for d in layer] for layer in PARAMS]
+    want = a.to_numpy(a.rnn(SPEC, PARAMS, x, L).outputs)
+    got = a.to_numpy(a.rnn(SPEC, as_lists, x, L).outputs)
+    assert np.allclose(got, want, rtol=1e-6, atol=1e-7), f"{a.name}: nested-list params differ"
+
+
+def test_to_numpy_turns_bfloat16_into_float32(any_adapter):
+    import ml_dtypes
+
+    a = any_adapter
+    x = np.array([1.5, -2.25, 3.0], dtype=ml_dtypes.bfloat16)
+    native = a.asarray(x)
+    got = a.to_numpy(native)
+    assert got.dtype == np.float32 and got.tolist() == [1.5, -2.25, 3.0], f"{a.name}: {got!r}"
+    assert a.dtype_name(native) == "bfloat16"

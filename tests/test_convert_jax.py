@@ -7,13 +7,12 @@ entries picked across gate blocks and off the diagonal, so a transposed weight o
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 import adapters
-from harness.spec import RnnSpec, init_params, valid_mask
+from adapters.spec import RnnSpec, init_params, valid_mask
+from tests.conftest import require
 from tests.gradcheck import fd_check
 
 LENGTHS = np.array([3, 0, 4, 1])  # unsorted, a zero-length row and a full-length one
@@ -23,8 +22,7 @@ SPEC_KW = {"input_size": IN, "hidden_size": H, "num_layers": 2, "bidirectional":
 
 @pytest.fixture(scope="module")
 def jx():
-    if "jax" not in adapters.available() and os.environ.get("VARLEN_REQUIRE_ALL") != "1":
-        pytest.skip("framework jax is not installed: pip install 'varlen[jax]'")
+    require("jax")
     return adapters.get("jax")
 
 

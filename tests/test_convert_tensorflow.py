@@ -11,12 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("keras")
-
-import adapters  # noqa: E402
-from adapters.tensorflow_backend import canonical_grads, gate_perm, keras_weights  # noqa: E402
-from harness.spec import RnnSpec, init_params  # noqa: E402
+import adapters
+from adapters.spec import RnnSpec, init_params
+from adapters.tensorflow.rnn import canonical_grads, gate_perm, keras_weights
+from tests.conftest import require
 
 CELLS = ["rnn", "lstm", "gru"]
 I, H, B = 3, 4, 2
@@ -24,6 +22,7 @@ I, H, B = 3, 4, 2
 
 @pytest.fixture(scope="module")
 def fw():
+    require("tensorflow")
     ad = adapters.get("tensorflow")  # sets KERAS_BACKEND before keras is imported
     return ad.tf, ad.keras
 

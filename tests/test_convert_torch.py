@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 
 import adapters
-from harness.spec import RnnSpec, init_params
-from tests.conftest import REQUIRE_ALL
-
-if not REQUIRE_ALL:
-    pytest.importorskip("torch", reason="torch is not installed: pip install 'varlen[torch]'")
-
-from adapters.torch_backend import from_torch_names, to_torch_names  # noqa: E402
+from adapters.spec import RnnSpec, init_params
+from adapters.torch.rnn import from_torch_names, to_torch_names
+from tests.conftest import require
 
 KEYS = ("w_ih", "w_hh", "b_ih", "b_hh")
 CELLS = ("rnn", "lstm", "gru")
@@ -25,6 +21,7 @@ SPECS = [RnnSpec(c, 3, 4, num_layers=2, bidirectional=True) for c in CELLS] + [R
 
 @pytest.fixture(scope="module")
 def fw():
+    require("torch")
     return adapters.get("torch")
 
 
@@ -73,7 +70,7 @@ def test_loaded_module_holds_the_canonical_arrays(fw, spec):
     """The adapter's cached module, after loading, equals the canonical arrays exactly, slot by slot."""
     params = init_params(spec, seed=2, dtype="float64")
     x = fw.asarray(np.zeros((1, 1, spec.input_size)))
-    module, named = fw._weights(spec, params, x, "packed", grad=False)
+    module, named = fw._packed_weights(spec, params, x, grad=False)
     for i, tensors in enumerate(module.all_weights):
         layer, d = divmod(i, spec.num_directions)
         for key, t in zip(KEYS, tensors, strict=True):
@@ -142,8 +139,8 @@ def test_packed_reloads_weights_updated_in_place():
     import torch
 
     import adapters
+    from adapters.spec import map_params
     from harness import RnnSpec, init_params
-    from harness.spec import map_params
 
     fw = adapters.get("torch")
     spec = RnnSpec("lstm", 3, 4)

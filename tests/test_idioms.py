@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 import adapters
+from adapters.spec import RnnSpec, init_params, valid_mask
 from harness.idioms import IDIOMS, idiom_case, reference_for, run_idiom, verdicts
-from harness.spec import RnnSpec, init_params, valid_mask
 from harness.tolerances import tolerance
 from tests.conftest import framework_params
 

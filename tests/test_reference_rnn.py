@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import adapters
-from harness.spec import RnnSpec, init_params, map_params, to_left_index
+from adapters.spec import RnnSpec, init_params, map_params, to_left_index
 from tests.gradcheck import fd_check
 
 B, T, IN, H = 4, 4, 2, 3

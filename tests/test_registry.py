@@ -12,9 +12,10 @@ import adapters
 
 def test_import_harness_and_adapters_imports_no_framework():
     code = ("import sys, harness, adapters, harness.cli, harness.check, harness.idioms, harness.profiles, "
-            "harness.bench, harness.report, harness.overhead, suites.axes, suites.bench_rnn, suites.bench_ops; "
-            "adapters.available(); bad = {'torch', 'tensorflow', 'jax', 'keras'} & set(sys.modules); "
-            "assert not bad, bad")
+            "harness.bench, harness.report, harness.overhead, harness.axes, harness.families, suites.bench_rnn, "
+            "suites.bench_ops; adapters.available(); harness.cli.build_parser(); "
+            "[adapters.declared_strategies(f, fam) for f in adapters.KNOWN for fam in adapters.STRATEGY_FAMILIES]; "
+            "bad = {'torch', 'tensorflow', 'jax', 'keras', 'optax'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -44,5 +45,17 @@ def test_missing_framework_raises_framework_unavailable(monkeypatch):
 def test_every_adapter_reports_name_version_devices(any_adapter):
     assert any_adapter.name in adapters.KNOWN and any_adapter.version
     assert any_adapter.devices()[0] == "cpu"
-    strategies = any_adapter.rnn_strategies("lstm")
-    assert strategies and len(set(strategies)) == len(strategies), f"{any_adapter.name}: {strategies}"
+    for family in adapters.STRATEGY_FAMILIES:
+        strategies = any_adapter.strategies(family)
+        assert strategies and len(set(strategies)) == len(strategies), f"{any_adapter.name} {family}: {strategies}"
+        assert strategies[0] == adapters.declared_strategies(any_adapter.name, family)[0] or family != "rnn"
+
+
+def test_dispatch_is_a_table_lookup_of_strategy_units(any_adapter):
+    """Every declared strategy is one Strategy unit with a name, precondition, forward and vjp."""
+    from adapters.spec import Strategy
+
+    for family, table in any_adapter.STRATEGIES.items():
+        for name, unit in table.items():
+            assert isinstance(unit, Strategy) and unit.name == name, (any_adapter.name, family, name)
+            assert callable(unit.forward) and callable(unit.vjp) and callable(unit.supports)

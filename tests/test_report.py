@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from harness import report
+from harness import records, report
 
 REQUIRE_ALL = os.environ.get("VARLEN_REQUIRE_ALL") == "1"
 PROFILES = {"equal": 0.0, "lognormal": 0.6, "zipf": 0.85}
@@ -20,7 +20,8 @@ SPEED = {("torch", "packed"): 0.02, ("torch", "masked_loop"): 0.05, ("jax", "sca
 
 def fixture_records() -> list[dict]:
     meta = {"host": "testhost", "cpu": "test cpu", "cores": 2, "python": "3.11", "commit": "abc123"}
-    recs = [{"source": "floors", "copy_bytes_per_s": 1.3e10, "gemm_flop_per_s": 1.5e11, "time": 0, **meta}]
+    recs = [{"source": "floors", "device": "cpu", "copy_bytes_per_s": 1.3e10, "gemm_flop_per_s": 1.5e11, "time": 0,
+             **meta}]
     for (fw, strategy), op, profile in itertools.product(SPEED, ["rnn_forward_backward", "masked_mean"], PROFILES):
         for batch in (8, 64):
             valid = int(batch * 128 * (1 - PROFILES[profile]))
@@ -31,11 +32,13 @@ def fixture_records() -> list[dict]:
                          "max_len": 128, "profile": profile, "padding_fraction": PROFILES[profile],
                          "valid_tokens": valid, "padded_tokens": batch * 128, "median_s": med, "p25_s": med * 0.95,
                          "p75_s": med * 1.1, "valid_tokens_per_s": valid / med, "compile_s": 0.5,
-                         "peak_rss_bytes": batch * 2**20, "device_peak_bytes": None, "fraction_of_floor": 0.1,
-                         "floor": "gemm", "kernel": f"{strategy}-kernel", **meta})
+                         "peak_rss_bytes": batch * 2**20, "peak_bytes": batch * 2**20, "device_peak_bytes": None,
+                         "fraction_of_floor": 0.1,
+                         "floor": "gemm", "kernel": f"{strategy}-kernel", "ideal_share": 1 - PROFILES[profile],
+                         "key": f"{fw}|{strategy}|{op}|{batch}|{profile}", **meta})
     recs.append({"source": "bench", "status": "failed", "framework": "jax", "op": "rnn_forward", "strategy": "scan",
                  "device": "cpu", "batch": 256, "max_len": 512, "profile": "zipf", "error": "timed out after 600 s",
-                 **meta})
+                 "dtype": "float32", "key": "failed-case", **meta})
     for (fw, strategy), q in itertools.product(SPEED, ["outputs", "grad_x"]):
         recs.append({"source": "check", "kind": "strategy", "framework": fw, "version": "1.0", "name": strategy,
                      "op": "rnn", "case": "c", "cell": "lstm", "side": "left", "bidirectional": True,
@@ -45,20 +48,21 @@ def fixture_records() -> list[dict]:
         recs.append({"source": "check", "kind": "idiom", "framework": fw, "name": "mask_outputs", "op": "rnn",
                      "case": "idiom", "cell": "lstm", "side": "right", "bidirectional": False, "dtype": "float64",
                      "quantity": q, "equivalent": q == "outputs", "max_abs_err": 0.0 if q == "outputs" else 0.3,
-                     **meta})
-    return recs
+                     "version": "1.0", "device": "cpu", "kernel": "k", **meta})
+    return [records.make(**{"dtype": "float32", "device": "cpu", **r}) for r in recs]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    page = report.build(fixture_records(), out)
+    page, usable = report.build(fixture_records(), out)
+    assert usable
     return out, page.read_text(), (out / "report.md").read_text()
 
 
 def test_every_section_present_in_html_and_markdown(built):
     _, page, md = built
-    for title in ["Setup", "Recommendation", "Equivalence matrix", "The recipes people copy",
+    for title in ["Setup", "Recommendation", "Equivalence matrix", "The recipes people copy (RNN)",
                   "Throughput vs length skew and batch size", "Memory", "Compile time",
                   "Fraction of the machine's floor", "Failed benchmark cases", "asv dashboard"]:
         assert f">{title}</h2>" in page.replace("&#x27;", "'"), f"section {title!r} missing from index.html"
@@ -70,12 +74,13 @@ def test_failing_cells_are_marked(built):
     _, page, md = built
     assert page.count('<tr class="fail">') >= 2, "the failing strategy and the failed case must be highlighted"
     assert "FAILING" in page and "timed out after 600 s" in md
-    assert re.search(r'<tr class="fail"><td>jax</td><td>strategy</td><td>fast</td>', page), "failing strategy row"
+    row = r'<tr class="fail"><td>cpu</td><td>jax</td><td>strategy</td><td>fast</td>'
+    assert re.search(row, page), "failing strategy row"
 
 
 def test_recommendation_picks_fastest_exact_strategy(built):
     t = report.recommendation_table(report.bench_frame(fixture_records()),
-                                    report._frame(fixture_records(), "check"))
+                                    report.frame(fixture_records(), "check"))
     assert not (t["fastest exact strategy"] == "fast").any(), "a non-equivalent strategy must never be recommended"
     lognormal = t[(t["profile"] == "lognormal") & (t["op"] == "RNN forward + backward")].set_index("framework")
     assert lognormal.loc["torch", "fastest exact strategy"] == "packed"
@@ -125,7 +130,7 @@ def test_report_from_a_partial_sweep(tmp_path):
     """A custom sweep (one profile, one batch, no check, no floors) still gives a whole report."""
     recs = [r for r in fixture_records() if r.get("source") == "bench" and r.get("profile") == "equal"
             and r.get("batch") == 8]
-    page = report.build(recs, tmp_path).read_text()
+    page = report.build(recs, tmp_path)[0].read_text()
     for title in ("Setup", "Recommendation", "Memory", "Compile time", "Failed benchmark cases"):
         assert f">{title}</h2>" in page
     assert "equal lengths" in (tmp_path / "report.md").read_text()

@@ -2,8 +2,7 @@
 sweep goes on in a fresh worker, and --resume skipping what is done. Uses the NumPy adapter (no framework needed)."""
 from __future__ import annotations
 
-from harness import bench, results
-from suites import axes
+from harness import axes, bench, records, results
 
 
 def case(op, batch, **kw):
@@ -44,17 +43,12 @@ def test_a_failing_case_is_a_record_not_a_lost_run(tmp_path):
     assert "device 'gpu' is not available to numpy" in recs[0]["error"]
 
 
-def test_rerun_without_resume_keeps_the_previous_file(tmp_path):
+def test_reruns_append_and_never_lose_a_record(tmp_path, monkeypatch):
+    """Three runs on one --out (the issue's reproducer rotated the file and lost the first run): all kept."""
     out = tmp_path / "r.jsonl"
-    bench.sweep([case("mask", 4)], str(out), quiet=True)
-    bench.sweep([case("mask", 8)], str(out), quiet=True)
-    assert (tmp_path / "r.jsonl.prev").exists()
-    assert [r["batch"] for r in results.read([out]) if r.get("source") == "bench"] == [8]
-
-
-def test_truncated_last_line_is_skipped(tmp_path):
-    out = tmp_path / "r.jsonl"
-    results.append(out, {"a": 1})
-    with open(out, "a") as f:
-        f.write('{"a": 2, "b"')  # a write cut short by a kill
-    assert results.read([out]) == [{"a": 1}]
+    for batch in (4, 8, 16):
+        monkeypatch.setenv(records.RUN_ENV, records.new_run_id())
+        bench.sweep([case("mask", batch)], str(out), quiet=True)
+    recs = [r for r in results.read([out]) if r["source"] == "bench"]
+    assert [r["batch"] for r in recs] == [4, 8, 16] and len({r["run_id"] for r in recs}) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"], "a run must leave no other file behind"

@@ -1,10 +1,11 @@
-"""The contract's value types and the helpers every adapter shares.
+"""The contract's value types, the strategy unit, and the host-side helpers every adapter shares.
 
-This module is the one leaf of the project that adapters import: it depends on NumPy only, never on another
-module of varlen and never on a framework. Everything here is pure host-side NumPy.
+The one leaf of the project: it depends on NumPy only, never on another module of varlen and never on a framework.
+`harness` re-exports the value types (`harness.RnnSpec` is this `RnnSpec`). Everything here is host-side NumPy.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -14,6 +15,41 @@ CELLS = ("rnn", "lstm", "gru")
 SIDES = ("right", "left")
 DEVICES = ("cpu", "gpu")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+#: floating dtypes an RNN / masked_mean input may have (by NumPy-style name)
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+class Unsupported(ValueError):
+    """A strategy's precondition (`supports`) excludes this input/device/dtype; the message says why."""
+
+
+def _always(adapter: Any, **spec: Any) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One exact way to compute one op family in one framework: the unit every adapter declares.
+
+    `supports(adapter, **spec) -> None | reason` is the precondition (Keras's `cudnn_ok` idea): None when the
+    strategy may run for this spec/device/dtype, else a one-line reason. `forward` and `vjp` take the adapter and
+    the family's validated arguments (see `adapters.base`); their results carry the name of the kernel that ran.
+    Dispatch is a table lookup in the framework module's `STRATEGIES` dict (default first).
+    """
+
+    name: str
+    forward: Callable[..., Any]
+    vjp: Callable[..., Any]
+    supports: Callable[..., str | None] = _always
+    doc: str = ""
+    #: the framework primitive that runs, where it does not depend on the input (e.g. "F.embedding_bag");
+    #: families whose kernel depends on the input (RNN: cuDNN or not) return it in their result instead
+    kernel: str = ""
+
+
+def strategy_table(*units: Strategy) -> dict[str, Strategy]:
+    """name -> unit, in declaration order (the first is the default)."""
+    return {u.name: u for u in units}
 
 
 @dataclass(frozen=True)
@@ -30,12 +66,14 @@ class RnnSpec:
     bidirectional: bool = False
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
+        if not isinstance(self.cell, str) or self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; expected one of {CELLS}")
         for field in ("input_size", "hidden_size", "num_layers"):
             value = getattr(self, field)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"RnnSpec.{field} must be a positive integer, got {value!r}")
+        if not isinstance(self.bidirectional, (bool, np.bool_)):
+            raise ValueError(f"RnnSpec.bidirectional must be a bool, got {self.bidirectional!r}")
 
     @property
     def num_directions(self) -> int:
@@ -59,6 +97,14 @@ class RnnOut(NamedTuple):
     outputs: Any
     h_n: Any
     c_n: Any
+    kernel: str
+
+
+class AttnOut(NamedTuple):
+    """Result of `Adapter.attention`: outputs [B, Tq, Hq, Dh] in the adapter's native type, aligned like q and
+    exactly 0 at padded query steps; kernel names the code path that actually ran (e.g. "sdpa-flash-cpu")."""
+
+    outputs: Any
     kernel: str
 
 
@@ -178,3 +224,21 @@ def pack_order(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     maxlen = int(lengths.max()) if lengths.size else 0
     batch_sizes = (lengths[None, :] > np.arange(maxlen)[:, None]).sum(axis=1).astype(np.int64)
     return sorted_indices, unsorted_indices, batch_sizes
+
+
+def lengths_from_batch_sizes(batch_sizes: np.ndarray, sorted_indices: np.ndarray) -> np.ndarray:
+    """Each original row's length from a packing's batch_sizes and sorted_indices (the inverse of `pack_order`)."""
+    batch_sizes = np.asarray(batch_sizes, dtype=np.int64)
+    sorted_indices = np.asarray(sorted_indices, dtype=np.int64)
+    lengths = np.zeros(sorted_indices.size, dtype=np.int64)
+    lengths[sorted_indices] = (batch_sizes[None, :] > np.arange(sorted_indices.size)[:, None]).sum(axis=1)
+    return lengths
+
+
+def packed_rows(lengths: np.ndarray, sorted_indices: np.ndarray, maxlen: int, side: str) -> np.ndarray:
+    """Flat index (b*T + t) of each packed row: time-major over the sorted batch, valid steps only."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    sorted_lengths = lengths[sorted_indices]
+    steps, ranks = np.nonzero(np.arange(maxlen)[:, None] < sorted_lengths[None, :])
+    b = np.asarray(sorted_indices)[ranks]
+    return b * maxlen + (steps if side == "right" else steps + maxlen - lengths[b])

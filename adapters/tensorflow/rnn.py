@@ -1,4 +1,4 @@
-"""TensorFlow 2 / Keras 3 adapter.
+"""TensorFlow 2 / Keras 3 masked RNNs: two strategy units, "keras" and "masked_scan".
 
 TensorFlow is imported in `TensorflowAdapter.__init__` (with KERAS_BACKEND=tensorflow), never at module level.
 TF32 is turned off there (`enable_tensor_float_32_execution(False)`) so float32 correctness runs compare tightly,
@@ -35,12 +35,12 @@ b_ih and b_hh).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
-from adapters.base import Adapter
-from harness.spec import Packed, RnnOut, RnnSpec
+from adapters.spec import RnnOut, RnnSpec, Strategy, strategy_table
 
 # Keras gate blocks in terms of PyTorch's: LSTM i,f,c,o == i,f,g,o; GRU z,r,h <- r,z,n (blocks 1,0,2).
 _KERAS_BLOCKS = {"rnn": (0,), "lstm": (0, 1, 2, 3), "gru": (1, 0, 2)}
@@ -150,8 +150,8 @@ class _ScanNet:
 
     kernel_fallback = "tf-while"
 
-    def __init__(self, tf: Any, spec: RnnSpec) -> None:
-        self.tf, self.spec = tf, spec
+    def __init__(self, adapter: Any, spec: RnnSpec) -> None:
+        self.adapter, self.tf, self.spec = adapter, adapter.tf, spec
 
     def sources(self, params: list) -> list:
         return params
@@ -160,18 +160,16 @@ class _ScanNet:
         return grads
 
     def forward(self, x: Any, lengths: Any, valid: Any, params: list) -> tuple[Any, list, list]:
-        tf = self.tf
-        t = tf.range(x.shape[1], dtype=lengths.dtype)[None, :]
-        rev = tf.where(valid, lengths[:, None] - 1 - t, t)  # per-sequence reversal; its own inverse
+        tf, reverse = self.tf, self.adapter.reverse_within  # per-sequence reversal; its own inverse
         valid_tm = tf.transpose(valid)[:, None, :, None]  # [T, 1, B, 1]
         hs, cs = [], []
         for dirs in params:
-            xs = tf.stack([x, tf.gather(x, rev, batch_dims=1)][: len(dirs)])  # [D, B, T, in]
+            xs = tf.stack([x, reverse(x, lengths)][: len(dirs)])  # [D, B, T, in]
             w = {k: tf.stack([p[k] for p in dirs]) for k in dirs[0]}
             xw = tf.einsum("dbti,dgi->tdbg", xs, w["w_ih"]) + w["b_ih"][:, None, :]
             seq, last = self._scan(xw, valid_tm, w["w_hh"], w["b_hh"])
             ys = tf.transpose(seq, [1, 2, 0, 3])  # [D, B, T, H]
-            y = tf.concat([ys[0], tf.gather(ys[1], rev, batch_dims=1)] if len(dirs) == 2 else [ys[0]], axis=-1)
+            y = tf.concat([ys[0], reverse(ys[1], lengths)] if len(dirs) == 2 else [ys[0]], axis=-1)
             x = tf.where(valid[..., None], y, tf.zeros_like(y))
             hs += tf.unstack(last[0])
             cs += tf.unstack(last[1]) if len(last) == 2 else []
@@ -207,185 +205,21 @@ def _cell_step(tf: Any, cell: str, xw: Any, hw: Any, carry: tuple) -> tuple:
     return ((1 - z) * n + z * carry[0],)
 
 
-class TensorflowAdapter(Adapter):
-    """TensorFlow / Keras 3 behind the contract (see the module docstring for the RNN strategies)."""
+class TensorflowRnn:
+    """The RNN machinery of the TensorFlow adapter (mixed into `TensorflowAdapter`)."""
 
-    name = "tensorflow"
-    strategies = ("keras", "masked_scan")
-
-    def __init__(self) -> None:
-        import os  # the module's top level imports only NumPy and the project's leaf modules
-
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import keras
-        import tensorflow as tf
-
-        if keras.backend.backend() != "tensorflow":
-            raise ImportError(f"the tensorflow adapter needs KERAS_BACKEND=tensorflow; keras runs "
-                              f"{keras.backend.backend()!r} in this process")
-        self.tf, self.keras = tf, keras
-        self.version = f"tensorflow {tf.__version__}, keras {keras.__version__}"
-        self._gpus = tf.config.list_physical_devices("GPU")
-        for gpu in self._gpus:
-            try:
-                tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError:  # the GPU was initialised before this adapter; growth can no longer change
-                pass
-        tf.config.experimental.enable_tensor_float_32_execution(False)
-        self._traces = 0
-        self._fns: dict = {}
-        self._nets: dict = {}
-        self._kernels: dict = {}
-
-    # -- helpers ----------------------------------------------------------------------------------------------
-    def devices(self) -> list[str]:
-        return ["cpu", "gpu"] if self._gpus else ["cpu"]
-
-    @staticmethod
-    def _dev(device: str) -> str:
-        return "/GPU:0" if device == "gpu" else "/CPU:0"
-
-    def asarray(self, x: Any, device: str = "cpu") -> Any:
-        tf = self.tf
-        if not isinstance(x, tf.Tensor):
-            x = np.asarray(x)  # NumPy's dtype rules (int64, float64) for lists, like the reference
-        with tf.device(self._dev(device)):
-            t = tf.convert_to_tensor(x)
-            return t if t.device.endswith(self._dev(device)[1:]) else tf.identity(t)
-
-    def _tensor(self, x: Any, dtype: Any = None) -> Any:
-        """A native tensor where it already lives (no device move), optionally cast."""
-        tf = self.tf
-        t = x if isinstance(x, tf.Tensor) else tf.convert_to_tensor(np.asarray(x))
-        return t if dtype is None or t.dtype == dtype else tf.cast(t, dtype)
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
-
-    def sync(self, device: str = "cpu") -> None:
-        """Eager CPU ops return when done; on GPU a device->host copy of a fresh value waits for the stream."""
-        if device == "gpu":
-            with self.tf.device("/GPU:0"):
-                (self.tf.zeros(()) + 1).numpy()
-
-    def compile_count(self) -> int:
-        return self._traces
-
-    def reset_peak_memory(self, device: str = "cpu") -> None:
-        if device == "gpu" and self._gpus:
-            self.tf.config.experimental.reset_memory_stats("GPU:0")
-
-    def peak_memory(self, device: str = "cpu") -> int | None:
-        if device == "gpu" and self._gpus:
-            return int(self.tf.config.experimental.get_memory_info("GPU:0")["peak"])
-        return None
-
-    # -- non-RNN ops ------------------------------------------------------------------------------------------
-    def _pad(self, seqs, maxlen, side, value, truncate, device):
-        """`keras.utils.pad_sequences` values through a RaggedTensor.
-
-        Unlike pad_sequences (whose dtype defaults to int32) the result keeps the sequences' dtype (the first
-        sequence's, like the NumPy reference). Right truncation is `to_tensor`'s own; left truncation slices the
-        ragged rows; left padding rolls each right-padded row by a gather.
-        """
-        tf = self.tf
-        arrays = [s if isinstance(s, tf.Tensor) else np.asarray(s) for s in seqs]
-        dtype = tf.as_dtype(arrays[0].dtype)
-        lens = np.array([a.shape[0] for a in arrays], dtype=np.int64)
-        feat = list(arrays[0].shape[1:])
-        with tf.device(self._dev(device)):
-            if any(isinstance(a, tf.Tensor) for a in arrays):
-                values = tf.concat([tf.cast(a, dtype) for a in arrays], axis=0)
-            else:  # one host->device conversion instead of one per sequence
-                values = tf.convert_to_tensor(np.concatenate(arrays).astype(dtype.as_numpy_dtype, copy=False))
-            rt = tf.RaggedTensor.from_row_lengths(values, lens)
-            if truncate == "left":  # keep the last maxlen items (to_tensor's own truncation keeps the first)
-                rt = rt[:, -maxlen:] if maxlen else rt[:, :0]
-            out = rt.to_tensor(default_value=tf.cast(value, dtype), shape=[len(arrays), maxlen, *feat])
-            if side == "left" and maxlen:
-                out = self._to_left(out, tf.constant(np.minimum(lens, maxlen)))
-        return out
-
-    def _mask(self, lengths, maxlen, side, device):
-        with self.tf.device(self._dev(device)):
-            return self._valid(lengths, maxlen, side)
-
-    def _valid(self, lengths: Any, maxlen: int, side: str) -> Any:
-        """`tf.sequence_mask`; its mirror image is the left-padding mask (placed where TF puts it)."""
-        m = self.tf.sequence_mask(lengths, maxlen)
-        return self.tf.reverse(m, axis=[1]) if side == "left" else m
-
-    def _to_right(self, x: Any, lengths: Any) -> Any:
-        """Left-padded rows -> right-padded rows (valid steps first, order kept): a per-row roll by a gather."""
-        tf, T = self.tf, x.shape[1]
-        t = tf.range(T, dtype=lengths.dtype)[None, :]
-        return tf.gather(x, (t + T - lengths[:, None]) % T, batch_dims=1)
-
-    def _to_left(self, x: Any, lengths: Any) -> Any:
-        """Right-padded rows -> left-padded rows (inverse of `_to_right`)."""
-        tf, T = self.tf, x.shape[1]
-        t = tf.range(T, dtype=lengths.dtype)[None, :]
-        return tf.gather(x, (t - (T - lengths[:, None])) % T, batch_dims=1)
-
-    def _pack(self, padded, lengths, side):
-        tf = self.tf
-        x = self._tensor(padded)
-        L = tf.constant(lengths)
-        if side == "left" and x.shape[1]:
-            x = self._to_right(x, L)
-        sorted_indices = tf.cast(tf.argsort(L, direction="DESCENDING", stable=True), tf.int64)
-        longest = int(lengths.max())
-        valid_tm = tf.range(longest, dtype=tf.int64)[:, None] < tf.gather(L, sorted_indices)[None, :]  # [T, B]
-        time_major = tf.transpose(tf.gather(x[:, :longest], sorted_indices), [1, 0, *range(2, len(x.shape))])
-        return Packed(data=tf.boolean_mask(time_major, valid_tm),
-                      batch_sizes=tf.reduce_sum(tf.cast(valid_tm, tf.int64), axis=1),
-                      sorted_indices=sorted_indices,
-                      unsorted_indices=tf.math.invert_permutation(sorted_indices))
-
-    def _unpack(self, packed, batch_sizes, total_length, side):
-        tf = self.tf
-        data = self._tensor(packed.data)
-        sorted_indices = self._tensor(packed.sorted_indices, tf.int64)
-        B = int(sorted_indices.shape[0])
-        valid_tm = tf.range(B, dtype=tf.int64)[None, :] < tf.constant(batch_sizes)[:, None]  # [T, B], sorted rows
-        lengths_sorted = tf.reduce_sum(tf.cast(valid_tm, tf.int64), axis=0)
-        pos = tf.where(valid_tm)  # (t, r) in row-major order == the order of packed.data
-        t, r = pos[:, 0], pos[:, 1]
-        if side == "left":
-            t = t + total_length - tf.gather(lengths_sorted, r)
-        index = tf.stack([tf.gather(sorted_indices, r), t], axis=1)
-        out = tf.scatter_nd(index, data, [B, total_length, *data.shape[1:]])
-        return out, tf.scatter_nd(sorted_indices[:, None], lengths_sorted, [B])
-
-    def _masked_mean(self, x, lengths, side):
-        """Sum of `tf.where`-selected valid steps over max(n, 1): NaN in padding never meets an arithmetic op."""
-        tf = self.tf
-        x = self._tensor(x)
-        m = tf.reshape(self._valid(lengths, x.shape[1], side), [*x.shape[:2]] + [1] * (len(x.shape) - 2))
-        total = tf.reduce_sum(tf.where(m, x, tf.zeros_like(x)), axis=1)
-        n = tf.reshape(tf.constant(np.maximum(lengths, 1)), [-1] + [1] * (len(x.shape) - 2))
-        if x.dtype.is_floating or x.dtype.is_complex:
-            return total / tf.cast(n, x.dtype)
-        return tf.cast(total / n, x.dtype)  # integer means truncate toward zero, like the NumPy reference
-
-    # -- RNN --------------------------------------------------------------------------------------------------
-    def _net(self, spec: RnnSpec, strategy: str, dtype: str, device: str) -> Any:
-        if strategy == "masked_scan":
-            return _ScanNet(self.tf, spec)
+    def _keras_net(self, spec: RnnSpec, dtype: str, device: str) -> Any:
         key = (spec, dtype, device)
         if key not in self._nets:
             with self.tf.device(self._dev(device)):
                 self._nets[key] = _KerasNet(self.tf, self.keras, spec, dtype, use_cudnn=device == "gpu")
         return self._nets[key]
 
-    def _function(self, mode: str, spec: RnnSpec, strategy: str, side: str, dtype: str, device: str):
+    def _function(self, mode: str, impl: _Impl, spec: RnnSpec, side: str, dtype: str, device: str):
         """The cached tf.function for this configuration (it traces once per input shape)."""
-        key = (mode, spec, strategy, side, dtype, device)
+        key = (mode, spec, impl.name, side, dtype, device)
         if key not in self._fns:
-            import functools
-
-            net = self._net(spec, strategy, dtype, device)
+            net = impl.net(self, spec, dtype, device)
             # partial: TF keys its "frequent retracing" warning on the code object, which all bodies share
             body = functools.partial(self._body(key, net, side, with_grad=mode == "vjp"))
             self._fns[key] = self.tf.function(body, autograph=False)
@@ -415,12 +249,12 @@ class TensorflowAdapter(Adapter):
     def _forward(self, net: Any, x: Any, lengths: Any, params: list, side: str) -> tuple[Any, Any, Any]:
         """Realign to right padding, zero padded inputs (so NaN never reaches a matmul), run, realign back."""
         tf = self.tf
-        valid = tf.range(x.shape[1], dtype=lengths.dtype)[None, :] < lengths[:, None]
+        valid = self.valid(lengths, x.shape[1])
         if side == "left":
-            x = self._to_right(x, lengths)
+            x = self.realign(x, lengths, to="right")
         out, hs, cs = net.forward(tf.where(valid[..., None], x, tf.zeros_like(x)), lengths, valid, params)
         if side == "left":
-            out = self._to_left(out, lengths)
+            out = self.realign(out, lengths, to="left")
         nonempty = (lengths > 0)[None, :, None]
         h_n = tf.where(nonempty, tf.stack(hs), 0)
         c_n = tf.where(nonempty, tf.stack(cs), 0) if cs else None
@@ -444,32 +278,91 @@ class TensorflowAdapter(Adapter):
                       for dirs in params]
             return x, tf.constant(lengths), params
 
-    def _empty(self, spec: RnnSpec, x: Any, strategy: str) -> RnnOut:
+    def _empty(self, impl: _Impl, spec: RnnSpec, x: Any) -> RnnOut:
         """T == 0: every sequence is empty, nothing to run (a scan over zero steps is not defined in Keras)."""
         tf = self.tf
         B, D, H = x.shape[0], spec.num_directions, spec.hidden_size
         state = tf.zeros([spec.num_layers * D, B, H], x.dtype)
         return RnnOut(tf.zeros([B, 0, D * H], x.dtype), state, state if spec.cell == "lstm" else None,
-                      "keras-while" if strategy == "keras" else "tf-while")
+                      impl.kernel_fallback)
 
-    def _rnn(self, spec, params, x, lengths, side, strategy, device):
+    def _rnn_forward(self, impl, spec, params, x, lengths, side, device):
         x, L, params = self._inputs(spec, params, x, lengths, device)
         if x.shape[1] == 0:
-            return self._empty(spec, x, strategy)
-        fn, key = self._function("fwd", spec, strategy, side, x.dtype.name, device)
+            return self._empty(impl, spec, x)
+        fn, key = self._function("fwd", impl, spec, side, x.dtype.name, device)
         with self.tf.device(self._dev(device)):
             out, h_n, c_n = fn(x, L, params)
         return RnnOut(out, h_n, c_n, self._kernels[key])
 
-    def _rnn_vjp(self, spec, params, x, lengths, cotangents, side, strategy, device):
+    def _rnn_vjp(self, impl, spec, params, x, lengths, cotangents, side, device):
         tf = self.tf
         x, L, params = self._inputs(spec, params, x, lengths, device)
         if x.shape[1] == 0:
             zeros = [[{k: tf.zeros_like(v) for k, v in p.items()} for p in dirs] for dirs in params]
-            return self._empty(spec, x, strategy), {"x": tf.zeros_like(x), "params": zeros}
+            return self._empty(impl, spec, x), {"x": tf.zeros_like(x), "params": zeros}
         with tf.device(self._dev(device)):
-            cot = {k: self.asarray(v, device) for k, v in cotangents.items()}
-            cot = {k: tf.cast(v, x.dtype) for k, v in cot.items()}
-            fn, key = self._function("vjp", spec, strategy, side, x.dtype.name, device)
+            cot = {k: tf.cast(self.asarray(v, device), x.dtype) for k, v in cotangents.items()}
+            fn, key = self._function("vjp", impl, spec, side, x.dtype.name, device)
             (out, h_n, c_n), gx, gp = fn(x, L, params, cot)
         return RnnOut(out, h_n, c_n, self._kernels[key]), {"x": gx, "params": gp}
+
+    def raw_rnn(self, spec, params, x, lengths, device="cpu", *, backward=False, cotangents=None):
+        """Stacked Keras layers called with a `tf.sequence_mask` under one `tf.function`, the way a Keras user
+        writes it (right padding, weights assigned once, no validation), forward or with `tf.GradientTape`."""
+        tf = self.tf
+        net = self._keras_net(spec, self.dtype_name(x), device)
+        with tf.device(self._dev(device)):
+            x = self.asarray(x, device)
+            weights = [[{k: tf.cast(self.asarray(v, device), x.dtype) for k, v in p.items()} for p in d]
+                       for d in params]
+            sources = net.sources(weights)
+            L = tf.constant(np.asarray(lengths))
+            cot = {k: tf.cast(self.asarray(v, device), x.dtype) for k, v in (cotangents or {}).items()}
+
+        def forward(x, L):
+            mask = tf.sequence_mask(L, x.shape[1])
+            out, states = x, []
+            for layer in net.layers:
+                out, *st = layer(out, mask=mask)
+                states += st
+            return out, states
+
+        @tf.function(autograph=False)
+        def run(x, L):
+            return forward(x, L)
+
+        @tf.function(autograph=False)
+        def run_backward(x, L):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out, states = forward(x, L)
+                loss = tf.reduce_sum(out * cot["outputs"]) + sum(tf.reduce_sum(s) for s in states)
+            return tape.gradient(loss, [x, sources])
+
+        def call():
+            with tf.device(self._dev(device)):
+                return (run_backward if backward else run)(x, L)
+
+        return call
+
+
+class _Impl:
+    """What one TF RNN strategy is made of: its name, its network (Keras layers or a tf.scan) and the kernel
+    name when the traced graph holds no cuDNN op."""
+
+    def __init__(self, name: str, net, kernel_fallback: str) -> None:
+        self.name, self.net, self.kernel_fallback = name, net, kernel_fallback
+
+
+def _unit(impl: _Impl, doc: str) -> Strategy:
+    return Strategy(impl.name, lambda a, *args: a._rnn_forward(impl, *args),
+                    lambda a, *args: a._rnn_vjp(impl, *args), doc=doc)
+
+
+STRATEGIES = strategy_table(
+    _unit(_Impl("keras", lambda a, spec, dtype, device: a._keras_net(spec, dtype, device), "keras-while"),
+          "keras.layers LSTM/GRU/SimpleRNN with an explicit mask (cuDNN on GPU)"),
+    _unit(_Impl("masked_scan", lambda a, spec, dtype, device: _ScanNet(a, spec), "tf-while"),
+          "tf.scan with a masked carry, both directions in one scan"),
+)

@@ -1,0 +1,131 @@
+"""JAX adapter: vectorised jnp ops (`ops.py`) and jit-compiled masked `lax.scan` RNNs (`rnn.py`).
+
+Global JAX settings made when the adapter is created (they apply to the whole process, which is why the harness
+runs each framework in its own process when it times or measures): `jax_enable_x64` (float64 stays float64) and
+`jax_default_matmul_precision = "highest"` (no TF32 on GPU); see `adapters/jax/rnn.py`.
+
+JAX cannot reset its allocator's peak (`peak_resettable = False`): the harness measures each GPU case in a fresh
+process so that the peak it reports is that case's own.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from adapters.base import Adapter
+from adapters.jax import attention, embedding, loss, rnn
+from adapters.jax.attention import JaxAttention
+from adapters.jax.embedding import JaxEmbedding
+from adapters.jax.loss import JaxLoss
+from adapters.jax.ops import JaxOps
+from adapters.jax.rnn import JaxRnn
+
+
+class JaxAdapter(JaxOps, JaxLoss, JaxRnn, JaxEmbedding, JaxAttention, Adapter):
+    """The contract on JAX (see the module docstring for the global settings this changes)."""
+
+    name = "jax"
+    STRATEGIES = {"rnn": rnn.STRATEGIES,
+                  "loss": loss.STRATEGIES,
+                  "embedding": embedding.STRATEGIES,
+                  "attention": attention.STRATEGIES}
+    NATIVES = {"loss": loss.NATIVES, "embedding": embedding.NATIVES, "attention": attention.NATIVES}
+    peak_resettable = False
+
+    def __init__(self) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        jax.config.update("jax_enable_x64", True)
+        jax.config.update("jax_default_matmul_precision", "highest")
+        self.jax, self.jnp, self.lax = jax, jnp, jax.lax
+        self.version = jax.__version__
+        self._compiles = 0
+        self._jitted: dict[tuple, Any] = {}
+        self._last: Any = None
+        self._devices = ["cpu", "gpu"] if self._has_gpu() else ["cpu"]
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _has_gpu(self) -> bool:
+        try:
+            return bool(self.jax.devices("gpu"))
+        except RuntimeError:  # no GPU backend in this jaxlib, or no device
+            return False
+
+    def devices(self) -> list[str]:
+        return list(self._devices)
+
+    def device_report(self) -> str:
+        return f"jax {self.version} sees {self.devices()} (backends' devices: {self.jax.devices()})"
+
+    def _device(self, device: str):
+        return self.jax.devices(device)[0]
+
+    def asarray(self, x: Any, device: str = "cpu") -> Any:
+        """One transfer straight to `device` (jnp.asarray would first land on the default device)."""
+        if not isinstance(x, (np.ndarray, self.jax.Array)):
+            x = np.asarray(x)
+        return self.jax.device_put(x, self._device(device))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        return x.astype(np.float32) if x.dtype.name == "bfloat16" else x
+
+    def _native(self, x: Any) -> Any:
+        """Native arrays stay where they are; NumPy input (ops without a device argument) goes to the CPU."""
+        return x if isinstance(x, self.jax.Array) else self.asarray(x, "cpu")
+
+    def _keep(self, result: Any) -> Any:
+        """Remember the latest result: JAX dispatches asynchronously and `sync` waits on it (its buffers stay alive
+        until the next op replaces it)."""
+        self._last = result
+        return result
+
+    def sync(self, device: str = "cpu") -> None:
+        if self._last is not None:
+            self.jax.block_until_ready(self._last)
+
+    def _wait(self, x: Any, device: str) -> None:
+        self.jax.block_until_ready(x)
+
+    def compile_count(self) -> int:
+        return self._compiles
+
+    def peak_memory(self, device: str = "cpu") -> int | None:
+        """The GPU allocator's peak since process start (JAX cannot reset it; see the module docstring)."""
+        if device != "gpu" or "gpu" not in self._devices:
+            return None
+        stats = self._device("gpu").memory_stats() or {}
+        return stats.get("peak_bytes_in_use")
+
+    def _cached(self, key: tuple, build):
+        if key not in self._jitted:
+            self._jitted[key] = build()
+        return self._jitted[key]
+
+    # -- primitives of the shared algorithms and the floors ---------------------------------------------------
+    def _arange(self, n, like):
+        return self.jnp.arange(n, dtype=like.dtype)
+
+    def _take_time(self, x, index):
+        return self.jnp.take_along_axis(x, index.reshape(*index.shape, *([1] * (x.ndim - 2))), axis=1)
+
+    def _native_lengths(self, lengths, like):
+        if not isinstance(lengths, np.ndarray):
+            return lengths
+        if isinstance(like, self.jax.core.Tracer):
+            return self.jnp.asarray(lengths)
+        return self.jax.device_put(lengths, next(iter(like.devices())))
+
+    def _where(self, cond, a, b):
+        return self.jnp.where(cond, a, b)
+
+    def _copy(self, x):
+        return self.jnp.copy(x)
+
+    def _matmul(self, a, b):
+        return self.jnp.matmul(a, b, precision="highest")
+
+
+__all__ = ["JaxAdapter"]

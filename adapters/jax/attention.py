@@ -1,0 +1,191 @@
+"""JAX masked attention: jit-compiled strategies on one skeleton, and the native behaviours people hit.
+
+Skeleton (inside one `jax.jit` per (strategy, causal, side, scale, forward|vjp); lengths are traced arguments, so
+new length values never retrace, and `compile_count` counts traces): padded steps are replaced by 0 with
+`jnp.where` before any product (NaN/inf in padding never meets a score), the kernel runs, and its output is selected
+to exactly 0 at padded query rows and at valid queries with no valid key. Rows that will be discarded read every
+key, so no softmax row is ever fully masked and no NaN can reach the backward pass. Gradients are `jax.vjp`.
+
+- "xla_dpa" (default): `jax.nn.dot_product_attention(implementation="xla")` with `query_seq_lengths` /
+  `key_value_seq_lengths` and `is_causal` (native GQA). Its length arguments mean right padding (a valid prefix),
+  so left-padded rows are realigned to the right around it (the shared `Adapter.realign`, a per-row permutation).
+  Not for float64: jax computes this softmax in float32 whatever the input dtype (errors ~1e-7), so float64 is
+  served by "einsum" (the default for float64 is then the first strategy that supports it).
+- "cudnn_dpa": the same call with implementation="cudnn" (GPU, float16/bfloat16 only, as cuDNN requires).
+- "einsum": the plain formulation, grouped heads as a reshape: einsum scores, `jnp.where` with the shared
+  `Adapter.attention_allowed` mask, `jax.nn.softmax`, einsum with V. Works for either side without realignment.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from adapters.spec import AttnOut, Strategy, strategy_table
+
+
+class JaxAttention:
+    """The attention machinery of the JAX adapter (mixed into `JaxAdapter`)."""
+
+    def _attn_call(self, algo, q, k, v, q_lengths, kv_lengths, cotangent, causal, side, scale, device):
+        vjp = cotangent is not None
+        key = ("attention", algo.__name__, causal, side, scale, vjp)
+        fn = self._cached(key, lambda: self._attn_jit(algo, causal, side, scale, vjp))
+        q, k, v = (self.asarray(x, device) for x in (q, k, v))
+        ql, kvl = (self.asarray(np.asarray(n, np.int32), device) for n in (q_lengths, kv_lengths))
+        kernel = algo.kernel
+        if not vjp:
+            return AttnOut(self._keep(fn(q, k, v, ql, kvl)), kernel), None
+        out, grads = self._keep(fn(q, k, v, ql, kvl, self.asarray(cotangent, device).astype(q.dtype)))
+        return AttnOut(out, kernel), dict(zip("qkv", grads, strict=True))
+
+    def _attn_jit(self, algo, causal: bool, side: str, scale: float, vjp: bool):
+        """The jitted forward (or forward + VJP); its Python body runs only when JAX traces it."""
+        jax = self.jax
+
+        def body(q, k, v, ql, kvl):
+            jnp = self.jnp
+            q_valid, kv_valid = self.valid(ql, q.shape[1], side), self.valid(kvl, k.shape[1], side)
+            q, k, v = (jnp.where(m[:, :, None, None], x, 0) for x, m in ((q, q_valid), (k, kv_valid), (v, kv_valid)))
+            keep = q_valid & (kvl > 0)[:, None]
+            out = algo(self, q, k, v, ql, kvl, keep, causal, side, scale)
+            return jnp.where(keep[:, :, None, None], out, 0)
+
+        def forward(q, k, v, ql, kvl):
+            self._compiles += 1
+            return body(q, k, v, ql, kvl)
+
+        def forward_vjp(q, k, v, ql, kvl, cot):
+            self._compiles += 1
+            out, pullback = jax.vjp(lambda a, b, c: body(a, b, c, ql, kvl), q, k, v)
+            return out, pullback(cot)
+
+        return jax.jit(forward_vjp if vjp else forward)
+
+
+def _dpa(implementation: str):
+    def algo(a, q, k, v, ql, kvl, keep, causal, side, scale):
+        if side == "left":
+            q, k, v = a.realign(q, ql, to="right"), a.realign(k, kvl, to="right"), a.realign(v, kvl, to="right")
+        out = a.jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal, query_seq_lengths=ql,
+                                             key_value_seq_lengths=kvl, implementation=implementation)
+        return a.realign(out, ql, to="left") if side == "left" else out
+
+    algo.__name__ = f"dpa_{implementation}"
+    algo.kernel = f"jax.nn.dot_product_attention[{implementation}]"
+    return algo
+
+
+def _einsum(a, q, k, v, ql, kvl, keep, causal, side, scale):
+    jnp = a.jnp
+    B, Tq, Hq, D = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    qg = q.reshape(B, Tq, Hkv, Hq // Hkv, D)
+    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k) * scale
+    readable = a.attention_allowed(ql, kvl, Tq, Tk, side, causal) | ~keep[:, :, None]
+    p = a.jax.nn.softmax(jnp.where(readable[:, None, None], s, -jnp.inf), axis=-1)
+    return jnp.einsum("bhgqk,bkhd->bqhgd", p, v).reshape(B, Tq, Hq, D)
+
+
+_einsum.kernel = "xla-einsum"
+
+
+def _xla_dpa_ok(a, **spec) -> str | None:
+    if spec.get("dtype") == "float64":
+        return (f"jax {a.version} dot_product_attention computes its softmax in float32 (the XLA path casts the "
+                "logits), so float64 inputs give float32-accurate results")
+    return None
+
+
+def _cudnn_ok(a, **spec) -> str | None:
+    if spec.get("device", "cpu") != "gpu":
+        return "implementation='cudnn' runs on CUDA GPUs only"
+    if spec.get("dtype") not in ("float16", "bfloat16"):
+        return f"cuDNN fused attention takes float16/bfloat16 only, not {spec.get('dtype')}"
+    return None
+
+
+def _unit(name: str, algo, doc: str, supports=None) -> Strategy:
+    fwd = lambda a, q, k, v, ql, kvl, causal, side, scale, device: a._attn_call(  # noqa: E731
+        algo, q, k, v, ql, kvl, None, causal, side, scale, device)[0]
+    vjp = lambda a, q, k, v, ql, kvl, cot, causal, side, scale, device: a._attn_call(  # noqa: E731
+        algo, q, k, v, ql, kvl, cot, causal, side, scale, device)
+    extra = {"supports": supports} if supports else {}
+    return Strategy(name, fwd, vjp, doc=doc, kernel=algo.kernel, **extra)
+
+
+STRATEGIES = strategy_table(
+    _unit("xla_dpa", _dpa("xla"), "jax.nn.dot_product_attention(xla) with query/key_value_seq_lengths",
+          _xla_dpa_ok),
+    _unit("cudnn_dpa", _dpa("cudnn"), "jax.nn.dot_product_attention(cudnn) with seq lengths", _cudnn_ok),
+    _unit("einsum", _einsum, "masked einsum + jax.nn.softmax, GQA as a reshape"),
+)
+
+
+# -- native behaviours: the primitive called the obvious way, without varlen's fixes -----------------------------
+def _native(a, fn, q, k, v, cotangent, device, kernel: str) -> dict[str, Any]:
+    """fn(q, k, v) -> out, eagerly, as a user would; with a cotangent, `jax.vjp` gradients too."""
+    q, k, v = (a.asarray(x, device) for x in (q, k, v))
+    if cotangent is None:
+        return {"outputs": fn(q, k, v), "kernel": kernel}
+    out, pullback = a.jax.vjp(fn, q, k, v)
+    grads = pullback(a.asarray(cotangent, device).astype(out.dtype))
+    return {"outputs": out, "grads": dict(zip("qkv", grads, strict=True)), "kernel": kernel}
+
+
+def _key_mask(a, k, kv_lengths, side):
+    """[B, 1, 1, Tk] bool, True = attend, from the lengths on `side`."""
+    return a.valid(a.jnp.asarray(np.asarray(kv_lengths)), k.shape[1], side)[:, None, None, :]
+
+
+def _dpa_lengths(a, q, k, v, q_lengths, kv_lengths, cotangent, causal, side, device):
+    """dot_product_attention(xla) with query/key_value_seq_lengths (which assume right padding)."""
+    ql, kvl = (a.jnp.asarray(np.asarray(n, np.int32)) for n in (q_lengths, kv_lengths))
+    fn = lambda q, k, v: a.jax.nn.dot_product_attention(  # noqa: E731
+        q, k, v, is_causal=causal, query_seq_lengths=ql, key_value_seq_lengths=kvl, implementation="xla")
+    return _native(a, fn, q, k, v, cotangent, device, "jax.nn.dot_product_attention[xla]")
+
+
+def _dpa_mask(a, q, k, v, q_lengths, kv_lengths, cotangent, causal, side, device):
+    """dot_product_attention(xla) with a boolean key mask (and is_causal), padding values left as they are."""
+    fn = lambda q, k, v: a.jax.nn.dot_product_attention(  # noqa: E731
+        q, k, v, mask=_key_mask(a, k, kv_lengths, side), is_causal=causal, implementation="xla")
+    return _native(a, fn, q, k, v, cotangent, device, "jax.nn.dot_product_attention[xla]")
+
+
+def _dpa_bias(fill: float, dtype: str | None = None):
+    def native(a, q, k, v, q_lengths, kv_lengths, cotangent, causal, side, device):
+        jnp = a.jnp
+        if dtype is not None:
+            q, k, v = (a.asarray(x, device).astype(dtype) for x in (q, k, v))
+            cotangent = None
+
+        def fn(q, k, v):
+            bias = jnp.where(_key_mask(a, k, kv_lengths, side), 0.0, fill).astype(q.dtype)
+            return a.jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=causal, implementation="xla")
+
+        res = _native(a, fn, q, k, v, cotangent, device, "jax.nn.dot_product_attention[xla]")
+        if dtype is not None:
+            res["baseline"] = _dpa_mask(a, q, k, v, q_lengths, kv_lengths, None, causal, side, device)["outputs"]
+        return res
+
+    return native
+
+
+def _mean_pool(a, q, k, v, q_lengths, kv_lengths, cotangent, causal, side, device):
+    """out.mean(axis=1) over the dot_product_attention outputs, padded query rows included."""
+    res = _dpa_lengths(a, q, k, v, q_lengths, kv_lengths, None, causal, side, device)
+    return {**res, "pooled": res["outputs"].mean(axis=1)}
+
+
+NATIVES = {
+    "keyless_row": _dpa_lengths,
+    "keyless_row_mask": _dpa_mask,
+    "nan_padding_bool_mask": _dpa_mask,
+    "additive_neg_inf_mask": _dpa_bias(-np.inf),
+    "additive_neg1e9_float16": _dpa_bias(-1e9, "float16"),
+    "additive_neg1e9_bfloat16": _dpa_bias(-1e9, "bfloat16"),
+    "seq_lengths_left_padding": _dpa_lengths,
+    "causal_left_padding": _dpa_mask,
+    "mean_pool_padded_rows": _mean_pool,
+}

@@ -1,0 +1,132 @@
+"""JAX embeddings: jitted `jnp.take` + `jnp.where`, and segment reductions over the packed valid tokens.
+
+Strategies (all exact; one `jax.jit` per (strategy, op, mode, side, forward or VJP), cached on the adapter, whose
+own cache is keyed by shapes and dtypes; lengths are a traced argument; gradients from `jax.vjp` on the table):
+- "take" (default): `jnp.take(table, where(valid, ids, 0))`, padded steps selected to exactly 0 with `jnp.where`;
+  bags reduce over time with the mask. Sanitising matters: `jnp.take`'s default mode fills an out-of-range id
+  with NaN and wraps a negative one, and NaN times a 0 mask is still NaN.
+- "segment": the valid ids packed row after row (flat positions and row ids computed on the host from the
+  lengths, so only valid tokens are looked up), `jax.ops.segment_sum` / `segment_max` into B segments (an empty
+  segment's max is -inf, selected to 0), or, for embed, the packed rows scattered into a zero [B*T, E] array.
+  Shapes depend on the number of valid tokens, so a new total length compiles once more (counted).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from adapters.spec import Strategy, strategy_table, valid_mask
+
+
+class JaxEmbedding:
+    """The embedding machinery of the JAX adapter (mixed into `JaxAdapter`)."""
+
+    def _emb_fn(self, impl, op: str, mode, side: str, vjp: bool):
+        """The jitted forward (or forward + VJP w.r.t. the table); its Python body runs only when JAX traces."""
+
+        def forward(ids, table, lengths, *extra):
+            self._compiles += 1
+            return impl.run(self, op, mode, side, ids, table, lengths, *extra)
+
+        def forward_vjp(ids, table, lengths, cot, *extra):
+            self._compiles += 1
+            out, pullback = self.jax.vjp(lambda w: impl.run(self, op, mode, side, ids, w, lengths, *extra), table)
+            return out, pullback(cot)[0]
+
+        key = ("embedding", impl.name, op, mode, side, vjp)
+        return self._cached(key, lambda: self.jax.jit(forward_vjp if vjp else forward))
+
+    def _emb_run(self, impl, op, tokens, table, lengths, side, mode, device, cot=None):
+        ids, w = self.asarray(tokens, device), self.asarray(table, device)
+        extra = [self.asarray(x, device) for x in impl.extra(lengths, ids.shape[1], side)]
+        args = [ids, w, self.asarray(lengths, device)]
+        if cot is None:
+            return self._keep(self._emb_fn(impl, op, mode, side, False)(*args, *extra))
+        cot = self.asarray(cot, device).astype(w.dtype)
+        return self._keep(self._emb_fn(impl, op, mode, side, True)(*args, cot, *extra))
+
+    def _emb_reduce(self, e, valid, n, mode: str):
+        """sum / mean / max over each row's valid steps of e [B, T, E]; an empty row gives 0."""
+        jnp = self.jnp
+        if mode == "max":
+            top = jnp.max(jnp.where(valid[..., None], e, -jnp.inf), axis=1, initial=-jnp.inf)
+            return jnp.where((n > 0)[:, None], top, 0)
+        total = jnp.where(valid[..., None], e, 0).sum(axis=1)
+        return total / jnp.maximum(n, 1)[:, None].astype(e.dtype) if mode == "mean" else total
+
+
+class _Take:
+    name = "take"
+
+    @staticmethod
+    def extra(lengths, T, side) -> tuple:
+        return ()
+
+    @staticmethod
+    def run(a, op, mode, side, ids, table, n):
+        jnp = a.jnp
+        valid = a.valid(n, ids.shape[1], side)
+        e = jnp.take(table, jnp.where(valid, ids, 0), axis=0, mode="clip")  # sanitised: clip never clips
+        return jnp.where(valid[..., None], e, 0) if op == "embed" else a._emb_reduce(e, valid, n, mode)
+
+
+class _Segment:
+    name = "segment"
+
+    @staticmethod
+    def extra(lengths, T, side) -> tuple:
+        """(flat positions b*T + t of the valid steps, their row ids), row after row: sorted segment ids."""
+        flat = np.flatnonzero(valid_mask(lengths, T, side))
+        return flat, flat // max(T, 1)
+
+    @staticmethod
+    def run(a, op, mode, side, ids, table, n, flat, rows):
+        jax, jnp = a.jax, a.jnp
+        B, T = ids.shape
+        packed = jnp.take(table, ids.reshape(-1)[flat], axis=0, mode="clip")  # valid ids: validated in range
+        if op == "embed":
+            return jnp.zeros((B * T, table.shape[1]), table.dtype).at[flat].set(packed).reshape(B, T, table.shape[1])
+        if mode == "max":
+            top = jax.ops.segment_max(packed, rows, num_segments=B, indices_are_sorted=True)
+            return jnp.where((n > 0)[:, None], top, 0)
+        total = jax.ops.segment_sum(packed, rows, num_segments=B, indices_are_sorted=True)
+        return total / jnp.maximum(n, 1)[:, None].astype(total.dtype) if mode == "mean" else total
+
+
+def _unit(impl, kernel: str, doc: str) -> Strategy:
+    return Strategy(impl.name, lambda a, *args: a._emb_run(impl, *args), lambda a, op, t, w, n, cot, *rest:
+                    a._emb_run(impl, op, t, w, n, *rest, cot=cot), doc=doc, kernel=kernel)
+
+
+STRATEGIES = strategy_table(
+    _unit(_Take, "jnp.take", "jit(jnp.take on where(valid, ids, 0), padded steps selected to 0)"),
+    _unit(_Segment, "jax.ops.segment_sum", "jit(segment_sum / segment_max over the packed valid ids)"),
+)
+
+
+# -- native behaviours: JAX primitives called the obvious way ------------------------------------------------------
+def _vjp(a, fn, table, cot, device):
+    out, pullback = a.jax.vjp(fn, a.asarray(table, device))
+    return out, pullback(a.asarray(cot, device).astype(out.dtype))[0]
+
+
+def _take_pad_past_vocab(a, *, tokens, table, lengths, cot_embed, cot_bag, device="cpu"):
+    """jnp.take times the mask with pad id V (one past the vocabulary): take fills it with NaN, and NaN * 0 = NaN."""
+    V, T = np.shape(table)[0], np.shape(tokens)[1]
+    mask = valid_mask(lengths, T)
+    ids = a.asarray(np.where(mask, tokens, V), device)
+    m = a.asarray(mask[..., None], device)
+    out, g = _vjp(a, lambda w: a.jnp.take(w, ids, axis=0) * m, table, cot_embed, device)
+    return {"op": "embed", "mode": None, "outputs": out, "grad_table": g}
+
+
+def _segment_max_empty(a, *, tokens, table, lengths, cot_embed, cot_bag, device="cpu"):
+    """jax.ops.segment_max over the packed valid ids: an empty row's bag is -inf (the max's identity), not 0."""
+    flat, rows = _Segment.extra(lengths, np.shape(tokens)[1], "right")
+    ids = a.asarray(np.asarray(tokens).reshape(-1)[flat], device)
+    seg = a.asarray(rows, device)
+    fn = lambda w: a.jax.ops.segment_max(a.jnp.take(w, ids, axis=0), seg, num_segments=len(lengths))  # noqa: E731
+    out, g = _vjp(a, fn, table, cot_bag, device)
+    return {"op": "embedding_bag", "mode": "max", "outputs": out, "grad_table": g}
+
+
+NATIVES = {"take_pad_id_past_vocab": _take_pad_past_vocab, "segment_max_empty_row": _segment_max_empty}

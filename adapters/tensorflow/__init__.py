@@ -1,0 +1,130 @@
+"""TensorFlow 2 / Keras 3 adapter (`ops.py`, `rnn.py`).
+
+TensorFlow is imported in `TensorflowAdapter.__init__` (with KERAS_BACKEND=tensorflow), never at module level.
+TF32 is turned off there (`enable_tensor_float_32_execution(False)`) so float32 correctness runs compare tightly,
+and GPUs get memory growth so the allocator's peak reflects what the work needed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from adapters.base import Adapter
+from adapters.tensorflow import attention, embedding, loss, rnn
+from adapters.tensorflow.attention import TensorflowAttention
+from adapters.tensorflow.embedding import TensorflowEmbedding
+from adapters.tensorflow.loss import TensorflowLoss
+from adapters.tensorflow.ops import TensorflowOps
+from adapters.tensorflow.rnn import TensorflowRnn
+
+
+class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
+                        TensorflowEmbedding, TensorflowAttention, Adapter):
+    """TensorFlow / Keras 3 behind the contract (see the module docstring for the RNN strategies)."""
+
+    name = "tensorflow"
+    STRATEGIES = {"rnn": rnn.STRATEGIES,
+                  "loss": loss.STRATEGIES,
+                  "embedding": embedding.STRATEGIES,
+                  "attention": attention.STRATEGIES}
+    NATIVES = {"loss": loss.NATIVES, "embedding": embedding.NATIVES, "attention": attention.NATIVES}
+
+    def __init__(self) -> None:
+        import os  # the module's top level imports only NumPy and the project's leaf modules
+
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras
+        import tensorflow as tf
+
+        if keras.backend.backend() != "tensorflow":
+            raise ImportError(f"the tensorflow adapter needs KERAS_BACKEND=tensorflow; keras runs "
+                              f"{keras.backend.backend()!r} in this process")
+        self.tf, self.keras = tf, keras
+        self.version = f"tensorflow {tf.__version__}, keras {keras.__version__}"
+        self._gpus = tf.config.list_physical_devices("GPU")
+        for gpu in self._gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # the GPU was initialised before this adapter; growth can no longer change
+                pass
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        self._traces = 0
+        self._fns: dict = {}
+        self._nets: dict = {}
+        self._kernels: dict = {}
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    def devices(self) -> list[str]:
+        return ["cpu", "gpu"] if self._gpus else ["cpu"]
+
+    @staticmethod
+    def _dev(device: str) -> str:
+        return "/GPU:0" if device == "gpu" else "/CPU:0"
+
+    def asarray(self, x: Any, device: str = "cpu") -> Any:
+        tf = self.tf
+        if not isinstance(x, tf.Tensor):
+            x = np.asarray(x)  # NumPy's dtype rules (int64, float64) for lists, like the reference
+        with tf.device(self._dev(device)):
+            t = tf.convert_to_tensor(x)
+            return t if t.device.endswith(self._dev(device)[1:]) else tf.identity(t)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        if isinstance(x, self.tf.Tensor) and x.dtype == self.tf.bfloat16:
+            x = self.tf.cast(x, self.tf.float32)
+        return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+    def dtype_name(self, x: Any) -> str:
+        if isinstance(x, (self.tf.Tensor, self.tf.Variable)):
+            return x.dtype.name
+        return super().dtype_name(x)
+
+    def device_report(self) -> str:
+        return (f"tensorflow {self.tf.__version__} sees {self.devices()} (GPUs: {len(self._gpus)}; "
+                f"built with CUDA: {self.tf.test.is_built_with_cuda()})")
+
+    def sync(self, device: str = "cpu") -> None:
+        """Eager CPU ops return when done; on GPU a device->host copy of a fresh value waits for the stream."""
+        if device == "gpu":
+            with self.tf.device("/GPU:0"):
+                (self.tf.zeros(()) + 1).numpy()
+
+    def compile_count(self) -> int:
+        return self._traces
+
+    def reset_peak_memory(self, device: str = "cpu") -> None:
+        if device == "gpu" and self._gpus:
+            self.tf.config.experimental.reset_memory_stats("GPU:0")
+
+    def peak_memory(self, device: str = "cpu") -> int | None:
+        if device == "gpu" and self._gpus:
+            return int(self.tf.config.experimental.get_memory_info("GPU:0")["peak"])
+        return None
+
+
+    # -- primitives of the shared algorithms and the floors ---------------------------------------------------
+    def _arange(self, n, like):
+        return self.tf.range(n, dtype=like.dtype)
+
+    def _take_time(self, x, index):
+        return self.tf.gather(x, index, batch_dims=1)
+
+    def _native_lengths(self, lengths, like):
+        return self.tf.constant(lengths) if isinstance(lengths, np.ndarray) else lengths
+
+    def _where(self, cond, a, b):
+        return self.tf.where(cond, a, b)
+
+    def _copy(self, x):
+        return self.tf.identity(x + 0)
+
+    def _matmul(self, a, b):
+        return self.tf.linalg.matmul(a, b)
+
+    def _wait(self, x, device):
+        (self.tf.reshape(x, [-1])[:1] + 0).numpy()  # a host copy of one element waits for x
+
+
+__all__ = ["TensorflowAdapter"]

@@ -1,0 +1,133 @@
+"""TensorFlow / Keras 3 masked losses: `tf.nn` primitives and Keras loss objects, padding and reduction done right.
+
+Strategies (all exact; the default for a kind is the first that supports it):
+- "sparse_softmax_ce" (softmax_ce): `tf.nn.sparse_softmax_cross_entropy_with_logits` on the padded batch.
+- "sigmoid_ce" (sigmoid_bce): `tf.nn.sigmoid_cross_entropy_with_logits` on the padded batch (a step sums its C).
+- "keras" (both): `keras.losses.SparseCategoricalCrossentropy(from_logits=True)` /
+  `keras.losses.BinaryCrossentropy(from_logits=True)` with `reduction="sum"` and the reduction weights given as
+  `sample_weight`. The loss object is built with the logits' dtype (Keras would otherwise compute in floatx,
+  float32), and BCE labels get a trailing axis of 1 so that Keras's mean over the last axis is the identity.
+Padded logits and targets are replaced with `tf.where` first: `sparse_softmax_cross_entropy_with_logits` raises on
+an out-of-range label on CPU (NaN on GPU), and NaN in padding must never reach a gradient. The reduction is one
+weighted sum with host-built weights (`adapters.base.loss_weights`), so an empty batch gives exactly 0.
+Gradients come from `tf.GradientTape`, eagerly.
+"""
+from __future__ import annotations
+
+from adapters.base import loss_weights
+from adapters.spec import Strategy, strategy_table, valid_mask
+
+
+def _only(kind: str):
+    def supports(adapter, **spec) -> str | None:
+        return None if spec.get("kind", kind) == kind else f"this strategy computes {kind} only"
+    return supports
+
+
+class TensorflowLoss:
+    """The masked-loss machinery of the TensorFlow adapter (mixed into `TensorflowAdapter`)."""
+
+    def _loss_inputs(self, logits, targets, lengths, kind, reduction, side, device):
+        """Native (logits with padding replaced by 0, targets likewise, weights [B, T]) on `device`."""
+        tf = self.tf
+        x = self.asarray(logits, device)
+        valid_np = valid_mask(lengths, x.shape[1], side)
+        with tf.device(self._dev(device)):
+            valid = tf.constant(valid_np.reshape(*valid_np.shape, *([1] * (x.shape.rank - 2))))
+            z = self.asarray(targets, device)
+            if kind == "softmax_ce":
+                z = tf.where(valid_np, z, tf.zeros_like(z))
+            else:
+                z = tf.where(valid, tf.cast(z, x.dtype), tf.zeros((), x.dtype))
+            w = tf.constant(loss_weights(lengths, x.shape[1], side, reduction, x.dtype.name))
+        return x, valid, z, w
+
+    def _tf_nn_loss(self, kind, x, z, w):
+        tf = self.tf
+        if kind == "softmax_ce":
+            per_step = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=z, logits=x)
+        else:
+            per_step = tf.nn.sigmoid_cross_entropy_with_logits(labels=z, logits=x)
+            per_step = tf.reduce_sum(per_step, -1) if per_step.shape.rank == 3 else per_step
+        return tf.reduce_sum(per_step * w)
+
+    def _keras_loss(self, kind, x, z, w):
+        losses = self.keras.losses
+        key = ("keras_loss", kind, x.dtype.name)
+        if key not in self._fns:
+            cls = losses.SparseCategoricalCrossentropy if kind == "softmax_ce" else losses.BinaryCrossentropy
+            self._fns[key] = cls(from_logits=True, reduction="sum", dtype=x.dtype.name)
+        if kind == "softmax_ce":
+            return self._fns[key](z, x, sample_weight=w)
+        w = self.tf.broadcast_to(w[..., None], x.shape) if x.shape.rank == 3 else w  # one weight per label
+        return self._fns[key](z[..., None], x[..., None], sample_weight=w)
+
+    def _loss_run(self, how, logits, targets, lengths, kind, reduction, side, device, grad: bool):
+        tf = self.tf
+        x, valid, z, w = self._loss_inputs(logits, targets, lengths, kind, reduction, side, device)
+        with tf.device(self._dev(device)):
+            if not grad:
+                return how(self, kind, tf.where(valid, x, tf.zeros((), x.dtype)), z, w)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = how(self, kind, tf.where(valid, x, tf.zeros((), x.dtype)), z, w)
+            return loss, tape.gradient(loss, x)
+
+
+def _unit(name, how, supports, kernel, doc):
+    fwd = lambda fw, *a: fw._loss_run(how, *a, grad=False)
+    vjp = lambda fw, *a: fw._loss_run(how, *a, grad=True)
+    return Strategy(name, fwd, vjp, supports=supports, doc=doc, kernel=kernel)
+
+
+STRATEGIES = strategy_table(
+    _unit("sparse_softmax_ce", TensorflowLoss._tf_nn_loss, _only("softmax_ce"),
+          "tf.nn.sparse_softmax_cross_entropy_with_logits", "tf.nn primitive on the padded batch, weighted sum"),
+    _unit("sigmoid_ce", TensorflowLoss._tf_nn_loss, _only("sigmoid_bce"), "tf.nn.sigmoid_cross_entropy_with_logits",
+          "tf.nn primitive on the padded batch, weighted sum"),
+    _unit("keras", TensorflowLoss._keras_loss, lambda fw, **spec: None, "keras.losses (reduction='sum')",
+          "Keras loss object, the reduction weights as sample_weight, reduction='sum'"),
+)
+
+
+# -- native behaviours: the obvious Keras / tf.nn code, no varlen fixes ---------------------------------------------
+def _keras_native(fw, logits, targets, lengths, side, device, **loss_kw):
+    """SparseCategoricalCrossentropy(from_logits=True, **loss_kw) with the valid mask as sample_weight."""
+    tf = fw.tf
+    x = fw.asarray(logits, device)
+    mask = valid_mask(lengths, x.shape[1], side).astype(x.dtype.name)
+    loss_fn = fw.keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=x.dtype.name, **loss_kw)
+    with tf.device(fw._dev(device)), tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = loss_fn(fw.asarray(targets, device), x, sample_weight=mask)
+    return loss, tape.gradient(loss, x)
+
+
+def _native_keras_default(fw, logits, targets, lengths, side="right", device="cpu"):
+    """The default reduction "sum_over_batch_size" divides the masked sum by every step, padding included."""
+    return _keras_native(fw, logits, targets, lengths, side, device)
+
+
+def _native_keras_mean_with_sample_weight(fw, logits, targets, lengths, side="right", device="cpu"):
+    """reduction="mean_with_sample_weight" divides by the mask's sum (divide_no_nan: 0 for an empty batch)."""
+    return _keras_native(fw, logits, targets, lengths, side, device, reduction="mean_with_sample_weight")
+
+
+def _native_tf_nn_times_mask(fw, logits, targets, lengths, side="right", device="cpu"):
+    """`tf.nn.sparse_softmax_cross_entropy_with_logits` on the raw padded targets, times the mask, / mask.sum():
+    an out-of-range padded label raises on CPU (and gives NaN on GPU)."""
+    tf = fw.tf
+    x = fw.asarray(logits, device)
+    mask = tf.constant(valid_mask(lengths, x.shape[1], side).astype(x.dtype.name))
+    with tf.device(fw._dev(device)), tf.GradientTape() as tape:
+        tape.watch(x)
+        per = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=fw.asarray(targets, device), logits=x)
+        loss = tf.reduce_sum(per * mask) / tf.reduce_sum(mask)
+    return loss, tape.gradient(loss, x)
+
+
+NATIVES = {
+    "SparseCategoricalCrossentropy(sample_weight=mask)": _native_keras_default,
+    "SparseCategoricalCrossentropy(mean_with_sample_weight)": _native_keras_mean_with_sample_weight,
+    "sparse_softmax_cross_entropy_with_logits * mask": _native_tf_nn_times_mask,
+}

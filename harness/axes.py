@@ -1,0 +1,64 @@
+"""The sweep axes, defined once: `varlen bench` (and its CLI choices), asv's params and the tests read them here.
+
+A case is a flat dict (op, framework, strategy, device, dtype, batch, max_len, profile, seed and the family's own
+fields, e.g. cell, input_size, hidden, num_layers, bidirectional for RNNs); `case_key` names it for resuming, for
+selecting the latest record and for asv. The ops come from the family registry (`harness.families`).
+"""
+from __future__ import annotations
+
+import itertools
+
+from adapters.spec import CELLS, DEVICES
+from harness.families import OPS, family_of
+from harness.profiles import PROFILES
+
+FRAMEWORKS = ("torch", "tensorflow", "jax")  # the frameworks under test (the NumPy reference is the oracle)
+BATCHES = (1, 8, 64, 256)           # sequences per batch
+MAX_LENS = (32, 128, 512)           # padded length T
+HIDDEN = (128,)                     # hidden size H (= input size I)
+DTYPES = ("float32", "float64")     # dtypes a sweep may ask for
+RNN_OPS = ("rnn_forward", "rnn_forward_backward")
+
+# The quick grid: every op, framework, strategy and three length profiles at one point, plus a batch-size sweep
+# and a max-length sweep on a few ops (for the report's batch and memory plots); a few minutes on 2 cores.
+QUICK_BASE = {"ops": OPS, "batches": (64,), "max_lens": (128,), "profiles": ("equal", "lognormal", "zipf"),
+              "cells": ("lstm",), "hidden": (128,), "dtypes": ("float32",)}
+QUICK = (
+    QUICK_BASE,
+    {**QUICK_BASE, "ops": ("masked_mean", "rnn_forward_backward"), "batches": (8, 256), "profiles": ("lognormal",)},
+    {**QUICK_BASE, "ops": ("pack_unpack", "rnn_forward_backward"), "max_lens": (32, 512), "profiles": ("lognormal",)},
+)
+FULL = {"ops": OPS, "batches": BATCHES, "max_lens": MAX_LENS, "profiles": PROFILES, "cells": CELLS[:1],
+        "hidden": HIDDEN, "dtypes": ("float32",)}
+# The RNN point every note quotes: B=64, T=128, H=128, LSTM, float32.
+HEADLINE = {"batch": 64, "max_len": 128, "hidden": 128, "cell": "lstm"}
+
+CASE_KEY_FIELDS = ("op", "framework", "strategy", "device", "dtype", "batch", "max_len", "profile")
+
+__all__ = ["BATCHES", "CELLS", "DEVICES", "DTYPES", "FRAMEWORKS", "HEADLINE", "HIDDEN", "MAX_LENS", "OPS",
+           "PROFILES", "QUICK", "QUICK_BASE", "RNN_OPS", "case_key", "cases"]
+
+
+def case_key(case: dict) -> str:
+    """The case's identity: the main axes first, then every family-specific field (cell, vocab, heads, ...)."""
+    head = [f"{case.get(k, '')}" for k in CASE_KEY_FIELDS]
+    rest = [f"{k}={case[k]}" for k in sorted(case) if k not in CASE_KEY_FIELDS]
+    return "|".join(head + rest)
+
+
+def cases(*, ops=OPS, frameworks=FRAMEWORKS, strategies: dict[str, dict[str, list[str]]] | dict[str, list[str]],
+          devices=("cpu",), batches=BATCHES, max_lens=MAX_LENS, profiles=PROFILES, cells=CELLS[:1], hidden=HIDDEN,
+          dtypes=("float32",), num_layers=1, bidirectional=False, seed=0) -> list[dict]:
+    """The cartesian sweep. `strategies[framework]` lists the strategies to run per strategy family
+    ({"rnn": [...]}); a plain list is taken as the RNN strategies."""
+    grid = {"cells": cells, "hidden": hidden, "num_layers": num_layers, "bidirectional": bidirectional}
+    out = []
+    for op, fw, device, dtype, B, T, profile in itertools.product(ops, frameworks, devices, dtypes, batches,
+                                                                  max_lens, profiles):
+        base = dict(op=op, framework=fw, device=device, dtype=dtype, batch=B, max_len=T, profile=profile, seed=seed)
+        fam = family_of(op)
+        declared = strategies.get(fw, {})
+        if isinstance(declared, (list, tuple)):
+            declared = {"rnn": list(declared)}
+        out += fam.expand(base, grid, list(declared.get(fam.STRATEGY_FAMILY, [])) if fam.STRATEGY_FAMILY else [])
+    return out

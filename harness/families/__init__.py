@@ -1,0 +1,27 @@
+"""The family registry: what `check`, `bench`, the CLI and the report loop over (see `families/base.py`).
+
+Adding an op family = one module here + its line in FAMILIES; nothing else in the harness changes.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+from harness.families import attention, embedding, loss, ops, rnn
+
+FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (ops, rnn, loss, embedding, attention)}
+#: every bench op, in report order, and its title
+OP_TITLES: dict[str, str] = {op: title for m in FAMILIES.values() for op, title in m.OPS.items()}
+OPS: tuple[str, ...] = tuple(OP_TITLES)
+
+
+def family_of(op: str) -> ModuleType:
+    """The family module that owns bench op `op`."""
+    for m in FAMILIES.values():
+        if op in m.OPS:
+            return m
+    raise ValueError(f"unknown op {op!r}; expected one of {list(OPS)}")
+
+
+def strategy_ops() -> tuple[str, ...]:
+    """Bench ops whose cases carry a strategy of an adapters strategy family."""
+    return tuple(op for m in FAMILIES.values() if m.STRATEGY_FAMILY for op in m.OPS)

@@ -1,0 +1,239 @@
+"""The loss family: masked softmax CE / sigmoid BCE strategies against the reference, the natives, the recipes.
+
+Check cells (`check_records`): every strategy x kind (softmax CE, BCE on [B,T,C] and [B,T]) x reduction x dtype x
+side on a batch with a zero-length row whose padding holds NaN/inf logits and out-of-range (CE) or NaN (BCE)
+targets: loss and gradient against the float64 reference, gradient exactly 0 at padded steps, results
+bit-identical to the same batch with clean padding, and an all-empty batch giving exactly 0 (loss and gradient).
+Native behaviours (each framework's `NATIVES["loss"]`) and framework-free recipes are judged against the
+reference's token mean, one verdict per quantity (loss, grad). Imports no framework.
+"""
+from __future__ import annotations
+
+import importlib
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+
+from adapters.base import LOSS_REDUCTIONS
+from adapters.spec import SIDES, valid_mask
+from harness.compare import close
+from harness.data import padded, rng_for
+from harness.families.base import Prepared, exact, record
+from harness.profiles import lengths_for, padding_fraction
+from harness.tolerances import tolerance
+
+NAME = "loss"
+STRATEGY_FAMILY = "loss"
+OPS = {"loss_softmax_ce": "masked softmax CE fwd+bwd", "loss_sigmoid_bce": "masked sigmoid BCE fwd+bwd"}
+OP_KIND = {"loss_softmax_ce": "softmax_ce", "loss_sigmoid_bce": "sigmoid_bce"}
+CLASSES = 1024          # C of the bench cases: B=64, T=128 runs well under a second per call on 2 CPU cores
+ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+LENGTHS, T, C = (5, 0, 1, 3, 6), 6, 7        # gate case: unsorted, a zero-length row, padding in most rows
+SKEWED = (12, 1, 2, 0, 1)                    # recipe case: one long row among short ones (T = 12)
+MICRO_BATCHES = ((0, 1), (1, 5))             # row ranges of the gradient-accumulation recipe
+#: (kind, trailing label axis for BCE) of the gate cells: softmax CE, BCE on [B,T,C], BCE on [B,T]
+KINDS = (("softmax_ce", True), ("sigmoid_bce", True), ("sigmoid_bce", False))
+
+RECIPES = {
+    "(loss * mask).mean()": "divides the masked sum by every padded step, so the loss and its gradient shrink with "
+                            "the padding fraction",
+    "(loss * mask).sum() / mask.sum()": "exact on a batch with a valid token, but a fully padded batch gives "
+                                        "0/0 = NaN, which then poisons every parameter",
+    "mean of micro-batch token means": "gradient accumulation that averages per-micro-batch token means weights a "
+                                       "token of a short micro-batch more than one of a long one (the 2024 "
+                                       "accumulation discrepancy)",
+    "micro-batch sums / global token count": "accumulating sums and dividing once by the global token count is "
+                                             "the token mean exactly (the fix)",
+    "sequence_mean as token_mean": "averaging each row's mean weights a token by 1/its row's length: on skewed "
+                                   "lengths it is another objective, not the token mean",
+}
+
+
+def expand(base: dict, grid: dict, strategies: list[str]) -> list[dict]:
+    """One case per strategy that computes this op's kind (a strategy's precondition on the kind is static)."""
+    kind = OP_KIND[base["op"]]
+    return [{**base, "strategy": s, "classes": CLASSES} for s in strategies if _computes(base["framework"], s, kind)]
+
+
+def _computes(framework: str, strategy: str, kind: str) -> bool:
+    """Whether a declared strategy supports `kind` (reads the family module's table; imports no framework)."""
+    table = importlib.import_module(f"adapters.{framework}.loss").STRATEGIES
+    return table[strategy].supports(None, kind=kind) is None
+
+
+def loss_case(kind: str, side: str, dtype: str, *, lengths=LENGTHS, maxlen: int = T, classes: int = C,
+              label_axis: bool = True, dirty: bool = True, seed: int = 0):
+    """(logits, targets, lengths): with dirty=True padded logits hold NaN and +-inf, padded CE targets -100 and C+3
+    (out of range), padded BCE targets NaN; with dirty=False padding holds 0."""
+    L = np.asarray(lengths, dtype=np.int64)
+    feat = (classes,) if kind == "softmax_ce" or label_axis else ()
+    x = padded(L, maxlen, feat, side=side, seed=seed, dtype=dtype, fill=np.nan if dirty else 0.0)
+    pad = ~valid_mask(L, maxlen, side)
+    rng = rng_for(seed, 7)
+    if kind == "softmax_ce":
+        z = rng.integers(0, classes, (L.size, maxlen))
+        z[pad] = np.where(np.arange(pad.sum()) % 2, -100, classes + 3) if dirty else 0
+    else:
+        z = rng.uniform(0, 1, (L.size, maxlen, *feat)).astype(dtype)
+        z[pad] = np.nan if dirty else 0.0
+    if dirty and pad.any():
+        x[np.argwhere(pad)[0][0], np.argwhere(pad)[0][1]] = np.inf
+        x[np.argwhere(pad)[-1][0], np.argwhere(pad)[-1][1]] = -np.inf
+    return x, z, L
+
+
+def _ref(ref, x, z, L, kind, reduction="token_mean", side="right"):
+    up = x.astype("float64")
+    return ref.masked_loss_vjp(up, z if kind == "softmax_ce" else z.astype("float64"), L, kind=kind,
+                               reduction=reduction, side=side)
+
+
+def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
+    yield from strategy_records(fw, ref, device, dtypes)
+    yield from native_records(fw, ref, device)
+    yield from recipe_records(fw, ref, device)
+
+
+def strategy_cell(fw, ref, strategy, kind, label_axis, reduction, dtype, side, device) -> dict[str, tuple]:
+    """quantity -> (equivalent, max_abs_err) of one strategy on the dirty gate case and the all-empty batch."""
+    kw = dict(kind=kind, reduction=reduction, side=side, strategy=strategy, device=device)
+    x, z, L = loss_case(kind, side, dtype, label_axis=label_axis)
+    want_loss, want_grad = _ref(ref, x, z, L, kind, reduction, side)
+    loss, grad = (fw.to_numpy(a) for a in fw.masked_loss_vjp(fw.asarray(x, device), fw.asarray(z, device), L, **kw))
+    tol = tolerance(dtype, device)
+    res = {"loss": close(loss, want_loss, tol), "grad": close(grad, want_grad, tol)}
+    stray = np.abs(grad[~valid_mask(L, T, side)]).max(initial=0)
+    res["padding_zero"] = (bool(stray == 0), float(stray) if np.isfinite(stray) else float("inf"))  # NaN: inf
+    xc, zc, _ = loss_case(kind, side, dtype, label_axis=label_axis, dirty=False)
+    clean = [fw.to_numpy(a) for a in fw.masked_loss_vjp(fw.asarray(xc, device), fw.asarray(zc, device), L, **kw)]
+    same = exact(loss, clean[0])["equivalent"] and exact(grad, clean[1])["equivalent"]
+    res["padding_bit_identical"] = (same, 0.0 if same else float("inf"))
+    fwd = fw.to_numpy(fw.masked_loss(fw.asarray(x, device), fw.asarray(z, device), L, **kw))
+    res["forward_only"] = close(fwd, want_loss, tol)
+    e_loss, e_grad = (fw.to_numpy(a) for a in fw.masked_loss_vjp(fw.asarray(x, device), fw.asarray(z, device),
+                                                                 np.zeros_like(L), **kw))
+    empty_ok = exact(e_loss, np.zeros((), e_loss.dtype))["equivalent"] and not np.any(e_grad) \
+        and np.isfinite(e_grad).all()
+    res["all_empty_zero"] = (bool(empty_ok), 0.0 if empty_ok else float("inf"))
+    return res
+
+
+def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
+    for (kind, label_axis), reduction, dtype, side in itertools.product(KINDS, LOSS_REDUCTIONS, dtypes, SIDES):
+        for strategy in fw.strategies("loss", kind=kind, reduction=reduction, device=device, dtype=dtype):
+            base = dict(kind="strategy", op="loss", name=strategy, side=side, dtype=dtype,
+                        case=f"{kind}{'' if label_axis else '_no_label_axis'}:{reduction}:dirty_padding",
+                        kernel=fw.strategy_kernel("loss", strategy))
+            try:
+                res, error = strategy_cell(fw, ref, strategy, kind, label_axis, reduction, dtype, side, device), None
+            except Exception as e:  # noqa: BLE001 - a crash is a failed cell, reported, not a lost run
+                res, error = {"error": (False, float("inf"))}, f"{type(e).__name__}: {e}"[:300]
+            for quantity, (ok, err) in res.items():
+                yield record(fw, device, quantity=quantity, equivalent=bool(ok), max_abs_err=float(err),
+                             **({"error": error} if error else {}), **base)
+
+
+NATIVE_CASES = ("clean_padding", "dirty_padding", "all_empty")
+
+
+def native_inputs(kind: str, case: str):
+    """The inputs one native behaviour sees (float64, right padding)."""
+    x, z, L = loss_case(kind, "right", "float64", dirty=case == "dirty_padding")
+    return x, z, (np.zeros_like(L) if case == "all_empty" else L)
+
+
+def native_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
+    """Each native behaviour on clean padding, dirty padding and an all-empty batch, against the token mean."""
+    for name, case in itertools.product(fw.natives("loss"), NATIVE_CASES):
+        fn = fw.NATIVES["loss"][name]
+        kind = getattr(fn, "kind", "softmax_ce")
+        x, z, L = native_inputs(kind, case)
+        want = _ref(ref, x, z, L, kind)
+        base = dict(kind="native", op="loss", name=name, case=f"{kind}:{case}", dtype="float64", side="right",
+                    why=(fn.__doc__ or "").split("\n")[0].strip()[:200])
+        try:
+            got = [fw.to_numpy(a) for a in fw.native("loss", name, logits=fw.asarray(x, device),
+                                                      targets=fw.asarray(z, device), lengths=L, device=device)]
+            error = None
+        except Exception as e:  # noqa: BLE001 - raising is the behaviour being recorded
+            got, error = None, f"{type(e).__name__}: {e}"[:300]
+        for q, i in (("loss", 0), ("grad", 1)):
+            ok, err = (False, float("inf")) if got is None else close(got[i], want[i], tolerance("float64", device))
+            yield record(fw, device, quantity=q, equivalent=ok, max_abs_err=err,
+                         **({"error": error} if error else {}), **base)
+
+
+def recipe_results(fw, x, z, L, kind: str, device: str = "cpu") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """recipe name -> (loss, grad) as the recipe computes it, on top of the contract's exact reductions."""
+    def vjp(x, z, L, reduction):
+        out = fw.masked_loss_vjp(fw.asarray(x, device), fw.asarray(z, device), L, kind=kind, reduction=reduction,
+                                 device=device)
+        return [fw.to_numpy(a).astype("float64") for a in out]
+
+    B, Tm = x.shape[:2]
+    s_loss, s_grad = vjp(x, z, L, "sum")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        empty_loss, empty_grad = vjp(x, z, np.zeros_like(L), "sum")
+        out = {"(loss * mask).mean()": (s_loss / (B * Tm), s_grad / (B * Tm)),
+               "(loss * mask).sum() / mask.sum()": (empty_loss / 0.0, empty_grad / 0.0)}
+    parts = [(slice(a, b), vjp(x[a:b], z[a:b], L[a:b], "token_mean"), vjp(x[a:b], z[a:b], L[a:b], "sum"))
+             for a, b in MICRO_BATCHES]
+    k = len(parts)
+    out["mean of micro-batch token means"] = (sum(m[0] for _, m, _ in parts) / k,
+                                              np.concatenate([m[1] / k for _, m, _ in parts]))
+    n = float(L.sum())
+    out["micro-batch sums / global token count"] = (sum(s[0] for _, _, s in parts) / n,
+                                                    np.concatenate([s[1] / n for _, _, s in parts]))
+    out["sequence_mean as token_mean"] = tuple(vjp(x, z, L, "sequence_mean"))
+    return out
+
+
+def recipe_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
+    """Each recipe through the framework's default strategy, judged against the reference's token mean (of the
+    all-empty batch for the 0/0 recipe)."""
+    for kind in ("softmax_ce", "sigmoid_bce"):
+        x, z, L = loss_case(kind, "right", "float64", lengths=SKEWED, maxlen=max(SKEWED), dirty=False, seed=1)
+        want = _ref(ref, x, z, L, kind)
+        want_empty = _ref(ref, x, z, np.zeros_like(L), kind)
+        kernel = fw.strategy_kernel("loss", fw.strategies("loss", kind=kind)[0])
+        for name, got in recipe_results(fw, x, z, L, kind, device).items():
+            target = want_empty if name == "(loss * mask).sum() / mask.sum()" else want
+            case = f"{kind}:{'all_empty' if target is want_empty else 'skewed_lengths'}"
+            for q, i in (("loss", 0), ("grad", 1)):
+                ok, err = close(got[i], target[i], tolerance("float64", device))
+                yield record(fw, device, kind="idiom", op="loss", name=name, case=case, dtype="float64",
+                             side="right", quantity=q, equivalent=ok, max_abs_err=err, kernel=kernel,
+                             why=RECIPES[name])
+
+
+def prepare(adapter, case: dict) -> Prepared:
+    """A masked loss forward + backward on [B, T, C] logits; work = bytes of valid logits read + grads written."""
+    op, device, dtype = case["op"], case["device"], case["dtype"]
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r} in family {NAME}; expected one of {list(OPS)}")
+    kind, B, Tm, classes = OP_KIND[op], case["batch"], case["max_len"], case.get("classes", CLASSES)
+    L = lengths_for(case["profile"], B, Tm, case.get("seed", 0))
+    x, z, _ = loss_case(kind, "right", dtype, lengths=L, maxlen=Tm, classes=classes, dirty=False,
+                        seed=case.get("seed", 0))
+    x, z = adapter.asarray(x, device), adapter.asarray(z, device)
+    run = lambda: adapter.masked_loss_vjp(x, z, L, kind=kind, strategy=case["strategy"], device=device)[0]
+    n_valid = int(L.sum())
+    work = 2.0 * n_valid * classes * ELEMENT_BYTES[dtype]
+    return Prepared(run, n_valid, B * Tm, padding_fraction(L, Tm), work, "copy", n_valid / (B * Tm))
+
+
+def report_sections(check_df, bench_df=None, out_path=None) -> list:
+    """One section: the verdict of every native behaviour and recipe per framework and version."""
+    from harness.report.render import Section
+
+    if check_df is None or check_df.empty or "op" not in check_df:
+        return []
+    df = check_df[(check_df["op"] == "loss") & check_df["kind"].isin(["native", "idiom"])]
+    if df.empty:
+        return []
+    cols = ["framework", "version", "kind", "name", "case", "quantity", "equivalent", "max_abs_err", "why"]
+    table = df[[c for c in cols if c in df]].sort_values(["kind", "framework", "name", "case", "quantity"])
+    return [Section("Masked losses: native behaviours and recipes").p(
+        "Each framework's loss primitive called the obvious way (native) and the recipes people copy (idiom), "
+        "judged per quantity against the reference's token mean.").table(table, fail_col="equivalent")]

@@ -1,0 +1,174 @@
+"""The RNN family: masked RNN/LSTM/GRU strategies against the reference, the recipes people copy, benchmarks."""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+
+from adapters.spec import CELLS, SIDES, RnnSpec, init_params, map_params, valid_mask
+from harness.compare import close, flat_grads
+from harness.data import cotangents, padded
+from harness.families.base import Prepared, record
+from harness.floors import rnn_flops
+from harness.idioms import IDIOMS, idiom_case, reference_for, run_idiom, verdicts
+from harness.profiles import lengths_for, padding_fraction
+from harness.tolerances import tolerance
+
+NAME = "rnn"
+STRATEGY_FAMILY = "rnn"
+OPS = {"rnn_forward": "RNN forward", "rnn_forward_backward": "RNN forward + backward"}
+RNN_LENGTHS = (5, 0, 1, 3, 5)  # unsorted, a zero-length row, every row padded
+RNN_T = 6
+
+
+def expand(base: dict, grid: dict, strategies: list[str]) -> list[dict]:
+    """One case per (cell, hidden size, strategy) at this grid point."""
+    return [{**base, "strategy": s, "cell": cell, "hidden": H, "input_size": H,
+             "num_layers": grid.get("num_layers", 1), "bidirectional": grid.get("bidirectional", False)}
+            for cell, H, s in itertools.product(grid["cells"], grid["hidden"], strategies)]
+
+
+def rnn_case(spec: RnnSpec, side: str, dtype: str, seed: int = 0):
+    """x (NaN in padding), lengths, params and cotangents of the standard RNN gate case."""
+    L = np.array(RNN_LENGTHS)
+    x = padded(L, RNN_T, (spec.input_size,), side=side, seed=seed, dtype=dtype, fill=np.nan)
+    return x, L, init_params(spec, seed=seed, dtype=dtype), cotangents(spec, L.size, RNN_T, seed=seed, dtype=dtype)
+
+
+def compare_rnn(fw, out, grads, want_out, want_grads, valid, tol) -> dict[str, tuple[bool, float]]:
+    """quantity -> (equivalent, max_abs_err) for one rnn_vjp result against the reference's."""
+    n = fw.to_numpy
+    res = {"outputs": close(n(out.outputs), want_out.outputs, tol), "h_n": close(n(out.h_n), want_out.h_n, tol)}
+    if want_out.c_n is not None:
+        res["c_n"] = close(n(out.c_n), want_out.c_n, tol)
+    res["grad_x"] = close(n(grads["x"]), want_grads["x"], tol)
+    res["grad_params"] = close(flat_grads(grads["params"], n), flat_grads(want_grads["params"], np.asarray), tol)
+    pad = ~valid
+    stray = max(np.abs(n(out.outputs)[pad]).max(initial=0), np.abs(n(grads["x"])[pad]).max(initial=0))
+    res["padding_zero"] = (bool(stray == 0), float(stray))
+    return res
+
+
+def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
+    yield from strategy_records(fw, ref, device, dtypes)
+    yield from idiom_records(fw, ref, device)
+
+
+def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
+    """Every strategy x cell x side x direction x dtype on a 2-layer net, NaN in padding, a zero-length row."""
+    for cell, side, bi, dtype in itertools.product(CELLS, SIDES, (False, True), dtypes):
+        spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=bi)
+        x, L, params, cot = rnn_case(spec, side, dtype)
+        up = lambda a: a.astype("float64")
+        want_out, want_grads = ref.rnn_vjp(spec, map_params(up, params), up(x), L,
+                                           {k: up(v) for k, v in cot.items()}, side=side)
+        valid = valid_mask(L, RNN_T, side)
+        for strategy in fw.strategies("rnn", cell=cell, device=device, dtype=dtype):
+            base = dict(kind="strategy", op="rnn", name=strategy, case="zero_length_nan_padding", cell=cell,
+                        side=side, bidirectional=bi, dtype=dtype, num_layers=2)
+            try:
+                out, grads = fw.rnn_vjp(spec, params, fw.asarray(x, device), L, cot, side=side, strategy=strategy,
+                                        device=device)
+                res = compare_rnn(fw, out, grads, want_out, want_grads, valid, tolerance(dtype, device))
+                kernel, error = out.kernel, None
+            except Exception as e:  # noqa: BLE001 - a crash is a failed cell, reported, not a lost run
+                res, kernel, error = {"error": (False, float("inf"))}, "", f"{type(e).__name__}: {e}"[:300]
+            for quantity, (ok, err) in res.items():
+                yield record(fw, device, quantity=quantity, equivalent=ok, max_abs_err=err, kernel=kernel,
+                             **({"error": error} if error else {}), **base)
+
+
+def idiom_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
+    """Each recipe of `harness.idioms` through the framework's default strategy, with a verdict per quantity."""
+    for cell, side, bi, name in itertools.product(("lstm", "gru"), SIDES, (False, True), IDIOMS):
+        spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=1, bidirectional=bi)
+        x, L, cot = idiom_case(spec, side)
+        params = init_params(spec, seed=1, dtype="float64")
+        got = run_idiom(fw, name, spec, params, x, L, side, cot, device=device)
+        want = reference_for(ref, name, spec, params, x, L, side, cot)
+        for v in verdicts(got, want, valid_mask(L, x.shape[1], side), tolerance("float64", device)):
+            yield record(fw, device, kind="idiom", op="rnn", name=name, case="idiom_batch", cell=cell, side=side,
+                         bidirectional=bi, dtype="float64", quantity=v.quantity, equivalent=v.equivalent,
+                         max_abs_err=v.max_abs_err, kernel=fw.rnn_strategies(cell)[0], why=IDIOMS[name])
+
+
+def prepare(adapter, case: dict) -> Prepared:
+    """A masked RNN case (forward, or forward + backward with random cotangents); work = GEMM FLOPs on valid
+    tokens (`harness.floors.rnn_flops`)."""
+    op, device, dtype = case["op"], case["device"], case["dtype"]
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r} in family {NAME}; expected one of {list(OPS)}")
+    B, T = case["batch"], case["max_len"]
+    L = lengths_for(case["profile"], B, T, case.get("seed", 0))
+    spec = RnnSpec(case["cell"], case["input_size"], case["hidden"], case["num_layers"], case["bidirectional"])
+    x = adapter.asarray(padded(L, T, (spec.input_size,), seed=case.get("seed", 0), dtype=dtype), device)
+    params = map_params(lambda a: adapter.asarray(a, device), init_params(spec, seed=0, dtype=dtype))
+    kw = dict(strategy=case["strategy"], device=device)
+    backward = op == "rnn_forward_backward"
+    if backward:
+        cot = {k: adapter.asarray(v, device) for k, v in cotangents(spec, B, T, dtype=dtype).items()}
+        run = lambda: adapter.rnn_vjp(spec, params, x, L, cot, **kw)[0]
+    else:
+        run = lambda: adapter.rnn(spec, params, x, L, **kw)
+    work = rnn_flops(spec.cell, spec.input_size, spec.hidden_size, spec.num_layers, spec.num_directions,
+                     int(L.sum()), backward=backward)
+    return Prepared(run, int(L.sum()), B * T, padding_fraction(L, T), work, "gemm", float(L.sum()) / (B * T))
+
+
+def idiom_table(check):
+    """framework x recipe x side x direction: which quantities are right, and the worst error of the wrong ones."""
+    import pandas as pd
+
+    df = check[check["kind"] == "idiom"].copy()
+    rows = []
+    df["direction"] = df["bidirectional"].map({True: "bi", False: "uni"})
+    for (fw, name, side, direction), g in df.groupby(["framework", "name", "side", "direction"], sort=True):
+        # a quantity is correct only if it is correct for every cell tried (LSTM and GRU)
+        right = set(g.groupby("quantity")["equivalent"].all().loc[lambda s: s].index)
+        wrong = g[~g["equivalent"].astype(bool)]
+        rows.append({"framework": fw, "recipe": name, "side": side, "direction": direction,
+                     "correct": ", ".join(q for q in ("outputs", "h_n", "grads") if q in right) or "nothing",
+                     "wrong": ", ".join(q for q in ("outputs", "h_n", "grads") if q in set(wrong["quantity"]))
+                     or "-",
+                     "max_abs_err": float(wrong["max_abs_err"].max()) if len(wrong) else 0.0,
+                     "caught": len(wrong) > 0})
+    return pd.DataFrame(rows)
+
+
+def idiom_matrix(check):
+    """recipe x side x direction rows, one column per framework: what the recipe gets wrong there (or 'exact')."""
+    from harness.report.render import fmt
+
+    t = idiom_table(check)
+    if t.empty:
+        return t
+    t["verdict"] = [f"WRONG {w} (err {fmt(e)}); right: {c}" if caught else "exact here"
+                    for w, e, c, caught in zip(t["wrong"], t["max_abs_err"], t["correct"], t["caught"])]
+    m = t.pivot_table(index=["recipe", "side", "direction"], columns="framework", values="verdict",
+                      aggfunc="first").reset_index()
+    m.columns.name = None
+    return m
+
+
+def summary_table(check):
+    """recipe x side x direction, one column per framework: what each recipe gets wrong (for `varlen check`)."""
+    rnn = check[(check["kind"] == "idiom") & (check["op"] == "rnn")]
+    return idiom_matrix(rnn) if not rnn.empty else None
+
+
+def report_sections(check, bench, out) -> list:
+    """The RNN recipes' verdicts: which quantities each recipe gets wrong in each framework, and why."""
+    from harness.report.render import Section
+
+    s = Section("The recipes people copy (RNN)")
+    table = summary_table(check) if not check.empty else None
+    if table is None:
+        return [s.p("No recipe verdicts (run `varlen check`).")]
+    s.p("Each recipe run for real in each framework (LSTM and GRU, float64, one real all-zero step) and compared "
+        "with the masked reference: per framework, the quantities it gets WRONG (valid outputs, final state h_n, "
+        "gradients) with the worst error, and those it gets right; 'exact here' where the recipe is honestly "
+        "correct.")
+    for name, why in IDIOMS.items():
+        s.p(f"{name}: {why}")
+    return [s.table(table)]

@@ -1,0 +1,103 @@
+"""`varlen report`: tidy records -> one HTML page + the same content as Markdown.
+
+Split by concern: `tables.py` shapes records with pandas, `figures.py` holds matplotlib helpers, `sections.py`
+builds one `Section` per topic, `render.py` writes HTML and Markdown. Each op family adds its own sections
+(`report_sections` of `harness/families/<family>.py`). The report reads only schema fields (`harness.records`)
+and says what it did not see: unreadable lines, frameworks benchmarked but never checked.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness import results
+from harness.families import FAMILIES
+from harness.report import sections as S
+from harness.report.render import Section, md_table, render
+from harness.report.tables import (
+    bench_frame,
+    equivalence_table,
+    failures_table,
+    frame,
+    recommendation_table,
+    strategy_status,
+)
+
+__all__ = ["bench_frame", "build", "check_summary_text", "equivalence_table", "frame", "recommendation_table"]
+
+
+def check_sections(check: pd.DataFrame, bench: pd.DataFrame) -> list[Section]:
+    s = Section("Equivalence matrix")
+    if check.empty:
+        s.p("No check records: every benchmarked strategy is unchecked (run `varlen check`).")
+        return [s]
+    eq = equivalence_table(check)
+    n_bad = int((~eq["all_equivalent"]).sum())
+    s.p("Every framework's ops and strategies against the NumPy float64 reference (outputs, final states, "
+        "input and weight gradients; NaN in padding; zero-length rows; float32 and float64), per device. "
+        + ("All cells are equivalent." if n_bad == 0 else f"{n_bad} rows have FAILING cells (red)."))
+    s.table(eq, fail_col="all_equivalent")
+    fails = failures_table(check)
+    if len(fails):
+        s.p("Failing cells:").table(fails.assign(equivalent=False), fail_col="equivalent")
+    status = strategy_status(check)
+    unchecked = sorted({f"{f}:{st}" for f, st in zip(bench["framework"], bench["strategy"])
+                        if (f, st) not in status and st not in set(check["name"])} if not bench.empty else set())
+    if unchecked:
+        s.p("Benchmarked but never checked (unchecked: never recommended as exact): " + ", ".join(unchecked))
+    return [s]
+
+
+def problems_section(problems: list) -> Section:
+    s = Section("Records that could not be read")
+    s.p(f"{len(problems)} line(s) or file(s) of the inputs are not valid records and were left out:")
+    return s.table(pd.DataFrame([{"file": p.path, "line": p.line, "why": p.why} for p in problems[:200]]))
+
+
+def check_summary_text(records: list[dict]) -> str:
+    check = frame(records, "check")
+    if check.empty:
+        return "no check records"
+    lines = [md_table(equivalence_table(check))]
+    fails = failures_table(check)
+    if len(fails):
+        lines += ["", "FAILING cells:", md_table(fails)]
+    for fam in FAMILIES.values():
+        summary = getattr(fam, "summary_table", None)
+        table = summary(check) if summary else None
+        if table is not None and len(table):
+            lines += ["", f"{fam.NAME}: recipes and native behaviours:", md_table(table)]
+    return "\n".join(lines)
+
+
+def build(records: list[dict], out: str | Path, *, title: str = "varlen comparison report",
+          asv_html: Path | None = None, problems: list | None = None, run: str | None = None) -> tuple[Path, bool]:
+    """Write the report; returns (index.html, whether it had anything measured or checked to show)."""
+    out = Path(out)
+    records = results.select(records, run=run)
+    check, df = frame(records, "check"), bench_frame(records)
+    measured = not df.empty and (df["status"] == "ok").any()
+    sections = [S.setup_section(records, df)]
+    if problems:
+        sections.append(problems_section(problems))
+    if not measured and check.empty:
+        sections.append(Section("Nothing to report").p(
+            "No valid check record and no measured benchmark case in the inputs"
+            + (" (every benchmark case failed: see below)." if not df.empty else ".")
+            + " Run `varlen check` and `varlen bench`, then rebuild this report."))
+    if measured:
+        sections.append(S.recommendation_section(df, check))
+    sections += check_sections(check, df)
+    for fam in FAMILIES.values():
+        extra = getattr(fam, "report_sections", None)
+        if extra is not None:
+            sections += extra(check, df, out)
+    if measured:
+        sections += [S.throughput_section(df, out), S.memory_section(df, out), S.compile_section(df, out),
+                     S.floor_section(df, records, out), S.overhead_section(records)]
+    if not df.empty:
+        sections.append(S.failed_section(df))
+    sections.append(S.asv_section(out, asv_html))
+    render(sections, out, title)
+    return out / "index.html", bool(measured or not check.empty)

@@ -1,0 +1,104 @@
+"""Rendering only: a report is a list of `Section`s of blocks, written as one HTML page and one Markdown file
+holding the same content."""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[tuple[str, object]] = field(default_factory=list)  # ("p"|"table"|"figure"|"html", payload)
+
+    def p(self, text: str) -> Section:
+        self.blocks.append(("p", text))
+        return self
+
+    def table(self, df: pd.DataFrame, fail_col: str | None = None) -> Section:
+        self.blocks.append(("table", (df, fail_col)))
+        return self
+
+    def figure(self, path: str, caption: str) -> Section:
+        self.blocks.append(("figure", (path, caption)))
+        return self
+
+
+def fmt(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        if math.isinf(v):
+            return "inf"
+        return f"{v:.3g}"
+    return str(v)
+
+
+def md_table(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def html_table(df: pd.DataFrame, fail_col: str | None) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for row in df.itertuples(index=False):
+        bad = fail_col is not None and not bool(getattr(row, fail_col))
+        cells = "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row)
+        rows.append(f"<tr class=\"{'fail' if bad else ''}\">{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;
+text-align:left}th{background:#f0f0f0}tr.fail td{background:#ffd6d6;font-weight:bold;color:#900}
+figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;font-size:.9em}
+.ok{color:#060}.bad{color:#b00;font-weight:bold}nav a{margin-right:1em}"""
+
+
+# Marks on <body> how many figures actually loaded (a browser test reads it; a reader never sees it).
+LOAD_CHECK = ("window.addEventListener('load',function(){var i=document.images,n=0;for(var k=0;k<i.length;k++)"
+              "{if(i[k].complete&&i[k].naturalWidth>0)n++;}document.body.dataset.imagesLoaded=n;"
+              "document.body.dataset.imagesTotal=i.length;});")
+
+
+def render(sections: list[Section], out: Path, title: str) -> None:
+    md = [f"# {title}", ""]
+    body = [f"<h1>{html.escape(title)}</h1>",
+            "<nav>" + "".join(f'<a href="#s{i}">{html.escape(s.title)}</a>' for i, s in enumerate(sections)) + "</nav>"]
+    for i, s in enumerate(sections):
+        md += [f"## {s.title}", ""]
+        body.append(f'<h2 id="s{i}">{html.escape(s.title)}</h2>')
+        for kind, payload in s.blocks:
+            if kind == "p":
+                md += [payload, ""]
+                body.append(f"<p>{html.escape(payload)}</p>")
+            elif kind == "table":
+                df, fail_col = payload
+                md += [md_table(df), ""]
+                body.append(html_table(df, fail_col))
+            elif kind == "link":
+                href, text = payload
+                md += [f"[{text}]({href})", ""]
+                body.append(f'<p><a href="{html.escape(href)}">{html.escape(text)}</a></p>')
+            elif kind == "figure":
+                path, caption = payload
+                md += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+                body.append(f'<figure><img src="{html.escape(path)}" alt="{html.escape(caption)}">'
+                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text("\n".join(md))
+    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}<script>{LOAD_CHECK}</script></body></html>")
+    (out / "index.html").write_text(page)
+
+

@@ -1,0 +1,218 @@
+"""The report's sections: each one groups/pivots (tables.py), plots (figures.py) and returns a `Section`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.families import OP_TITLES, strategy_ops
+from harness.report.figures import errbar, legend_below, new_fig, plain_log_x, save
+from harness.report.render import Section
+from harness.report.tables import (
+    frame,
+    headline,
+    ok,
+    recommendation_table,
+    setup_floor_rows,
+)
+
+
+def setup_section(records: list[dict], bench: pd.DataFrame) -> Section:
+    s = Section("Setup")
+    df = pd.DataFrame(records).reindex(columns=["host", "cpu", "cores", "python", "platform", "commit",
+                                                "framework", "version", "source"])
+    if df.empty:
+        return s.p("No records.")
+    cols = [c for c in ("host", "cpu", "cores", "python", "platform", "commit") if c in df.columns]
+    s.p("Machines and commits the results come from:")
+    s.table(df[cols].dropna(subset=["host"]).drop_duplicates().reset_index(drop=True))
+    if "version" in df.columns:
+        fw = df.dropna(subset=["framework", "version"])
+        devices = (bench.groupby("framework")["device"].agg(lambda d: ", ".join(sorted(set(d))))
+                   if not bench.empty else pd.Series(dtype=str))
+        t = fw[["framework", "version"]].drop_duplicates().sort_values("framework").reset_index(drop=True)
+        t["devices benchmarked"] = t["framework"].map(devices).fillna("-")
+        s.table(t)
+    fl = setup_floor_rows(records)
+    if not fl.empty:
+        s.p("Floors, measured by each worker with its own framework on the device it benchmarks (a 256 MiB "
+            "array copy counting bytes read + written; a 2048^3 float32 matrix product, TF32 off):")
+        s.table(fl)
+    return s
+
+
+def overhead_section(records: list[dict]) -> Section:
+    s = Section("Adapter overhead")
+    ov = frame(records, "overhead")
+    if ov.empty:
+        return s.p("Not measured (it runs with `varlen bench --quick`).")
+    s.p("The adapter's default RNN strategy (validation, conversion, zero-length and left-padding handling "
+        "included) against the same framework code written the way a user would (pack + nn.LSTM for torch, "
+        "masked Keras layers under tf.function, a masked lax.scan under jax.jit), forward and forward + backward, "
+        "interleaved in one process; ratio of medians (1.00 = no overhead; the goal is <= 1.05).")
+    cols = ["device", "framework", "strategy", "op", "cell", "batch", "max_len", "hidden", "profile",
+            "raw_median_s", "adapter_median_s", "overhead_ratio"]
+    return s.table(ov[cols].round(5))
+
+
+def failed_section(df: pd.DataFrame) -> Section:
+    s = Section("Failed benchmark cases")
+    bad = df[df["status"] == "failed"]
+    skipped = df[df["status"] == "unsupported"]
+    if len(skipped):
+        s.p(f"{len(skipped)} case(s) were not run because their strategy's precondition excludes them here "
+            "(e.g. a GPU-only kernel on the CPU): " + "; ".join(sorted(set(skipped["error"].astype(str)))[:10]))
+    if bad.empty:
+        return s.p("None failed: every supported case of the sweep was measured.")
+    return s.table(bad[["framework", "op", "strategy", "device", "batch", "max_len", "profile", "error"]]
+                   .assign(ok=False), fail_col="ok")
+
+
+def throughput_section(df: pd.DataFrame, out: Path) -> Section:
+    s = Section("Throughput vs length skew and batch size")
+    done = ok(df)
+    for device, d in done.groupby("device"):
+        head = headline(d)
+        ops = [op for op in OP_TITLES if op in set(head["op"])]
+        if ops:
+            fig, axes = new_fig(3, (len(ops) + 2) // 3, h=5.2)
+            for ax, op in zip(axes, ops):
+                for impl, g in head[head["op"] == op].groupby("impl"):
+                    errbar(ax, g, "padding_fraction", impl)
+                ax.set(title=f"{OP_TITLES[op]} ({device}, B={head['batch'].iloc[0]}, T={head['max_len'].iloc[0]})",
+                       xlabel="padding fraction (share of padded steps)", ylabel="valid tokens / s", yscale="log")
+                legend_below(ax)
+            for ax in axes[len(ops):]:
+                ax.set_axis_off()
+            s.figure(save(fig, out, f"throughput_skew_{device}.png"),
+                     f"Valid tokens per second vs padding fraction ({device}); each point is one length profile "
+                     "(equal has 0 padding; zipf the most); error bars span the quartiles of the repeats.")
+        by_batch = d[d.groupby(["op", "max_len", "profile"])["batch"].transform("nunique") > 1]
+        if not by_batch.empty:
+            ops = [op for op in OP_TITLES if op in set(by_batch["op"])]
+            fig, axes = new_fig(len(ops), h=5.2)
+            for ax, op in zip(axes, ops):
+                g_op = by_batch[by_batch["op"] == op]
+                for impl, g in g_op.groupby("impl"):
+                    errbar(ax, g, "batch", impl)
+                prof, T = g_op["profile"].iloc[0], g_op["max_len"].iloc[0]
+                ax.set(title=f"{OP_TITLES[op]} ({device}, {prof}, T={T})", xlabel="batch size (sequences)",
+                       ylabel="valid tokens / s", yscale="log")
+                plain_log_x(ax, g_op["batch"])
+                legend_below(ax)
+            s.figure(save(fig, out, f"throughput_batch_{device}.png"),
+                     f"Valid tokens per second vs batch size ({device}); error bars span the quartiles.")
+    return s
+
+
+def memory_section(df: pd.DataFrame, out: Path) -> Section:
+    s = Section("Memory")
+    done = ok(df).dropna(subset=["peak_bytes"])
+    s.p("Peak bytes of one call above what the inputs already hold: on CPU the process's peak RSS above its RSS "
+        "just before the call (high-water mark reset per case), on GPU the framework allocator's peak. Allocator "
+        "caches make small CPU figures noisy (a few MB); differences between strategies are what matters.")
+    rnn = done[done["op"] == "rnn_forward_backward"]
+    panels = [("batch", "max_len"), ("max_len", "batch")]
+    fig, axes = new_fig(2, h=5.2)
+    drawn = False
+    for ax, (x, fixed) in zip(axes, panels):
+        for (impl, device), g in rnn.groupby(["impl", "device"]):
+            g = g[g["profile"] == "lognormal"]
+            g = g[g[fixed] == g[fixed].mode().iloc[0]] if len(g) else g
+            if g[x].nunique() > 1:
+                g = g.sort_values(x)
+                ax.plot(g[x], g["peak_bytes"] / 2**20, marker="o", label=f"{impl} ({device})")
+                drawn = True
+        ax.set(title=f"RNN fwd+bwd peak memory vs {x.replace('_', ' ')} (lognormal)",
+               xlabel="batch size (sequences)" if x == "batch" else "max length T (steps)",
+               ylabel="peak MiB above the RSS before the call")
+        plain_log_x(ax, rnn[x])
+        if ax.get_legend_handles_labels()[0]:
+            legend_below(ax)
+    if drawn:
+        s.figure(save(fig, out, "memory.png"), "Peak memory of one RNN forward+backward call vs batch size and "
+                 "max length.")
+    if done.empty:
+        return s.p("No memory figures were measured.")
+    profile = "lognormal" if (done["profile"] == "lognormal").any() else done["profile"].mode().iloc[0]
+    head = headline(done[done["profile"] == profile])
+    s.p(f"Peak MiB per op at B={head['batch'].iloc[0]}, T={head['max_len'].iloc[0]}, {profile} lengths:")
+    is_rnn = head["op"].str.startswith("rnn")
+    for part, index in ((head[~is_rnn], ["device", "framework"]), (head[is_rnn], ["device", "impl"])):
+        if part.empty:
+            continue
+        t = part.pivot_table(index=index, columns="op", values="peak_bytes", aggfunc="median").div(2**20).round(2)
+        t.columns = [f"{OP_TITLES.get(c, c)} (MiB)" for c in t.columns]
+        s.table(t.reset_index())
+    return s
+
+
+def compile_section(df: pd.DataFrame, out: Path) -> Section:
+    s = Section("Compile time")
+    rnn = ok(df)[ok(df)["op"].isin(strategy_ops())].dropna(subset=["compile_s"])
+    if rnn.empty:
+        return s.p("No compile times (no strategy benchmarks, or every shape was compiled by an earlier case).")
+    t = rnn.groupby(["device", "op", "impl"])["compile_s"].median().reset_index()
+    s.p("First call minus a warm call, for the case's shape (jax.jit / tf.function trace and compile; eager "
+        "strategies show ~0). Compiled once per shape: new length values never retrace (checked in every timed "
+        "region).")
+    fig, axes = new_fig(max(t["op"].nunique(), 1))
+    for ax, (op, g) in zip(axes, t.groupby("op")):
+        g = g.sort_values("impl")
+        labels = g["impl"] + " (" + g["device"] + ")"
+        ax.barh(labels, g["compile_s"])
+        ax.set(title=f"{OP_TITLES[op]}", xlabel="compile seconds (median over cases)")
+    s.figure(save(fig, out, "compile.png"), "Compile (trace) seconds per framework and strategy.")
+    return s.table(t.round(3))
+
+
+def floor_section(df: pd.DataFrame, records: list[dict], out: Path) -> Section:
+    s = Section("Fraction of the machine's floor")
+    done = ok(df).dropna(subset=["fraction_of_floor"])
+    if done.empty:
+        return s.p("No floors measured.")
+    head = headline(done)
+    best = (head.sort_values("median_s").groupby(["device", "op", "framework", "profile"]).head(1)
+            .groupby(["device", "op", "framework"]).apply(lambda g: g.loc[g["fraction_of_floor"].idxmax()],
+                                                          include_groups=False).reset_index())
+    best = best[["device", "op", "framework", "strategy", "profile", "fraction_of_floor", "floor", "kernel"]]
+    s.p("Floor time = ideal bytes / measured copy bandwidth (memory-bound ops) or matrix-product FLOPs on valid "
+        "tokens / measured float32 GEMM rate (RNNs, attention); fraction = floor time / measured time, for the "
+        "best strategy of each framework (its best profile). The floors are measured by each worker with its own "
+        "framework on the device it benchmarks (the GPU's bandwidth and GEMM rate on a GPU); a fused kernel can "
+        "beat a plain GEMM and so go above 1.")
+    fig, axes = new_fig(1, w=9)
+    ax = axes[0]
+    labels = best["op"].map(OP_TITLES) + " / " + best["framework"] + " (" + best["device"] + ")"
+    ax.barh(labels, best["fraction_of_floor"])
+    ax.set(xscale="log", xlabel="fraction of floor (log)", title="Best strategy per framework and op")
+    s.figure(save(fig, out, "floor.png"), "Fraction of the copy-bandwidth / GEMM floor reached.")
+    return s.table(best.round(4))
+
+
+def recommendation_section(df: pd.DataFrame, check: pd.DataFrame) -> Section:
+    s = Section("Recommendation")
+    t = recommendation_table(df, check)
+    if t.empty:
+        return s.p("No strategy benchmarks of an exact (checked) strategy.")
+    s.p("For each op, length profile and device: the fastest strategy of each framework that passed every "
+        "equivalence cell, and the overall winner. 'x vs padded baseline' = time of that framework's fastest exact "
+        "strategy on the fully padded batch (profile equal, same B and T: what ignoring the lengths costs) over "
+        "this time; 'ideal x' = the speedup a strategy that skipped all padded work would get (padded work / valid "
+        "work), and 'fraction of ideal' = the ideal time over this time. Frameworks benchmarked but never checked "
+        "are listed as unchecked and never recommended.")
+    return s.table(t)
+
+
+def asv_section(out: Path, asv_html: Path | None) -> Section:
+    s = Section("asv dashboard")
+    if asv_html is not None and (asv_html / "index.html").exists():
+        import os
+
+        rel = os.path.relpath(asv_html / "index.html", out)
+        s.blocks.append(("link", (rel, "Open the asv dashboard")))
+        return s.p("Published with `asv publish`; `asv preview` serves it over HTTP (some browsers refuse its "
+                   "data files from file://).")
+    return s.p("Not published yet: run `make asv` (asv run + asv publish), then rebuild this report.")
+
+

@@ -1,0 +1,126 @@
+"""Report tables: pandas shaping of schema records only (groupby, pivot); no figures, no HTML."""
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.families import FAMILIES, OP_TITLES
+from harness.records import COMMON_OPTIONAL, COMMON_REQUIRED, SOURCES
+from harness.report.render import fmt
+
+
+def frame(records: list[dict], source: str) -> pd.DataFrame:
+    """The records of one source as a DataFrame with every schema column (absent ones as missing values), so
+    no section has to guess whether a column exists."""
+    required, optional = SOURCES[source]
+    cols = list(dict.fromkeys([*COMMON_REQUIRED, *COMMON_OPTIONAL, *required, *optional]))
+    df = pd.DataFrame([r for r in records if r.get("source") == source])
+    return df.reindex(columns=list(dict.fromkeys([*cols, *df.columns])))
+
+
+def bench_frame(records: list[dict]) -> pd.DataFrame:
+    df = frame(records, "bench")
+    df["impl"] = df["framework"].astype(str) + ":" + df["strategy"].astype(str)
+    return df
+
+
+def ok(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"]
+
+
+def headline(df: pd.DataFrame) -> pd.DataFrame:
+    """The quick grid's common point: the most frequent (batch, max_len) per op."""
+    if df.empty:
+        return df
+    parts = []
+    for _, g in df.groupby("op"):
+        B, T = g["batch"].mode().iloc[0], g["max_len"].mode().iloc[0]
+        parts.append(g[(g["batch"] == B) & (g["max_len"] == T)])
+    return pd.concat(parts)
+
+
+def equivalence_table(check: pd.DataFrame) -> pd.DataFrame:
+    """device x framework x kind x name x dtype: cells checked, cells failed, worst error."""
+    df = check[check["kind"].isin(["op", "strategy", "error"])].copy()
+    df["dtype"] = df["dtype"].fillna("")
+    df["kernel"] = df["kernel"].fillna("")
+    df["device"] = df["device"].fillna("cpu")
+    g = df.groupby(["device", "framework", "kind", "name", "dtype"], sort=True)
+    out = g.agg(cells=("equivalent", "size"), failed=("equivalent", lambda s: int((~s.astype(bool)).sum())),
+                max_abs_err=("max_abs_err", "max"),
+                kernel=("kernel", lambda s: ", ".join(sorted({k for k in s if k})))).reset_index()
+    out["all_equivalent"] = out["failed"] == 0
+    return out
+
+
+def failures_table(check: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in ("device", "framework", "kind", "name", "case", "cell", "side", "bidirectional", "dtype",
+                        "quantity",
+                        "max_abs_err", "kernel", "error") if c in check.columns]
+    bad = check[check["kind"].isin(["op", "strategy", "error"]) & ~check["equivalent"].astype(bool)]
+    return bad[cols]
+
+
+def strategy_status(check: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(framework, strategy) -> "exact" (every equivalence cell checked passed), "WRONG" (a cell failed)."""
+    st = check[check["kind"] == "strategy"]
+    if st.empty:
+        return {}
+    allok = st.groupby(["framework", "name"])["equivalent"].all()
+    return {k: "exact" if v else "WRONG" for k, v in allok.items()}
+
+
+def recommendation_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
+    """Per op x device x profile (headline B, T): the fastest exact strategy per framework and overall, against
+    the padded baseline and the ideal.
+
+    Padded baseline = the same framework's fastest exact strategy on the fully padded batch (profile `equal`,
+    same B and T): the cost of ignoring the lengths. Ideal = that baseline's time x the valid share of the work
+    (`ideal_share`: valid / padded tokens, or sum L^2 / B T^2 for attention). Only strategies that passed every
+    equivalence cell count as exact; a framework without check records is "unchecked" and never recommended.
+    """
+    strategy_ops = [op for m in FAMILIES.values() if m.STRATEGY_FAMILY for op in m.OPS]
+    data = headline(ok(df)[ok(df)["op"].isin(strategy_ops)])
+    if data.empty:
+        return pd.DataFrame()
+    status = strategy_status(check)
+    data = data.assign(verdict=[status.get((f, s), "unchecked") for f, s in zip(data["framework"], data["strategy"])])
+    exact = data[data["verdict"] == "exact"]
+    rows = []
+    for (op, device, _, _), d in exact.groupby(["op", "device", "batch", "max_len"]):
+        base = d[d["profile"] == "equal"].groupby("framework")["median_s"].min()
+        for profile, g in d.groupby("profile"):
+            fastest = g.loc[g.groupby("framework")["median_s"].idxmin()]
+            winner = fastest.loc[fastest["median_s"].idxmin()]
+            for _, r in fastest.iterrows():
+                b = base.get(r["framework"], float("nan"))
+                ideal = b * r["ideal_share"] if pd.notna(r["ideal_share"]) else float("nan")
+                rows.append({"op": OP_TITLES.get(op, op), "device": device, "profile": profile,
+                             "padding": round(float(r["padding_fraction"]), 2), "framework": r["framework"],
+                             "fastest exact strategy": r["strategy"], "kernel": r["kernel"],
+                             "valid Mtok/s": round(r["valid_tokens_per_s"] / 1e6, 3),
+                             "x vs padded baseline": round(b / r["median_s"], 2),
+                             "ideal x": round(1 / r["ideal_share"], 2) if r["ideal_share"] else float("nan"),
+                             "fraction of ideal": round(ideal / r["median_s"], 2),
+                             "overall best": r["framework"] == winner["framework"]})
+    unchecked = sorted(set(data.loc[data["verdict"] == "unchecked", "framework"]))
+    for fw in unchecked:
+        rows.append({"op": "-", "device": "-", "profile": "-", "padding": float("nan"), "framework": fw,
+                     "fastest exact strategy": "unchecked: no check records, never recommended", "kernel": "",
+                     "valid Mtok/s": float("nan"), "x vs padded baseline": float("nan"), "ideal x": float("nan"),
+                     "fraction of ideal": float("nan"), "overall best": False})
+    return pd.DataFrame(rows)
+
+
+def setup_floor_rows(records: list[dict]) -> pd.DataFrame:
+    fl = frame(records, "floors")
+    if fl.empty:
+        return fl
+    fl["copy GB/s"] = (fl["copy_bytes_per_s"] / 1e9).round(2)
+    fl["GEMM GFLOP/s (float32)"] = (fl["gemm_flop_per_s"] / 1e9).round(1)
+    fl["date"] = pd.to_datetime(fl["time"], unit="s").dt.strftime("%Y-%m-%d %H:%M UTC")
+    fl["measured with"] = fl["framework"].astype(object).where(fl["framework"].notna(), "numpy")
+    return fl[["host", "device", "measured with", "date", "copy GB/s", "GEMM GFLOP/s (float32)"]]
+
+
+__all__ = ["bench_frame", "equivalence_table", "failures_table", "fmt", "frame", "headline", "ok",
+           "recommendation_table", "setup_floor_rows", "strategy_status"]

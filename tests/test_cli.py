@@ -1,0 +1,153 @@
+"""The CLI and the results store keep their promises (issue reproducers): bad usage exits 2 before any work and
+never touches a results file; runs append and never lose a record; concurrent writers interleave whole lines; a
+killed `varlen bench` leaves no worker behind; the report says what it could not read and exits 1 on nothing."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import cli, records, report, results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def varlen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args", [
+    ["check", "--framework", "tensorflw"],
+    ["check", "--framework", "numpy"],
+    ["bench", "--framework", "torch", "--op", "mask", "--profile", "gaussian"],
+    ["bench", "--op", "foo"],
+    ["bench", "--batch", "0"],
+    ["bench", "--max-len", "0"],
+    ["bench", "--cell", "LSTM"],
+    ["bench", "--hidden", "0"],
+    ["bench", "--dtype", "float16"],
+    ["bench", "--strategy", "bogus", "--framework", "torch"],
+], ids=lambda a: " ".join(a))
+def test_bad_usage_exits_2_and_leaves_the_results_file_alone(tmp_path, args):
+    out = tmp_path / "r.jsonl"
+    out.write_text("precious\n")
+    proc = varlen(*args, "--out", str(out))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error" in proc.stderr and out.read_text() == "precious\n"
+    assert "Traceback" not in proc.stderr
+
+
+def test_device_gpu_without_a_gpu_is_a_usage_error_naming_what_each_framework_sees(tmp_path):
+    import adapters
+
+    if any("gpu" in adapters.get(f).devices() for f in ("torch",) if f in adapters.available()):
+        pytest.skip("a GPU is visible here")
+    out = tmp_path / "r.jsonl"
+    proc = varlen("bench", "--framework", "torch", "--op", "mask", "--device", "gpu", "--out", str(out), timeout=300)
+    assert proc.returncode == 2 and "no GPU is visible" in proc.stderr and "torch" in proc.stderr, proc.stderr
+    assert not out.exists(), "no work may start on a usage error"
+
+
+def test_report_of_a_missing_path_is_a_usage_error(tmp_path):
+    proc = varlen("report", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 2 and "no such results file" in proc.stderr
+
+
+def _bench_record(**kw) -> dict:
+    base = dict(key="k1", framework="torch", op="mask", strategy="mask", device="cpu", dtype="float32", batch=8,
+                max_len=32, profile="equal")
+    return records.make("bench", **{**base, **kw})
+
+
+def test_report_reports_bad_lines_and_exits_1_on_all_failed(tmp_path):
+    path = tmp_path / "r.jsonl"
+    results.append(path, _bench_record(status="failed", error="KeyError: boom"))
+    with open(path, "a") as f:
+        f.write("null\n[1, 2]\n{\"a\": 1}\ngarbage\n{\"source\": \"bench\", \"k")  # not records, a cut line
+    loaded = results.load([path])
+    assert len(loaded.records) == 1 and [p.line for p in loaded.problems] == [2, 3, 4, 5, 6]
+    assert all(p.why for p in loaded.problems)
+    code = cli.main(["report", str(path), "--out", str(tmp_path / "rep")])
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert code == 1 and "Nothing to report" in page and "Records that could not be read" in page
+    assert "KeyError: boom" in page
+
+
+def test_report_of_a_directory_is_reported_not_a_crash(tmp_path):
+    loaded = results.load([tmp_path])
+    assert loaded.records == [] and "is a directory" in loaded.problems[0].why
+
+
+def test_unchecked_frameworks_are_never_recommended(tmp_path):
+    recs = [_bench_record(key=f"k{p}", op="rnn_forward", strategy="packed", profile=p, status="ok", median_s=0.01,
+                          p25_s=0.009, p75_s=0.011, valid_tokens=100, padded_tokens=256, padding_fraction=0.6,
+                          valid_tokens_per_s=1e4, kernel="aten-cpu", ideal_share=0.4, cell="lstm")
+            for p in ("equal", "lognormal")]
+    t = report.recommendation_table(report.bench_frame(recs), report.frame(recs, "check"))
+    assert list(t["fastest exact strategy"]) == ["unchecked: no check records, never recommended"]
+    page, _ = report.build(recs, tmp_path)
+    assert "unchecked" in page.read_text()
+
+
+def test_concurrent_appends_interleave_whole_records(tmp_path):
+    path = tmp_path / "r.jsonl"
+    code = ("import sys; from harness import records, results\n"
+            "for i in range(200):\n"
+            "    results.append(sys.argv[1], records.make('floors', device='cpu', copy_bytes_per_s=float(i),"
+            " gemm_flop_per_s=1.0, framework='x' * 3000))\n")
+    env = {k: v for k, v in os.environ.items() if k != records.RUN_ENV}  # each writer starts its own run
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=ROOT, env=env) for _ in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    loaded = results.load([path])
+    assert not loaded.problems and len(loaded.records) == 800
+    assert len({r["run_id"] for r in loaded.records}) == 4, "each process is its own run"
+
+
+def test_killing_bench_kills_its_worker_and_leaves_no_file_behind(tmp_path):
+    """SIGKILL of `varlen bench` (the issue's reproducer orphaned the worker): the worker dies with it."""
+    out = tmp_path / "r.jsonl"
+    cases = [dict(op="rnn_forward_backward", framework="numpy", strategy="reference", device="cpu",
+                  dtype="float32", batch=64, max_len=512, profile="lognormal", seed=0, cell="lstm", hidden=64,
+                  input_size=64, num_layers=2, bidirectional=True)]
+    code = ("import json, sys; from harness import bench\n"
+            f"bench.sweep(json.loads(sys.argv[1]), {str(out)!r}, quiet=True, timeout=600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code, json.dumps(cases)], cwd=ROOT)
+    worker = None
+    for _ in range(200):
+        time.sleep(0.1)
+        kids = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+        if kids:
+            worker = int(kids[0])
+            break
+    assert worker, "the sweep never started its worker"
+    time.sleep(3)  # let the worker import and start the long case
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(50):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent")
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["r.jsonl"])
+
+
+def test_select_takes_the_latest_record_per_case_and_a_run_by_id():
+    a = _bench_record(status="ok", median_s=1.0, p25_s=1.0, p75_s=1.0, valid_tokens=1, padded_tokens=1,
+                      padding_fraction=0.0, valid_tokens_per_s=1.0, kernel="k", run_id="run-a", time=1.0)
+    b = _bench_record(status="failed", error="boom", run_id="run-b", time=2.0)
+    c = _bench_record(status="ok", median_s=2.0, p25_s=2.0, p75_s=2.0, valid_tokens=1, padded_tokens=1,
+                      padding_fraction=0.0, valid_tokens_per_s=0.5, kernel="k", run_id="run-c", time=3.0)
+    assert results.select([a, b]) == [a], "a later failure does not hide an earlier measurement"
+    assert results.select([a, b, c]) == [c]
+    assert results.select([a, b, c], run="run-b") == [b] and results.select([a, b, c], run="latest") == [c]
