@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install chromium test demo check bench asv report lint clean
+.PHONY: install chromium data test demo check bench asv report vendor lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+## the asv dashboard's browser libraries (jQuery, flot, Bootstrap, ...) from the npm registry, pinned by
+## package-lock.json; `make asv` copies them into results/asv/html (harness/asv_offline.py) so it renders offline
+NODE_STAMP := node_modules/.package-lock.json
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+	  else echo "varlen: npm is missing: sudo apt-get install npm (the asv dashboard's libraries need it)"; exit 1; fi; }
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+vendor: $(NODE_STAMP)
+
 ## Debian's chromium, for the test that renders the report in a real browser (installed when we are root)
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -23,14 +36,24 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "varlen: chromium is missing: sudo apt-get install chromium (the report's browser test needs it)"; fi; }
 
+## A real length distribution, computed here, never committed: the King James Bible (public domain), one verse a
+## line, from Debian's bible-kjv (installed when we are root); its lengths are whitespace tokens per verse.
+KJV := results/data/kjv-verses.txt
+$(KJV):
+	@command -v bible >/dev/null 2>&1 || { 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv >/dev/null; 	  else echo "varlen: bible-kjv is missing: sudo apt-get install bible-kjv (the shipped real distribution)"; fi; }
+	mkdir -p $(dir $(KJV))
+	bible -f "Gen1:1-Rev22:21" | sed 's/^[^ ]* //' > $(KJV).tmp && mv $(KJV).tmp $(KJV)
+
+data: $(KJV)
+
 ## the correctness gates; every framework (and chromium) must be present: none may be skipped
-test: $(STAMP) chromium
+test: $(STAMP) chromium $(KJV) $(NODE_STAMP)
 	VARLEN_REQUIRE_ALL=1 $(BIN)/python -m pytest
 
-## the main job: equivalence check, quick CPU sweep, then the report
-demo: $(STAMP)
+## the main job: equivalence check, quick CPU sweep (synthetic profiles + the KJV verse lengths), then the report
+demo: $(STAMP) $(KJV)
 	$(BIN)/varlen check
-	$(BIN)/varlen bench --quick --out results/bench.jsonl
+	$(BIN)/varlen bench --quick --lengths-from-text $(KJV) --out results/bench.jsonl
 	$(BIN)/varlen report --out results/report
 
 check: $(STAMP)
@@ -42,10 +65,12 @@ bench: $(STAMP)
 	  $(BIN)/python -m pytest tests/test_bench.py -k "test_quick_grid and $$fw-" --benchmark-enable \
 	    --benchmark-only --benchmark-json results/pytest-benchmark-$$fw.json || exit 1; done
 
-asv: $(STAMP)
+## an `existing` environment saves results only under an explicit commit hash; the dashboard is made self-contained
+asv: $(STAMP) $(NODE_STAMP)
 	$(BIN)/asv machine --yes
-	$(BIN)/asv run --python=same --quick
+	$(BIN)/asv run --python=same --quick --set-commit-hash $$(git rev-parse HEAD)
 	$(BIN)/asv publish
+	$(BIN)/python -m harness.asv_offline results/asv/html
 
 report: $(STAMP)
 	$(BIN)/varlen report --out results/report
@@ -54,4 +79,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) results/report results/asv/html
+	rm -rf $(VENV) results/report results/asv/html node_modules

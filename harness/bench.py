@@ -68,7 +68,7 @@ def measure_case(adapter, case: dict, floor_rates: dict) -> dict:
     floor_s = p.work / rate if rate else None
     med = t.median_s
     return {
-        **case, **t.__dict__, "status": "ok", "kernel": p.kernel,
+        **case, **p.extra, **t.__dict__, "status": "ok", "kernel": p.kernel,
         "setup_s": setup_s, "compiles_in_setup": compiles, "first_call_s": p.first_call_s,
         # compile time exists only where this case compiled; a shape compiled by an earlier case of the same
         # worker has none (None, not 0). Eager frameworks never compile: theirs is first-call overhead.
@@ -205,10 +205,32 @@ def done_keys(out: str) -> set[str]:
     return {r["key"] for r in results.select(results.read([out])) if r["source"] == "bench" and r["status"] == "ok"}
 
 
+# -- many machines (ARCHITECTURE "Many machines") ------------------------------------------------------------------
+def shard(cases: list[dict], k: int, n: int) -> list[dict]:
+    """Shard `k` of `n` (1-based) of `cases`. A case's shard is a stable hash of its key (not Python's salted
+    `hash`), so every machine computes the same split even where its selection differs (say, a framework missing
+    there): shards 1..n never overlap and together are all the cases."""
+    import hashlib
+
+    if not 1 <= k <= n:
+        raise ValueError(f"shard {k}/{n}: need 1 <= K <= N")
+    return [c for c in cases
+            if int.from_bytes(hashlib.blake2b(case_key(c).encode(), digest_size=8).digest(), "big") % n == k - 1]
+
+
+#: `sweep`'s hook for running the groups elsewhere: (cases, out, *, timeout, progress) appends every record to out.
+#: `harness.cluster.runner(address)` is one (bench never imports it: cluster builds on bench, not the reverse).
+ClusterSweep = Callable[..., None]
+
+
 def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float = 600, quiet: bool = False,
-          overhead: tuple[str, ...] = (), overhead_devices: tuple[str, ...] = ("cpu",)) -> list[dict]:
+          overhead: tuple[str, ...] = (), overhead_devices: tuple[str, ...] = ("cpu",),
+          cluster_sweep: ClusterSweep | None = None) -> list[dict]:
     """Run `cases` (one worker process per framework group), appending to `out` (never rewriting it); then, for
-    each framework in `overhead`, the adapter-vs-raw overhead ratios. Returns this run's bench records."""
+    each framework in `overhead`, the adapter-vs-raw overhead ratios. Returns this run's bench records.
+    `cluster_sweep` (e.g. `harness.cluster.runner(address)`) runs the cases' groups instead of local workers; the
+    overhead ratios are still measured here."""
+    run = records.run_id()  # before any worker starts: they inherit it (VARLEN_RUN_ID)
     if resume:
         skip = done_keys(out)
         cases = [c for c in cases if case_key(c) not in skip]
@@ -218,15 +240,18 @@ def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float =
     with Progress(disable=quiet, transient=False) as bar:
         task = bar.add_task("varlen bench", total=len(cases))
         advance = lambda case: bar.update(task, advance=1, description=f"{case['framework']} {case['op']}")
-        for fw, group in _groups(cases):
-            _run_worker(fw, group, out, floors, timeout, advance)
+        if cluster_sweep is not None:
+            cluster_sweep(cases, out, timeout=timeout, progress=advance)
+        else:
+            for fw, group in _groups(cases):
+                _run_worker(fw, group, out, floors, timeout, advance)
     for fw in overhead:
         for device in overhead_devices:
             proc = spawn("harness.overhead", fw, out, device)
             text, err = proc.communicate(timeout=timeout)
             if not quiet:
                 print((text or err[-500:]).strip())
-    mine = results.select(results.read([out]), run=records.run_id())
+    mine = results.select(results.read([out]), run=run)
     return [r for r in mine if r["source"] == "bench"]
 
 

@@ -34,6 +34,7 @@ def run(frameworks: list[str], devices: list[str], out: str, *,
         timeout: float = 3600) -> list[dict]:
     """Check each (framework, device) in its own process; a crash or timeout becomes an error record. Returns
     this run's records."""
+    run = records.run_id()  # before any worker starts: they inherit it (VARLEN_RUN_ID)
     for device in devices:
         for name in frameworks:
             proc = spawn("harness.check", name, device, out)
@@ -55,7 +56,7 @@ def run(frameworks: list[str], devices: list[str], out: str, *,
                 results.append(out, records.make(
                     "check", framework=name, version="", device=device, kind="error", op="check", name="worker",
                     case="", quantity="run", equivalent=False, max_abs_err=float("inf"), kernel="", error=why))
-    return results.select(results.read([out]), run=records.run_id())
+    return results.select(results.read([out]), run=run)
 
 
 def failures(recs: list[dict]) -> list[dict]:

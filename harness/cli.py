@@ -33,6 +33,31 @@ def _positive(kind: str):
     return parse
 
 
+# -- many machines: --shard, --cluster (harness.cluster) ------------------------------------------------------
+def _shard(text: str) -> tuple[int, int]:
+    """--shard K/N: shard K of N, 1 <= K <= N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard is K/N, e.g. 1/4, got {text!r}") from None
+    if n < 1 or k < 1:
+        raise argparse.ArgumentTypeError(f"--shard K/N: {'N' if n < 1 else 'K'} must be at least 1, got {text!r}")
+    if k > n:
+        raise argparse.ArgumentTypeError(f"--shard K/N: K={k} exceeds N={n}")
+    return k, n
+
+
+def _cluster_client(address: str):
+    """A client of the Dask scheduler at `address`, or a usage error naming why not (before any work)."""
+    from harness import cluster
+
+    try:
+        return cluster.connect(address)
+    except cluster.Unreachable as e:
+        raise Usage(str(e)) from None
+# -- end many machines -----------------------------------------------------------------------------------------
+
+
 def _frameworks(requested: list[str] | None) -> list[str]:
     """The frameworks to run: the requested ones (each must be installed) or every installed one."""
     import adapters
@@ -116,21 +141,39 @@ def cmd_check(args) -> int:
     return 1 if bad else 0
 
 
+def _file_profiles(args) -> list[dict]:
+    """The user's length files as profile sources (read and validated now: a bad file is a usage error)."""
+    from harness.lengths import LengthsError, source_fields
+
+    try:
+        return ([source_fields(p, args.lengths_column) for p in args.lengths or []]
+                + [source_fields(p, None, "text") for p in args.lengths_from_text or []])
+    except LengthsError as e:
+        raise Usage(str(e)) from None
+
+
 def _bench_grids(args) -> list[dict]:
     grids = [dict(g) for g in axes.QUICK] if args.quick else [dict(axes.FULL)]
+    files = _file_profiles(args)
     for key, value in (("ops", args.op), ("batches", args.batch), ("max_lens", args.max_len),
                        ("profiles", args.profile), ("cells", args.cell), ("hidden", args.hidden),
                        ("dtypes", args.dtype)):
         if value:
             for grid in grids:
                 grid[key] = tuple(dict.fromkeys(value))
+    if files:
+        for grid in grids:
+            if grid.get("with_files") or not args.quick:  # the quick grid's batch/length sweeps stay synthetic
+                grid["profiles"] = (*grid["profiles"], *files)
     return grids
 
 
 def cmd_bench(args) -> int:
     import adapters
-    from harness import bench, families
+    from harness import bench, cluster, families
 
+    if args.cluster and not cluster.available():
+        raise Usage("--cluster needs Dask's distributed: pip install 'varlen[cluster]'")
     frameworks = _frameworks(args.framework)
     devices = tuple(dict.fromkeys(args.device or ["cpu"]))
     declared = {f: {fam: adapters.declared_strategies(f, fam) for fam in adapters.STRATEGY_FAMILIES}
@@ -145,7 +188,7 @@ def cmd_bench(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise Usage(f"--out {out} is a directory; give a results file (JSON lines)")
-    if "gpu" in devices:
+    if "gpu" in devices and not args.cluster:  # on a cluster, the GPUs are the workers' (placed by resource)
         _probe_gpu(frameworks)
     cases = list({axes.case_key(c): c for grid in _bench_grids(args) for c in axes.cases(
         frameworks=frameworks, strategies=declared, devices=devices, **grid)}.values())
@@ -153,10 +196,21 @@ def cmd_bench(args) -> int:
         cases = [c for c in cases if c["op"] not in families.strategy_ops() or c["strategy"] in args.strategy]
     if not cases:
         raise Usage("these options select no case to run")
+    if args.shard:
+        total, cases = len(cases), bench.shard(cases, *args.shard)
+        print(f"varlen bench: shard {args.shard[0]}/{args.shard[1]}: {len(cases)} of {total} cases")
+        if not cases:
+            return 0
+    client = _cluster_client(args.cluster) if args.cluster else None
     run = records.run_id()
-    print(f"varlen bench: {len(cases)} cases -> {out} (run {run})")
-    recs = bench.sweep(cases, str(out), resume=args.resume, timeout=args.timeout,
-                       overhead=tuple(frameworks) if args.quick else (), overhead_devices=devices)
+    print(f"varlen bench: {len(cases)} cases -> {out} (run {run}{', on ' + args.cluster if client else ''})")
+    try:  # no overhead ratios on a cluster: they would be timed here, maybe beside a node's timed task
+        recs = bench.sweep(cases, str(out), resume=args.resume, timeout=args.timeout,
+                           cluster_sweep=cluster.runner(client) if client else None,
+                           overhead=tuple(frameworks) if args.quick and not client else (), overhead_devices=devices)
+    finally:
+        if client is not None:
+            client.close()
     failed = [r for r in recs if r["status"] == "failed"]
     unsupported = [r for r in recs if r["status"] == "unsupported"]
     print(f"varlen bench: {len(recs) - len(failed) - len(unsupported)} measured, {len(failed)} failed, "
@@ -212,13 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", action="append", choices=list(axes.DEVICES))
     p.add_argument("--batch", action="append", type=_positive("--batch"))
     p.add_argument("--max-len", action="append", type=_positive("--max-len"))
-    p.add_argument("--profile", action="append", choices=list(axes.PROFILES))
+    p.add_argument("--profile", action="append", choices=list(axes.PROFILES), help="synthetic length profile")
+    p.add_argument("--lengths", action="append", metavar="FILE",
+                   help="a length distribution from your data: .npy, .csv/.parquet (see --lengths-column) or one "
+                   "length per line; profile 'file:<stem>' (repeatable)")
+    p.add_argument("--lengths-column", metavar="COL", help="the column of --lengths CSV/Parquet files")
+    p.add_argument("--lengths-from-text", action="append", metavar="FILE",
+                   help="lengths = whitespace tokens per non-blank line of a text file (repeatable)")
     p.add_argument("--cell", action="append", choices=list(axes.CELLS))
     p.add_argument("--hidden", action="append", type=_positive("--hidden"))
     p.add_argument("--dtype", action="append", choices=list(axes.DTYPES))
     p.add_argument("--out", default=str(RESULTS / "bench.jsonl"), help="results file (appended to, never rewritten)")
     p.add_argument("--resume", action="store_true", help="skip the cases whose latest record in --out is measured")
     p.add_argument("--timeout", type=float, default=600, help="seconds per case before it is marked failed")
+    p.add_argument("--shard", type=_shard, metavar="K/N", help="only shard K of N of the selected cases (a stable "
+                   "split by case key, the same on every machine); `varlen report` merges the shards' files")
+    p.add_argument("--cluster", metavar="ADDRESS", help="run on the Dask scheduler at ADDRESS, one task per "
+                   "(framework, device) on workers advertising that resource (pip install 'varlen[cluster]')")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("report", help="HTML + Markdown comparison report from result files")
     p.add_argument("results", nargs="*", help="JSON-lines result files (default: every results/**/*.jsonl)")

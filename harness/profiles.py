@@ -41,6 +41,15 @@ def lengths_for(profile: str, batch: int, max_len: int, seed: int = 0) -> np.nda
     return np.clip(lengths, 1, max_len).astype(np.int64)
 
 
+def case_lengths(case: dict, batch: int, max_len: int) -> np.ndarray:
+    """The lengths of a bench case: a named profile, or (profile "file:...") draws from the user's file."""
+    if case.get("lengths_file"):
+        from harness.lengths import sample
+
+        return sample(case, batch, max_len, case.get("seed", 0))
+    return lengths_for(case["profile"], batch, max_len, case.get("seed", 0))
+
+
 def padding_fraction(lengths: np.ndarray, max_len: int) -> float:
     """Share of padded steps in a [B, max_len] batch."""
     lengths = np.asarray(lengths)

@@ -74,7 +74,7 @@ def test_failing_cells_are_marked(built):
     _, page, md = built
     assert page.count('<tr class="fail">') >= 2, "the failing strategy and the failed case must be highlighted"
     assert "FAILING" in page and "timed out after 600 s" in md
-    row = r'<tr class="fail"><td>cpu</td><td>jax</td><td>strategy</td><td>fast</td>'
+    row = r'<tr class="fail"><td class="">cpu</td><td class="">jax</td><td class="">strategy</td><td class="">fast</td>'
     assert re.search(row, page), "failing strategy row"
 
 
@@ -95,6 +95,16 @@ def test_idiom_verdicts_say_what_is_right_and_wrong(built):
     assert row, md
     jax_cell, torch_cell = row.group(1).split(" | ")
     assert torch_cell == jax_cell == "WRONG h_n, grads (err 0.3); right: outputs", row.group(0)
+    assert '<td class="v-wrong">WRONG h_n, grads' in built[1], "verdict cells are coloured"
+
+
+def test_summary_opens_the_page(built):
+    _, page, md = built
+    assert page.index(">Summary</h2>") < page.index(">Setup</h2>")
+    summary = md.split("## Summary")[1].split("## Setup")[0]
+    assert "RNN forward + backward on cpu, lognormal lengths" in summary and "torch: packed" in summary
+    assert "jax: scan" in summary and "fast" not in summary.split("proven exact")[0], summary
+    assert "mask_outputs" in summary and "wrong in" in summary
 
 
 def chromium() -> str | None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from harness.families import attention, embedding, loss, ops, rnn
+from harness.families import attention, embedding, epoch, loss, ops, rnn
 
-FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (ops, rnn, loss, embedding, attention)}
+FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (ops, rnn, loss, embedding, attention, epoch)}
 #: every bench op, in report order, and its title
 OP_TITLES: dict[str, str] = {op: title for m in FAMILIES.values() for op, title in m.OPS.items()}
 OPS: tuple[str, ...] = tuple(OP_TITLES)

@@ -15,7 +15,7 @@ from adapters.spec import SIDES, valid_mask
 from harness.compare import close, max_abs_err
 from harness.data import rng_for
 from harness.families.base import Prepared, record
-from harness.profiles import lengths_for, padding_fraction
+from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
 NAME = "attention"
@@ -254,7 +254,7 @@ def prepare(adapter, case: dict) -> Prepared:
     B, T = case["batch"], case["max_len"]
     Hq, Hkv, Dh = case.get("heads", HEADS), case.get("kv_heads", KV_HEADS), case.get("head_dim", HEAD_DIM)
     causal = bool(case.get("causal", False))
-    L = lengths_for(case["profile"], B, T, case.get("seed", 0))
+    L = case_lengths(case, B, T)
     q, k, v, cot = (adapter.asarray(x, device) for x in qkv(L, L, T, T, Hq, Hkv, Dh, dtype=dtype, fill=0.0,
                                                            seed=case.get("seed", 0)))
     kw = dict(causal=causal, strategy=case["strategy"], device=device)

@@ -18,7 +18,7 @@ CLI and the report read through the registry in `harness/families/__init__.py`:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Prepared:
     work: float          # bytes (memory-bound ops) or FLOPs (RNNs) of the ideal implementation, valid tokens only
     floor: str           # "copy" or "gemm"
     ideal_share: float = 1.0  # valid work / padded work (linear ops: valid/padded tokens; attention: sum L^2/BT^2)
+    extra: dict = field(default_factory=dict)  # family-specific record fields (e.g. an epoch's policy and shapes)
 
 
 def record(fw, device: str, **fields) -> dict:

@@ -15,7 +15,7 @@ from adapters.spec import SIDES, RnnSpec, init_params, valid_mask
 from harness.compare import close
 from harness.data import rng_for
 from harness.families.base import Prepared, exact, record
-from harness.profiles import lengths_for, padding_fraction
+from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
 NAME = "embedding"
@@ -241,7 +241,7 @@ def prepare(adapter, case: dict) -> Prepared:
         raise ValueError(f"unknown op {op!r} in family {NAME}; expected one of {list(OPS)}")
     B, T, seed = case["batch"], case["max_len"], case.get("seed", 0)
     vocab, dim = case.get("vocab", VOCAB), case.get("embed_dim", EMBED_DIM)
-    L = lengths_for(case["profile"], B, T, seed)
+    L = case_lengths(case, B, T)
     tokens = adapter.asarray(tokens_for(L, T, "right", seed=seed, vocab=vocab, pad=-1), device)
     table = adapter.asarray(table_for(vocab, dim, seed=seed, dtype=dtype, nan_row=False), device)
     kind, mode = CONTRACT_OP[op]

@@ -20,7 +20,7 @@ from adapters.spec import SIDES, valid_mask
 from harness.compare import close
 from harness.data import padded, rng_for
 from harness.families.base import Prepared, exact, record
-from harness.profiles import lengths_for, padding_fraction
+from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
 NAME = "loss"
@@ -213,7 +213,7 @@ def prepare(adapter, case: dict) -> Prepared:
     if op not in OPS:
         raise ValueError(f"unknown op {op!r} in family {NAME}; expected one of {list(OPS)}")
     kind, B, Tm, classes = OP_KIND[op], case["batch"], case["max_len"], case.get("classes", CLASSES)
-    L = lengths_for(case["profile"], B, Tm, case.get("seed", 0))
+    L = case_lengths(case, B, Tm)
     x, z, _ = loss_case(kind, "right", dtype, lengths=L, maxlen=Tm, classes=classes, dirty=False,
                         seed=case.get("seed", 0))
     x, z = adapter.asarray(x, device), adapter.asarray(z, device)

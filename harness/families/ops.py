@@ -10,7 +10,7 @@ from adapters.spec import SIDES
 from harness.compare import close, exactly_equal
 from harness.data import EDGE_CASES, padded, ragged
 from harness.families.base import Prepared, exact, record
-from harness.profiles import lengths_for, padding_fraction
+from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
 NAME = "ops"
@@ -55,7 +55,7 @@ def prepare(adapter, case: dict) -> Prepared:
     """Inputs of one op case on its device; work = ideal bytes moved (copy floor)."""
     op, device, dtype = case["op"], case["device"], case["dtype"]
     B, T, F = case["batch"], case["max_len"], case.get("features", FEATURES)
-    L = lengths_for(case["profile"], B, T, case.get("seed", 0))
+    L = case_lengths(case, B, T)
     n_valid, item = int(L.sum()), ELEMENT_BYTES[dtype]
     x = adapter.asarray(padded(L, T, (F,), seed=case.get("seed", 0), dtype=dtype), device)
     if op == "pad":

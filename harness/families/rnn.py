@@ -12,7 +12,7 @@ from harness.data import cotangents, padded
 from harness.families.base import Prepared, record
 from harness.floors import rnn_flops
 from harness.idioms import IDIOMS, idiom_case, reference_for, run_idiom, verdicts
-from harness.profiles import lengths_for, padding_fraction
+from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
 NAME = "rnn"
@@ -100,7 +100,7 @@ def prepare(adapter, case: dict) -> Prepared:
     if op not in OPS:
         raise ValueError(f"unknown op {op!r} in family {NAME}; expected one of {list(OPS)}")
     B, T = case["batch"], case["max_len"]
-    L = lengths_for(case["profile"], B, T, case.get("seed", 0))
+    L = case_lengths(case, B, T)
     spec = RnnSpec(case["cell"], case["input_size"], case["hidden"], case["num_layers"], case["bidirectional"])
     x = adapter.asarray(padded(L, T, (spec.input_size,), seed=case.get("seed", 0), dtype=dtype), device)
     params = map_params(lambda a: adapter.asarray(a, device), init_params(spec, seed=0, dtype=dtype))

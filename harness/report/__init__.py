@@ -78,7 +78,7 @@ def build(records: list[dict], out: str | Path, *, title: str = "varlen comparis
     records = results.select(records, run=run)
     check, df = frame(records, "check"), bench_frame(records)
     measured = not df.empty and (df["status"] == "ok").any()
-    sections = [S.setup_section(records, df)]
+    sections = [S.summary_section(check, df), S.setup_section(records, df)]
     if problems:
         sections.append(problems_section(problems))
     if not measured and check.empty:

@@ -48,21 +48,41 @@ def md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def verdict_class(text: str) -> str:
+    """Colour of a verdict cell: exact (green), wrong (red), unchecked (amber); '' for any other cell."""
+    t = text.lower()
+    if t.startswith(("wrong", "nan", "raises")):
+        return "v-wrong"
+    if t.startswith(("exact", "ok")) or t == "all exact":
+        return "v-exact"
+    if t.startswith("unchecked"):
+        return "v-unchecked"
+    return ""
+
+
 def html_table(df: pd.DataFrame, fail_col: str | None) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     rows = []
     for row in df.itertuples(index=False):
         bad = fail_col is not None and not bool(getattr(row, fail_col))
-        cells = "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row)
+        cells = "".join(f'<td class="{verdict_class(fmt(v))}">{html.escape(fmt(v))}</td>' for v in row)
         rows.append(f"<tr class=\"{'fail' if bad else ''}\">{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    if len(df) > FOLD_ROWS:  # long tables fold away: the page opens on what a reader acts on
+        return f"<details><summary>{len(df)} rows (click to show)</summary>{table}</details>"
+    return table
+
+
+FOLD_ROWS = 14
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;
 text-align:left}th{background:#f0f0f0}tr.fail td{background:#ffd6d6;font-weight:bold;color:#900}
 figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;font-size:.9em}
-.ok{color:#060}.bad{color:#b00;font-weight:bold}nav a{margin-right:1em}"""
+.ok{color:#060}.bad{color:#b00;font-weight:bold}nav a{margin-right:1em}
+td.v-exact{background:#e3f6e3;color:#064}td.v-wrong{background:#fde2e2;color:#a00}td.v-unchecked{background:#fff3cd}
+details{margin:1em 0}summary{cursor:pointer;color:#246}.summary li{margin:.3em 0}"""
 
 
 # Marks on <body> how many figures actually loaded (a browser test reads it; a reader never sees it).

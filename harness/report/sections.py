@@ -9,6 +9,7 @@ from harness.families import OP_TITLES, strategy_ops
 from harness.report.figures import errbar, legend_below, new_fig, plain_log_x, save
 from harness.report.render import Section
 from harness.report.tables import (
+    compile_aware_table,
     frame,
     headline,
     ok,
@@ -79,6 +80,7 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
             for ax, op in zip(axes, ops):
                 for impl, g in head[head["op"] == op].groupby("impl"):
                     errbar(ax, g, "padding_fraction", impl)
+                _ideal_lines(ax, head[head["op"] == op])
                 ax.set(title=f"{OP_TITLES[op]} ({device}, B={head['batch'].iloc[0]}, T={head['max_len'].iloc[0]})",
                        xlabel="padding fraction (share of padded steps)", ylabel="valid tokens / s", yscale="log")
                 legend_below(ax)
@@ -86,7 +88,9 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
                 ax.set_axis_off()
             s.figure(save(fig, out, f"throughput_skew_{device}.png"),
                      f"Valid tokens per second vs padding fraction ({device}); each point is one length profile "
-                     "(equal has 0 padding; zipf the most); error bars span the quartiles of the repeats.")
+                     "(equal has 0 padding; zipf the most); error bars span the quartiles of the repeats. Dashed: "
+                     "each framework's ideal, its fastest time on the fully padded batch scaled by the valid share "
+                     "of the work (linear ops: valid/padded tokens; attention: sum L^2 / B T^2).")
         by_batch = d[d.groupby(["op", "max_len", "profile"])["batch"].transform("nunique") > 1]
         if not by_batch.empty:
             ops = [op for op in OP_TITLES if op in set(by_batch["op"])]
@@ -103,6 +107,18 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
             s.figure(save(fig, out, f"throughput_batch_{device}.png"),
                      f"Valid tokens per second vs batch size ({device}); error bars span the quartiles.")
     return s
+
+
+def _ideal_lines(ax, g: pd.DataFrame) -> None:
+    """The ideal throughput per framework: padded-baseline time x ideal_share, at each measured profile."""
+    for fw, f in g.groupby("framework"):
+        base = f.loc[f["profile"] == "equal", "median_s"]
+        if base.empty or f["ideal_share"].isna().all():
+            continue
+        pts = f.groupby("profile").agg(x=("padding_fraction", "first"), share=("ideal_share", "first"),
+                                       valid=("valid_tokens", "first")).sort_values("x")
+        ax.plot(pts["x"], pts["valid"] / (base.min() * pts["share"]), linestyle="--", linewidth=1,
+                label=f"ideal ({fw})")
 
 
 def memory_section(df: pd.DataFrame, out: Path) -> Section:
@@ -201,7 +217,14 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame) -> Section:
         "this time; 'ideal x' = the speedup a strategy that skipped all padded work would get (padded work / valid "
         "work), and 'fraction of ideal' = the ideal time over this time. Frameworks benchmarked but never checked "
         "are listed as unchecked and never recommended.")
-    return s.table(t)
+    s.table(t)
+    ca = compile_aware_table(df, check)
+    if not ca.empty:
+        s.p("Counting compile cost: the fastest exact strategy for a given number of calls (compile time + n x warm "
+            "time; compiled strategies pay their jit / tf.function compile once per shape), and the number of calls "
+            "after which the fastest warm strategy overtakes the one that is fastest for a single call.")
+        s.table(ca)
+    return s
 
 
 def asv_section(out: Path, asv_html: Path | None) -> Section:
@@ -216,3 +239,52 @@ def asv_section(out: Path, asv_html: Path | None) -> Section:
     return s.p("Not published yet: run `make asv` (asv run + asv publish), then rebuild this report.")
 
 
+
+
+def summary_section(check: pd.DataFrame, df: pd.DataFrame) -> Section:
+    """What a reader in a hurry acts on: per device and length distribution the recommended strategy (and batching
+    policy) per framework with its speedup and fraction of the ideal; how many strategies are proven exact; which
+    recipes and native behaviours are wrong, one line each."""
+    s = Section("Summary")
+    rec = recommendation_table(df, check) if not df.empty else pd.DataFrame()
+    rec = rec[rec["device"] != "-"] if not rec.empty else rec
+    if not rec.empty:
+        head = rec[rec["op"] == OP_TITLES.get("rnn_forward_backward")]
+        head = head if not head.empty else rec[rec["op"] == rec["op"].iloc[0]]
+        best_policy = _best_policies(df)
+        for (device, profile), g in head.groupby(["device", "profile"]):
+            parts = []
+            for _, r in g.iterrows():
+                pol = best_policy.get((device, profile, r["framework"]))
+                parts.append(f"{r['framework']}: {r['fastest exact strategy']}"
+                             + (f" with {pol} batches" if pol else "")
+                             + f" ({r['x vs padded baseline']:.2f}x the padded baseline, "
+                             f"{r['fraction of ideal']:.2f} of the ideal {r['ideal x']:.1f}x)")
+            s.p(f"{head['op'].iloc[0]} on {device}, {profile} lengths ({g['padding'].iloc[0]:.0%} padding): "
+                + "; ".join(parts) + ".")
+    if not check.empty:
+        st = check[check["kind"].isin(["op", "strategy"])]
+        per = st.groupby(["framework", "op", "name"])["equivalent"].all()
+        s.p(f"{int(per.sum())} of {len(per)} checked ops and strategies are proven exact against the float64 "
+            f"reference{'' if per.all() else ' — FAILING: ' + ', '.join('/'.join(k) for k in per[~per].index)}.")
+        wrong = check[check["kind"].isin(["idiom", "native"]) & ~check["equivalent"].astype(bool)]
+        lines = []
+        for (kind, op, name), g in wrong.groupby(["kind", "op", "name"]):
+            fws = ", ".join(sorted(set(g["framework"])))
+            qs = ", ".join(sorted(set(g["quantity"])))
+            lines.append({"kind": "recipe" if kind == "idiom" else "native behaviour", "family": op, "name": name,
+                          "wrong in": fws, "wrong quantities": qs})
+        if lines:
+            s.p(f"{len(lines)} recipes and native behaviours are wrong somewhere (details in their sections):")
+            s.table(pd.DataFrame(lines))
+    if len(s.blocks) == 0:
+        s.p("Nothing measured or checked yet.")
+    return s
+
+
+def _best_policies(df: pd.DataFrame) -> dict:
+    ep = ok(df)[ok(df)["op"] == "rnn_epoch"] if not df.empty else df
+    out = {}
+    for (device, profile, fw), g in ep.groupby(["device", "profile", "framework"]):
+        out[(device, profile, fw)] = g.loc[g["first_call_s"].idxmin(), "policy"]
+    return out

@@ -124,3 +124,31 @@ def setup_floor_rows(records: list[dict]) -> pd.DataFrame:
 
 __all__ = ["bench_frame", "equivalence_table", "failures_table", "fmt", "frame", "headline", "ok",
            "recommendation_table", "setup_floor_rows", "strategy_status"]
+
+
+CALLS = (1, 100, 10_000)
+
+
+def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
+    """Per op x device x profile (headline B, T): the fastest exact strategy when the cost of n calls is
+    compile + n x warm time, for n in CALLS; and the break-even number of calls at which the fastest warm strategy
+    overtakes the strategy that is fastest for a single call (compile included)."""
+    strategy_ops = [op for m in FAMILIES.values() if m.STRATEGY_FAMILY for op in m.OPS]
+    data = headline(ok(df)[ok(df)["op"].isin(strategy_ops)])
+    status = strategy_status(check)
+    data = data[[status.get((f, s)) == "exact" for f, s in zip(data["framework"], data["strategy"])]]
+    rows = []
+    for (op, device, profile), g in data.groupby(["op", "device", "profile"]):
+        g = g.assign(compile=g["compile_s"].fillna(0.0), impl=g["framework"] + ":" + g["strategy"])
+        row = {"op": OP_TITLES.get(op, op), "device": device, "profile": profile}
+        for n in CALLS:
+            cost = g["compile"] + n * g["median_s"]
+            row[f"best for {n:,} call(s)"] = g.loc[cost.idxmin(), "impl"]
+        first, warm = g.loc[(g["compile"] + g["median_s"]).idxmin()], g.loc[g["median_s"].idxmin()]
+        if first["impl"] == warm["impl"] or warm["median_s"] >= first["median_s"]:
+            row["break-even calls"] = "-"
+        else:
+            n_star = (warm["compile"] - first["compile"]) / (first["median_s"] - warm["median_s"])
+            row["break-even calls"] = f"{warm['impl']} overtakes {first['impl']} after {max(n_star, 1):,.0f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
