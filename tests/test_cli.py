@@ -151,3 +151,25 @@ def test_select_takes_the_latest_record_per_case_and_a_run_by_id():
     assert results.select([a, b]) == [a], "a later failure does not hide an earlier measurement"
     assert results.select([a, b, c]) == [c]
     assert results.select([a, b, c], run="run-b") == [b] and results.select([a, b, c], run="latest") == [c]
+
+
+def test_ctrl_c_finishes_the_case_in_flight_exits_130_and_resume_completes(tmp_path):
+    out = tmp_path / "r.jsonl"
+    args = ["bench", "--framework", "torch", "--op", "mask", "--max-len", "32", "--profile", "equal",
+            "--profile", "zipf", "--batch", "8", "--batch", "16", "--batch", "32", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        time.sleep(0.1)
+        if [r for r in results.read([out]) if r["source"] == "bench"]:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    first = [r for r in results.load([out]).records if r["source"] == "bench"]
+    assert 1 <= len(first) < 6 and not results.load([out]).problems
+    assert all(r["status"] == "ok" for r in first), "the case in flight is finished, not recorded as failed"
+    assert cli.main([*args, "--resume"]) == 0
+    recs = [r for r in results.read([out]) if r["source"] == "bench"]
+    assert len({r["key"] for r in recs}) == 6 and len(recs) == 6, "resume ran each remaining case exactly once"

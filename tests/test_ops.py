@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+import adapters
 from harness.compare import close
 from harness.data import EDGE_CASES, padded, ragged
 from harness.tolerances import tolerance
+from tests.conftest import require
 from tests.strategies import ragged_batches
 
 CASES = sorted(EDGE_CASES)
@@ -34,19 +36,22 @@ def assert_packed_same(fw, packed, expected, what):
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("truncate", ["right", "left"])
 @pytest.mark.parametrize("maxlen", ["none", "shorter", "longer"])
-def test_pad(fw, ref, case, side, truncate, maxlen):
+def test_pad(fw, ref, case, side, truncate, maxlen, device):
     lengths, T = EDGE_CASES[case]
     seqs = ragged(lengths, (2,), seed=1)
     m = {"none": None, "shorter": max(max(lengths) - 1, 0), "longer": T + 2}[maxlen]
     kw = dict(side=side, truncate=truncate, maxlen=m, value=-7.0)
-    assert_same(fw, fw.pad([fw.asarray(s) for s in seqs], **kw), ref.pad(seqs, **kw), f"pad {case} {kw}")
+    assert_same(fw, fw.pad([fw.asarray(s, device) for s in seqs], device=device, **kw), ref.pad(seqs, **kw),
+                f"pad {case} {kw}")
 
 
 @pytest.mark.parametrize("padding", ["pre", "post"])
 @pytest.mark.parametrize("truncating", ["pre", "post"])
 @pytest.mark.parametrize("maxlen", [None, 2, 6])
 def test_pad_matches_keras_pad_sequences(any_adapter, padding, truncating, maxlen):
-    keras = pytest.importorskip("keras", reason="keras is not installed: pip install 'varlen[tensorflow]'")
+    require("tensorflow")
+    adapters.get("tensorflow")  # sets KERAS_BACKEND before keras is imported
+    import keras
     seqs = [np.arange(1, n + 1, dtype="int32") * 10 for n in (3, 0, 5, 1, 4)]
     want = keras.utils.pad_sequences(seqs, maxlen=maxlen, dtype="int32", padding=padding,
                                      truncating=truncating, value=-1)
@@ -63,19 +68,19 @@ def test_pad_keeps_integer_dtype_and_feature_dims(fw, ref):
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_mask(fw, ref, case, side):
+def test_mask(fw, ref, case, side, device):
     lengths, T = EDGE_CASES[case]
-    assert_same(fw, fw.mask(np.array(lengths), T, side=side), ref.mask(np.array(lengths), T, side=side),
+    assert_same(fw, fw.mask(np.array(lengths), T, side=side, device=device), ref.mask(np.array(lengths), T, side=side),
                 f"mask {case} side={side}")
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_pack_unpack(fw, ref, case, side):
+def test_pack_unpack(fw, ref, case, side, device):
     lengths, T = EDGE_CASES[case]
     x = padded(lengths, T, (2,), side=side, seed=3, fill=np.nan)
     want = ref.pack(x, np.array(lengths), side=side)
-    got = fw.pack(fw.asarray(x), np.array(lengths), side=side)
+    got = fw.pack(fw.asarray(x, device), np.array(lengths), side=side)
     assert_packed_same(fw, got, want, f"{case} side={side}")
     for total in (None, T + 1):
         xs, ls = fw.unpack(got, total_length=total, side=side)
@@ -94,7 +99,8 @@ def test_reference_unpack_inverts_pack(ref):
 @pytest.mark.parametrize("case", [c for c in CASES if 0 not in EDGE_CASES[c].lengths])
 @pytest.mark.parametrize("enforce_sorted", [False, True])
 def test_pack_matches_torch_pack_padded_sequence(any_adapter, case, enforce_sorted):
-    torch = pytest.importorskip("torch", reason="torch is not installed: pip install 'varlen[torch]'")
+    require("torch")
+    import torch
     lengths, T = EDGE_CASES[case]
     lengths = np.array(sorted(lengths, reverse=True) if enforce_sorted else lengths)
     x = padded(lengths, T, (3,), seed=5)
@@ -112,14 +118,14 @@ def test_pack_matches_torch_pack_padded_sequence(any_adapter, case, enforce_sort
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_masked_mean_nan_in_padding(fw, ref, case, side, dtype):
+def test_masked_mean_nan_in_padding(fw, ref, case, side, dtype, device):
     lengths, T = EDGE_CASES[case]
     x = padded(lengths, T, (3,), side=side, seed=6, dtype=dtype, fill=np.nan)
     want = ref.masked_mean(x.astype("float64"), np.array(lengths), side=side)
     assert np.isfinite(want).all()
-    got = fw.to_numpy(fw.masked_mean(fw.asarray(x), np.array(lengths), side=side))
+    got = fw.to_numpy(fw.masked_mean(fw.asarray(x, device), np.array(lengths), side=side))
     assert got.dtype == np.dtype(dtype), f"{fw.name} masked_mean dtype {got.dtype} != {dtype}"
-    ok, err = close(got, want, tolerance(dtype))
+    ok, err = close(got, want, tolerance(dtype, device))
     assert ok, f"{fw.name} masked_mean {case} side={side} {dtype}: max abs err {err}"
     empty = np.array(lengths) == 0
     assert (got[empty] == 0).all(), f"{fw.name} masked_mean of an empty row must be 0, got {got[empty]}"
@@ -127,19 +133,19 @@ def test_masked_mean_nan_in_padding(fw, ref, case, side, dtype):
 
 @given(batch=ragged_batches())
 @HYPO
-def test_ops_on_random_ragged_batches(fw, ref, batch):
+def test_ops_on_random_ragged_batches(fw, ref, device, batch):
     lengths, T, side, seed = batch
     L = np.array(lengths)
     x = padded(L, T, (2,), side=side, seed=seed, fill=np.nan)
     seqs = ragged(L, (2,), seed=seed)
-    assert_same(fw, fw.pad([fw.asarray(s) for s in seqs], side=side, maxlen=T), ref.pad(seqs, side=side, maxlen=T),
-                f"pad {batch}")
-    assert_same(fw, fw.mask(L, T, side=side), ref.mask(L, T, side=side), f"mask {batch}")
-    got = fw.pack(fw.asarray(x), L, side=side)
+    assert_same(fw, fw.pad([fw.asarray(s, device) for s in seqs], side=side, maxlen=T, device=device),
+                ref.pad(seqs, side=side, maxlen=T), f"pad {batch}")
+    assert_same(fw, fw.mask(L, T, side=side, device=device), ref.mask(L, T, side=side), f"mask {batch}")
+    got = fw.pack(fw.asarray(x, device), L, side=side)
     want = ref.pack(x, L, side=side)
     assert_packed_same(fw, got, want, str(batch))
     assert_same(fw, fw.unpack(got, total_length=T, side=side)[0], ref.unpack(want, total_length=T, side=side)[0],
                 f"unpack {batch}")
-    ok, err = close(fw.to_numpy(fw.masked_mean(fw.asarray(x), L, side=side)),
-                    ref.masked_mean(x.astype("float64"), L, side=side), tolerance("float32"))
+    ok, err = close(fw.to_numpy(fw.masked_mean(fw.asarray(x, device), L, side=side)),
+                    ref.masked_mean(x.astype("float64"), L, side=side), tolerance("float32", device))
     assert ok, f"{fw.name} masked_mean {batch}: max abs err {err}"

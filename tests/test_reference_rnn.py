@@ -13,6 +13,7 @@ import pytest
 
 import adapters
 from adapters.spec import RnnSpec, init_params, map_params, to_left_index
+from tests.conftest import require
 from tests.gradcheck import fd_check
 
 B, T, IN, H = 4, 4, 2, 3
@@ -168,7 +169,9 @@ def test_zero_length_batch_and_strategies(ref):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=_ids)
 def test_matches_torch_on_a_full_length_sequence(ref, config):
-    torch = pytest.importorskip("torch")
+    require("torch")
+    import torch
+
     cell, layers, bi = config
     spec = RnnSpec(cell, IN, H, layers, bi)
     params, x, cot = _problem(spec, "right")

@@ -9,6 +9,7 @@ Left padding is realigned to the right (the shared `Adapter.realign`) around bot
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,107 @@ def from_torch_names(spec: RnnSpec, named: dict[str, Any]) -> list[list[dict[str
     return [[{k: named[torch_name(k, layer, d)] for k in _TORCH_KEYS} for d in range(spec.num_directions)]
             for layer in range(spec.num_layers)]
 
+
+#: pre-activation added on padded steps: sigmoid(-1e4) and 1 - sigmoid(1e4) are exactly 0 in every float dtype,
+#: and 1e4 fits float16. A test monkeypatches it weaker to prove the comparison catches a leaky gate.
+_SATURATION = 1e4
+#: cell -> (gate index in PyTorch's order, sign): LSTM i-gate shut (i = 0 keeps c = h = 0), GRU z-gate open
+#: (z = 1 keeps h = its initial 0)
+_SATURATED_GATE = {"lstm": (0, -1.0), "gru": (1, 1.0)}
+#: bucket cost model, in row-steps: a bucket of b rows padded to t steps costs t * (b + step) + call, with
+#: cell -> (step, call) measured on CPU at H=128 (fwd+bwd): oneDNN's LSTM step costs ~2-4 rows of work, aten's
+#: GRU/RNN step (a dozen small autograd ops) ~12-16 rows; a call (weight reorders, gathers) ~64 row-steps
+_BUCKET_COST = {"lstm": (4.0, 64.0), "gru": (16.0, 64.0), "rnn": (16.0, 64.0)}
+_MAX_BUCKETS = 4
+
+
+def bucket_rows(lengths: np.ndarray, cell: str = "lstm", max_buckets: int = _MAX_BUCKETS) -> list[np.ndarray]:
+    """The non-empty rows, sorted by descending length (stable), cut into <= max_buckets contiguous buckets that
+    minimise the cost model's padded work plus per-step and per-call overheads (exact DP, O(k n^2) on the host).
+    A bucket's first row is its longest."""
+    order = np.argsort(-lengths, kind="stable")
+    order = order[lengths[order] > 0]
+    sl = lengths[order].astype(float)
+    n = order.size
+    step, call = _BUCKET_COST[cell]
+    cost = lambda i, j: sl[i] * (j - i + step) + call  # bucket = sorted rows [i, j)
+    best = [[np.inf] * (n + 1) for _ in range(max_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_buckets + 1):
+        for j in range(1, n + 1):
+            for i in range(j):
+                c = best[k - 1][i] + cost(i, j)
+                if c < best[k][j]:
+                    best[k][j], cut[k][j] = c, i
+    k = min(range(1, max_buckets + 1), key=lambda k: best[k][n]) if n else 0
+    bounds, j = [], n
+    while k:
+        bounds.append((cut[k][j], j))
+        j, k = cut[k][j], k - 1
+    return [order[i:j] for i, j in reversed(bounds)]
+
+
+def row_map(src_rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Flat source-row index of each destination row, -1 where the destination is padding (filled with 0)."""
+    return np.where(valid, src_rows, -1).reshape(-1).astype(np.int64)
+
+
+def inverse_map(idx: np.ndarray, n_src: int) -> np.ndarray:
+    """The inverse of a row map that uses each source row at most once: where each source row went, or -1."""
+    inv = np.full(n_src, -1, dtype=np.int64)
+    used = idx >= 0
+    inv[idx[used]] = np.flatnonzero(used)
+    return inv
+
+
+def _layouts(lengths: np.ndarray, T: int) -> dict[str, Any]:
+    """Host row maps between right-padded [B, T] rows (flat b*T + t) and saturated_gate's two layouts: "left"
+    (valid steps last, order kept) and "rev" (valid steps last, reversed: position T-1 holds step 0). "left" is
+    None where it is the identity (all rows full: no gather at all)."""
+    B = lengths.size
+    t = np.arange(T)[None, :]
+    n = lengths[:, None]
+    base = np.arange(B)[:, None] * T
+    valid_left = t >= T - n
+    full = bool(np.all(lengths == T))
+    return {"valid_left": valid_left, "left": None if full else row_map(base + t - (T - n), valid_left),
+            "rev": row_map(base + T - 1 - t, valid_left)}
+
+
+def gather_plans(torch, idx: np.ndarray, n_src: int, device) -> tuple[tuple, tuple]:
+    """(forward, backward) plans of a row map for `_row_gather`: each (source rows, destination rows, number of
+    destination rows) as tensors, the backward one from the inverse map."""
+    plans = []
+    for m in (idx, inverse_map(idx, n_src)):
+        dst = np.flatnonzero(m >= 0)
+        plans.append((torch.as_tensor(m[dst], device=device), torch.as_tensor(dst, device=device), m.size))
+    return plans[0], plans[1]
+
+
+@functools.cache
+def _row_gather(torch):
+    """`gather(src [N, F], forward plan, backward plan) -> [M, F]`: the destination rows a row map names, copied
+    from src, all others 0, for a map that uses each source row at most once (a partial permutation). Its
+    backward is the inverse gather: zeros plus one copy of the rows that moved, instead of the zero-fill +
+    scatter-add that index_select/take_along_dim backward with. Padding rows are never read, so NaN there reaches
+    neither a matmul nor a gradient."""
+
+    def take(src, plan):
+        src_rows, dst_rows, m = plan
+        return src.new_zeros((m, src.shape[1])).index_copy_(0, dst_rows, src.index_select(0, src_rows))
+
+    class RowGather(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, src, fwd, bwd):
+            ctx.bwd = bwd
+            return take(src, fwd)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return take(grad.contiguous(), ctx.bwd), None, None
+
+    return RowGather.apply
 
 
 class TorchRnn:
@@ -239,6 +341,121 @@ class TorchRnn:
         n = torch.tanh(in_ + r * hn)
         return n + z * (h - n), None
 
+    # -- saturated_gate: padding first, a gate pinned shut on it, one fused padded call ---------------------------
+    def _run_saturated(self, spec, weights, x, lengths):
+        """Right-padded in and out. Each direction runs on its own row layout: forward on left-aligned rows
+        (padding first), reverse on each row reversed within its length and left-aligned. Every padded step
+        carries an indicator input whose weight saturates a gate, so the state is exactly 0 until each row's
+        first valid step and the last step is each row's true end: the fused padded kernel then needs no
+        packing. Layouts change by row gathers that write padding as 0 (NaN in padded x never reaches a matmul;
+        the indicator alone drives the gate) and whose backward is the inverse gather."""
+        torch, (B, T) = self.torch, x.shape[:2]
+        maps = _layouts(lengths, T)
+        gather = _row_gather(torch)
+        dev = x.device
+        plans = {k: gather_plans(torch, maps[k], B * T, dev) for k in ("left", "rev") if maps[k] is not None}
+        pad_col = torch.as_tensor(~maps["valid_left"], dtype=x.dtype, device=dev).reshape(B, T, 1)
+        inp, hs, cs = x, [], []
+        for dirs in weights:
+            flat = inp.reshape(B * T, inp.shape[2])
+            outs = []
+            for d, p in enumerate(dirs):
+                plan = plans.get("rev" if d else "left")
+                seq = flat if plan is None else gather(flat, *plan)
+                out, h, c = self._saturated_direction(spec.cell, seq.reshape(B, T, -1), pad_col, p)
+                out = out.reshape(B * T, -1)
+                outs.append(out if plan is None else gather(out, plan[1], plan[0]))
+                hs.append(h)
+                cs.append(c)
+            inp = (torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]).reshape(B, T, -1)
+        live = torch.as_tensor(lengths > 0, device=dev)[:, None]  # a 0-length row's state is exactly 0
+        zero = x.new_zeros(())
+        h_n = torch.where(live, torch.stack(hs), zero)
+        c_n = torch.where(live, torch.stack(cs), zero) if spec.cell == "lstm" else None
+        return inp, h_n, c_n
+
+    def _saturated_direction(self, cell, seq, pad_col, p):
+        """One fused padded `torch._VF.lstm/gru` call (what nn.LSTM/GRU run: oneDNN / cuDNN / aten) on left-aligned
+        `seq` plus the indicator column. The augmented w_ih is `cat`ed from the canonical leaf, so its gradient
+        is the canonical one exactly; the constant column gets none. `train` follows grad mode: oneDNN and
+        cuDNN keep their backward workspace only in training mode (dropout is 0, so nothing else changes)."""
+        torch, B, H = self.torch, seq.shape[0], p["w_hh"].shape[1]
+        gate, sign = _SATURATED_GATE[cell]
+        col = p["w_ih"].new_zeros((p["w_ih"].shape[0], 1))
+        col[gate * H:(gate + 1) * H] = sign * _SATURATION
+        weights = [torch.cat([p["w_ih"], col], dim=1), p["w_hh"], p["b_ih"], p["b_hh"]]
+        inp, h0 = torch.cat([seq, pad_col], dim=2), seq.new_zeros((1, B, H))
+        train = torch.is_grad_enabled()
+        if cell == "lstm":
+            out, h, c = torch._VF.lstm(inp, (h0, h0), weights, True, 1, 0.0, train, False, True)
+            return out, h[0], c[0]
+        out, h = torch._VF.gru(inp, h0, weights, True, 1, 0.0, train, False, True)
+        return out, h[0], None
+
+    def _saturated_kernel(self, spec, x, lengths) -> str:
+        """What saturated_gate ran: cuDNN on GPU; on CPU aten sends float32 padded LSTM input to oneDNN, the rest
+        (GRU, float64) to its own per-step loop."""
+        torch = self.torch
+        if not np.any(lengths):
+            return "none"
+        if x.device.type == "cuda":
+            return "cudnn" if torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled else "aten-cuda"
+        mkldnn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+        return "onednn" if spec.cell == "lstm" and x.dtype == torch.float32 and mkldnn else "aten-cpu"
+
+    # -- bucketed: rows sorted by length, each bucket trimmed to its own longest row ----------------------------
+    def _run_bucketed(self, inner, spec, weights, x, lengths):
+        """Right-padded in and out. All buckets' rows, each bucket trimmed to its longest row, are row-gathered
+        out of x in one pass (then split into views), run by `inner`, and row-gathered back into [B, T] in one
+        pass (padding and 0-length rows written as 0); gathers of a partial permutation, so autograd moves
+        gradients back by the inverse gather, exactly, and x's gradient is assembled once, not per bucket."""
+        torch, (B, T) = self.torch, x.shape[:2]
+        gather, dev = _row_gather(torch), x.device
+        groups = bucket_rows(lengths, spec.cell)
+        if len(groups) == 1 and groups[0].size == B:  # one bucket of every row: no reordering, only the trim
+            t = int(lengths.max())
+            out, h, c = inner.run(self, spec, weights, x[:, :t], lengths)
+            return torch.nn.functional.pad(out, (0, 0, 0, T - t)), h, c
+        src, offset = np.full((B, T), -1, dtype=np.int64), 0  # src: each (row, step)'s row in the bucket stack
+        for rows in groups:
+            t, n = int(lengths[rows[0]]), lengths[rows][:, None]
+            steps = np.arange(t)[None, :]
+            src[rows, :t] = np.where(steps < n, offset + np.arange(rows.size)[:, None] * t + steps, -1)
+            offset += rows.size * t
+        into = np.full(offset, -1, dtype=np.int64)  # the inverse: each stack row's (row, step), or padding
+        into[src[src >= 0]] = np.flatnonzero(src.reshape(-1) >= 0)
+        fwd, bwd = gather_plans(torch, into, B * T, dev)
+        stack = gather(x.reshape(B * T, x.shape[2]), fwd, bwd)
+        outs, hs, cs, start = [], [], [], 0
+        for rows in groups:
+            t = int(lengths[rows[0]])
+            seq = stack[start:start + rows.size * t].reshape(rows.size, t, -1)
+            out, h, c = inner.run(self, spec, weights, seq, lengths[rows])
+            outs.append(out.reshape(rows.size * t, -1))
+            hs.append(h)
+            cs.append(c)
+            start += rows.size * t
+        out = gather(torch.cat(outs) if len(outs) > 1 else outs[0], bwd, fwd)
+        empty = np.flatnonzero(lengths == 0)
+        back = torch.as_tensor(np.argsort(np.concatenate([*groups, empty])), device=dev)
+        h, c = (None if s[0] is None else self._states(s, empty.size, back) for s in (hs, cs))
+        return out.reshape(B, T, -1), h, c
+
+    def _states(self, parts, n_empty, back):
+        """Bucket states [layers*D, b, H] joined along the batch, zeros appended for the 0-length rows (which run
+        in no bucket), put back in batch order."""
+        state = self.torch.cat(parts, dim=1)
+        if n_empty:
+            state = self.torch.cat([state, state.new_zeros((state.shape[0], n_empty, state.shape[2]))], dim=1)
+        return state.index_select(1, back)
+
+    def _bucketed_kernel(self, spec, x, lengths) -> str:
+        """"bucketed[k]x <inner kernel>", k the number of buckets that ran."""
+        if not np.any(lengths):
+            return "none"
+        inner = _fastest_inner(spec).kernel(self, spec, x, lengths)
+        return f"bucketed[{len(bucket_rows(lengths, spec.cell))}]x {inner}"
+
 
 class _Impl:
     """The pieces one torch RNN strategy is made of: its weights, its run on right-padded data, its kernel."""
@@ -251,14 +468,40 @@ _PACKED = _Impl(lambda a, *args, **kw: a._packed_weights(*args, **kw), lambda a,
                 lambda a, *args: a._packed_kernel(*args))
 _LOOP = _Impl(lambda a, *args, **kw: a._leaf_weights(*args, **kw), lambda a, *args: a._run_loop(*args),
               lambda a, spec, x, lengths: "python-loop" if np.any(lengths) else "none")
+_SATURATED = _Impl(lambda a, *args, **kw: a._leaf_weights(*args, **kw), lambda a, *args: a._run_saturated(*args),
+                   lambda a, *args: a._saturated_kernel(*args))
 
 
-def _unit(name: str, impl: _Impl, doc: str) -> Strategy:
+def _fastest_inner(spec: RnnSpec) -> _Impl:
+    """The exact whole-batch kernel a bucket runs: a gated cell takes the saturated fused call, a tanh RNN (no
+    gate to saturate) takes packing."""
+    return _PACKED if spec.cell == "rnn" else _SATURATED
+
+
+_BUCKETED = _Impl(lambda a, spec, *args, **kw: _fastest_inner(spec).weights(a, spec, *args, **kw),
+                  lambda a, spec, *args: a._run_bucketed(_fastest_inner(spec), spec, *args),
+                  lambda a, *args: a._bucketed_kernel(*args))
+
+
+def _unit(name: str, impl: _Impl, doc: str, supports=None) -> Strategy:
+    extra = {} if supports is None else {"supports": supports}
     return Strategy(name, lambda a, *args: a._rnn_forward(impl, *args), lambda a, *args: a._rnn_vjp(impl, *args),
-                    doc=doc)
+                    doc=doc, **extra)
+
+
+def _gated_only(adapter: Any, cell: str | None = None, **spec: Any) -> str | None:
+    """saturated_gate's precondition: it needs a gate that can hold the state at exactly 0."""
+    if cell == "rnn":
+        return "a tanh RNN has no gate to saturate (the state would move on padding); use 'packed' or 'bucketed'"
+    return None
 
 
 STRATEGIES = strategy_table(
     _unit("packed", _PACKED, "pack_padded_sequence + nn.LSTM/GRU/RNN + pad_packed_sequence (cuDNN / oneDNN)"),
     _unit("masked_loop", _LOOP, "cell per step, torch.where carry"),
+    _unit("saturated_gate", _SATURATED, "left-aligned rows + a padding-indicator input whose weight saturates the "
+          "input (LSTM) / update (GRU) gate: one fused padded call per layer and direction (oneDNN / cuDNN)",
+          supports=_gated_only),
+    _unit("bucketed", _BUCKETED, "rows sorted by length into <= 4 buckets chosen by a cost model, each trimmed to "
+          "its own longest row and run with saturated_gate (LSTM/GRU) or packed (RNN)"),
 )

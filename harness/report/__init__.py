@@ -22,6 +22,7 @@ from harness.report.tables import (
     frame,
     recommendation_table,
     strategy_status,
+    verdict_matrix,
 )
 
 __all__ = ["bench_frame", "build", "check_summary_text", "equivalence_table", "frame", "recommendation_table"]
@@ -67,7 +68,10 @@ def check_summary_text(records: list[dict]) -> str:
         summary = getattr(fam, "summary_table", None)
         table = summary(check) if summary else None
         if table is not None and len(table):
-            lines += ["", f"{fam.NAME}: recipes and native behaviours:", md_table(table)]
+            lines += ["", f"{fam.NAME}: recipes:", md_table(table)]
+    rest = verdict_matrix(check, [op for op in set(check["op"]) if op != "rnn"])
+    if len(rest):
+        lines += ["", "Recipes and native behaviours (other families):", md_table(rest)]
     return "\n".join(lines)
 
 

@@ -152,3 +152,24 @@ def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
             row["break-even calls"] = f"{warm['impl']} overtakes {first['impl']} after {max(n_star, 1):,.0f}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def verdict_matrix(check: pd.DataFrame, ops: list[str] | None = None) -> pd.DataFrame:
+    """Recipes and native behaviours (kind idiom/native), one row each, one column per framework: "exact" or
+    "WRONG <quantities> (err x)"; for the families without a table of their own."""
+    df = check[check["kind"].isin(["idiom", "native"])]
+    if ops is not None:
+        df = df[df["op"].isin(ops)]
+    if df.empty:
+        return pd.DataFrame()
+    rows = []
+    for (kind, op, name, fw), g in df.groupby(["kind", "op", "name", "framework"], sort=True):
+        bad = g[~g["equivalent"].astype(bool)]
+        verdict = "exact" if bad.empty else (
+            f"WRONG {', '.join(sorted(set(bad['quantity'])))} (err {fmt(float(bad['max_abs_err'].max()))})")
+        rows.append({"kind": "recipe" if kind == "idiom" else "native", "family": op, "name": name,
+                     "framework": fw, "verdict": verdict})
+    m = pd.DataFrame(rows).pivot_table(index=["kind", "family", "name"], columns="framework", values="verdict",
+                                       aggfunc="first").reset_index()
+    m.columns.name = None
+    return m.fillna("-")

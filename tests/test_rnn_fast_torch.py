@@ -1,0 +1,98 @@
+"""The torch RNN strategies that turn padding into speed ("saturated_gate", "bucketed"): what test_rnn.py's
+parametrized gate does not reach — the preconditions, several buckets, a skewed float64 batch held tightly, all
+rows full (the no-gather path), and proof that the reference comparison catches a gate that is not saturated.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import adapters
+from adapters.spec import RnnSpec, init_params, map_params, valid_mask
+from harness.data import cotangents, padded
+from harness.families.rnn import compare_rnn
+from harness.tolerances import tolerance
+from tests.conftest import require
+
+require("torch")
+
+SKEWED = np.array([40, 1, 0, 3, 2, 38, 1, 17, 2, 0, 5, 1, 39, 2, 3, 1])  # a few long rows, many short, two empty
+T = 40
+
+
+@pytest.fixture(scope="module")
+def fw():
+    return adapters.get("torch")
+
+
+def run_case(fw, strategy, spec, lengths, side="right", dtype="float64", seed=0):
+    """(comparison against the float64 reference, the result) for one rnn_vjp with NaN in padding."""
+    x = padded(lengths, T, (spec.input_size,), side=side, seed=seed, dtype=dtype, fill=np.nan)
+    params = init_params(spec, seed=seed, dtype=dtype)
+    cot = cotangents(spec, lengths.size, T, seed=seed, dtype=dtype)
+    up = lambda a: np.asarray(a).astype("float64")
+    want_out, want_grads = adapters.get("numpy").rnn_vjp(spec, map_params(up, params), up(x), lengths,
+                                                         {k: up(v) for k, v in cot.items()}, side=side)
+    out, grads = fw.rnn_vjp(spec, params, fw.asarray(x), lengths, cot, side=side, strategy=strategy)
+    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(lengths, T, side), tolerance(dtype))
+    return {q: err for q, (ok, err) in res.items() if not ok}, out
+
+
+def test_saturated_gate_excludes_the_tanh_rnn_with_a_reason(fw):
+    why = fw.why_not("rnn", "saturated_gate", cell="rnn", device="cpu", dtype="float32")
+    assert why and "gate" in why
+    assert "saturated_gate" not in fw.rnn_strategies("rnn")
+    assert {"saturated_gate", "bucketed"} <= set(fw.rnn_strategies("lstm")) & set(fw.rnn_strategies("gru"))
+    assert "bucketed" in fw.rnn_strategies("rnn")
+    assert fw.rnn_strategies("lstm")[0] == "packed"  # the default is unchanged
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_bucketed_with_several_buckets_matches_reference(fw, cell):
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    bad, out = run_case(fw, "bucketed", spec, SKEWED, side="left")
+    k = int(out.kernel.split("[")[1].split("]")[0])
+    assert k >= 2 and out.kernel.startswith("bucketed["), out.kernel
+    assert not bad, f"bucketed {cell} kernel={out.kernel}: {bad}"
+
+
+@pytest.mark.parametrize("strategy", ["saturated_gate", "bucketed"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_float64_exact_on_a_skewed_batch(fw, strategy, cell):
+    """Far tighter than the float64 gate: the saturated gate is exact, not merely close."""
+    spec = RnnSpec(cell, input_size=3, hidden_size=5, num_layers=1, bidirectional=True)
+    x = padded(SKEWED, T, (3,), side="right", seed=1, dtype="float64", fill=np.nan)
+    params = init_params(spec, seed=1, dtype="float64")
+    cot = cotangents(spec, SKEWED.size, T, seed=1, dtype="float64")
+    want, want_g = fw.rnn_vjp(spec, params, fw.asarray(x), SKEWED, cot, strategy="masked_loop")
+    got, got_g = fw.rnn_vjp(spec, params, fw.asarray(x), SKEWED, cot, strategy=strategy)
+    for a, b in [(got.outputs, want.outputs), (got.h_n, want.h_n), (got_g["x"], want_g["x"])]:
+        np.testing.assert_allclose(fw.to_numpy(a), fw.to_numpy(b), rtol=1e-12, atol=1e-14)
+    for gd, wd in zip(got_g["params"][0], want_g["params"][0], strict=True):
+        for key in gd:
+            np.testing.assert_allclose(fw.to_numpy(gd[key]), fw.to_numpy(wd[key]), rtol=1e-12, atol=1e-14)
+    if cell == "lstm":
+        np.testing.assert_allclose(fw.to_numpy(got.c_n), fw.to_numpy(want.c_n), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("strategy", ["saturated_gate", "bucketed"])
+def test_all_rows_full_and_all_empty(fw, strategy):
+    """All rows of length T take the no-gather path; all rows empty run nothing."""
+    spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    bad, out = run_case(fw, strategy, spec, np.full(5, T), dtype="float32")
+    assert not bad, f"{strategy} full rows kernel={out.kernel}: {bad}"
+    bad, out = run_case(fw, strategy, spec, np.zeros(3, dtype=np.int64))
+    assert not bad and out.kernel == "none"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_weak_saturation_is_caught(fw, cell, monkeypatch):
+    """The comparison is sharp enough to see a leaky gate: with the constant at 1 the state moves on padding."""
+    import adapters.torch.rnn as torch_rnn
+
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=1, bidirectional=True)
+    bad, _ = run_case(fw, "saturated_gate", spec, SKEWED)
+    assert not bad
+    monkeypatch.setattr(torch_rnn, "_SATURATION", 1.0)
+    bad, _ = run_case(fw, "saturated_gate", spec, SKEWED)
+    assert {"outputs", "h_n"} <= set(bad), bad
