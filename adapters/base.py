@@ -29,6 +29,7 @@ from adapters.spec import (
     RnnOut,
     RnnSpec,
     Strategy,
+    Unsupported,
     check_choice,
     check_lengths,
     check_maxlen,
@@ -187,7 +188,7 @@ class Adapter(abc.ABC):
         check_choice(f"{self.name} strategy", strategy, list(table))
         why = table[strategy].supports(self, **spec)
         if why is not None:
-            raise ValueError(f"{self.name} strategy {strategy!r} does not support {spec}: {why}")
+            raise Unsupported(f"{self.name} strategy {strategy!r} does not support {spec}: {why}")
         return table[strategy]
 
     # -- shared algorithms on three primitives -----------------------------------------------------------------

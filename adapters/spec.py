@@ -242,3 +242,69 @@ def packed_rows(lengths: np.ndarray, sorted_indices: np.ndarray, maxlen: int, si
     steps, ranks = np.nonzero(np.arange(maxlen)[:, None] < sorted_lengths[None, :])
     b = np.asarray(sorted_indices)[ranks]
     return b * maxlen + (steps if side == "right" else steps + maxlen - lengths[b])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Length bucketing, planned on the host, shared by every framework's "bucketed" strategy (each passes its own
+# cost model: a step of its loop costs about as much as `step_cost` extra rows, a call `call_cost` row-steps).
+
+MAX_BUCKETS = 4
+
+
+def shape_ladder(limit: int, halves: bool = True) -> np.ndarray:
+    """Sizes a bucket may have along one axis: 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and, with halves,
+    1.5x them), capped at `limit`, which is always on the ladder. Rounding up to it wastes < 50% (< 100% without
+    halves) and keeps the number of compiled shapes logarithmic in `limit`, whatever lengths the batches bring."""
+    ladder = {limit}
+    size = 1
+    while size < limit:
+        ladder.update(v for v in (size, size + size // 2 * halves) if v < limit)
+        size *= 2
+    return np.array(sorted(ladder), dtype=np.int64)
+
+
+def round_up(values, ladder: np.ndarray) -> np.ndarray:
+    """Each value rounded up to the smallest ladder entry >= it (values <= ladder[-1])."""
+    return ladder[np.searchsorted(ladder, np.asarray(values), side="left")]
+
+
+class Bucket(NamedTuple):
+    """One bucket of a plan: the original indices of its rows (longest first) and its padded shape."""
+
+    rows: np.ndarray  # int64 [n], n <= batch
+    batch: int  # rows after padding with empty rows (on the batch ladder)
+    steps: int  # trimmed time length (on the time ladder, >= the longest row, <= T)
+
+
+def plan_buckets(lengths: np.ndarray, T: int, max_buckets: int = MAX_BUCKETS, step_cost: float = 2.0,
+                 call_cost: float = 64.0) -> list[Bucket]:
+    """Split a batch into <= max_buckets buckets of rows sorted by length, minimising the modelled cost
+    sum(call_cost + steps * (step_cost + batch)), where each bucket's batch and steps are rounded up their ladders.
+
+    A dynamic program over cut points of the sorted rows (O(k B^2) in NumPy). One bucket keeps the rows in their
+    original order (nothing to permute back). Zero-length rows cost nothing and ride in the last bucket.
+    """
+    B = lengths.size
+    order = np.argsort(-lengths, kind="stable")
+    longest = lengths[order]
+    steps = round_up(np.clip(longest, min(T, 1), None), shape_ladder(T)) if T else np.zeros(B, np.int64)
+    width = np.arange(B + 1)[None, :] - np.arange(B + 1)[:, None]  # [s, e] -> e - s rows
+    batch = np.zeros_like(width)
+    batch[width > 0] = round_up(width[width > 0], shape_ladder(B, halves=False))
+    cost = np.full((B + 1, B + 1), np.inf)
+    cost[:B] = np.where(width[:B] > 0, call_cost + steps[:, None] * (step_cost + batch[:B]), np.inf)
+    best, cuts = np.where(np.arange(B + 1) == 0, 0.0, np.inf), []
+    totals = []
+    for _ in range(max_buckets):
+        through = best[:, None] + cost
+        cuts.append(through.argmin(axis=0))
+        best = through.min(axis=0)
+        totals.append(best[B])
+    k = int(np.argmin(totals)) + 1
+    if k == 1:
+        return [Bucket(np.arange(B), B, int(steps[0]))]
+    bounds = [B]
+    for j in range(k - 1, -1, -1):
+        bounds.append(int(cuts[j][bounds[-1]]))
+    bounds = bounds[::-1]
+    return [Bucket(order[s:e], int(batch[s, e]), int(steps[s])) for s, e in zip(bounds, bounds[1:])]

@@ -8,7 +8,8 @@ runs each framework in its own process when it times or measures):
 - `jax_default_matmul_precision = "highest"`: full float32 matmuls on GPU (no TF32), as correctness runs require.
 
 RNN strategies (all exact, kernel "xla-scan", one `jax.jit` per (spec, strategy, side) whose own cache is keyed by
-shapes and dtypes; lengths are a traced argument, so new length values never retrace):
+shapes and dtypes; lengths are a traced argument, so new length values never retrace, except that "bucketed" compiles
+once per new bucket shape, a bounded set):
 - "scan" (default): one `lax.scan` per direction and layer whose carry only advances at valid steps
   (`jnp.where(valid_t, new, old)`). The backward direction is the same scan with `reverse=True`: the carry stays
   at zero through a row's padding, so it starts at the row's own last valid step. Left padding needs no
@@ -18,6 +19,17 @@ shapes and dtypes; lengths are a traced argument, so new length values never ret
   at step length-1, flip the outputs back.
 - "scan_unroll8": "scan" with `lax.scan(unroll=8)`, the usual JAX speed knob (fewer loop iterations, larger
   fused bodies; it pays on GPU, while on XLA:CPU its backward pass is about 2x slower than "scan").
+- "bucketed": turns padding into speed. On the host (lengths are NumPy when the strategy runs) the rows are sorted
+  by length and cut into <= 4 buckets by a small dynamic program over a cost model (`plan_buckets`); each bucket's
+  time is trimmed to its longest row and rounded UP a ladder (1, 2, 3, 4, 6, 8, 12, ... capped at T), its batch up
+  the powers of two (padded with empty rows), so jit compiles stay bounded across batches (`rnn_bucket_shapes()`
+  lists them). Each bucket runs the "scan" network in its own jit (gather rows, trim, scan, pad back to T); the
+  results are concatenated and put back in row order, parameter gradients summed over buckets. Exact by
+  construction: a trimmed step is padding for every row of its bucket. Kernel "xla-scan bucketed[k]". On XLA:CPU
+  (LSTM B=64 T=128 H=128, forward+backward) ~2.4x on a lognormal batch and ~5x on a zipf one; on an equal batch
+  it is one bucket, the whole batch in order, i.e. "scan". The price: one compile per new bucket shape (~1-3 s).
+  An unmasked "saturated gate" scan was not added: it keeps every padded step, and the unmasked "scan_flip" is no
+  faster than "scan" on CPU, so removing the per-step `where` cannot pay.
 Padded inputs are replaced by 0 with `jnp.where` before any matmul, so NaN in padding never reaches a product whose
 result is later masked (which would poison gradients), and padded outputs are selected to exactly 0.
 """
@@ -25,7 +37,9 @@ from __future__ import annotations
 
 from functools import partial
 
-from adapters.spec import RnnOut, RnnSpec, Strategy, strategy_table
+import numpy as np
+
+from adapters.spec import Bucket, RnnOut, RnnSpec, Strategy, plan_buckets, strategy_table
 
 PARAM_KEYS = ("w_ih", "w_hh", "b_ih", "b_hh")
 
@@ -91,6 +105,101 @@ class JaxRnn:
             out, pullback = self.jax.vjp(lambda p, xx: net(p, xx, lengths), params, x)
             g_params, g_x = pullback(cot)
             return out, g_params, g_x
+
+        return self.jax.jit(forward_vjp if vjp else forward)
+
+    # -- "bucketed": rows sorted by length, a few trimmed buckets, each through the jitted masked scan ------------
+    def rnn_bucket_shapes(self) -> set:
+        """(mode, spec, side, dtype, B, T, bucket batch, bucket steps, permuted) of every bucket function traced so
+        far: the distinct compiled shapes of "bucketed", which the ladders of `plan_buckets` keep bounded."""
+        return self.__dict__.setdefault("_bucket_shapes", set())
+
+    def _bucketed(self, spec, params, x, lengths, cotangents, side, device):
+        """Plan on the host (lengths are NumPy here), run each bucket, put rows back; grads when cotangents."""
+        x = self.asarray(x, device)
+        plan = plan_buckets(lengths, x.shape[1], step_cost=STEP_COST, call_cost=CALL_COST)
+        p = self.params_to_jax(params, x.dtype, device)
+        cot = None if cotangents is None else tuple(
+            self.asarray(cotangents[k], device).astype(x.dtype) if k in cotangents else None
+            for k in ("outputs", "h_n", "c_n"))
+        parts = [self._run_bucket(spec, side, p, x, lengths, b, cot, device) for b in plan]
+        states = [r[0] for r in parts] if cot is not None else parts
+        outputs, h_n, c_n = (self._unbucket(plan, [s[i] for s in states], axis) for i, axis in enumerate((0, 1, 1)))
+        out = RnnOut(outputs, h_n, c_n, f"xla-scan bucketed[{len(plan)}]")
+        if cot is None:
+            return self._keep(out)
+        grads = {"x": self._unbucket(plan, [r[2] for r in parts], 0),
+                 "params": self.params_from_jax(self._sum_trees([r[1] for r in parts]))}
+        return self._keep((out, grads))
+
+    def _run_bucket(self, spec, side, params, x, lengths, bucket: Bucket, cot, device):
+        """One bucket's jitted call; its rows padded to the bucket's batch with empty rows (length 0)."""
+        n = bucket.rows.size
+        rows = np.concatenate([bucket.rows, np.full(bucket.batch - n, bucket.rows[0])])
+        lens = np.where(np.arange(bucket.batch) < n, lengths[rows], 0)
+        vjp, permute = cot is not None, not np.array_equal(rows, np.arange(x.shape[0]))
+        fn = self._cached(("rnn_bucket", spec, side, bucket.steps, vjp, permute),
+                          lambda: self._bucket_fn(spec, side, bucket.steps, vjp, permute))
+        args = (params, x, self.asarray(rows, device), self.asarray(lens, device))
+        return fn(*args, cot) if vjp else fn(*args)
+
+    def _unbucket(self, plan: list, parts: list, axis: int):
+        """Concatenate the buckets' results along the batch axis and move every row back to its original index
+        (one bucket keeps the original order and fills its batch: nothing to move)."""
+        if parts[0] is None:
+            return None
+        if len(plan) == 1:
+            return parts[0]
+        where = np.empty(sum(b.rows.size for b in plan), np.int64)
+        offset = 0
+        for b in plan:
+            where[b.rows] = offset + np.arange(b.rows.size)
+            offset += b.batch
+        return self.jnp.take(self.jnp.concatenate(parts, axis=axis), self.jnp.asarray(where), axis=axis)
+
+    def _sum_trees(self, trees: list):
+        """Sum the buckets' parameter gradients in one jitted call (traced once per bucket count and dtype)."""
+        if len(trees) == 1:
+            return trees[0]
+
+        def total(trees):
+            self._compiles += 1
+            return self.jax.tree_util.tree_map(lambda *a: sum(a[1:], a[0]), *trees)
+
+        return self._cached(("rnn_bucket_sum",), lambda: self.jax.jit(total))(trees)
+
+    def _bucket_fn(self, spec: RnnSpec, side: str, steps: int, vjp: bool, permute: bool):
+        """Jitted: gather the bucket's rows (unless it is the whole batch in order), trim time to `steps` on the valid
+        side (steps >= every row's length), run the masked scan, pad outputs (and grad x) back to T with zeros.
+        Exact: the dropped steps are padding for every row of the bucket, where the masked carry would not move."""
+        jnp = self.jnp
+        net = partial(self._network, spec, ("masked", 1), side)
+
+        def trim(a, rows):
+            a = jnp.take(a, rows, axis=0) if permute else a
+            return a[:, :steps] if side == "right" else a[:, a.shape[1] - steps:]
+
+        def untrim(a, T):
+            return jnp.pad(a, [(0, 0), (0, T - steps) if side == "right" else (T - steps, 0), (0, 0)])
+
+        def traced(x, rows):  # Python body: runs only when JAX traces
+            self._compiles += 1
+            self.rnn_bucket_shapes().add(("vjp" if vjp else "fwd", spec, side, x.dtype.name, *x.shape[:2],
+                                          rows.shape[0], steps, permute))
+
+        def forward(params, x, rows, lengths):
+            traced(x, rows)
+            out, h_n, c_n = net(params, trim(x, rows), lengths)
+            return untrim(out, x.shape[1]), h_n, c_n
+
+        def forward_vjp(params, x, rows, lengths, cot):
+            traced(x, rows)
+            (out, h_n, c_n), pullback = self.jax.vjp(lambda p, xx: net(p, xx, lengths), params, trim(x, rows))
+            c_out, c_h, c_c = cot
+            pick = (lambda a: jnp.take(a, rows, axis=1)) if permute else (lambda a: a)
+            g_params, g_x = pullback((trim(c_out, rows), pick(c_h), None if c_c is None else pick(c_c)))
+            T = x.shape[1]
+            return (untrim(out, T), h_n, c_n), g_params, untrim(g_x, T)
 
         return self.jax.jit(forward_vjp if vjp else forward)
 
@@ -191,6 +300,11 @@ class JaxRnn:
         return {"rnn": rnn, "lstm": lstm, "gru": gru}[cell]
 
 
+#: cost model of "bucketed" on XLA:CPU (LSTM, H=128), in row-steps (see `adapters.spec.plan_buckets`): ~20 us per
+#: row-step, ~40 us per step, ~1 ms per call.
+STEP_COST, CALL_COST = 2.0, 64.0
+
+
 def _unit(name: str, algorithm: str, unroll: int, doc: str) -> Strategy:
     algo = (algorithm, unroll)
     return Strategy(name, lambda a, *args: a._rnn_forward(algo, *args), lambda a, *args: a._rnn_vjp(algo, *args),
@@ -201,4 +315,7 @@ STRATEGIES = strategy_table(
     _unit("scan", "masked", 1, "lax.scan, carry frozen at padded steps"),
     _unit("scan_flip", "flip", 1, "Flax nn.RNN recipe: flip within length, unmasked scan, pick the final carry"),
     _unit("scan_unroll8", "masked", 8, "scan with lax.scan(unroll=8)"),
+    Strategy("bucketed", lambda a, spec, params, x, L, side, dev: a._bucketed(spec, params, x, L, None, side, dev),
+             lambda a, spec, params, x, L, cot, side, dev: a._bucketed(spec, params, x, L, cot, side, dev),
+             doc="rows sorted by length into <= 4 trimmed buckets (shapes on a ladder), each a masked scan"),
 )

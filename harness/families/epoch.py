@@ -76,7 +76,7 @@ class Epoch:
     def loss(self, outs) -> float:
         """The epoch's summed loss, on the host (for the gate; never in a timed region)."""
         n, total = self.a.to_numpy, 0.0
-        for (x, L, cot), out in zip(self.batches, outs, strict=True):
+        for (_x, _L, cot), out in zip(self.batches, outs, strict=True):
             total += float((n(out.outputs) * n(cot["outputs"])).sum() + (n(out.h_n) * n(cot["h_n"])).sum())
             if out.c_n is not None:
                 total += float((n(out.c_n) * n(cot["c_n"])).sum())

@@ -1,0 +1,101 @@
+"""The "bucketed" RNN strategies of JAX and TensorFlow: exact on batches that really split, bounded compiles.
+
+`tests/test_rnn.py` already runs every declared strategy through the full reference gate, but on batches too small
+to make the planner split; here the batches force several buckets, the compiled shapes are counted over many
+random batches (they must stay on the ladders, so they stay few), and the kernel names the bucket count.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+import adapters
+from adapters.spec import RnnSpec, init_params, map_params, plan_buckets, shape_ladder, valid_mask
+from harness.data import cotangents, padded
+from harness.families.rnn import compare_rnn
+from harness.profiles import lengths_for
+from harness.tolerances import tolerance
+from tests.conftest import require
+
+NAMES = ["jax", "tensorflow"]
+#: three groups of lengths (and an empty row): each framework's cost model splits them (XLA 3 buckets, TF 2)
+SPLIT_LENGTHS = np.array([64, 60] + [20] * 6 + [2] * 7 + [0])
+SPLIT_T = 64
+
+
+def plan_for(name, lengths, T):
+    """The plan the framework's "bucketed" makes: the shared planner with that framework's cost model."""
+    mod = importlib.import_module(f"adapters.{name}.rnn")
+    return plan_buckets(lengths, T, step_cost=mod.STEP_COST, call_cost=mod.CALL_COST)
+
+
+def reference(spec, params, x, L, cot, side):
+    return adapters.get("numpy").rnn_vjp(spec, params, x, L, cot, side=side)
+
+
+def test_the_split_batch_really_splits():
+    plans = {name: [(b.rows.size, b.batch, b.steps) for b in plan_for(name, SPLIT_LENGTHS, SPLIT_T)] for name in NAMES}
+    assert plans == {"jax": [(2, 2, 64), (6, 8, 24), (8, 8, 2)], "tensorflow": [(8, 8, 64), (8, 8, 2)]}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("cell,side,layers,bi", [("lstm", "left", 1, True), ("gru", "right", 2, False)],
+                         ids=["lstm-left-bi", "gru-right-2layers"])
+def test_bucketed_matches_reference_on_several_buckets(name, cell, side, layers, bi):
+    require(name)
+    fw = adapters.get(name)
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
+    L, T = SPLIT_LENGTHS, SPLIT_T
+    x = padded(L, T, (3,), side=side, seed=1, dtype="float64", fill=np.nan)
+    params = init_params(spec, seed=1, dtype="float64")
+    cot = cotangents(spec, L.size, T, seed=1, dtype="float64")
+    want_out, want_grads = reference(spec, params, x, L, cot, side)
+    out, grads = fw.rnn_vjp(spec, params, fw.asarray(x), L, cot, side=side, strategy="bucketed")
+    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T, side), tolerance("float64"))
+    bad = {q: err for q, (ok, err) in res.items() if not ok}
+    assert not bad, f"{name} bucketed {cell} side={side}: {bad}"
+    k = len(plan_for(name, L, T))
+    assert k >= 2 and out.kernel.endswith(f"bucketed[{k}]"), out.kernel
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_shapes_stay_on_the_ladders(name):
+    """Ten random batches of one B, T: every compiled bucket shape lies on the ladders (powers of two for the batch,
+    powers of two and 1.5x them for time), so there are few of them; exact lengths would give ~2x as many."""
+    require(name)
+    fw = adapters.get(name)
+    spec = RnnSpec("rnn", input_size=2, hidden_size=2)
+    params = init_params(spec, seed=0, dtype="float32")
+    B, T = 32, 64
+    before = set(fw.rnn_bucket_shapes())
+    kernels = set()
+    for seed in range(10):
+        L = lengths_for(("lognormal", "zipf")[seed % 2], B, T, seed=seed)
+        x = padded(L, T, (2,), seed=seed, dtype="float32")
+        out = fw.rnn(spec, params, fw.asarray(x), L, strategy="bucketed")
+        assert out.kernel.endswith(f"bucketed[{len(plan_for(name, L, T))}]"), out.kernel
+        kernels.add(out.kernel)
+    shapes = {s[-3:] for s in fw.rnn_bucket_shapes() - before}
+    off = [(b, t) for b, t, _ in shapes if b not in shape_ladder(B, halves=False) or t not in shape_ladder(T)]
+    assert not off, f"bucket shapes off the ladders: {off}"
+    assert 1 < len(shapes) <= 20, f"{len(shapes)} compiled bucket shapes for 10 batches: {sorted(shapes)}"
+    assert len(kernels) > 1, "ten different batches should not all plan the same number of buckets"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("lengths,T", [([0, 0, 0], 4), ([0, 0], 0), ([5, 0, 1], 5)], ids=["all-empty", "T0", "one"])
+def test_bucketed_edge_batches(name, lengths, T):
+    require(name)
+    fw = adapters.get(name)
+    spec = RnnSpec("lstm", input_size=2, hidden_size=3, bidirectional=True)
+    L = np.array(lengths)
+    x = padded(L, T, (2,), seed=2, dtype="float64", fill=np.nan)
+    params = init_params(spec, seed=2, dtype="float64")
+    cot = cotangents(spec, L.size, T, seed=2, dtype="float64")
+    want_out, want_grads = reference(spec, map_params(np.asarray, params), x, L, cot, "right")
+    out, grads = fw.rnn_vjp(spec, params, fw.asarray(x), L, cot, strategy="bucketed")
+    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T), tolerance("float64"))
+    assert all(ok for ok, _ in res.values()), res
+    assert "bucketed[" in out.kernel
