@@ -74,7 +74,8 @@ def test_failing_cells_are_marked(built):
     _, page, md = built
     assert page.count('<tr class="fail">') >= 2, "the failing strategy and the failed case must be highlighted"
     assert "FAILING" in page and "timed out after 600 s" in md
-    row = r'<tr class="fail"><td class="">cpu</td><td class="">jax</td><td class="">strategy</td><td class="">fast</td>'
+    row = ('<tr class="fail"><td class="">cpu</td><td class="">jax</td><td class="">rnn</td><td class="">strategy</td>'
+           '<td class="">fast</td>')
     assert re.search(row, page), "failing strategy row"
 
 

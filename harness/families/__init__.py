@@ -25,3 +25,17 @@ def family_of(op: str) -> ModuleType:
 def strategy_ops() -> tuple[str, ...]:
     """Bench ops whose cases carry a strategy of an adapters strategy family."""
     return tuple(op for m in FAMILIES.values() if m.STRATEGY_FAMILY for op in m.OPS)
+
+
+def check_family(op: str) -> str | None:
+    """The family whose check records carry `op` (a family's CHECK_OPS, by default its own name)."""
+    for m in FAMILIES.values():
+        if op in getattr(m, "CHECK_OPS", (m.NAME,)):
+            return m.NAME
+    return None
+
+
+def recommended_ops() -> tuple[str, ...]:
+    """Bench ops of strategy families that the per-batch recommendation ranks (the epoch family has its own)."""
+    return tuple(op for m in FAMILIES.values() if m.STRATEGY_FAMILY and getattr(m, "RECOMMEND", True)
+                 for op in m.OPS)

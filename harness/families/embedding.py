@@ -27,6 +27,8 @@ VOCAB, EMBED_DIM = 32768, 256       # bench defaults (headline E=256)
 ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 #: every (contract op, mode) a strategy is checked on
 VARIANTS = (("embed", None), ("embedding_bag", "sum"), ("embedding_bag", "mean"), ("embedding_bag", "max"))
+#: the `op` of this family's check records (one per contract op and bag mode)
+CHECK_OPS = ("embed", "embedding_bag_sum", "embedding_bag_mean", "embedding_bag_max", "embed+rnn")
 
 # The gate batch: unsorted, a zero-length row, every row padded; or every row empty.
 CASES = {"zero_length": ((4, 0, 1, 3, 4), 5), "all_empty": ((0, 0, 0), 4)}

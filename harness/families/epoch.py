@@ -26,6 +26,7 @@ NAME = "epoch"
 STRATEGY_FAMILY = "rnn"
 OPS = {"rnn_epoch": "RNN epoch (fwd+bwd over a policy's batches)"}
 DATASET = 512  # sequences per epoch in benchmarks
+RECOMMEND = False  # ranked in its own section (policy x strategy), not in the per-batch recommendation
 
 
 def expand(base: dict, grid: dict, strategies: list[str]) -> list[dict]:
@@ -101,8 +102,9 @@ def check_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
                    "epoch_grad_params": close(flat_grads(g, fw.to_numpy), flat_grads(want_g, np.asarray), tol)}
             shapes = len(policies.shapes(L, ep.index))
             for quantity, (ok, err) in res.items():
-                yield record(fw, device, kind="strategy", op="epoch", name=f"{policy}:{strategy}",
-                             case=f"{len(L)} sequences, batch 4", cell=cell, dtype="float64", quantity=quantity,
+                yield record(fw, device, kind="strategy", op="epoch", name=strategy,
+                             case=f"policy {policy}: {len(L)} sequences, batch 4", cell=cell, dtype="float64",
+                             quantity=quantity,
                              equivalent=ok, max_abs_err=err, kernel=outs[0].kernel if outs else "",
                              detail=f"{len(ep.index)} batches, {shapes} distinct shapes")
 

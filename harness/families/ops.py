@@ -16,6 +16,7 @@ from harness.tolerances import tolerance
 NAME = "ops"
 STRATEGY_FAMILY = None
 OPS = {"pad": "pad", "mask": "mask", "pack_unpack": "pack + unpack", "masked_mean": "masked mean"}
+CHECK_OPS = ("pad", "mask", "pack", "unpack", "masked_mean")
 FEATURES = 64  # feature size of the ops' inputs in benchmarks
 ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 

@@ -12,16 +12,16 @@ from pathlib import Path
 import pandas as pd
 
 from harness import results
-from harness.families import FAMILIES
+from harness.families import FAMILIES, strategy_ops
 from harness.report import sections as S
 from harness.report.render import Section, md_table, render
 from harness.report.tables import (
     bench_frame,
+    bench_status,
     equivalence_table,
     failures_table,
     frame,
     recommendation_table,
-    strategy_status,
     verdict_matrix,
 )
 
@@ -42,9 +42,9 @@ def check_sections(check: pd.DataFrame, bench: pd.DataFrame) -> list[Section]:
     fails = failures_table(check)
     if len(fails):
         s.p("Failing cells:").table(fails.assign(equivalent=False), fail_col="equivalent")
-    status = strategy_status(check)
-    unchecked = sorted({f"{f}:{st}" for f, st in zip(bench["framework"], bench["strategy"])
-                        if (f, st) not in status and st not in set(check["name"])} if not bench.empty else set())
+    strat = bench[bench["op"].isin(strategy_ops())] if not bench.empty else bench
+    unchecked = sorted({f"{f}:{st}" for f, st, v in zip(strat["framework"], strat["strategy"],
+                                                         bench_status(strat, check)) if v == "unchecked"})
     if unchecked:
         s.p("Benchmarked but never checked (unchecked: never recommended as exact): " + ", ".join(unchecked))
     return [s]

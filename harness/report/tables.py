@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.families import FAMILIES, OP_TITLES
+from harness.families import OP_TITLES, check_family, family_of, recommended_ops
 from harness.records import COMMON_OPTIONAL, COMMON_REQUIRED, SOURCES
 from harness.report.render import fmt
 
@@ -39,12 +39,13 @@ def headline(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def equivalence_table(check: pd.DataFrame) -> pd.DataFrame:
-    """device x framework x kind x name x dtype: cells checked, cells failed, worst error."""
+    """device x framework x family x kind x name x dtype: cells checked, cells failed, worst error."""
     df = check[check["kind"].isin(["op", "strategy", "error"])].copy()
     df["dtype"] = df["dtype"].fillna("")
     df["kernel"] = df["kernel"].fillna("")
     df["device"] = df["device"].fillna("cpu")
-    g = df.groupby(["device", "framework", "kind", "name", "dtype"], sort=True)
+    df["family"] = df["op"].map(lambda op: check_family(op) or op)
+    g = df.groupby(["device", "framework", "family", "kind", "name", "dtype"], sort=True)
     out = g.agg(cells=("equivalent", "size"), failed=("equivalent", lambda s: int((~s.astype(bool)).sum())),
                 max_abs_err=("max_abs_err", "max"),
                 kernel=("kernel", lambda s: ", ".join(sorted({k for k in s if k})))).reset_index()
@@ -60,13 +61,22 @@ def failures_table(check: pd.DataFrame) -> pd.DataFrame:
     return bad[cols]
 
 
-def strategy_status(check: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """(framework, strategy) -> "exact" (every equivalence cell checked passed), "WRONG" (a cell failed)."""
+def strategy_status(check: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """(framework, family, strategy) -> "exact" (every equivalence cell checked passed) or "WRONG" (a cell
+    failed); a strategy of one family is judged by that family's cells only (TF's "keras" RNN and loss differ)."""
     st = check[check["kind"] == "strategy"]
     if st.empty:
         return {}
-    allok = st.groupby(["framework", "name"])["equivalent"].all()
+    st = st.assign(family=st["op"].map(check_family))
+    allok = st.groupby(["framework", "family", "name"])["equivalent"].all()
     return {k: "exact" if v else "WRONG" for k, v in allok.items()}
+
+
+def bench_status(df: pd.DataFrame, check: pd.DataFrame) -> list[str]:
+    """The verdict of each bench record's (framework, family, strategy): exact, WRONG or unchecked."""
+    status = strategy_status(check)
+    fams = df["op"].map(lambda op: family_of(op).NAME)
+    return [status.get((f, fam, s), "unchecked") for f, fam, s in zip(df["framework"], fams, df["strategy"])]
 
 
 def recommendation_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
@@ -78,12 +88,10 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
     (`ideal_share`: valid / padded tokens, or sum L^2 / B T^2 for attention). Only strategies that passed every
     equivalence cell count as exact; a framework without check records is "unchecked" and never recommended.
     """
-    strategy_ops = [op for m in FAMILIES.values() if m.STRATEGY_FAMILY for op in m.OPS]
-    data = headline(ok(df)[ok(df)["op"].isin(strategy_ops)])
+    data = headline(ok(df)[ok(df)["op"].isin(recommended_ops())])
     if data.empty:
         return pd.DataFrame()
-    status = strategy_status(check)
-    data = data.assign(verdict=[status.get((f, s), "unchecked") for f, s in zip(data["framework"], data["strategy"])])
+    data = data.assign(verdict=bench_status(data, check))
     exact = data[data["verdict"] == "exact"]
     rows = []
     for (op, device, _, _), d in exact.groupby(["op", "device", "batch", "max_len"]):
@@ -133,10 +141,10 @@ def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
     """Per op x device x profile (headline B, T): the fastest exact strategy when the cost of n calls is
     compile + n x warm time, for n in CALLS; and the break-even number of calls at which the fastest warm strategy
     overtakes the strategy that is fastest for a single call (compile included)."""
-    strategy_ops = [op for m in FAMILIES.values() if m.STRATEGY_FAMILY for op in m.OPS]
-    data = headline(ok(df)[ok(df)["op"].isin(strategy_ops)])
-    status = strategy_status(check)
-    data = data[[status.get((f, s)) == "exact" for f, s in zip(data["framework"], data["strategy"])]]
+    data = headline(ok(df)[ok(df)["op"].isin(recommended_ops())])
+    if data.empty:
+        return pd.DataFrame()
+    data = data[[v == "exact" for v in bench_status(data, check)]]
     rows = []
     for (op, device, profile), g in data.groupby(["op", "device", "profile"]):
         g = g.assign(compile=g["compile_s"].fillna(0.0), impl=g["framework"] + ":" + g["strategy"])
