@@ -18,7 +18,8 @@ FLOORS = {"copy_bytes_per_s": 1e10, "gemm_flop_per_s": 1e11}  # nominal: only th
 
 
 def quick_cases(framework: str) -> list[dict]:
-    grid = {**axes.QUICK_BASE, "profiles": ("lognormal",)}
+    # every op (the quick grid leaves some out for time; this smoke test runs each once), a small epoch dataset
+    grid = {**axes.QUICK_BASE, "ops": axes.OPS, "profiles": ("lognormal",), "dataset": 64}
     declared = {fam: adapters.declared_strategies(framework, fam) for fam in adapters.STRATEGY_FAMILIES}
     return axes.cases(frameworks=[framework], strategies={framework: declared}, **grid)
 

@@ -42,7 +42,7 @@ def check_sections(check: pd.DataFrame, bench: pd.DataFrame) -> list[Section]:
     fails = failures_table(check)
     if len(fails):
         s.p("Failing cells:").table(fails.assign(equivalent=False), fail_col="equivalent")
-    strat = bench[bench["op"].isin(strategy_ops())] if not bench.empty else bench
+    strat = bench[bench["op"].isin(strategy_ops()) & (bench["status"] == "ok")] if not bench.empty else bench
     unchecked = sorted({f"{f}:{st}" for f, st, v in zip(strat["framework"], strat["strategy"],
                                                          bench_status(strat, check)) if v == "unchecked"})
     if unchecked:

@@ -20,8 +20,8 @@ class Section:
         self.blocks.append(("p", text))
         return self
 
-    def table(self, df: pd.DataFrame, fail_col: str | None = None) -> Section:
-        self.blocks.append(("table", (df, fail_col)))
+    def table(self, df: pd.DataFrame, fail_col: str | None = None, fold: bool = True) -> Section:
+        self.blocks.append(("table", (df, fail_col, fold)))
         return self
 
     def figure(self, path: str, caption: str) -> Section:
@@ -60,7 +60,7 @@ def verdict_class(text: str) -> str:
     return ""
 
 
-def html_table(df: pd.DataFrame, fail_col: str | None) -> str:
+def html_table(df: pd.DataFrame, fail_col: str | None, fold: bool = True) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     rows = []
     for row in df.itertuples(index=False):
@@ -68,7 +68,7 @@ def html_table(df: pd.DataFrame, fail_col: str | None) -> str:
         cells = "".join(f'<td class="{verdict_class(fmt(v))}">{html.escape(fmt(v))}</td>' for v in row)
         rows.append(f"<tr class=\"{'fail' if bad else ''}\">{cells}</tr>")
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-    if len(df) > FOLD_ROWS:  # long tables fold away: the page opens on what a reader acts on
+    if fold and len(df) > FOLD_ROWS:  # long tables fold away: the page opens on what a reader acts on
         return f"<details><summary>{len(df)} rows (click to show)</summary>{table}</details>"
     return table
 
@@ -103,9 +103,9 @@ def render(sections: list[Section], out: Path, title: str) -> None:
                 md += [payload, ""]
                 body.append(f"<p>{html.escape(payload)}</p>")
             elif kind == "table":
-                df, fail_col = payload
+                df, fail_col, fold = payload
                 md += [md_table(df), ""]
-                body.append(html_table(df, fail_col))
+                body.append(html_table(df, fail_col, fold))
             elif kind == "link":
                 href, text = payload
                 md += [f"[{text}]({href})", ""]

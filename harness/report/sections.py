@@ -253,6 +253,8 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame) -> Section:
         head = head if not head.empty else rec[rec["op"] == rec["op"].iloc[0]]
         best_policy = _best_policies(df)
         for (device, profile), g in head.groupby(["device", "profile"]):
+            if profile == "equal":  # the padded baseline itself
+                continue
             parts = []
             for _, r in g.iterrows():
                 pol = best_policy.get((device, profile, r["framework"]))
@@ -276,7 +278,7 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame) -> Section:
                           "wrong in": fws, "wrong quantities": qs})
         if lines:
             s.p(f"{len(lines)} recipes and native behaviours are wrong somewhere (details in their sections):")
-            s.table(pd.DataFrame(lines))
+            s.table(pd.DataFrame(lines), fold=False)
     if len(s.blocks) == 0:
         s.p("Nothing measured or checked yet.")
     return s
