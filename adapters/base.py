@@ -88,6 +88,10 @@ class Adapter(abc.ABC):
         self.to_numpy(self.masked_mean(self.asarray(np.ones((2, 3, 4), np.float32), device), np.array([3, 1])))
         self.sync(device)
 
+    def clear_compiled(self) -> None:  # noqa: B027 - eager frameworks have nothing compiled
+        """Forget every compiled function (jit / tf.function caches), so the next calls compile afresh: what a
+        fresh process would pay (an epoch's time "including every compile" must not reuse an earlier case's)."""
+
     def compile_count(self) -> int:
         """How many times this adapter has traced/compiled a function so far (jit, tf.function); 0 if it never
         compiles. The timing harness reads it around a timed region to prove nothing retraced there."""

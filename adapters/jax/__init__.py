@@ -99,6 +99,11 @@ class JaxAdapter(JaxOps, JaxLoss, JaxRnn, JaxEmbedding, JaxAttention, Adapter):
         stats = self._device("gpu").memory_stats() or {}
         return stats.get("peak_bytes_in_use")
 
+    def clear_compiled(self) -> None:
+        self._jitted.clear()
+        self.__dict__.pop("_bucket_shapes", None)
+        self.jax.clear_caches()
+
     def _cached(self, key: tuple, build):
         if key not in self._jitted:
             self._jitted[key] = build()

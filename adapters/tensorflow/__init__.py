@@ -91,6 +91,11 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
             with self.tf.device("/GPU:0"):
                 (self.tf.zeros(()) + 1).numpy()
 
+    def clear_compiled(self) -> None:
+        self._fns.clear()
+        self._kernels.clear()
+        self.__dict__.pop("_bucket_shapes", None)
+
     def compile_count(self) -> int:
         return self._traces
 
