@@ -308,3 +308,21 @@ def plan_buckets(lengths: np.ndarray, T: int, max_buckets: int = MAX_BUCKETS, st
         bounds.append(int(cuts[j][bounds[-1]]))
     bounds = bounds[::-1]
     return [Bucket(order[s:e], int(batch[s, e]), int(steps[s])) for s, e in zip(bounds, bounds[1:])]
+
+
+def unbucket_index(plan: list[Bucket]) -> np.ndarray:
+    """For the buckets' results concatenated along the batch axis (each padded to its `batch` rows), the position
+    of every original row: gathering with it puts each row back at its original index."""
+    where = np.empty(sum(b.rows.size for b in plan), np.int64)
+    offset = 0
+    for b in plan:
+        where[b.rows] = offset + np.arange(b.rows.size)
+        offset += b.batch
+    return where
+
+
+def computes_only(kind: str):
+    """The precondition of a loss strategy that computes one `kind` ("softmax_ce" or "sigmoid_bce") only."""
+    def supports(adapter, **spec) -> str | None:
+        return None if spec.get("kind", kind) == kind else f"this strategy computes {kind} only"
+    return supports

@@ -13,13 +13,7 @@ optax is imported on first use, never at module level. One `jax.jit` per (strate
 from __future__ import annotations
 
 from adapters.base import loss_weights
-from adapters.spec import Strategy, strategy_table, valid_mask
-
-
-def _only(kind: str):
-    def supports(adapter, **spec) -> str | None:
-        return None if spec.get("kind", kind) == kind else f"this strategy computes {kind} only"
-    return supports
+from adapters.spec import Strategy, computes_only, strategy_table, valid_mask
 
 
 class JaxLoss:
@@ -74,7 +68,7 @@ STRATEGIES = strategy_table(
     _unit("optax", JaxLoss._optax_per_step, lambda fw, **spec: None,
           "optax.softmax_cross_entropy_with_integer_labels(where) | optax.sigmoid_binary_cross_entropy",
           "optax losses (where=valid for softmax CE), weighted sum, jitted"),
-    _unit("log_softmax", JaxLoss._log_softmax_per_step, _only("softmax_ce"), "jax.nn.log_softmax",
+    _unit("log_softmax", JaxLoss._log_softmax_per_step, computes_only("softmax_ce"), "jax.nn.log_softmax",
           "-take_along_axis(jax.nn.log_softmax(x)), weighted sum, jitted"),
 )
 

@@ -39,7 +39,7 @@ from functools import partial
 
 import numpy as np
 
-from adapters.spec import Bucket, RnnOut, RnnSpec, Strategy, plan_buckets, strategy_table
+from adapters.spec import Bucket, RnnOut, RnnSpec, Strategy, plan_buckets, strategy_table, unbucket_index
 
 PARAM_KEYS = ("w_ih", "w_hh", "b_ih", "b_hh")
 
@@ -150,11 +150,7 @@ class JaxRnn:
             return None
         if len(plan) == 1:
             return parts[0]
-        where = np.empty(sum(b.rows.size for b in plan), np.int64)
-        offset = 0
-        for b in plan:
-            where[b.rows] = offset + np.arange(b.rows.size)
-            offset += b.batch
+        where = unbucket_index(plan)
         return self.jnp.take(self.jnp.concatenate(parts, axis=axis), self.jnp.asarray(where), axis=axis)
 
     def _sum_trees(self, trees: list):

@@ -15,13 +15,7 @@ Gradients come from `tf.GradientTape`, eagerly.
 from __future__ import annotations
 
 from adapters.base import loss_weights
-from adapters.spec import Strategy, strategy_table, valid_mask
-
-
-def _only(kind: str):
-    def supports(adapter, **spec) -> str | None:
-        return None if spec.get("kind", kind) == kind else f"this strategy computes {kind} only"
-    return supports
+from adapters.spec import Strategy, computes_only, strategy_table, valid_mask
 
 
 class TensorflowLoss:
@@ -81,10 +75,10 @@ def _unit(name, how, supports, kernel, doc):
 
 
 STRATEGIES = strategy_table(
-    _unit("sparse_softmax_ce", TensorflowLoss._tf_nn_loss, _only("softmax_ce"),
+    _unit("sparse_softmax_ce", TensorflowLoss._tf_nn_loss, computes_only("softmax_ce"),
           "tf.nn.sparse_softmax_cross_entropy_with_logits", "tf.nn primitive on the padded batch, weighted sum"),
-    _unit("sigmoid_ce", TensorflowLoss._tf_nn_loss, _only("sigmoid_bce"), "tf.nn.sigmoid_cross_entropy_with_logits",
-          "tf.nn primitive on the padded batch, weighted sum"),
+    _unit("sigmoid_ce", TensorflowLoss._tf_nn_loss, computes_only("sigmoid_bce"),
+          "tf.nn.sigmoid_cross_entropy_with_logits", "tf.nn primitive on the padded batch, weighted sum"),
     _unit("keras", TensorflowLoss._keras_loss, lambda fw, **spec: None, "keras.losses (reduction='sum')",
           "Keras loss object, the reduction weights as sample_weight, reduction='sum'"),
 )

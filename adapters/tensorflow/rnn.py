@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.spec import Bucket, RnnOut, RnnSpec, Strategy, plan_buckets, strategy_table
+from adapters.spec import Bucket, RnnOut, RnnSpec, Strategy, plan_buckets, strategy_table, unbucket_index
 
 #: "bucketed" cost model (row-steps, see `plan_buckets`), measured on CPU for the Keras LSTM (H=128) forward +
 #: backward: ~25 us per row-step, but ~700 us per step whatever the batch (a dozen small ops through TF's executor
@@ -402,11 +402,7 @@ class TensorflowRnn:
             return None
         if len(plan) == 1:
             return parts[0]
-        where = np.empty(sum(b.rows.size for b in plan), np.int64)
-        offset = 0
-        for b in plan:
-            where[b.rows] = offset + np.arange(b.rows.size)
-            offset += b.batch
+        where = unbucket_index(plan)
         return self.tf.gather(self.tf.concat(parts, axis=axis), where, axis=axis)
 
     def raw_rnn(self, spec, params, x, lengths, device="cpu", *, backward=False, cotangents=None):

@@ -15,17 +15,11 @@ Native behaviours (`NATIVES`): the primitives called the obvious way, judged by 
 from __future__ import annotations
 
 from adapters.base import loss_weights
-from adapters.spec import Strategy, strategy_table, valid_mask
+from adapters.spec import Strategy, computes_only, strategy_table, valid_mask
 
 IGNORE = -100  # PyTorch's default ignore_index
 
 
-def _only(kind: str):
-    def supports(adapter, **spec) -> str | None:
-        if spec.get("kind", kind) != kind:
-            return f"this strategy computes {kind} only"
-        return None
-    return supports
 
 
 class TorchLoss:
@@ -77,9 +71,9 @@ def _unit(name, how, supports, kernel, doc):
 
 
 STRATEGIES = strategy_table(
-    _unit("cross_entropy", TorchLoss._padded_loss, _only("softmax_ce"), "F.cross_entropy",
+    _unit("cross_entropy", TorchLoss._padded_loss, computes_only("softmax_ce"), "F.cross_entropy",
           "F.cross_entropy(ignore_index, reduction='none') on the padded batch, weighted sum"),
-    _unit("bce_with_logits", TorchLoss._padded_loss, _only("sigmoid_bce"), "F.binary_cross_entropy_with_logits",
+    _unit("bce_with_logits", TorchLoss._padded_loss, computes_only("sigmoid_bce"), "F.binary_cross_entropy_with_logits",
           "F.binary_cross_entropy_with_logits(reduction='none') on the padded batch, weighted sum"),
     _unit("valid_only", TorchLoss._valid_only_loss, lambda fw, **spec: None, "x[valid] + F.*_with_logits",
           "the primitive on the valid steps only (boolean indexing), weighted sum"),
