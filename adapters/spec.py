@@ -189,16 +189,6 @@ def valid_mask(lengths: np.ndarray, maxlen: int, side: str = "right") -> np.ndar
     return t < lengths if side == "right" else t >= maxlen - lengths
 
 
-def to_right_index(lengths: np.ndarray, maxlen: int, side: str) -> np.ndarray:
-    """Gather index [B, T] that moves each row's valid steps to the front (right padding) keeping order.
-
-    For side="right" it is the identity. It is its own inverse's complement: `to_left_index` undoes it.
-    """
-    t = np.arange(maxlen)[None, :]
-    lengths = np.asarray(lengths, dtype=np.int64)[:, None]
-    if side == "right":
-        return np.broadcast_to(t, (lengths.shape[0], maxlen)).copy()
-    return (t + maxlen - lengths) % max(maxlen, 1)
 
 
 def to_left_index(lengths: np.ndarray, maxlen: int) -> np.ndarray:
@@ -208,11 +198,6 @@ def to_left_index(lengths: np.ndarray, maxlen: int) -> np.ndarray:
     return (t - (maxlen - lengths)) % max(maxlen, 1)
 
 
-def reverse_index(lengths: np.ndarray, maxlen: int) -> np.ndarray:
-    """Gather index [B, T] reversing each right-padded row within its own length; padding stays in place."""
-    t = np.arange(maxlen)[None, :]
-    lengths = np.asarray(lengths, dtype=np.int64)[:, None]
-    return np.where(t < lengths, lengths - 1 - t, t)
 
 
 def pack_order(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

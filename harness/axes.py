@@ -17,7 +17,6 @@ BATCHES = (1, 8, 64, 256)           # sequences per batch
 MAX_LENS = (32, 128, 512)           # padded length T
 HIDDEN = (128,)                     # hidden size H (= input size I)
 DTYPES = ("float32", "float64")     # dtypes a sweep may ask for
-RNN_OPS = ("rnn_forward", "rnn_forward_backward")
 
 # The quick grid: every op, framework, strategy and three length profiles at one point, plus a batch-size sweep
 # and a max-length sweep on a few ops (for the report's batch and memory plots); a few minutes on 2 cores.
@@ -48,7 +47,7 @@ HEADLINE = {"batch": 64, "max_len": 128, "hidden": 128, "cell": "lstm"}
 CASE_KEY_FIELDS = ("op", "framework", "strategy", "device", "dtype", "batch", "max_len", "profile")
 
 __all__ = ["BATCHES", "CELLS", "DEVICES", "DTYPES", "FRAMEWORKS", "HEADLINE", "HIDDEN", "MAX_LENS", "OPS",
-           "PROFILES", "QUICK", "QUICK_BASE", "RNN_OPS", "case_key", "cases"]
+           "PROFILES", "QUICK", "QUICK_BASE", "case_key", "cases"]
 
 
 def case_key(case: dict) -> str:
