@@ -278,21 +278,55 @@ def plan_buckets(lengths: np.ndarray, T: int, max_buckets: int = MAX_BUCKETS, st
     batch[width > 0] = round_up(width[width > 0], shape_ladder(B, halves=False))
     cost = np.full((B + 1, B + 1), np.inf)
     cost[:B] = np.where(width[:B] > 0, call_cost + steps[:, None] * (step_cost + batch[:B]), np.inf)
-    best, cuts = np.where(np.arange(B + 1) == 0, 0.0, np.inf), []
-    totals = []
-    for _ in range(max_buckets):
+    bounds = cheapest_cuts(cost, max_buckets)
+    if len(bounds) == 2:
+        return [Bucket(np.arange(B), B, int(steps[0]))]
+    return [Bucket(order[s:e], int(batch[s, e]), int(steps[s])) for s, e in zip(bounds, bounds[1:])]
+
+
+def cheapest_cuts(cost: np.ndarray, max_parts: int) -> list[int]:
+    """Cut points 0 = c_0 < c_1 < ... < c_k = n (k <= max_parts) minimising sum(cost[c_i, c_i+1]), for a cost
+    matrix [n+1, n+1] (inf where a part may not go from i to j). A dynamic program, one NumPy min per part count
+    (O(k n^2) work, O(k) Python steps); ties go to the fewest parts."""
+    n = cost.shape[0] - 1
+    best, cuts, totals = np.where(np.arange(n + 1) == 0, 0.0, np.inf), [], []
+    for _ in range(max(1, max_parts)):
         through = best[:, None] + cost
         cuts.append(through.argmin(axis=0))
         best = through.min(axis=0)
-        totals.append(best[B])
-    k = int(np.argmin(totals)) + 1
-    if k == 1:
-        return [Bucket(np.arange(B), B, int(steps[0]))]
-    bounds = [B]
-    for j in range(k - 1, -1, -1):
+        totals.append(best[n])
+    bounds = [n]
+    for j in range(int(np.argmin(totals)), -1, -1):
         bounds.append(int(cuts[j][bounds[-1]]))
-    bounds = bounds[::-1]
-    return [Bucket(order[s:e], int(batch[s, e]), int(steps[s])) for s, e in zip(bounds, bounds[1:])]
+    return bounds[::-1]
+
+
+class Segment(NamedTuple):
+    """One time segment of a time-sliced run: steps [start, stop) of the rows sorted by descending length, of
+    which the first `rows` (those longer than `start`) are still running."""
+
+    start: int
+    stop: int
+    rows: int
+
+
+MAX_SEGMENTS = 16
+
+
+def plan_segments(sorted_lengths: np.ndarray, max_segments: int = MAX_SEGMENTS, step_cost: float = 4.0,
+                  call_cost: float = 64.0) -> list[Segment]:
+    """Cut the time axis of non-empty rows sorted by descending length into <= max_segments segments, each
+    starting where some row ends, minimising sum(call_cost + (stop - start) * (rows + step_cost)): a segment runs
+    every row longer than its start, so rows that end inside it run on (padded work) until its stop. Cutting at
+    every distinct length is the exact "active batch constant" schedule; fewer cuts trade padded row-steps for
+    fewer calls. `sorted_lengths` must be non-increasing and positive."""
+    ends = np.unique(sorted_lengths)  # ascending distinct lengths: the possible segment stops
+    starts = np.concatenate([[0], ends])  # candidate cut positions c_0 = 0 < c_1 < ... < c_m = max length
+    active = (sorted_lengths[None, :] > starts[:, None]).sum(axis=1)  # rows running from each cut
+    span = starts[None, :] - starts[:, None]  # [i, j] -> c_j - c_i
+    cost = np.where(span > 0, call_cost + span * (active[:, None] + step_cost), np.inf)
+    bounds = cheapest_cuts(cost, max_segments)
+    return [Segment(int(starts[i]), int(starts[j]), int(active[i])) for i, j in zip(bounds, bounds[1:])]
 
 
 def unbucket_index(plan: list[Bucket]) -> np.ndarray:

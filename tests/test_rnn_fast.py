@@ -99,3 +99,43 @@ def test_bucketed_edge_batches(name, lengths, T):
     res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T), tolerance("float64"))
     assert all(ok for ok, _ in res.values()), res
     assert "bucketed[" in out.kernel
+
+
+def _brute_force_segments(sorted_lengths, max_segments, step, call):
+    """Every choice of cut points among the distinct lengths, costed directly: the least cost."""
+    import itertools
+
+    ends = sorted(set(int(v) for v in sorted_lengths))
+    best = np.inf
+    for k in range(1, max_segments + 1):
+        for inner in itertools.combinations(ends[:-1], k - 1):
+            cuts = [0, *inner, ends[-1]]
+            total = sum(call + (b - a) * (int(np.sum(sorted_lengths > a)) + step) for a, b in zip(cuts, cuts[1:]))
+            best = min(best, total)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plan_segments_is_the_cheapest_schedule(seed):
+    """The time-slicing planner's cuts cost what an exhaustive search finds, cover [0, longest) without gaps, and
+    each segment runs exactly the rows longer than its start."""
+    from adapters.spec import plan_segments
+
+    rng = np.random.default_rng(seed)
+    L = np.sort(rng.integers(1, 30, size=int(rng.integers(1, 12))))[::-1]
+    step, call, k = float(rng.integers(0, 8)), float(rng.integers(0, 40)), int(rng.integers(1, 5))
+    segs = plan_segments(L, max_segments=k, step_cost=step, call_cost=call)
+    assert segs[0].start == 0 and segs[-1].stop == L[0] and len(segs) <= k
+    assert all(a.stop == b.start for a, b in zip(segs, segs[1:]))
+    assert all(s.rows == int(np.sum(L > s.start)) for s in segs)
+    cost = sum(call + (s.stop - s.start) * (s.rows + step) for s in segs)
+    assert cost == pytest.approx(_brute_force_segments(L, k, step, call))
+
+
+def test_plan_segments_extremes():
+    from adapters.spec import plan_segments
+
+    L = np.array([9, 7, 7, 3, 1])
+    assert [(s.start, s.stop, s.rows) for s in plan_segments(L, step_cost=0, call_cost=0)] == \
+        [(0, 1, 5), (1, 3, 4), (3, 7, 3), (7, 9, 1)]
+    assert [(s.start, s.stop, s.rows) for s in plan_segments(L, step_cost=0, call_cost=1e9)] == [(0, 9, 5)]

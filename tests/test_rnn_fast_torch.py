@@ -1,6 +1,7 @@
-"""The torch RNN strategies that turn padding into speed ("saturated_gate", "bucketed"): what test_rnn.py's
-parametrized gate does not reach — the preconditions, several buckets, a skewed float64 batch held tightly, all
-rows full (the no-gather path), and proof that the reference comparison catches a gate that is not saturated.
+"""The torch RNN strategies that turn padding into speed ("saturated_gate", "bucketed", "time_sliced"): what
+test_rnn.py's parametrized gate does not reach — the preconditions, several buckets and segments (down to one per
+distinct length, up to one for the whole batch), a skewed float64 batch held tightly, all rows full (the no-gather
+path), and proof that the reference comparison catches a gate that is not saturated.
 """
 from __future__ import annotations
 
@@ -56,7 +57,25 @@ def test_bucketed_with_several_buckets_matches_reference(fw, cell):
     assert not bad, f"bucketed {cell} kernel={out.kernel}: {bad}"
 
 
-@pytest.mark.parametrize("strategy", ["saturated_gate", "bucketed"])
+@pytest.mark.parametrize("plan", ["model", "every_length", "one_segment"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_time_sliced_with_any_segmentation_matches_reference(fw, cell, plan, monkeypatch):
+    """The cost model's cuts, a cut at every distinct length (no row ends inside a segment) and one segment for
+    the whole batch (every row but the longest runs on over padding) are all exact."""
+    import adapters.torch.rnn as torch_rnn
+
+    costs = {"model": None, "every_length": (0.0, 0.0), "one_segment": (0.0, 1e9)}[plan]
+    if costs is not None:
+        monkeypatch.setattr(torch_rnn, "_SLICE_COST", {k: costs for k in torch_rnn._SLICE_COST})
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    bad, out = run_case(fw, "time_sliced", spec, SKEWED, side="left")
+    k = int(out.kernel.split("[")[1].split("]")[0])
+    want = {"model": range(2, 17), "every_length": [len(set(SKEWED[SKEWED > 0]))], "one_segment": [1]}[plan]
+    assert out.kernel.startswith("sliced[") and k in want, out.kernel
+    assert not bad, f"time_sliced {cell} kernel={out.kernel}: {bad}"
+
+
+@pytest.mark.parametrize("strategy", ["saturated_gate", "bucketed", "time_sliced"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_float64_exact_on_a_skewed_batch(fw, strategy, cell):
     """Far tighter than the float64 gate: the saturated gate is exact, not merely close."""
@@ -75,7 +94,7 @@ def test_float64_exact_on_a_skewed_batch(fw, strategy, cell):
         np.testing.assert_allclose(fw.to_numpy(got.c_n), fw.to_numpy(want.c_n), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("strategy", ["saturated_gate", "bucketed"])
+@pytest.mark.parametrize("strategy", ["saturated_gate", "bucketed", "time_sliced"])
 def test_all_rows_full_and_all_empty(fw, strategy):
     """All rows of length T take the no-gather path; all rows empty run nothing."""
     spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
@@ -96,3 +115,17 @@ def test_a_weak_saturation_is_caught(fw, cell, monkeypatch):
     monkeypatch.setattr(torch_rnn, "_SATURATION", 1.0)
     bad, _ = run_case(fw, "saturated_gate", spec, SKEWED)
     assert {"outputs", "h_n"} <= set(bad), bad
+
+
+def test_time_sliced_needs_the_frozen_cell_state(fw, monkeypatch):
+    """Rows ending inside a segment keep c only because the indicator freezes it: with a weak constant, c_n of
+    those rows moves on padding and the comparison says so (h_n is read at the last valid step either way)."""
+    import adapters.torch.rnn as torch_rnn
+
+    monkeypatch.setattr(torch_rnn, "_SLICE_COST", {k: (0.0, 1e9) for k in torch_rnn._SLICE_COST})  # one segment
+    spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=1, bidirectional=True)
+    bad, _ = run_case(fw, "time_sliced", spec, SKEWED)
+    assert not bad
+    monkeypatch.setattr(torch_rnn, "_SATURATION", 1.0)
+    bad, _ = run_case(fw, "time_sliced", spec, SKEWED)
+    assert "c_n" in bad and "outputs" not in bad, bad

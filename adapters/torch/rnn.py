@@ -1,11 +1,15 @@
-"""PyTorch masked RNNs: two strategy units over one canonical (PyTorch-layout) weight nest.
+"""PyTorch masked RNNs: five strategy units over one canonical (PyTorch-layout) weight nest.
 
 - "packed" (default): `pack_padded_sequence` -> `nn.LSTM`/`GRU`/`RNN` -> `pad_packed_sequence` on the non-empty
   rows (PyTorch refuses length 0); weights are copied into a cached module (cuDNN's flattened buffer kept) and
   reloaded only when they changed. Kernel: "cudnn" on GPU, "onednn" for float32 LSTM batches whose non-empty rows
   all have one length (aten unwraps uniform batch_sizes to the dense oneDNN kernel), else "aten-cpu".
 - "masked_loop": the cell written out per time step, the carry advanced only at valid steps (`torch.where`).
-Left padding is realigned to the right (the shared `Adapter.realign`) around both.
+- "saturated_gate" (LSTM/GRU): padding first plus an indicator input that pins a gate, one fused padded call.
+- "bucketed": rows sorted into <= 4 length buckets (cost model), each run trimmed by saturated_gate / packed.
+- "time_sliced": rows sorted by length, the fused kernel over <= 16 time segments with the state carried across;
+  rows that end inside a segment run on, masked (LSTM: c frozen by an indicator input).
+Left padding is realigned to the right (the shared `Adapter.realign`) around all of them.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.spec import RnnOut, RnnSpec, Strategy, map_params, strategy_table
+from adapters.spec import RnnOut, RnnSpec, Strategy, cheapest_cuts, map_params, plan_segments, strategy_table
 
 _TORCH_KEYS = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
 
@@ -47,33 +51,29 @@ _SATURATED_GATE = {"lstm": (0, -1.0), "gru": (1, 1.0)}
 #: GRU/RNN step (a dozen small autograd ops) ~12-16 rows; a call (weight reorders, gathers) ~64 row-steps
 _BUCKET_COST = {"lstm": (4.0, 64.0), "gru": (16.0, 64.0), "rnn": (16.0, 64.0)}
 _MAX_BUCKETS = 4
+#: time_sliced cost model (see `plan_segments`), (cell, on CUDA) -> (step, call) in row-steps: on CPU as for
+#: buckets (measured, H=128 fwd+bwd: a oneDNN LSTM step ~30 us ~ 4 rows, a call ~0.5 ms); on CUDA a step is
+#: latency-bound (rows nearly free) and a call costs a few launches: an estimate, not measured on a GPU yet
+_SLICE_COST = {("lstm", False): (4.0, 64.0), ("gru", False): (16.0, 64.0), ("rnn", False): (16.0, 64.0),
+               ("lstm", True): (256.0, 1024.0), ("gru", True): (256.0, 1024.0), ("rnn", True): (256.0, 1024.0)}
 
 
 def bucket_rows(lengths: np.ndarray, cell: str = "lstm", max_buckets: int = _MAX_BUCKETS) -> list[np.ndarray]:
     """The non-empty rows, sorted by descending length (stable), cut into <= max_buckets contiguous buckets that
-    minimise the cost model's padded work plus per-step and per-call overheads (exact DP, O(k n^2) on the host).
-    A bucket's first row is its longest."""
+    minimise the cost model's padded work plus per-step and per-call overheads (`spec.cheapest_cuts`). A bucket's
+    first row is its longest."""
     order = np.argsort(-lengths, kind="stable")
     order = order[lengths[order] > 0]
-    sl = lengths[order].astype(float)
     n = order.size
+    if not n:
+        return []
     step, call = _BUCKET_COST[cell]
-    cost = lambda i, j: sl[i] * (j - i + step) + call  # bucket = sorted rows [i, j)
-    best = [[np.inf] * (n + 1) for _ in range(max_buckets + 1)]
-    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
-    best[0][0] = 0.0
-    for k in range(1, max_buckets + 1):
-        for j in range(1, n + 1):
-            for i in range(j):
-                c = best[k - 1][i] + cost(i, j)
-                if c < best[k][j]:
-                    best[k][j], cut[k][j] = c, i
-    k = min(range(1, max_buckets + 1), key=lambda k: best[k][n]) if n else 0
-    bounds, j = [], n
-    while k:
-        bounds.append((cut[k][j], j))
-        j, k = cut[k][j], k - 1
-    return [order[i:j] for i, j in reversed(bounds)]
+    first = lengths[order].astype(float)
+    width = np.arange(n + 1)[None, :] - np.arange(n + 1)[:, None]  # bucket = sorted rows [i, j)
+    cost = np.full((n + 1, n + 1), np.inf)
+    cost[:n] = np.where(width[:n] > 0, first[:, None] * (width[:n] + step) + call, np.inf)
+    bounds = cheapest_cuts(cost, max_buckets)
+    return [order[i:j] for i, j in zip(bounds, bounds[1:])]
 
 
 def row_map(src_rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -88,6 +88,38 @@ def inverse_map(idx: np.ndarray, n_src: int) -> np.ndarray:
     inv[idx[used]] = np.flatnonzero(used)
     return inv
 
+
+
+def slice_layout(lengths: np.ndarray, order: np.ndarray, segments, T: int, reverse: bool) -> dict[str, np.ndarray]:
+    """Host row maps of time_sliced for one direction, over the stack of all segments' input blocks (segment j a
+    [rows_j, steps_j] block, row r = the r-th longest row `order[r]`): "src" = each stack row's flat source row
+    b*T + t in the right-padded batch (t reversed within the row's length for the reverse direction), -1 on the
+    steps a row runs on past its end; "ended" = those run-on rows; "last" = for each original row b the stack row
+    of its last step (its final state), -1 for an empty row; "identity" = the stack is the batch itself (every
+    row full, in order, forward: nothing to gather)."""
+    src, ended, offset = [], [], 0
+    last = np.full(lengths.size, -1, dtype=np.int64)
+    for seg in segments:
+        t = np.arange(seg.start, seg.stop)[None, :]
+        n = lengths[order[:seg.rows]][:, None]
+        valid = t < n
+        step = n - 1 - t if reverse else t
+        src.append(np.where(valid, order[:seg.rows, None] * T + step, -1).reshape(-1))
+        ended.append(~valid.reshape(-1))
+        width = seg.stop - seg.start
+        stops = (n[:, 0] > seg.start) & (n[:, 0] <= seg.stop)
+        last[order[:seg.rows][stops]] = offset + np.flatnonzero(stops) * width + n[stops, 0] - 1 - seg.start
+        offset += seg.rows * width
+    src = np.concatenate(src)
+    identity = src.size == lengths.size * T and bool(np.all(src == np.arange(src.size)))
+    return {"src": src, "ended": np.concatenate(ended), "last": last, "identity": identity}
+
+
+def slice_rows(lengths: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """For each original row, its position among the sorted non-empty rows `order`, -1 for an empty row."""
+    pos = np.full(lengths.size, -1, dtype=np.int64)
+    pos[order] = np.arange(order.size)
+    return pos
 
 def _layouts(lengths: np.ndarray, T: int) -> dict[str, Any]:
     """Host row maps between right-padded [B, T] rows (flat b*T + t) and saturated_gate's two layouts: "left"
@@ -414,8 +446,8 @@ class TorchRnn:
         groups = bucket_rows(lengths, spec.cell)
         if len(groups) == 1 and groups[0].size == B:  # one bucket of every row: no reordering, only the trim
             t = int(lengths.max())
-            out, h, c = inner.run(self, spec, weights, x[:, :t], lengths)
-            return torch.nn.functional.pad(out, (0, 0, 0, T - t)), h, c
+            out, h, c = inner.run(self, spec, weights, x if t == T else x[:, :t], lengths)
+            return out if t == T else torch.nn.functional.pad(out, (0, 0, 0, T - t)), h, c
         src, offset = np.full((B, T), -1, dtype=np.int64), 0  # src: each (row, step)'s row in the bucket stack
         for rows in groups:
             t, n = int(lengths[rows[0]]), lengths[rows][:, None]
@@ -426,15 +458,14 @@ class TorchRnn:
         into[src[src >= 0]] = np.flatnonzero(src.reshape(-1) >= 0)
         fwd, bwd = gather_plans(torch, into, B * T, dev)
         stack = gather(x.reshape(B * T, x.shape[2]), fwd, bwd)
-        outs, hs, cs, start = [], [], [], 0
-        for rows in groups:
-            t = int(lengths[rows[0]])
-            seq = stack[start:start + rows.size * t].reshape(rows.size, t, -1)
-            out, h, c = inner.run(self, spec, weights, seq, lengths[rows])
+        steps = [int(lengths[rows[0]]) for rows in groups]
+        outs, hs, cs = [], [], []  # split, not slices: its backward is one concatenation, not a zero fill per bucket
+        for rows, t, seq in zip(groups, steps, torch.split(stack, [r.size * t for r, t in zip(groups, steps)]),
+                                strict=True):
+            out, h, c = inner.run(self, spec, weights, seq.reshape(rows.size, t, -1), lengths[rows])
             outs.append(out.reshape(rows.size * t, -1))
             hs.append(h)
             cs.append(c)
-            start += rows.size * t
         out = gather(torch.cat(outs) if len(outs) > 1 else outs[0], bwd, fwd)
         empty = np.flatnonzero(lengths == 0)
         back = torch.as_tensor(np.argsort(np.concatenate([*groups, empty])), device=dev)
@@ -457,6 +488,92 @@ class TorchRnn:
         return f"bucketed[{len(bucket_rows(lengths, spec.cell))}]x {inner}"
 
 
+    # -- time_sliced: rows sorted by length, the fused kernel over time segments, the state carried across ------
+    def _run_sliced(self, spec, weights, x, lengths):
+        """Right-padded in and out. The non-empty rows, sorted by descending length, run through the time segments
+        of `plan_segments`: each segment is one fused `torch._VF` call over the rows still running at its start (a
+        prefix of the sorted rows), from the state the previous segment left them. All segments' inputs are
+        row-gathered out of x in one pass into one stack (each segment a contiguous [rows, steps, F] block, the
+        reverse direction reading each row reversed within its length), and the outputs gathered back in one pass;
+        the gathers' backward is the inverse gather and the split's a single concatenation, so no per-segment
+        zero-filled gradient buffers. Rows that end inside a segment run on over zero input: their outputs there
+        are never gathered back, h_n is read at each row's last valid step, and for the LSTM an indicator input on
+        those steps freezes c (input gate shut, forget gate open: c_t = 1 * c_{t-1} + 0 * g exactly), so c_n is
+        the segment's final c. Nothing after a row's end reaches a kept value, so no gradient flows there."""
+        torch, (B, T) = self.torch, x.shape[:2]
+        dev, gather = x.device, _row_gather(torch)
+        step, call = _SLICE_COST[(spec.cell, dev.type == "cuda")]
+        order = np.argsort(-lengths, kind="stable")
+        order = order[lengths[order] > 0]
+        segments = plan_segments(lengths[order], step_cost=step, call_cost=call)
+        layouts = [slice_layout(lengths, order, segments, T, reverse=bool(d)) for d in range(spec.num_directions)]
+        run_on = bool(layouts[0]["ended"].any())  # some row ends inside a segment (else each ends at a cut)
+        plans = [None if lay["identity"] else gather_plans(torch, lay["src"], B * T, dev) for lay in layouts]
+        lasts = [gather_plans(torch, lay["last"], lay["src"].size, dev) if run_on else None for lay in layouts]
+        ended = torch.as_tensor(layouts[0]["ended"], dtype=x.dtype, device=dev)[:, None] if run_on else None
+        by_row = None if order.size == B and np.all(order == np.arange(B)) else \
+            gather_plans(torch, slice_rows(lengths, order), order.size, dev)
+        states = lambda s: s if by_row is None else gather(s, *by_row)  # sorted rows -> batch order, 0 if empty
+        sizes = [seg.rows * (seg.stop - seg.start) for seg in segments]
+        flat, hs, cs = x.reshape(B * T, x.shape[2]), [], []
+        for dirs in weights:
+            outs = []
+            for d, p in enumerate(dirs):
+                stack = flat if plans[d] is None else gather(flat, *plans[d])
+                freeze = ended if spec.cell == "lstm" else None
+                if freeze is not None:
+                    stack = torch.cat([stack, freeze], dim=1)
+                out, h, c = self._sliced_direction(spec.cell, torch.split(stack, sizes), segments, p, order.size,
+                                                   freeze is not None)
+                outs.append(out if plans[d] is None else gather(out, plans[d][1], plans[d][0]))
+                hs.append(gather(out, *lasts[d]) if run_on else states(h))
+                cs.append(None if c is None else states(c))
+            flat = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        c_n = torch.stack(cs) if spec.cell == "lstm" else None
+        return flat.reshape(B, T, -1), torch.stack(hs), c_n
+
+    def _sliced_direction(self, cell, parts, segments, p, n0, freeze):
+        """One direction over the segments' input blocks: (the output stack [sum rows*steps, H] in the input
+        stack's row order, h and c (LSTM, else None) at each sorted row's last segment [n0, H]; h there is the
+        row's final state when it ends at its segment's stop, c always: frozen when `freeze` adds the column)."""
+        torch, H = self.torch, p["w_hh"].shape[1]
+        w_ih = p["w_ih"]
+        if freeze:  # the indicator column's weights: input gate -S (i = 0), forget gate +S (f = 1)
+            col = w_ih.new_zeros((w_ih.shape[0], 1))
+            col[:H] = -_SATURATION
+            col[H:2 * H] = _SATURATION
+            w_ih = torch.cat([w_ih, col], dim=1)
+        weights = [w_ih, p["w_hh"], p["b_ih"], p["b_hh"]]
+        fused = {"lstm": torch._VF.lstm, "gru": torch._VF.gru, "rnn": torch._VF.rnn_tanh}[cell]
+        train = torch.is_grad_enabled()
+        h = parts[0].new_zeros((1, n0, H))
+        c = h if cell == "lstm" else None
+        outs, h_parts, c_parts = [], [], []
+        for i, (seg, part) in enumerate(zip(segments, parts, strict=True)):
+            part = part.reshape(seg.rows, seg.stop - seg.start, -1)
+            if cell == "lstm":
+                out, h, c = fused(part, (h[:, :seg.rows], c[:, :seg.rows]), weights, True, 1, 0.0, train, False,
+                                  True)
+            else:
+                out, h = fused(part, h[:, :seg.rows], weights, True, 1, 0.0, train, False, True)
+            done = segments[i + 1].rows if i + 1 < len(segments) else 0  # rows [done, rows) end in this segment
+            h_parts.append(h[0, done:])
+            if c is not None:
+                c_parts.append(c[0, done:])
+            outs.append(out.reshape(-1, H))
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        join = lambda ps: ps[0] if len(ps) == 1 else torch.cat(ps[::-1])  # sorted order: longest rows end last
+        return out, join(h_parts), join(c_parts) if c is not None else None
+
+    def _sliced_kernel(self, spec, x, lengths) -> str:
+        """"sliced[k]x <fused kernel>", k the number of time segments (fused calls per layer and direction)."""
+        if not np.any(lengths):
+            return "none"
+        step, call = _SLICE_COST[(spec.cell, x.device.type == "cuda")]
+        k = len(plan_segments(np.sort(lengths[lengths > 0])[::-1], step_cost=step, call_cost=call))
+        return f"sliced[{k}]x {self._saturated_kernel(spec, x, lengths)}"
+
+
 class _Impl:
     """The pieces one torch RNN strategy is made of: its weights, its run on right-padded data, its kernel."""
 
@@ -470,6 +587,9 @@ _LOOP = _Impl(lambda a, *args, **kw: a._leaf_weights(*args, **kw), lambda a, *ar
               lambda a, spec, x, lengths: "python-loop" if np.any(lengths) else "none")
 _SATURATED = _Impl(lambda a, *args, **kw: a._leaf_weights(*args, **kw), lambda a, *args: a._run_saturated(*args),
                    lambda a, *args: a._saturated_kernel(*args))
+
+_SLICED = _Impl(lambda a, *args, **kw: a._leaf_weights(*args, **kw), lambda a, *args: a._run_sliced(*args),
+                lambda a, *args: a._sliced_kernel(*args))
 
 
 def _fastest_inner(spec: RnnSpec) -> _Impl:
@@ -504,4 +624,7 @@ STRATEGIES = strategy_table(
           supports=_gated_only),
     _unit("bucketed", _BUCKETED, "rows sorted by length into <= 4 buckets chosen by a cost model, each trimmed to "
           "its own longest row and run with saturated_gate (LSTM/GRU) or packed (RNN)"),
+    _unit("time_sliced", _SLICED, "rows sorted by length, the fused kernel (oneDNN / cuDNN / aten) over <= 16 time "
+          "segments chosen by a cost model, (h, c) carried across; rows ending inside a segment run on, masked, "
+          "with c frozen by a padding-indicator input (LSTM)"),
 )
