@@ -33,10 +33,12 @@ def reference(spec, params, x, L, cot, side):
                                          side=side)
 
 
-def adapter_for(name, strategy, cell):
+def adapter_for(name, strategy, cell, device="cpu", dtype="float64"):
+    """The adapter, or a skip with the reason the strategy's precondition gives for this cell, device and dtype."""
     fw = adapters.get(name)
-    if strategy not in fw.rnn_strategies(cell):
-        pytest.skip(f"{name} offers {strategy!r} only for other cells; it offers {fw.rnn_strategies(cell)}")
+    why = fw.why_not("rnn", strategy, cell=cell, device=device, dtype=dtype)
+    if why is not None:
+        pytest.skip(f"{name} {strategy!r} does not run here ({cell}, {device}, {dtype}): {why}")
     return fw
 
 
@@ -46,7 +48,7 @@ def adapter_for(name, strategy, cell):
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_rnn_matches_reference(name, strategy, cell, side, bidirectional, dtype, device):
-    fw = on_device(adapter_for(name, strategy, cell), device)
+    fw = on_device(adapter_for(name, strategy, cell, device, dtype), device)
     spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=bidirectional)
     x, L, params, cot = rnn_case(spec, side, dtype)
     want_out, want_grads = reference(spec, params, x, L, cot, side)
@@ -111,10 +113,13 @@ def test_frameworks_agree_pairwise(pair, cell):
 @pytest.mark.parametrize("name,strategy", STRATS)
 @given(batch=ragged_batches(max_batch=4, max_len=5), shape=rnn_shapes(), cell=st.sampled_from(CELLS))
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_rnn_random_batches_and_sizes(name, strategy, batch, shape, cell):
+def test_rnn_random_batches_and_sizes(name, strategy, batch, shape, cell, device):
     lengths, T, side, seed = batch
-    fw = adapters.get(name)
-    assume(strategy in fw.rnn_strategies(cell))  # never a silent pass: Hypothesis fails if no example ran
+    fw = on_device(adapters.get(name), device)
+    why = {c: fw.why_not("rnn", strategy, cell=c, device=device, dtype="float64") for c in CELLS}
+    if all(why.values()):
+        pytest.skip(f"{name} {strategy!r} runs for no cell on {device} in float64: {why}")
+    assume(why[cell] is None)  # never a silent pass: Hypothesis fails if no example ran
     I, H, layers, bi = shape
     spec = RnnSpec(cell, I, H, layers, bi)
     L = np.array(lengths)
@@ -122,7 +127,7 @@ def test_rnn_random_batches_and_sizes(name, strategy, batch, shape, cell):
     params = init_params(spec, seed=seed, dtype="float64")
     cot = cotangents(spec, L.size, T, seed=seed, dtype="float64")
     want_out, want_grads = reference(spec, params, x, L, cot, side)
-    out, grads = fw.rnn_vjp(spec, params, fw.asarray(x), L, cot, side=side, strategy=strategy)
-    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T, side), tolerance("float64"))
+    out, grads = fw.rnn_vjp(spec, params, fw.asarray(x, device), L, cot, side=side, strategy=strategy, device=device)
+    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T, side), tolerance("float64", device))
     bad = {q: err for q, (ok, err) in res.items() if not ok}
     assert not bad, f"{name}/{strategy} {spec} lengths={lengths} T={T} side={side}: {bad}"

@@ -139,3 +139,49 @@ def test_plan_segments_extremes():
     assert [(s.start, s.stop, s.rows) for s in plan_segments(L, step_cost=0, call_cost=0)] == \
         [(0, 1, 5), (1, 3, 4), (3, 7, 3), (7, 9, 1)]
     assert [(s.start, s.stop, s.rows) for s in plan_segments(L, step_cost=0, call_cost=1e9)] == [(0, 9, 5)]
+
+
+def _lstm_ref_as_cudnn(seen):
+    """A stand-in for `jax.experimental.rnn.lstm` on CPU: the same flat cuDNN weight vector, unpacked by JAX's own
+    `unpack_lstm_weights`, run by JAX's `lstm_ref`. It records the shortest length it was given (cuDNN's state
+    for a zero-length row is wrong, so the strategy must never pass one)."""
+    import jax
+    from jax.experimental import rnn as jax_rnn
+
+    def lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, num_layers, dropout, bidirectional,
+             precision=None):
+        jax.debug.callback(lambda v: seen.append(int(v.min())), seq_lengths)
+        w_ih, w_hh, b_ih, b_hh = jax_rnn.unpack_lstm_weights(weights, input_size, hidden_size, num_layers,
+                                                             bidirectional)
+        return jax_rnn.lstm_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, seq_lengths, input_size, hidden_size,
+                                num_layers, dropout, bidirectional)
+
+    return lstm
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_jax_cudnn_lstm_glue_matches_reference(side, dtype, monkeypatch):
+    """cudnn_lstm runs on GPUs only; on CPU its glue (cuDNN weight packing, realignment, zero-length rows, the
+    gradient split back into canonical leaves) is checked around JAX's own reference LSTM in cuDNN's place."""
+    require("jax")
+    from jax.experimental import rnn as jax_rnn
+
+    fw = adapters.get("jax")
+    why = fw.why_not("rnn", "cudnn_lstm", cell="lstm", device="cpu", dtype="float32")
+    assert why and "GPU" in why
+    assert fw.why_not("rnn", "cudnn_lstm", cell="gru", device="gpu", dtype="float32")
+    seen = []
+    monkeypatch.setattr(jax_rnn, "lstm", _lstm_ref_as_cudnn(seen))
+    spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    L, T = SPLIT_LENGTHS, SPLIT_T
+    x = padded(L, T, (3,), side=side, seed=2, dtype=dtype, fill=np.nan)
+    params = init_params(spec, seed=2, dtype=dtype)
+    cot = cotangents(spec, L.size, T, seed=2, dtype=dtype)
+    want_out, want_grads = reference(spec, map_params(lambda a: a.astype("float64"), params), x.astype("float64"),
+                                     L, {k: v.astype("float64") for k, v in cot.items()}, side)
+    out, grads = fw._rnn_vjp(("cudnn", 1), spec, params, x, L, cot, side, "cpu")  # past the GPU-only precondition
+    assert out.kernel == "cudnn" and seen and min(seen) >= 1, seen
+    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T, side), tolerance(dtype))
+    bad = {q: err for q, (ok, err) in res.items() if not ok}
+    assert not bad, f"cudnn_lstm glue side={side} {dtype}: {bad}"

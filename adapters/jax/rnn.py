@@ -30,6 +30,10 @@ once per new bucket shape, a bounded set):
   it is one bucket, the whole batch in order, i.e. "scan". The price: one compile per new bucket shape (~1-3 s).
   An unmasked "saturated gate" scan was not added: it keeps every padded step, and the unmasked "scan_flip" is no
   faster than "scan" on CPU, so removing the per-step `where` cannot pay.
+- "cudnn_lstm" (GPU, LSTM, float32): `jax.experimental.rnn.lstm`, JAX's cuDNN LSTM with seq_lengths, every layer
+  and direction in one call; left padding realigned; zero-length rows run as length 1 and are zeroed (cuDNN's own
+  state for a zero length was seen 0.30 off on an H100). Kernel "cudnn". It has no CPU lowering, so on CPU only its
+  glue is tested (around JAX's `lstm_ref` in cuDNN's place, `tests/test_rnn_fast.py`).
 Padded inputs are replaced by 0 with `jnp.where` before any matmul, so NaN in padding never reaches a product whose
 result is later masked (which would poison gradients), and padded outputs are selected to exactly 0.
 """
@@ -66,7 +70,7 @@ class JaxRnn:
         x = self.asarray(x, device)
         outputs, h_n, c_n = self._keep(fn(self.params_to_jax(params, x.dtype, device), x,
                                           self.asarray(lengths, device)))
-        return RnnOut(outputs, h_n, c_n, "xla-scan")
+        return RnnOut(outputs, h_n, c_n, _kernel(algo))
 
     def _rnn_vjp(self, algo, spec, params, x, lengths, cotangents, side, device):
         fn = self._cached(("rnn_vjp", spec, algo, side), lambda: self._rnn_fn(spec, algo, side, True))
@@ -75,7 +79,7 @@ class JaxRnn:
                     for k in ("outputs", "h_n", "c_n"))
         (outputs, h_n, c_n), g_params, g_x = self._keep(fn(self.params_to_jax(params, x.dtype, device), x,
                                                            self.asarray(lengths, device), cot))
-        return RnnOut(outputs, h_n, c_n, "xla-scan"), {"x": g_x, "params": self.params_from_jax(g_params)}
+        return RnnOut(outputs, h_n, c_n, _kernel(algo)), {"x": g_x, "params": self.params_from_jax(g_params)}
 
     def raw_rnn(self, spec, params, x, lengths, device="cpu", *, backward=False, cotangents=None):
         """A user's masked `lax.scan` LSTM/GRU/RNN under `jax.jit` (right padding, no validation, weights already
@@ -206,6 +210,8 @@ class JaxRnn:
         T = x.shape[1]
         valid = self.valid(lengths, T, side)
         x = jnp.where(valid[..., None], x, 0)  # padding (even NaN) never reaches a matmul
+        if algorithm == "cudnn":
+            return self._cudnn_lstm(spec, params, x, lengths, side)
         if algorithm == "flip" and side == "left":
             x = self.realign(x, lengths, to="right")
         layer_in, valid = jnp.swapaxes(x, 0, 1), valid.T  # time-major inside
@@ -226,6 +232,31 @@ class JaxRnn:
         h_n = jnp.stack([s[0] for s in finals])
         c_n = jnp.stack([s[1] for s in finals]) if spec.cell == "lstm" else None
         return out, h_n, c_n
+
+    def _cudnn_lstm(self, spec: RnnSpec, params, x, lengths, side: str):
+        """`jax.experimental.rnn.lstm` (cuDNN, seq_lengths, every layer and direction in one call) on right-aligned
+        rows with padding already 0. cuDNN's packed weight vector is every (layer, direction)'s W_ih, W_hh
+        flattened, then every b_ih, b_hh (PyTorch gate order), built by one concatenate, so autodiff splits the
+        flat gradient back into the canonical leaves. A zero-length row runs as length 1 (cuDNN's state for a
+        zero length is not the initial state: seen 0.30 off on an H100) and its outputs and states are then
+        selected to 0, so nothing of that step leaks, forward or backward."""
+        jnp = self.jnp
+        from jax.experimental import rnn as jax_rnn
+
+        T, live = x.shape[1], lengths > 0
+        if side == "left":
+            x = self.realign(x, lengths, to="right")
+        pieces = [p[k] for layer in params for p in layer for k in ("w_ih", "w_hh")]
+        weights = jnp.concatenate([w.reshape(-1) for w in pieces]
+                                  + [p[k] for layer in params for p in layer for k in ("b_ih", "b_hh")])
+        zero = jnp.zeros((spec.num_layers * spec.num_directions, x.shape[0], spec.hidden_size), x.dtype)
+        y, h_n, c_n = jax_rnn.lstm(x, zero, zero, weights, jnp.maximum(lengths, 1).astype(jnp.int32),
+                                   input_size=spec.input_size, hidden_size=spec.hidden_size,
+                                   num_layers=spec.num_layers, dropout=0.0, bidirectional=spec.bidirectional)
+        y = jnp.where(self.valid(lengths, T)[..., None], y, 0)
+        if side == "left":
+            y = self.realign(y, lengths, to="left")
+        return y, jnp.where(live[None, :, None], h_n, 0), jnp.where(live[None, :, None], c_n, 0)
 
     def _reverse_tm(self, x, lengths):
         """Per-row reversal within length of a time-major [T, B, F] array (the shared `reverse_within`)."""
@@ -301,16 +332,33 @@ class JaxRnn:
 STEP_COST, CALL_COST = 2.0, 64.0
 
 
-def _unit(name: str, algorithm: str, unroll: int, doc: str) -> Strategy:
+def _unit(name: str, algorithm: str, unroll: int, doc: str, **extra) -> Strategy:
     algo = (algorithm, unroll)
     return Strategy(name, lambda a, *args: a._rnn_forward(algo, *args), lambda a, *args: a._rnn_vjp(algo, *args),
-                    doc=doc)
+                    doc=doc, **extra)
+
+
+def _kernel(algo: tuple) -> str:
+    return "cudnn" if algo[0] == "cudnn" else "xla-scan"
+
+
+def _cudnn_ok(adapter, cell: str | None = None, device: str = "cpu", dtype: str | None = None, **spec) -> str | None:
+    """cudnn_lstm's precondition: jax.experimental.rnn lowers to cuDNN only (no CPU path), LSTM, float32."""
+    if device != "gpu":
+        return "jax.experimental.rnn.lstm runs on CUDA GPUs only (cuDNN; it has no CPU lowering)"
+    if cell is not None and cell != "lstm":
+        return "jax.experimental.rnn offers the LSTM only"
+    if dtype is not None and dtype != "float32":
+        return f"jax.experimental.rnn.lstm is run in float32 only here, not {dtype}"
+    return None
 
 
 STRATEGIES = strategy_table(
     _unit("scan", "masked", 1, "lax.scan, carry frozen at padded steps"),
     _unit("scan_flip", "flip", 1, "Flax nn.RNN recipe: flip within length, unmasked scan, pick the final carry"),
     _unit("scan_unroll8", "masked", 8, "scan with lax.scan(unroll=8)"),
+    _unit("cudnn_lstm", "cudnn", 1, "jax.experimental.rnn.lstm (cuDNN) with seq_lengths; zero-length rows run as "
+          "length 1 and are zeroed", supports=_cudnn_ok),
     Strategy("bucketed", lambda a, spec, params, x, L, side, dev: a._bucketed(spec, params, x, L, None, side, dev),
              lambda a, spec, params, x, L, cot, side, dev: a._bucketed(spec, params, x, L, cot, side, dev),
              doc="rows sorted by length into <= 4 trimmed buckets (shapes on a ladder), each a masked scan"),
