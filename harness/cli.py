@@ -170,7 +170,7 @@ def _bench_grids(args) -> list[dict]:
 
 def cmd_bench(args) -> int:
     import adapters
-    from harness import bench, cluster, families
+    from harness import bench, cluster, families, speedups
 
     if args.cluster and not cluster.available():
         raise Usage("--cluster needs Dask's distributed: pip install 'varlen[cluster]'")
@@ -217,6 +217,11 @@ def cmd_bench(args) -> int:
           f"{len(unsupported)} not supported by their strategy's precondition here (run {run})")
     for r in failed:
         print(f"  FAILED {r['key']}: {r.get('error')}")
+    speedup = speedups.lines(recs, tuple(families.strategy_ops()))
+    if speedup:
+        print("varlen bench: fastest strategy vs the padded baseline (same framework, device and shape):")
+        for line in speedup:
+            print(f"  {line}")
     return 1 if failed else 0
 
 

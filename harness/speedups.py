@@ -1,0 +1,41 @@
+"""The ratios `varlen bench` prints at the end of a sweep: for each strategy op, framework and shape, the fastest
+strategy on each length profile against that framework's padded baseline (its fastest strategy on the fully padded
+`equal` profile of the same batch and length) and against the ideal (the baseline scaled by the valid share of the
+work); on equal lengths, every strategy's time over the fastest one's (what a strategy costs on unpadded
+batches). Each line names the strategy, the kernel that ran and the device. Plain dicts in, text lines out."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+#: record fields that, with the profile left out, make two measurements comparable
+SHAPE = ("op", "device", "dtype", "batch", "max_len", "framework", "cell", "hidden", "num_layers", "bidirectional")
+
+
+def lines(records: list[dict], ops: tuple[str, ...]) -> list[str]:
+    """One line per (shape, non-equal profile) with a measured `equal` baseline, for the records of `ops`."""
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.get("status") == "ok" and r.get("op") in ops and r.get("median_s"):
+            groups[tuple(r.get(k) for k in SHAPE)][r["profile"]].append(r)
+    out = []
+    for shape, by_profile in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if "equal" not in by_profile:
+            continue
+        base = min(by_profile["equal"], key=lambda r: r["median_s"])
+        fields = dict(zip(SHAPE, shape, strict=True))
+        head = (f"{fields['op']} {fields['framework']} {fields['device']} B={fields['batch']} T={fields['max_len']}"
+                + (f" {fields['cell']} H={fields['hidden']}" if fields.get("cell") else ""))
+        costs = sorted((r["median_s"] / base["median_s"], r["strategy"], r["kernel"]) for r in by_profile["equal"])
+        out.append(f"{head} equal (0% padding): time / fastest: "
+                   + ", ".join(f"{s} [{k}] {c:.2f}" for c, s, k in costs))
+        for profile, recs in sorted(by_profile.items()):
+            if profile == "equal":
+                continue
+            best = min(recs, key=lambda r: r["median_s"])
+            x = base["median_s"] / best["median_s"]
+            ideal = 1 / best["ideal_share"] if best.get("ideal_share") else float("nan")
+            out.append(f"{head} {profile} ({best['padding_fraction']:.0%} padding): {best['strategy']} "
+                       f"[{best['kernel']}] {x:.2f}x the padded baseline ({base['strategy']} [{base['kernel']}] "
+                       f"on equal lengths, {base['median_s'] * 1e3:.1f} ms), ideal {ideal:.2f}x "
+                       f"({x / ideal:.2f} of it)")
+    return out

@@ -1,0 +1,24 @@
+"""The ratios `varlen bench` prints: fastest strategy per profile against the padded baseline and the ideal."""
+from __future__ import annotations
+
+from harness import speedups
+
+
+def rec(profile, strategy, median, share=1.0, padding=0.0, **extra):
+    return {"status": "ok", "op": "rnn_forward_backward", "device": "cpu", "dtype": "float32", "batch": 4,
+            "max_len": 8, "framework": "torch", "cell": "lstm", "hidden": 2, "num_layers": 1,
+            "bidirectional": False, "profile": profile, "strategy": strategy, "kernel": f"k-{strategy}",
+            "median_s": median, "ideal_share": share, "padding_fraction": padding, **extra}
+
+
+def test_ratios_against_the_fastest_equal_strategy_and_the_ideal():
+    recs = [rec("equal", "a", 0.010), rec("equal", "b", 0.008),
+            rec("zipf", "a", 0.004, share=0.25, padding=0.75), rec("zipf", "b", 0.002, share=0.25, padding=0.75),
+            rec("zipf", "c", 0.001, share=0.25, padding=0.75, status="failed"),  # not measured: ignored
+            rec("lognormal", "a", 0.004, share=0.5, padding=0.5, framework="jax")]  # no jax baseline: no line
+    out = speedups.lines(recs, ("rnn_forward_backward",))
+    assert len(out) == 2, out
+    assert "equal (0% padding): time / fastest: b [k-b] 1.00, a [k-a] 1.25" in out[0]
+    assert "zipf (75% padding): b [k-b] 4.00x the padded baseline (b [k-b] on equal lengths, 8.0 ms)" in out[1]
+    assert "ideal 4.00x (1.00 of it)" in out[1]
+    assert speedups.lines(recs, ("attention_forward",)) == []
