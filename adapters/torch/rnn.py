@@ -523,8 +523,8 @@ class TorchRnn:
                 freeze = ended if spec.cell == "lstm" else None
                 if freeze is not None:
                     stack = torch.cat([stack, freeze], dim=1)
-                out, h, c = self._sliced_direction(spec.cell, torch.split(stack, sizes), segments, p, order.size,
-                                                   freeze is not None)
+                parts = torch.split(stack, sizes) if len(sizes) > 1 else (stack,)  # one segment: no split node
+                out, h, c = self._sliced_direction(spec.cell, parts, segments, p, order.size, freeze is not None)
                 outs.append(out if plans[d] is None else gather(out, plans[d][1], plans[d][0]))
                 hs.append(gather(out, *lasts[d]) if run_on else states(h))
                 cs.append(None if c is None else states(c))
