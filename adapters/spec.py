@@ -314,15 +314,27 @@ MAX_SEGMENTS = 16
 
 
 def plan_segments(sorted_lengths: np.ndarray, max_segments: int = MAX_SEGMENTS, step_cost: float = 4.0,
-                  call_cost: float = 64.0) -> list[Segment]:
+                  call_cost: float = 64.0, cuts: np.ndarray | None = None,
+                  rows_ladder: np.ndarray | None = None) -> list[Segment]:
     """Cut the time axis of non-empty rows sorted by descending length into <= max_segments segments, each
     starting where some row ends, minimising sum(call_cost + (stop - start) * (rows + step_cost)): a segment runs
     every row longer than its start, so rows that end inside it run on (padded work) until its stop. Cutting at
     every distinct length is the exact "active batch constant" schedule; fewer cuts trade padded row-steps for
-    fewer calls. `sorted_lengths` must be non-increasing and positive."""
-    ends = np.unique(sorted_lengths)  # ascending distinct lengths: the possible segment stops
-    starts = np.concatenate([[0], ends])  # candidate cut positions c_0 = 0 < c_1 < ... < c_m = max length
+    fewer calls. `sorted_lengths` must be non-increasing and positive.
+
+    For compiled frameworks, `cuts` restricts the cut positions (e.g. a `shape_ladder`; the last segment then
+    stops at the smallest cut >= the longest row) and `rows_ladder` rounds each segment's row count up (the extra
+    rows are rows that already ended, or empty ones), so the segment shapes repeat across batches."""
+    longest = int(sorted_lengths[0])
+    if cuts is None:
+        ends = np.unique(sorted_lengths)  # ascending distinct lengths: the possible segment stops
+    else:
+        cuts = np.asarray(cuts)
+        ends = np.concatenate([cuts[(cuts > 0) & (cuts < longest)], [cuts[np.searchsorted(cuts, longest)]]])
+    starts = np.concatenate([[0], ends])  # candidate cut positions c_0 = 0 < c_1 < ... < c_m (>= longest)
     active = (sorted_lengths[None, :] > starts[:, None]).sum(axis=1)  # rows running from each cut
+    if rows_ladder is not None:
+        active = round_up(active, rows_ladder)
     span = starts[None, :] - starts[:, None]  # [i, j] -> c_j - c_i
     cost = np.where(span > 0, call_cost + span * (active[:, None] + step_cost), np.inf)
     bounds = cheapest_cuts(cost, max_segments)

@@ -185,3 +185,28 @@ def test_jax_cudnn_lstm_glue_matches_reference(side, dtype, monkeypatch):
     res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T, side), tolerance(dtype))
     bad = {q: err for q, (ok, err) in res.items() if not ok}
     assert not bad, f"cudnn_lstm glue side={side} {dtype}: {bad}"
+
+
+@pytest.mark.parametrize("cell,side,layers,bi", [("lstm", "left", 1, True), ("gru", "right", 2, False),
+                                                 ("rnn", "right", 1, True)], ids=["lstm-left-bi", "gru-2layers",
+                                                                                  "rnn-bi"])
+def test_tensorflow_time_sliced_over_several_segments(cell, side, layers, bi):
+    """TF's time_sliced on a batch its planner cuts into several segments (row counts rounded up the batch
+    ladder, so some segments carry rows that already ended): exact, and one trace per distinct plan."""
+    require("tensorflow")
+    fw = adapters.get("tensorflow")
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
+    L, T = SPLIT_LENGTHS, SPLIT_T
+    x = padded(L, T, (3,), side=side, seed=3, dtype="float64", fill=np.nan)
+    params = init_params(spec, seed=3, dtype="float64")
+    cot = cotangents(spec, L.size, T, seed=3, dtype="float64")
+    want_out, want_grads = reference(spec, params, x, L, cot, side)
+    before = len(fw.rnn_sliced_plans())
+    for _ in range(2):  # the second call reuses the first one's trace
+        out, grads = fw.rnn_vjp(spec, params, fw.asarray(x), L, cot, side=side, strategy="time_sliced")
+    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T, side), tolerance("float64"))
+    bad = {q: err for q, (ok, err) in res.items() if not ok}
+    assert not bad, f"tensorflow time_sliced {cell} side={side}: {bad}"
+    k = int(out.kernel.split("sliced[")[1].split("]")[0])
+    assert k >= 2, out.kernel
+    assert len(fw.rnn_sliced_plans()) == before + 1

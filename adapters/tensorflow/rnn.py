@@ -1,4 +1,4 @@
-"""TensorFlow 2 / Keras 3 masked RNNs: three strategy units, "keras", "masked_scan" and "bucketed".
+"""TensorFlow 2 / Keras 3 masked RNNs: four strategy units, "keras", "masked_scan", "bucketed", "time_sliced".
 
 TensorFlow is imported in `TensorflowAdapter.__init__` (with KERAS_BACKEND=tensorflow), never at module level.
 TF32 is turned off there (`enable_tensor_float_32_execution(False)`) so float32 correctness runs compare tightly,
@@ -37,6 +37,17 @@ bucket shape, a bounded set):
   ~700 us on CPU whatever the batch, so trimming pays only where many long steps go away (zipf ~2x, lognormal only
   ~1.1x). Kernel "<keras kernel> bucketed[k]". Exact by construction; `rnn_bucket_shapes()` lists the shapes.
 
+- "time_sliced": the rows sorted by length (in the graph), the time axis cut into <= 8 segments by the shared
+  `adapters.spec.plan_segments` with cuts on the time ladder and row counts up the batch ladder (so plans repeat
+  across batches: one tf.function trace per distinct plan, `rnn_sliced_plans()`), each segment one call of a
+  forward-only Keras layer per (layer, direction) on the rows still running, from the state the previous segment
+  left. Keras carries the state through masked steps, so a row that ends inside a segment (or is rounded into one
+  after its end) keeps its final state exactly; its outputs there are zeroed. The reverse direction runs forward on
+  each row reversed within its length. Unlike bucketing it never repeats a step: the sequential steps are the
+  longest row's (rounded up the ladder), which is what bounds TF on CPU, where a step of Keras's while loop costs
+  ~200 us forward+backward before any row is computed. Generic loop on every device (cuDNN asserts that no row is
+  fully masked, which rounded-in rows are). Kernel "keras-while sliced[k]".
+
 Gradients come from `tf.GradientTape` inside the compiled function; Keras-layout gradients are mapped back to the
 canonical PyTorch layout (`canonical_grads`: transposed, gate order restored, a merged bias gradient goes to both
 b_ih and b_hh).
@@ -48,12 +59,25 @@ from typing import Any
 
 import numpy as np
 
-from adapters.spec import Bucket, RnnOut, RnnSpec, Strategy, plan_buckets, strategy_table, unbucket_index
+from adapters.spec import (
+    Bucket,
+    RnnOut,
+    RnnSpec,
+    Strategy,
+    plan_buckets,
+    plan_segments,
+    shape_ladder,
+    strategy_table,
+    unbucket_index,
+)
 
 #: "bucketed" cost model (row-steps, see `plan_buckets`), measured on CPU for the Keras LSTM (H=128) forward +
 #: backward: ~25 us per row-step, but ~700 us per step whatever the batch (a dozen small ops through TF's executor
 #: in the while loop) and a few ms per call. Steps are dear, so the planner splits far less than under XLA.
 STEP_COST, CALL_COST = 30.0, 150.0
+#: "time_sliced": a segment is one more Keras layer call inside the same tf.function (no extra dispatch, gathers
+#: or weight assignment), cheaper than a bucket; at most MAX_SEGMENTS of them
+SLICE_CALL_COST, MAX_SEGMENTS = 50.0, 8
 
 # Keras gate blocks in terms of PyTorch's: LSTM i,f,c,o == i,f,g,o; GRU z,r,h <- r,z,n (blocks 1,0,2).
 _KERAS_BLOCKS = {"rnn": (0,), "lstm": (0, 1, 2, 3), "gru": (1, 0, 2)}
@@ -156,6 +180,72 @@ class _KerasNet:
             hs += states[0::2] if lstm else states
             cs += states[1::2] if lstm else []
         return x, hs, cs
+
+
+class _SlicedNet:
+    """"time_sliced": one forward-only Keras layer per (layer, direction), built once per (spec, dtype, device),
+    run segment by segment from the state the previous segment left; weights assigned per call like `_KerasNet`."""
+
+    sources = _KerasNet.sources
+    to_canonical = _KerasNet.to_canonical
+
+    def __init__(self, tf: Any, keras: Any, spec: RnnSpec, dtype: str) -> None:
+        self.tf, self.spec = tf, spec
+        self.layers = []
+        for layer in range(spec.num_layers):
+            dirs = []
+            for _ in range(spec.num_directions):  # the reverse direction runs forward on per-row reversed input
+                net = _KerasNet._make(keras, spec, dtype, use_cudnn=False)
+                net.build((None, None, spec.layer_input_size(layer)))
+                dirs.append(net)
+            self.layers.append(dirs)
+        self.cells = [[net.cell for net in dirs] for dirs in self.layers]
+
+
+class _SlicedPlan:
+    """One segment plan of "time_sliced" over a `_SlicedNet` (what one tf.function traces): rows sorted by length
+    in the graph, each segment one Keras layer call on the rows still running (a prefix), with the mask, from the
+    carried state. Keras carries the state through masked steps, so a row that ends inside a segment (or was
+    rounded into it) keeps its final state exactly; its outputs there are zeroed."""
+
+    def __init__(self, adapter: Any, net: _SlicedNet, plan: tuple) -> None:
+        self.adapter, self.tf, self.net, self.plan = adapter, adapter.tf, net, plan
+        self.kernel_fallback = f"keras-while sliced[{len(plan)}]"
+        self.sources, self.to_canonical = net.sources, net.to_canonical
+
+    def forward(self, x: Any, lengths: Any, valid: Any, params: list) -> tuple[Any, list, list]:
+        """x right-aligned and zeroed at padding -> (outputs zeroed at padding, [h per layer*dir], [c ...])."""
+        tf, plan, reverse = self.tf, self.plan, self.adapter.reverse_within
+        B, T, top = x.shape[0], x.shape[1], self.plan[-1].stop
+        order = tf.argsort(lengths, direction="DESCENDING", stable=True)
+        back = tf.math.invert_permutation(order)
+        n = tf.gather(lengths, order)
+        seq_in, ok = tf.gather(x, order)[:, :top], tf.gather(valid, order)[:, :top]
+        lstm, hs, cs = self.spec_cell() == "lstm", [], []
+        for dirs in self.net.layers:
+            outs = []
+            for d, layer in enumerate(dirs):
+                seq = reverse(seq_in, n) if d else seq_in
+                parts, h_parts, c_parts, state = [], [], [], None
+                for j, seg in enumerate(plan):
+                    init = None if state is None else [s[:seg.rows] for s in state]
+                    out, *state = layer(seq[:seg.rows, seg.start:seg.stop], mask=ok[:seg.rows, seg.start:seg.stop],
+                                        initial_state=init)
+                    done = plan[j + 1].rows if j + 1 < len(plan) else 0  # rows [done, rows) end in this segment
+                    h_parts.append(state[0][done:])
+                    c_parts += [state[1][done:]] if lstm else []
+                    parts.append(tf.pad(out, [(0, B - seg.rows), (0, 0), (0, 0)]))
+                out = tf.where(ok[..., None], tf.concat(parts, axis=1), 0)
+                outs.append(reverse(out, n) if d else out)
+                empty = tf.zeros([B - plan[0].rows, h_parts[0].shape[1]], x.dtype)  # rows in no segment
+                hs.append(tf.gather(tf.concat([*h_parts[::-1], empty], 0), back))
+                cs += [tf.gather(tf.concat([*c_parts[::-1], empty], 0), back)] if lstm else []
+            seq_in = tf.concat(outs, axis=-1) if len(outs) > 1 else outs[0]
+        out = tf.gather(seq_in, back)
+        return tf.pad(out, [(0, 0), (0, T - top), (0, 0)]), hs, cs
+
+    def spec_cell(self) -> str:
+        return self.net.spec.cell
 
 
 class _ScanNet:
@@ -405,6 +495,44 @@ class TensorflowRnn:
         where = unbucket_index(plan)
         return self.tf.gather(self.tf.concat(parts, axis=axis), where, axis=axis)
 
+    # -- "time_sliced": rows sorted by length, Keras layers over time segments, the state carried across --------
+    def _sliced(self, spec, params, x, lengths, cotangents, side, device):
+        """Plan the segments on the host (cuts and row counts on ladders, so plans repeat across batches), run the
+        plan's tf.function (one trace per distinct plan, `rnn_sliced_plans()`)."""
+        lengths = np.asarray(lengths)
+        T, B = np.shape(x)[1], lengths.size
+        if T == 0 or not np.any(lengths):  # nothing runs: the Keras path returns the zeros
+            run = self._rnn_forward if cotangents is None else self._rnn_vjp
+            args = (_KERAS, spec, params, x, lengths) + (() if cotangents is None else (cotangents,))
+            return run(*args, side, device)
+        sl = np.sort(lengths[lengths > 0])[::-1]
+        plan = tuple(plan_segments(sl, max_segments=MAX_SEGMENTS, step_cost=STEP_COST, call_cost=SLICE_CALL_COST,
+                                   cuts=shape_ladder(T), rows_ladder=shape_ladder(B, halves=False)))
+        x, L, params = self._inputs(spec, params, x, lengths, device)
+        mode = "fwd" if cotangents is None else "vjp"
+        key = ("sliced", mode, spec, side, x.dtype.name, device, B, T, plan)
+        if key not in self._fns:
+            base = (spec, x.dtype.name, device)
+            if ("sliced", *base) not in self._nets:
+                with self.tf.device(self._dev(device)):
+                    self._nets[("sliced", *base)] = _SlicedNet(self.tf, self.keras, *base[:2])
+            net = _SlicedPlan(self, self._nets[("sliced", *base)], plan)
+            self._fns[key] = self.tf.function(functools.partial(self._body(key, net, side, mode == "vjp")),
+                                              autograph=False)
+            self.rnn_sliced_plans().add(key[1:])
+        fn = self._fns[key]
+        with self.tf.device(self._dev(device)):
+            if cotangents is None:
+                out, h_n, c_n = fn(x, L, params)
+                return RnnOut(out, h_n, c_n, self._kernels[key])
+            cot = {k: self.tf.cast(self.asarray(v, device), x.dtype) for k, v in cotangents.items()}
+            (out, h_n, c_n), gx, gp = fn(x, L, params, cot)
+        return RnnOut(out, h_n, c_n, self._kernels[key]), {"x": gx, "params": gp}
+
+    def rnn_sliced_plans(self) -> set:
+        """(mode, spec, side, dtype, device, B, T, plan) of every "time_sliced" function traced so far."""
+        return self.__dict__.setdefault("_sliced_plans", set())
+
     def raw_rnn(self, spec, params, x, lengths, device="cpu", *, backward=False, cotangents=None):
         """Stacked Keras layers called with a `tf.sequence_mask` under one `tf.function`, the way a Keras user
         writes it (right padding, weights assigned once, no validation), forward or with `tf.GradientTape`."""
@@ -469,4 +597,9 @@ STRATEGIES = strategy_table(
              lambda a, spec, params, x, L, cot, side, dev: a._bucketed(_KERAS, spec, params, x, L, cot, side, dev),
              doc="rows sorted by length into <= 4 trimmed buckets (shapes on a ladder), each through the Keras "
                  "layers (the faster network on CPU)"),
+    Strategy("time_sliced",
+             lambda a, spec, params, x, L, side, dev: a._sliced(spec, params, x, L, None, side, dev),
+             lambda a, spec, params, x, L, cot, side, dev: a._sliced(spec, params, x, L, cot, side, dev),
+             doc="rows sorted by length, Keras layers over <= 8 time segments (cuts and row counts on ladders), "
+                 "the state carried across; masked steps carry each row's final state"),
 )
