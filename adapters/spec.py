@@ -189,15 +189,11 @@ def valid_mask(lengths: np.ndarray, maxlen: int, side: str = "right") -> np.ndar
     return t < lengths if side == "right" else t >= maxlen - lengths
 
 
-
-
 def to_left_index(lengths: np.ndarray, maxlen: int) -> np.ndarray:
     """Gather index [B, T] that turns a right-padded row back into a left-padded one."""
     t = np.arange(maxlen)[None, :]
     lengths = np.asarray(lengths, dtype=np.int64)[:, None]
     return (t - (maxlen - lengths)) % max(maxlen, 1)
-
-
 
 
 def pack_order(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 import adapters
-from adapters.spec import RnnSpec, init_params, map_params, plan_buckets, shape_ladder, valid_mask
-from harness.data import cotangents, padded
-from harness.families.rnn import compare_rnn
+from adapters.spec import RnnSpec, init_params, plan_buckets, shape_ladder
+from harness.data import padded
 from harness.profiles import lengths_for
-from harness.tolerances import tolerance
 from tests.conftest import require
+from tests.rnn_cases import against_reference
 
 NAMES = ["jax", "tensorflow"]
 #: three groups of lengths (and an empty row): each framework's cost model splits them (XLA 3 buckets, TF 2)
@@ -29,10 +28,6 @@ def plan_for(name, lengths, T):
     """The plan the framework's "bucketed" makes: the shared planner with that framework's cost model."""
     mod = importlib.import_module(f"adapters.{name}.rnn")
     return plan_buckets(lengths, T, step_cost=mod.STEP_COST, call_cost=mod.CALL_COST)
-
-
-def reference(spec, params, x, L, cot, side):
-    return adapters.get("numpy").rnn_vjp(spec, params, x, L, cot, side=side)
 
 
 def test_the_split_batch_really_splits():
@@ -48,13 +43,7 @@ def test_bucketed_matches_reference_on_several_buckets(name, cell, side, layers,
     fw = adapters.get(name)
     spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
     L, T = SPLIT_LENGTHS, SPLIT_T
-    x = padded(L, T, (3,), side=side, seed=1, dtype="float64", fill=np.nan)
-    params = init_params(spec, seed=1, dtype="float64")
-    cot = cotangents(spec, L.size, T, seed=1, dtype="float64")
-    want_out, want_grads = reference(spec, params, x, L, cot, side)
-    out, grads = fw.rnn_vjp(spec, params, fw.asarray(x), L, cot, side=side, strategy="bucketed")
-    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T, side), tolerance("float64"))
-    bad = {q: err for q, (ok, err) in res.items() if not ok}
+    bad, out = against_reference(fw, spec, L, T, side=side, seed=1, strategy="bucketed")
     assert not bad, f"{name} bucketed {cell} side={side}: {bad}"
     k = len(plan_for(name, L, T))
     assert k >= 2 and out.kernel.endswith(f"bucketed[{k}]"), out.kernel
@@ -90,14 +79,8 @@ def test_bucketed_edge_batches(name, lengths, T):
     require(name)
     fw = adapters.get(name)
     spec = RnnSpec("lstm", input_size=2, hidden_size=3, bidirectional=True)
-    L = np.array(lengths)
-    x = padded(L, T, (2,), seed=2, dtype="float64", fill=np.nan)
-    params = init_params(spec, seed=2, dtype="float64")
-    cot = cotangents(spec, L.size, T, seed=2, dtype="float64")
-    want_out, want_grads = reference(spec, map_params(np.asarray, params), x, L, cot, "right")
-    out, grads = fw.rnn_vjp(spec, params, fw.asarray(x), L, cot, strategy="bucketed")
-    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T), tolerance("float64"))
-    assert all(ok for ok, _ in res.values()), res
+    bad, out = against_reference(fw, spec, np.array(lengths), T, seed=2, strategy="bucketed")
+    assert not bad, bad
     assert "bucketed[" in out.kernel
 
 
@@ -175,15 +158,9 @@ def test_jax_cudnn_lstm_glue_matches_reference(side, dtype, monkeypatch):
     monkeypatch.setattr(jax_rnn, "lstm", _lstm_ref_as_cudnn(seen))
     spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
     L, T = SPLIT_LENGTHS, SPLIT_T
-    x = padded(L, T, (3,), side=side, seed=2, dtype=dtype, fill=np.nan)
-    params = init_params(spec, seed=2, dtype=dtype)
-    cot = cotangents(spec, L.size, T, seed=2, dtype=dtype)
-    want_out, want_grads = reference(spec, map_params(lambda a: a.astype("float64"), params), x.astype("float64"),
-                                     L, {k: v.astype("float64") for k, v in cot.items()}, side)
-    out, grads = fw._rnn_vjp(("cudnn", 1), spec, params, x, L, cot, side, "cpu")  # past the GPU-only precondition
+    past_precondition = lambda params, x, cot: fw._rnn_vjp(("cudnn", 1), spec, params, x, L, cot, side, "cpu")  # noqa: E731
+    bad, out = against_reference(fw, spec, L, T, side=side, dtype=dtype, seed=2, run=past_precondition)
     assert out.kernel == "cudnn" and seen and min(seen) >= 1, seen
-    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T, side), tolerance(dtype))
-    bad = {q: err for q, (ok, err) in res.items() if not ok}
     assert not bad, f"cudnn_lstm glue side={side} {dtype}: {bad}"
 
 
@@ -197,16 +174,10 @@ def test_tensorflow_time_sliced_over_several_segments(cell, side, layers, bi):
     fw = adapters.get("tensorflow")
     spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
     L, T = SPLIT_LENGTHS, SPLIT_T
-    x = padded(L, T, (3,), side=side, seed=3, dtype="float64", fill=np.nan)
-    params = init_params(spec, seed=3, dtype="float64")
-    cot = cotangents(spec, L.size, T, seed=3, dtype="float64")
-    want_out, want_grads = reference(spec, params, x, L, cot, side)
     before = len(fw.rnn_sliced_plans())
     for _ in range(2):  # the second call reuses the first one's trace
-        out, grads = fw.rnn_vjp(spec, params, fw.asarray(x), L, cot, side=side, strategy="time_sliced")
-    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, T, side), tolerance("float64"))
-    bad = {q: err for q, (ok, err) in res.items() if not ok}
-    assert not bad, f"tensorflow time_sliced {cell} side={side}: {bad}"
+        bad, out = against_reference(fw, spec, L, T, side=side, seed=3, strategy="time_sliced")
+        assert not bad, f"tensorflow time_sliced {cell} side={side}: {bad}"
     k = int(out.kernel.split("sliced[")[1].split("]")[0])
     assert k >= 2, out.kernel
     assert len(fw.rnn_sliced_plans()) == before + 1

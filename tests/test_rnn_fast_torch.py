@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 import adapters
-from adapters.spec import RnnSpec, init_params, map_params, valid_mask
+from adapters.spec import RnnSpec, init_params
 from harness.data import cotangents, padded
-from harness.families.rnn import compare_rnn
-from harness.tolerances import tolerance
 from tests.conftest import require
+from tests.rnn_cases import against_reference
 
 require("torch")
 
@@ -28,15 +27,7 @@ def fw():
 
 def run_case(fw, strategy, spec, lengths, side="right", dtype="float64", seed=0):
     """(comparison against the float64 reference, the result) for one rnn_vjp with NaN in padding."""
-    x = padded(lengths, T, (spec.input_size,), side=side, seed=seed, dtype=dtype, fill=np.nan)
-    params = init_params(spec, seed=seed, dtype=dtype)
-    cot = cotangents(spec, lengths.size, T, seed=seed, dtype=dtype)
-    up = lambda a: np.asarray(a).astype("float64")
-    want_out, want_grads = adapters.get("numpy").rnn_vjp(spec, map_params(up, params), up(x), lengths,
-                                                         {k: up(v) for k, v in cot.items()}, side=side)
-    out, grads = fw.rnn_vjp(spec, params, fw.asarray(x), lengths, cot, side=side, strategy=strategy)
-    res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(lengths, T, side), tolerance(dtype))
-    return {q: err for q, (ok, err) in res.items() if not ok}, out
+    return against_reference(fw, spec, lengths, T, side=side, dtype=dtype, seed=seed, strategy=strategy)
 
 
 def test_saturated_gate_excludes_the_tanh_rnn_with_a_reason(fw):

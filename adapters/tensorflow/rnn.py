@@ -221,7 +221,7 @@ class _SlicedPlan:
         back = tf.math.invert_permutation(order)
         n = tf.gather(lengths, order)
         seq_in, ok = tf.gather(x, order)[:, :top], tf.gather(valid, order)[:, :top]
-        lstm, hs, cs = self.spec_cell() == "lstm", [], []
+        lstm, hs, cs = self.net.spec.cell == "lstm", [], []
         for dirs in self.net.layers:
             outs = []
             for d, layer in enumerate(dirs):
@@ -243,9 +243,6 @@ class _SlicedPlan:
             seq_in = tf.concat(outs, axis=-1) if len(outs) > 1 else outs[0]
         out = tf.gather(seq_in, back)
         return tf.pad(out, [(0, 0), (0, T - top), (0, 0)]), hs, cs
-
-    def spec_cell(self) -> str:
-        return self.net.spec.cell
 
 
 class _ScanNet:
@@ -323,10 +320,23 @@ class TensorflowRnn:
         key = (mode, spec, impl.name, side, dtype, device)
         if key not in self._fns:
             net = impl.net(self, spec, dtype, device)
-            # partial: TF keys its "frequent retracing" warning on the code object, which all bodies share
-            body = functools.partial(self._body(key, net, side, with_grad=mode == "vjp"))
-            self._fns[key] = self.tf.function(body, autograph=False)
+            self._fns[key] = self._trace(self._body(key, net, side, with_grad=mode == "vjp"))
         return self._fns[key], key
+
+    def _trace(self, body):
+        """`tf.function(body)`, autograph off. A partial: TF keys its "frequent retracing" warning on the code
+        object, which all bodies share."""
+        return self.tf.function(functools.partial(body), autograph=False)
+
+    def _call(self, fn, key: tuple, x, L, params, cotangents, device: str):
+        """Run a compiled RNN function: RnnOut, or with cotangents (cast to x's dtype) (RnnOut, grads)."""
+        tf = self.tf
+        with tf.device(self._dev(device)):
+            if cotangents is None:
+                return RnnOut(*fn(x, L, params), self._kernels[key])
+            cot = {k: tf.cast(self.asarray(v, device), x.dtype) for k, v in cotangents.items()}
+            (out, h_n, c_n), gx, gp = fn(x, L, params, cot)
+        return RnnOut(out, h_n, c_n, self._kernels[key]), {"x": gx, "params": gp}
 
     def _body(self, key: tuple, net: Any, side: str, with_grad: bool):
         tf = self.tf
@@ -394,9 +404,7 @@ class TensorflowRnn:
         if x.shape[1] == 0:
             return self._empty(impl, spec, x)
         fn, key = self._function("fwd", impl, spec, side, x.dtype.name, device)
-        with self.tf.device(self._dev(device)):
-            out, h_n, c_n = fn(x, L, params)
-        return RnnOut(out, h_n, c_n, self._kernels[key])
+        return self._call(fn, key, x, L, params, None, device)
 
     def _rnn_vjp(self, impl, spec, params, x, lengths, cotangents, side, device):
         tf = self.tf
@@ -404,11 +412,8 @@ class TensorflowRnn:
         if x.shape[1] == 0:
             zeros = [[{k: tf.zeros_like(v) for k, v in p.items()} for p in dirs] for dirs in params]
             return self._empty(impl, spec, x), {"x": tf.zeros_like(x), "params": zeros}
-        with tf.device(self._dev(device)):
-            cot = {k: tf.cast(self.asarray(v, device), x.dtype) for k, v in cotangents.items()}
-            fn, key = self._function("vjp", impl, spec, side, x.dtype.name, device)
-            (out, h_n, c_n), gx, gp = fn(x, L, params, cot)
-        return RnnOut(out, h_n, c_n, self._kernels[key]), {"x": gx, "params": gp}
+        fn, key = self._function("vjp", impl, spec, side, x.dtype.name, device)
+        return self._call(fn, key, x, L, params, cotangents, device)
 
     # -- "bucketed": rows sorted by length into a few trimmed buckets, each through one strategy's network -------
     def rnn_bucket_shapes(self) -> set:
@@ -451,8 +456,7 @@ class TensorflowRnn:
         if key not in self._fns:
             net = impl.net(self, spec, x.dtype.name, device)
             inner = self._body(key, net, side, with_grad=cot is not None)
-            body = functools.partial(self._bucket_body(key, inner, side, bucket.steps, permute))
-            self._fns[key] = self.tf.function(body, autograph=False)
+            self._fns[key] = self._trace(self._bucket_body(key, inner, side, bucket.steps, permute))
         args = (x, self.tf.constant(rows), self.tf.constant(lens), params)
         result = self._fns[key](*args) if cot is None else self._fns[key](*args, cot)
         return (self._kernels[key], *result)
@@ -517,17 +521,9 @@ class TensorflowRnn:
                 with self.tf.device(self._dev(device)):
                     self._nets[("sliced", *base)] = _SlicedNet(self.tf, self.keras, *base[:2])
             net = _SlicedPlan(self, self._nets[("sliced", *base)], plan)
-            self._fns[key] = self.tf.function(functools.partial(self._body(key, net, side, mode == "vjp")),
-                                              autograph=False)
+            self._fns[key] = self._trace(self._body(key, net, side, mode == "vjp"))
             self.rnn_sliced_plans().add(key[1:])
-        fn = self._fns[key]
-        with self.tf.device(self._dev(device)):
-            if cotangents is None:
-                out, h_n, c_n = fn(x, L, params)
-                return RnnOut(out, h_n, c_n, self._kernels[key])
-            cot = {k: self.tf.cast(self.asarray(v, device), x.dtype) for k, v in cotangents.items()}
-            (out, h_n, c_n), gx, gp = fn(x, L, params, cot)
-        return RnnOut(out, h_n, c_n, self._kernels[key]), {"x": gx, "params": gp}
+        return self._call(self._fns[key], key, x, L, params, cotangents, device)
 
     def rnn_sliced_plans(self) -> set:
         """(mode, spec, side, dtype, device, B, T, plan) of every "time_sliced" function traced so far."""

@@ -43,9 +43,11 @@ def from_torch_names(spec: RnnSpec, named: dict[str, Any]) -> list[list[dict[str
 #: pre-activation added on padded steps: sigmoid(-1e4) and 1 - sigmoid(1e4) are exactly 0 in every float dtype,
 #: and 1e4 fits float16. A test monkeypatches it weaker to prove the comparison catches a leaky gate.
 _SATURATION = 1e4
-#: cell -> (gate index in PyTorch's order, sign): LSTM i-gate shut (i = 0 keeps c = h = 0), GRU z-gate open
+#: cell -> {gate index in PyTorch's order: sign}: LSTM i-gate shut (i = 0 keeps c = h = 0), GRU z-gate open
 #: (z = 1 keeps h = its initial 0)
-_SATURATED_GATE = {"lstm": (0, -1.0), "gru": (1, 1.0)}
+_SATURATED_GATE = {"lstm": {0: -1.0}, "gru": {1: 1.0}}
+#: time_sliced's LSTM cell-state freeze: input gate shut (i = 0), forget gate open (f = 1): c_t = 1 * c + 0 * g
+_FROZEN_CELL = {0: -1.0, 1: 1.0}
 #: bucket cost model, in row-steps: a bucket of b rows padded to t steps costs t * (b + step) + call, with
 #: cell -> (step, call) measured on CPU at H=128 (fwd+bwd): oneDNN's LSTM step costs ~2-4 rows of work, aten's
 #: GRU/RNN step (a dozen small autograd ops) ~12-16 rows; a call (weight reorders, gathers) ~64 row-steps
@@ -58,12 +60,27 @@ _SLICE_COST = {("lstm", False): (4.0, 64.0), ("gru", False): (16.0, 64.0), ("rnn
                ("lstm", True): (256.0, 1024.0), ("gru", True): (256.0, 1024.0), ("rnn", True): (256.0, 1024.0)}
 
 
+def with_indicator(torch, w_ih, hidden: int, gates: dict[int, float]):
+    """w_ih with one more input column (the padding indicator's weights): 0 except sign * _SATURATION on each
+    named gate block. `cat`ed from the canonical leaf, so w_ih's gradient is the canonical one exactly; the
+    constant column gets none."""
+    col = w_ih.new_zeros((w_ih.shape[0], 1))
+    for gate, sign in gates.items():
+        col[gate * hidden:(gate + 1) * hidden] = sign * _SATURATION
+    return torch.cat([w_ih, col], dim=1)
+
+
+def longest_first(lengths: np.ndarray) -> np.ndarray:
+    """The non-empty rows' indices, sorted by descending length (stable)."""
+    order = np.argsort(-lengths, kind="stable")
+    return order[lengths[order] > 0]
+
+
 def bucket_rows(lengths: np.ndarray, cell: str = "lstm", max_buckets: int = _MAX_BUCKETS) -> list[np.ndarray]:
     """The non-empty rows, sorted by descending length (stable), cut into <= max_buckets contiguous buckets that
     minimise the cost model's padded work plus per-step and per-call overheads (`spec.cheapest_cuts`). A bucket's
     first row is its longest."""
-    order = np.argsort(-lengths, kind="stable")
-    order = order[lengths[order] > 0]
+    order = longest_first(lengths)
     n = order.size
     if not n:
         return []
@@ -87,7 +104,6 @@ def inverse_map(idx: np.ndarray, n_src: int) -> np.ndarray:
     used = idx >= 0
     inv[idx[used]] = np.flatnonzero(used)
     return inv
-
 
 
 def slice_layout(lengths: np.ndarray, order: np.ndarray, segments, T: int, reverse: bool) -> dict[str, np.ndarray]:
@@ -114,12 +130,6 @@ def slice_layout(lengths: np.ndarray, order: np.ndarray, segments, T: int, rever
     identity = src.size == lengths.size * T and bool(np.all(src == np.arange(src.size)))
     return {"src": src, "ended": np.concatenate(ended), "last": last, "identity": identity}
 
-
-def slice_rows(lengths: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """For each original row, its position among the sorted non-empty rows `order`, -1 for an empty row."""
-    pos = np.full(lengths.size, -1, dtype=np.int64)
-    pos[order] = np.arange(order.size)
-    return pos
 
 def _layouts(lengths: np.ndarray, T: int) -> dict[str, Any]:
     """Host row maps between right-padded [B, T] rows (flat b*T + t) and saturated_gate's two layouts: "left"
@@ -408,14 +418,10 @@ class TorchRnn:
 
     def _saturated_direction(self, cell, seq, pad_col, p):
         """One fused padded `torch._VF.lstm/gru` call (what nn.LSTM/GRU run: oneDNN / cuDNN / aten) on left-aligned
-        `seq` plus the indicator column. The augmented w_ih is `cat`ed from the canonical leaf, so its gradient
-        is the canonical one exactly; the constant column gets none. `train` follows grad mode: oneDNN and
+        `seq` plus the indicator column (`with_indicator`). `train` follows grad mode: oneDNN and
         cuDNN keep their backward workspace only in training mode (dropout is 0, so nothing else changes)."""
         torch, B, H = self.torch, seq.shape[0], p["w_hh"].shape[1]
-        gate, sign = _SATURATED_GATE[cell]
-        col = p["w_ih"].new_zeros((p["w_ih"].shape[0], 1))
-        col[gate * H:(gate + 1) * H] = sign * _SATURATION
-        weights = [torch.cat([p["w_ih"], col], dim=1), p["w_hh"], p["b_ih"], p["b_hh"]]
+        weights = [with_indicator(torch, p["w_ih"], H, _SATURATED_GATE[cell]), p["w_hh"], p["b_ih"], p["b_hh"]]
         inp, h0 = torch.cat([seq, pad_col], dim=2), seq.new_zeros((1, B, H))
         train = torch.is_grad_enabled()
         if cell == "lstm":
@@ -487,7 +493,6 @@ class TorchRnn:
         inner = _fastest_inner(spec).kernel(self, spec, x, lengths)
         return f"bucketed[{len(bucket_rows(lengths, spec.cell))}]x {inner}"
 
-
     # -- time_sliced: rows sorted by length, the fused kernel over time segments, the state carried across ------
     def _run_sliced(self, spec, weights, x, lengths):
         """Right-padded in and out. The non-empty rows, sorted by descending length, run through the time segments
@@ -503,8 +508,7 @@ class TorchRnn:
         torch, (B, T) = self.torch, x.shape[:2]
         dev, gather = x.device, _row_gather(torch)
         step, call = _SLICE_COST[(spec.cell, dev.type == "cuda")]
-        order = np.argsort(-lengths, kind="stable")
-        order = order[lengths[order] > 0]
+        order = longest_first(lengths)
         segments = plan_segments(lengths[order], step_cost=step, call_cost=call)
         layouts = [slice_layout(lengths, order, segments, T, reverse=bool(d)) for d in range(spec.num_directions)]
         run_on = bool(layouts[0]["ended"].any())  # some row ends inside a segment (else each ends at a cut)
@@ -512,7 +516,7 @@ class TorchRnn:
         lasts = [gather_plans(torch, lay["last"], lay["src"].size, dev) if run_on else None for lay in layouts]
         ended = torch.as_tensor(layouts[0]["ended"], dtype=x.dtype, device=dev)[:, None] if run_on else None
         by_row = None if order.size == B and np.all(order == np.arange(B)) else \
-            gather_plans(torch, slice_rows(lengths, order), order.size, dev)
+            gather_plans(torch, inverse_map(order, B), order.size, dev)
         states = lambda s: s if by_row is None else gather(s, *by_row)  # sorted rows -> batch order, 0 if empty
         sizes = [seg.rows * (seg.stop - seg.start) for seg in segments]
         flat, hs, cs = x.reshape(B * T, x.shape[2]), [], []
@@ -537,12 +541,7 @@ class TorchRnn:
         stack's row order, h and c (LSTM, else None) at each sorted row's last segment [n0, H]; h there is the
         row's final state when it ends at its segment's stop, c always: frozen when `freeze` adds the column)."""
         torch, H = self.torch, p["w_hh"].shape[1]
-        w_ih = p["w_ih"]
-        if freeze:  # the indicator column's weights: input gate -S (i = 0), forget gate +S (f = 1)
-            col = w_ih.new_zeros((w_ih.shape[0], 1))
-            col[:H] = -_SATURATION
-            col[H:2 * H] = _SATURATION
-            w_ih = torch.cat([w_ih, col], dim=1)
+        w_ih = with_indicator(torch, p["w_ih"], H, _FROZEN_CELL) if freeze else p["w_ih"]
         weights = [w_ih, p["w_hh"], p["b_ih"], p["b_hh"]]
         fused = {"lstm": torch._VF.lstm, "gru": torch._VF.gru, "rnn": torch._VF.rnn_tanh}[cell]
         train = torch.is_grad_enabled()
@@ -570,7 +569,7 @@ class TorchRnn:
         if not np.any(lengths):
             return "none"
         step, call = _SLICE_COST[(spec.cell, x.device.type == "cuda")]
-        k = len(plan_segments(np.sort(lengths[lengths > 0])[::-1], step_cost=step, call_cost=call))
+        k = len(plan_segments(lengths[longest_first(lengths)], step_cost=step, call_cost=call))
         return f"sliced[{k}]x {self._saturated_kernel(spec, x, lengths)}"
 
 
