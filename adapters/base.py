@@ -204,6 +204,15 @@ class Adapter(abc.ABC):
         """x [B, T, ...] gathered along time with a per-row native index [B, T]."""
         raise NotImplementedError
 
+    def _take_rows(self, x: Any, index: np.ndarray) -> Any:
+        """x [B, ...] gathered along the batch axis with a host int index."""
+        raise NotImplementedError
+
+    def _regather(self, parts: list, index: np.ndarray, shape: tuple) -> Any:
+        """Native arrays [b_i, t_i, ...] flattened to [b_i * t_i, ...], concatenated, followed by one zero entry,
+        gathered with a host flat index [prod(shape[:2])] and reshaped to `shape` (see `adapters.attention_buckets`)."""
+        raise NotImplementedError
+
     def _native_lengths(self, lengths: Any, like: Any) -> Any:
         """Lengths (host NumPy or native) as a native int array on `like`'s device."""
         return self.asarray(np.asarray(lengths)) if isinstance(lengths, np.ndarray) else lengths

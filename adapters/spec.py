@@ -348,6 +348,65 @@ def unbucket_index(plan: list[Bucket]) -> np.ndarray:
     return where
 
 
+class AttnBucket(NamedTuple):
+    """One bucket of an attention plan: the original indices of its rows (most work first) and its shape."""
+
+    rows: np.ndarray  # int64 [n], n <= batch
+    batch: int  # rows after padding with empty rows (on the batch ladder when the plan uses ladders)
+    q_steps: int  # trimmed query length (>= the bucket's longest query, <= Tq)
+    kv_steps: int  # trimmed key/value length (>= its longest key row, <= Tk)
+
+
+def plan_attention(q_lengths: np.ndarray, kv_lengths: np.ndarray, Tq: int, Tk: int, *,
+                   max_buckets: int = MAX_BUCKETS, call_cost: float = 0.0, token_cost: float = 0.0,
+                   ladders: bool = True) -> list[AttnBucket]:
+    """Split the rows that do attention work (a valid query and a valid key) into <= max_buckets buckets, rows
+    sorted by their work q_len x kv_len, minimising sum(call_cost + batch * (q_steps * kv_steps + token_cost *
+    (q_steps + kv_steps))): attention's work is quadratic in the trimmed lengths, plus a linear part (the masks,
+    the copies, the output) and a fixed cost per call, all in units of one (row, query, key) score. With
+    `ladders` (compiled frameworks) a bucket's batch and lengths are rounded up their ladders (with halves: a
+    padded row costs a whole row of scores, unlike an RNN step's few) so compiled shapes stay few. Rows with no
+    work are in no bucket (their outputs and gradients are 0); an all-work batch that one untrimmed bucket serves
+    best keeps its original row order. [] when no row has work."""
+    ql, kvl = np.asarray(q_lengths, np.int64), np.asarray(kv_lengths, np.int64)
+    B = ql.size
+    work = np.flatnonzero((ql > 0) & (kvl > 0))
+    if not work.size:
+        return []
+    order = work[np.argsort(-(ql[work] * kvl[work]), kind="stable")]
+    n = order.size
+    upper = np.arange(n)[None, :] >= np.arange(n)[:, None]  # [s, j]: row j is in a bucket starting at s
+    longest = [np.maximum.accumulate(np.where(upper, x[order][None, :], 0), axis=1) for x in (ql, kvl)]
+    width = np.arange(n)[None, :] - np.arange(n)[:, None] + 1  # [s, j] -> rows s..j
+    if ladders:
+        longest = [round_up(m, shape_ladder(T)) for m, T in zip(longest, (Tq, Tk))]
+        width = np.where(upper, round_up(np.clip(width, 1, None), shape_ladder(B)), 0)
+    qs, ks = longest
+    cost = np.full((n + 1, n + 1), np.inf)
+    cost[:n, 1:] = np.where(upper, call_cost + width * (qs * ks + token_cost * (qs + ks)), np.inf)
+    bounds = cheapest_cuts(cost, max_buckets)
+    plan = [AttnBucket(order[s:e], int(width[s, e - 1]), int(qs[s, e - 1]), int(ks[s, e - 1]))
+            for s, e in zip(bounds, bounds[1:])]
+    if len(plan) == 1 and n == B and (plan[0].q_steps, plan[0].kv_steps) == (Tq, Tk):
+        return [AttnBucket(np.arange(B), B, Tq, Tk)]
+    return plan
+
+
+def attention_unbucket_index(plan: list[AttnBucket], B: int, T: int, side: str, kv: bool = False) -> np.ndarray:
+    """int64 [B * T]: for the buckets' results (query-shaped, or key-shaped with `kv`) each flattened to
+    [batch * steps, ...] and concatenated, followed by one zero entry, the flat position that every original
+    (row, step) takes its value from: its bucket's entry inside the bucket's trimmed window, else the zero."""
+    index = np.full((B, T), -1, np.int64)
+    offset = 0
+    for b in plan:
+        s = b.kv_steps if kv else b.q_steps
+        start = 0 if side == "right" else T - s
+        index[b.rows, start:start + s] = offset + np.arange(b.rows.size)[:, None] * s + np.arange(s)[None, :]
+        offset += b.batch * s
+    index[index < 0] = offset
+    return index.reshape(-1)
+
+
 def computes_only(kind: str):
     """The precondition of a loss strategy that computes one `kind` ("softmax_ce" or "sigmoid_bce") only."""
     def supports(adapter, **spec) -> str | None:

@@ -116,6 +116,15 @@ class JaxAdapter(JaxOps, JaxLoss, JaxRnn, JaxEmbedding, JaxAttention, Adapter):
     def _take_time(self, x, index):
         return self.jnp.take_along_axis(x, index.reshape(*index.shape, *([1] * (x.ndim - 2))), axis=1)
 
+    def _take_rows(self, x, index):
+        return self.jnp.take(x, index, axis=0)
+
+    def _regather(self, parts, index, shape):
+        jnp = self.jnp
+        flat = [p.reshape(-1, *shape[2:]) for p in parts]
+        flat.append(jnp.zeros_like(flat[0][:1]))
+        return jnp.take(jnp.concatenate(flat), index, axis=0).reshape(shape)
+
     def _native_lengths(self, lengths, like):
         if not isinstance(lengths, np.ndarray):
             return lengths

@@ -14,6 +14,8 @@ key, so no softmax row is ever fully masked and no NaN can reach the backward pa
 - "cudnn_dpa": the same call with implementation="cudnn" (GPU, float16/bfloat16 only, as cuDNN requires).
 - "einsum": the plain formulation, grouped heads as a reshape: einsum scores, `jnp.where` with the shared
   `Adapter.attention_allowed` mask, `jax.nn.softmax`, einsum with V. Works for either side without realignment.
+- "bucketed": the rows sorted by q_len x kv_len into a few buckets, each trimmed and run by the default
+  strategy for the dtype, results gathered back (`adapters.attention_buckets`; `BUCKET_COST` below is its cost model).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from adapters.attention_buckets import bucketed_unit
 from adapters.spec import AttnOut, Strategy, strategy_table
 
 
@@ -114,11 +117,17 @@ def _unit(name: str, algo, doc: str, supports=None) -> Strategy:
     return Strategy(name, fwd, vjp, doc=doc, kernel=algo.kernel, **extra)
 
 
+#: "bucketed" cost model in (row, query, key) scores, fitted on this 2-core CPU (dot_product_attention[xla],
+#: Hq=8 over Hkv=2, Dh=64, forward + backward, float32: ~90 ns a score, ~1 us a (row, step), ~0.46 ms a call);
+#: bucket shapes on the ladders, so jit compiles stay few
+BUCKET_COST = dict(call_cost=5000.0, token_cost=10.0, ladders=True)
+
 STRATEGIES = strategy_table(
     _unit("xla_dpa", _dpa("xla"), "jax.nn.dot_product_attention(xla) with query/key_value_seq_lengths",
           _xla_dpa_ok),
     _unit("cudnn_dpa", _dpa("cudnn"), "jax.nn.dot_product_attention(cudnn) with seq lengths", _cudnn_ok),
     _unit("einsum", _einsum, "masked einsum + jax.nn.softmax, GQA as a reshape"),
+    bucketed_unit(BUCKET_COST),
 )
 
 

@@ -116,6 +116,15 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
     def _take_time(self, x, index):
         return self.tf.gather(x, index, batch_dims=1)
 
+    def _take_rows(self, x, index):
+        return self.tf.gather(x, index)
+
+    def _regather(self, parts, index, shape):
+        tf = self.tf
+        flat = [tf.reshape(p, (-1, *shape[2:])) for p in parts]
+        flat.append(tf.zeros_like(flat[0][:1]))
+        return tf.reshape(tf.gather(tf.concat(flat, 0), index), shape)
+
     def _native_lengths(self, lengths, like):
         return self.tf.constant(lengths) if isinstance(lengths, np.ndarray) else lengths
 

@@ -1,4 +1,4 @@
-"""TensorFlow / Keras 3 masked attention: two strategies on one compiled skeleton, and the native behaviours.
+"""TensorFlow / Keras 3 masked attention: three strategies on one compiled skeleton, and the native behaviours.
 
 Skeleton (inside one `tf.function(autograph=False)` per (strategy, causal, side, scale, forward|vjp); lengths are
 tensor arguments, so new length values never retrace, and `compile_count` counts traces): padded steps are
@@ -14,6 +14,8 @@ as `output_gradients`.
   Keras 3.15's TF backend repeats them only when Hkv > 1, so multi-query attention (Hkv == 1) dies in its einsum
   with a shape error.
 - "einsum": scores with `tf.einsum` (grouped heads as a reshape), `tf.where` with the same mask, `tf.nn.softmax`.
+- "bucketed": the rows sorted by q_len x kv_len into a few buckets, each trimmed and run by the default strategy
+  above, results gathered back (`adapters.attention_buckets`; `BUCKET_COST` below is its cost model).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from adapters.attention_buckets import bucketed_unit
 from adapters.spec import AttnOut, Strategy, strategy_table
 
 
@@ -109,9 +112,15 @@ def _unit(name: str, algo, doc: str) -> Strategy:
     return Strategy(name, fwd, vjp, doc=doc, kernel=algo.kernel)
 
 
+#: "bucketed" cost model in (row, query, key) scores, fitted on this 2-core CPU (keras dot_product_attention,
+#: Hq=8 over Hkv=2, Dh=64, forward + backward, float32: ~37 ns a score, ~5.5 us a (row, step), ~1.5 ms a
+#: call); bucket shapes on the ladders, so tf.function traces stay few
+BUCKET_COST = dict(call_cost=40000.0, token_cost=150.0, ladders=True)
+
 STRATEGIES = strategy_table(
     _unit("keras_dpa", _keras_dpa, "keras.ops.dot_product_attention with a boolean mask"),
     _unit("einsum", _einsum, "masked tf.einsum + tf.nn.softmax, GQA as a reshape"),
+    bucketed_unit(BUCKET_COST),
 )
 
 

@@ -94,6 +94,14 @@ class TorchAdapter(TorchOps, TorchLoss, TorchRnn, TorchAttention, TorchEmbedding
     def _take_time(self, x, index):
         return self.torch.take_along_dim(x, index.view(*index.shape, *([1] * (x.ndim - 2))), dim=1)
 
+    def _take_rows(self, x, index):
+        return x.index_select(0, self.torch.as_tensor(index, device=x.device))
+
+    def _regather(self, parts, index, shape):
+        flat = [p.reshape(-1, *shape[2:]) for p in parts]
+        flat.append(flat[0].new_zeros((1, *shape[2:])))
+        return self.torch.cat(flat).index_select(0, self.torch.as_tensor(index, device=flat[0].device)).reshape(shape)
+
     def _native_lengths(self, lengths, like):
         if isinstance(lengths, self.torch.Tensor):
             return lengths.to(like.device)

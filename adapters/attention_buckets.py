@@ -1,0 +1,106 @@
+"""The "bucketed" attention strategy: one host-side driver for every framework (imports no framework).
+
+A padded batch makes attention compute B x Tq x Tk scores while the rows need only sum(q_len x kv_len): at 70%
+padding a tenth of the work is real. Bucketing gives most of it back, exactly: on the host (lengths are NumPy when
+a strategy runs) the rows that do any work are sorted by q_len x kv_len and cut into a few buckets by the shared
+planner (`adapters.spec.plan_attention`, with the framework's own cost per call and per token); each bucket's rows
+are trimmed on the padded side to the bucket's longest query and key rows and gathered (a step dropped is padding
+for every row of the bucket, and positions still count from each row's first valid step, so the causal mask and
+left padding mean the same), run through the framework's own exact strategy for the spec (its default: the first
+other strategy whose precondition holds, e.g. SDPA for torch), and the results are gathered back in one pass per
+tensor (each original (row, step) reads its bucket's value, or a zero). Gradients come from each bucket's own VJP
+and are gathered back the same way, so padded steps get exactly 0. Rows without work (no valid query or no valid
+key) are in no bucket: their outputs and gradients are 0, as the contract says.
+
+Compiled frameworks (JAX, TensorFlow) round each bucket's batch and lengths up the shape ladders, so the inner
+strategy compiles one function per bucket shape, a small set whatever lengths come (`compile_count` counts them);
+eager PyTorch trims to the exact lengths. Kernel: "<inner kernel> bucketed[k]", k the buckets that ran.
+
+Each framework provides two primitives: `_take_rows(x, index)` (gather along the batch axis with a host index) and
+`_regather(parts, index, shape)` (flatten each part's first two axes, concatenate, append one zero entry, gather
+with a host flat index, reshape).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from adapters.spec import AttnOut, Strategy, attention_unbucket_index, plan_attention
+
+NAME = "bucketed"
+
+
+def _spec(a, q, k, ql, kvl, causal: bool, side: str, device: str) -> dict[str, Any]:
+    """The attention spec the strategies' preconditions read, from the validated arguments."""
+    cross = q.shape[1] != k.shape[1] or not np.array_equal(ql, kvl)
+    return dict(device=device, dtype=a.dtype_name(q), causal=causal, gqa=q.shape[2] != k.shape[2], side=side,
+                cross=cross)
+
+
+def inner_strategy(a, **spec: Any) -> str | None:
+    """The exact strategy a bucket runs: the framework's default for this spec (its first other strategy whose
+    precondition holds), or None when there is none."""
+    for name, unit in a.strategy_table("attention").items():
+        if name != NAME and unit.supports(a, **spec) is None:
+            return name
+    return None
+
+
+def _supports(a, **spec: Any) -> str | None:
+    return None if inner_strategy(a, **spec) else f"no other {a.name} attention strategy runs for {spec}"
+
+
+def _crop(x, T: int, steps: int, side: str):
+    """The `steps` time steps of the valid side of a padded [B, T, ...] array."""
+    return x[:, :steps] if side == "right" else x[:, T - steps:]
+
+
+def _run(a, cost: dict, q, k, v, ql, kvl, cot, causal, side, scale, device) -> tuple[AttnOut, dict | None]:
+    ql, kvl = np.asarray(ql), np.asarray(kvl)
+    inner = a.strategy_table("attention")[inner_strategy(a, **_spec(a, q, k, ql, kvl, causal, side, device))]
+    B, Tq, Tk = q.shape[0], q.shape[1], k.shape[1]
+    plan = plan_attention(ql, kvl, Tq, Tk, **cost)
+
+    def call(q, k, v, ql, kvl, cot):
+        if cot is None:
+            return inner.forward(a, q, k, v, ql, kvl, causal, side, scale, device), None
+        return inner.vjp(a, q, k, v, ql, kvl, cot, causal, side, scale, device)
+
+    q, k, v = (a.asarray(x, device) for x in (q, k, v))
+    cot = None if cot is None else a.asarray(cot, device)
+    if not plan or (len(plan) == 1 and plan[0].rows.size == B and (plan[0].q_steps, plan[0].kv_steps) == (Tq, Tk)):
+        out, grads = call(q, k, v, ql, kvl, cot)  # nothing to trim (or no work at all): the inner call as it is
+        return AttnOut(out.outputs, f"{out.kernel} bucketed[1]"), grads
+    parts = []
+    for b in plan:
+        n = b.rows.size
+        rows = np.concatenate([b.rows, np.full(b.batch - n, b.rows[0])])  # padded with empty copies of a row
+        lens = [np.where(np.arange(b.batch) < n, x[rows], 0) for x in (ql, kvl)]
+        take = lambda x, T, s: a._take_rows(_crop(x, T, s, side), rows)  # noqa: E731 - trim, then copy
+        parts.append(call(take(q, Tq, b.q_steps), take(k, Tk, b.kv_steps), take(v, Tk, b.kv_steps), *lens,
+                          None if cot is None else take(cot, Tq, b.q_steps)))
+    q_index = attention_unbucket_index(plan, B, Tq, side)
+    out = AttnOut(a._regather([p[0].outputs for p in parts], q_index, q.shape),
+                  f"{parts[0][0].kernel} bucketed[{len(plan)}]")
+    if cot is None:
+        return out, None
+    kv_index = attention_unbucket_index(plan, B, Tk, side, kv=True)
+    return out, {name: a._regather([p[1][name] for p in parts], index, x.shape)
+                 for name, x, index in (("q", q, q_index), ("k", k, kv_index), ("v", v, kv_index))}
+
+
+def bucketed_unit(cost: dict) -> Strategy:
+    """The framework's "bucketed" attention unit, planned with its cost model `cost` (`plan_attention`'s keywords:
+    call_cost and token_cost in (row, query, key) scores, ladders for compiled frameworks). The dict is read at
+    every call, so it is the framework module's one place for these numbers (and tests may change them)."""
+
+    def forward(a, q, k, v, ql, kvl, causal, side, scale, device):
+        return _run(a, cost, q, k, v, ql, kvl, None, causal, side, scale, device)[0]
+
+    def vjp(a, q, k, v, ql, kvl, cot, causal, side, scale, device):
+        return _run(a, cost, q, k, v, ql, kvl, cot, causal, side, scale, device)
+
+    return Strategy(NAME, forward, vjp, supports=_supports,
+                    doc="rows sorted by q_len x kv_len into a few buckets (cost model), each trimmed and run by the "
+                        "framework's default exact strategy, results gathered back")

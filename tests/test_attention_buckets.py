@@ -1,0 +1,154 @@
+"""The "bucketed" attention strategy: its planner against an exhaustive search, its gather-back index against a
+direct construction, and every framework's strategy over several buckets (forced by a zero call cost) against the
+NumPy float64 reference: self, causal and cross attention, both sides, grouped heads, both dtypes, rows without
+work, NaN in padding; compiled shapes bounded by the ladders. (The gates of `tests/test_attention.py` run it with
+its real cost model like every other strategy.)"""
+from __future__ import annotations
+
+import importlib
+import itertools
+
+import numpy as np
+import pytest
+
+from adapters.spec import (
+    MAX_BUCKETS,
+    AttnBucket,
+    attention_unbucket_index,
+    plan_attention,
+    shape_ladder,
+    valid_mask,
+)
+from harness.families import attention as fam
+from harness.tolerances import tolerance
+from tests.conftest import framework_params
+
+
+def _cost(plan, call_cost, token_cost):
+    return sum(call_cost + b.batch * (b.q_steps * b.kv_steps + token_cost * (b.q_steps + b.kv_steps)) for b in plan)
+
+
+def _exhaustive(ql, kvl, max_buckets, call_cost, token_cost):
+    """The cheapest plan over every cut of the rows sorted by work (the planner's search space), by brute force."""
+    work = [i for i in np.argsort(-(ql * kvl), kind="stable") if ql[i] and kvl[i]]
+    n, best = len(work), np.inf
+    for k in range(1, min(max_buckets, n) + 1):
+        for cuts in itertools.combinations(range(1, n), k - 1):
+            bounds = (0, *cuts, n)
+            plan = [AttnBucket(np.array(work[s:e]), e - s, int(ql[work[s:e]].max()), int(kvl[work[s:e]].max()))
+                    for s, e in zip(bounds, bounds[1:])]
+            best = min(best, _cost(plan, call_cost, token_cost))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plan_is_the_cheapest_cut(seed):
+    rng = np.random.default_rng(seed)
+    B = 9
+    ql = rng.integers(0, 40, B)
+    kvl = ql if seed % 2 else rng.integers(0, 40, B)
+    call_cost, token_cost = [(0.0, 0.0), (300.0, 5.0), (3000.0, 40.0)][seed % 3]
+    plan = plan_attention(ql, kvl, 40, 40, call_cost=call_cost, token_cost=token_cost, ladders=False)
+    assert _cost(plan, call_cost, token_cost) == _exhaustive(ql, kvl, 4, call_cost, token_cost)
+    rows = np.concatenate([b.rows for b in plan])
+    assert sorted(rows) == sorted(np.flatnonzero((ql > 0) & (kvl > 0))), "each row with work in exactly one bucket"
+    for b in plan:
+        assert b.q_steps == ql[b.rows].max() and b.kv_steps == kvl[b.rows].max() and b.batch == b.rows.size
+
+
+def test_plan_on_ladders_and_degenerate_batches():
+    ql = np.array([100, 3, 0, 37, 64, 5, 90, 12])
+    kvl = np.array([7, 3, 9, 0, 64, 5, 90, 120])
+    for b in plan_attention(ql, kvl, 100, 120, call_cost=0.0):
+        assert b.q_steps in shape_ladder(100) and b.kv_steps in shape_ladder(120)
+        assert b.batch in shape_ladder(8) and b.batch >= b.rows.size
+        assert b.q_steps >= ql[b.rows].max() and b.kv_steps >= kvl[b.rows].max()
+    assert len(plan_attention(ql, kvl, 100, 120, call_cost=0.0)) == 4  # free calls: as many buckets as allowed
+    assert plan_attention(np.array([0, 4]), np.array([3, 0]), 4, 4) == []  # no row has work
+    full = plan_attention(np.array([4, 2, 4]), np.array([4, 2, 4]), 4, 4, call_cost=1e9)
+    assert len(full) == 1 and full[0].rows.tolist() == [0, 1, 2], "one untrimmed bucket keeps the row order"
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_unbucket_index_puts_every_step_back(side):
+    """Buckets cut from a known array and gathered back reproduce it at every (row, step) inside a bucket's window
+    and give the zero entry elsewhere."""
+    B, T = 6, 10
+    lengths = np.array([10, 0, 3, 7, 1, 9])
+    plan = plan_attention(lengths, lengths, T, T, call_cost=0.0, ladders=True)
+    x = np.arange(1, B * T + 1, dtype=float).reshape(B, T)
+    parts = []
+    for b in plan:
+        rows = np.concatenate([b.rows, np.full(b.batch - b.rows.size, b.rows[0])])
+        parts.append((x[rows][:, :b.q_steps] if side == "right" else x[rows][:, T - b.q_steps:]).reshape(-1))
+    back = np.concatenate([*parts, [0.0]])[attention_unbucket_index(plan, B, T, side)].reshape(B, T)
+    valid = valid_mask(lengths, T, side)
+    assert np.array_equal(back[valid], x[valid])
+    window = np.zeros((B, T), bool)
+    for b in plan:
+        window[b.rows, :b.q_steps] = True
+    window = window if side == "right" else window[:, ::-1]
+    assert np.array_equal(back[~window], np.zeros((~window).sum())), "steps outside every window read the zero"
+
+
+def cost_of(fw) -> dict:
+    return importlib.import_module(f"adapters.{fw.name}.attention").BUCKET_COST
+
+
+@pytest.fixture
+def free_calls(monkeypatch):
+    """Every framework's bucket cost model with free calls and tokens: as many buckets as the planner allows."""
+    for name in ("torch", "jax", "tensorflow"):
+        module = importlib.import_module(f"adapters.{name}.attention")
+        monkeypatch.setitem(module.BUCKET_COST, "call_cost", 0.0)
+        monkeypatch.setitem(module.BUCKET_COST, "token_cost", 0.0)
+
+
+#: (q lengths, kv lengths or None, Tq, Tk): a zero-length row, a keyless valid query (cross), mixed lengths
+CASES = {"self": ((9, 0, 3, 12, 1, 6, 12, 2), None, 12, 12),
+         "cross": ((5, 0, 3, 11, 4, 7, 2, 9), (13, 6, 0, 2, 9, 1, 13, 4), 11, 13)}
+
+
+@pytest.mark.parametrize("case,causal", [("self", False), ("self", True), ("cross", False)])
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_several_buckets_match_reference(fw, free_calls, case, causal, side, dtype, device, ref):
+    qls, kvls, Tq, Tk = CASES[case]
+    ql = np.array(qls)
+    kvl = ql if kvls is None else np.array(kvls)
+    q, k, v, cot = fam.qkv(ql, kvl, Tq, Tk, 8, 2, 3, side=side, dtype=dtype, fill=np.nan, seed=4)
+    kvarg = None if kvls is None else kvl
+    want_out, want_grads = fam.reference(ref, q, k, v, ql, kvarg, cot, causal=causal, side=side)
+    args = [fw.asarray(x, device) for x in (q, k, v)]
+    out, grads = fw.attention_vjp(*args, ql, kvarg, cot, causal=causal, side=side, strategy="bucketed",
+                                  device=device)
+    work = (ql > 0) & (kvl > 0)  # free calls: one bucket per distinct (q_len, kv_len) of a row with work
+    most = min(cost_of(fw).get("max_buckets", MAX_BUCKETS), len(set(zip(ql[work], kvl[work], strict=True))))
+    assert out.kernel.endswith(f"bucketed[{most}]"), f"free calls should give {most} buckets: {out.kernel}"
+    res = fam.compare_attention(fw, out, grads, want_out, want_grads, valid_mask(ql, Tq, side),
+                                valid_mask(kvl, Tk, side), tolerance(dtype, device))
+    assert all(ok for ok, _ in res.values()), f"{fw.name} bucketed {case} causal={causal} {side} {dtype}: {res}"
+    fwd = fw.attention(*args, ql, kvarg, causal=causal, side=side, strategy="bucketed", device=device)
+    assert np.array_equal(fw.to_numpy(fwd.outputs), fw.to_numpy(out.outputs)), "forward-only differs from vjp's"
+
+
+@pytest.mark.parametrize("fw", framework_params(("jax", "tensorflow")), indirect=True)
+def test_compiled_shapes_stay_on_the_ladders(fw, device):
+    """A second batch whose buckets round to the same ladder shapes compiles nothing new."""
+    T = 64
+    first, second = np.array([64, 40, 30, 9, 5, 3, 2, 1]), np.array([3, 61, 1, 29, 39, 6, 10, 2])
+    shapes = [[(b.batch, b.q_steps, b.kv_steps) for b in plan_attention(x, x, T, T, **cost_of(fw))]
+              for x in (first, second)]
+    assert shapes[0] == shapes[1] and len(shapes[0]) > 1, f"the two batches must plan alike: {shapes}"
+
+    def run(lengths):
+        q, k, v, cot = fam.qkv(lengths, lengths, T, T, 2, 2, 4, side="right", seed=1)
+        out, _ = fw.attention_vjp(*(fw.asarray(x, device) for x in (q, k, v)), lengths, None, cot,
+                                  strategy="bucketed", device=device)
+        return out.kernel
+
+    kernel = run(first)
+    before = fw.compile_count()
+    assert run(second) == kernel == f"{fw.strategy_table('attention')[fw.attention_strategies()[0]].kernel} " \
+                                    f"bucketed[{len(shapes[0])}]"
+    assert fw.compile_count() == before, "new lengths on the same ladder shapes recompiled"
