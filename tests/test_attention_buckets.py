@@ -10,6 +10,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adapters.spec import (
     MAX_BUCKETS,
@@ -22,6 +24,7 @@ from adapters.spec import (
 from harness.families import attention as fam
 from harness.tolerances import tolerance
 from tests.conftest import framework_params
+from tests.strategies import ragged_batches
 
 
 def _cost(plan, call_cost, token_cost):
@@ -130,6 +133,28 @@ def test_several_buckets_match_reference(fw, free_calls, case, causal, side, dty
     assert all(ok for ok, _ in res.values()), f"{fw.name} bucketed {case} causal={causal} {side} {dtype}: {res}"
     fwd = fw.attention(*args, ql, kvarg, causal=causal, side=side, strategy="bucketed", device=device)
     assert np.array_equal(fw.to_numpy(fwd.outputs), fw.to_numpy(out.outputs)), "forward-only differs from vjp's"
+
+
+@given(batch=ragged_batches(max_batch=6, max_len=7), kv=st.none() | st.tuples(st.lists(st.integers(0, 7), min_size=6,
+                                                                           max_size=6), st.integers(0, 2)),
+       heads=st.sampled_from([(1, 1), (2, 1), (4, 2)]), dh=st.integers(1, 4), causal=st.booleans())
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_bucketed_sizes_and_lengths(fw, free_calls, batch, kv, heads, dh, causal, device, ref):
+    """Any batch, lengths (zero included), padded lengths, side, heads and head size, self (causal or not) or cross
+    attention with its own key lengths: bucketed with free calls (as many buckets as allowed) equals the reference
+    in float64."""
+    lengths, T, side, seed = batch
+    ql = np.array(lengths)
+    kvl, Tk = (ql, T) if kv is None else (np.array(kv[0][:ql.size]), max(max(kv[0][:ql.size]) + kv[1], 1))
+    causal = causal and kv is None
+    q, k, v, cot = fam.qkv(ql, kvl, T, Tk, *heads, dh, side=side, dtype="float64", fill=np.nan, seed=seed)
+    kvarg = None if kv is None else kvl
+    want_out, want_grads = fam.reference(ref, q, k, v, ql, kvarg, cot, causal=causal, side=side)
+    out, grads = fw.attention_vjp(*(fw.asarray(x, device) for x in (q, k, v)), ql, kvarg, cot, causal=causal,
+                                  side=side, strategy="bucketed", device=device)
+    res = fam.compare_attention(fw, out, grads, want_out, want_grads, valid_mask(ql, T, side),
+                                valid_mask(kvl, Tk, side), tolerance("float64", device))
+    assert all(ok for ok, _ in res.values()), f"{fw.name} {out.kernel} q={ql} kv={kvl} T={T}/{Tk} {side}: {res}"
 
 
 @pytest.mark.parametrize("fw", framework_params(("jax", "tensorflow")), indirect=True)
