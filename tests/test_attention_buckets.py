@@ -18,6 +18,7 @@ from adapters.spec import (
     AttnBucket,
     attention_unbucket_index,
     plan_attention,
+    plan_buckets,
     shape_ladder,
     valid_mask,
 )
@@ -33,7 +34,7 @@ def _cost(plan, call_cost, token_cost):
 
 def _exhaustive(ql, kvl, max_buckets, call_cost, token_cost):
     """The cheapest plan over every cut of the rows sorted by work (the planner's search space), by brute force."""
-    work = [i for i in np.argsort(-(ql * kvl), kind="stable") if ql[i] and kvl[i]]
+    work = [i for i in np.lexsort((ql * 41 + kvl, -ql * kvl)) if ql[i] and kvl[i]]  # equal pairs adjacent
     n, best = len(work), np.inf
     for k in range(1, min(max_buckets, n) + 1):
         for cuts in itertools.combinations(range(1, n), k - 1):
@@ -70,6 +71,42 @@ def test_plan_on_ladders_and_degenerate_batches():
     assert plan_attention(np.array([0, 4]), np.array([3, 0]), 4, 4) == []  # no row has work
     full = plan_attention(np.array([4, 2, 4]), np.array([4, 2, 4]), 4, 4, call_cost=1e9)
     assert len(full) == 1 and full[0].rows.tolist() == [0, 1, 2], "one untrimmed bucket keeps the row order"
+
+
+def _plan_cost(plan, call_cost, token_cost):
+    return _cost(plan, call_cost, token_cost)
+
+
+def test_large_batches_plan_over_runs_of_equal_lengths(monkeypatch):
+    """Above PLAN_ROWS rows the planners cut only between runs of equal lengths (O(runs^2), not O(rows^2)): for
+    the planners without batch rounding that loses nothing (same cost as cutting between any rows); with
+    thousands of distinct (q_len, kv_len) pairs they plan over the pairs rounded up the ladders; every plan keeps
+    each row with work exactly once, in a bucket at least as long as it."""
+    from adapters import spec
+    from adapters.torch.rnn import _BUCKET_COST, bucket_rows
+
+    rng = np.random.default_rng(0)
+    L = rng.integers(0, 48, 600)
+    pairs = [(L, L), (rng.integers(0, 16, 600), rng.integers(1, 12, 600))]  # self; cross with < 256 distinct pairs
+    plan = lambda: [plan_attention(q, k, 48, 48, call_cost=500.0, token_cost=3.0, ladders=False)  # noqa: E731
+                    for q, k in pairs]
+    grouped, rows = plan(), bucket_rows(L)
+    monkeypatch.setattr(spec, "PLAN_ROWS", 10**6)  # every row a cut point: the O(rows^2) search
+    per_row = plan()
+    for g, r in zip(grouped, per_row, strict=True):
+        assert _plan_cost(g, 500.0, 3.0) == _plan_cost(r, 500.0, 3.0)
+    step, call = _BUCKET_COST["lstm"]
+    rnn_cost = lambda buckets: sum(L[b].max() * (b.size + step) + call for b in buckets)  # noqa: E731
+    assert rnn_cost(rows) == rnn_cost(bucket_rows(L))
+    monkeypatch.undo()
+    big_q, big_k = rng.integers(0, 3000, 20000), rng.integers(0, 3000, 20000)  # ~20000 distinct pairs
+    plan = plan_attention(big_q, big_k, 3000, 3000, call_cost=6000.0, token_cost=40.0, ladders=False)
+    rows = np.concatenate([b.rows for b in plan])
+    assert np.array_equal(np.sort(rows), np.flatnonzero((big_q > 0) & (big_k > 0)))
+    assert all(b.q_steps >= big_q[b.rows].max() and b.kv_steps >= big_k[b.rows].max() for b in plan)
+    rnn = plan_buckets(big_q, 3000)  # the RNN planner on runs of equal rounded lengths: every row once
+    assert np.array_equal(np.sort(np.concatenate([b.rows for b in rnn])), np.arange(big_q.size))
+    assert all(b.steps >= big_q[b.rows].max() and b.batch >= b.rows.size for b in rnn)
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

@@ -18,7 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from adapters.spec import RnnOut, RnnSpec, Strategy, cheapest_cuts, map_params, plan_segments, strategy_table
+from adapters.spec import (
+    RnnOut,
+    RnnSpec,
+    Strategy,
+    cheapest_cuts,
+    cut_points,
+    map_params,
+    plan_segments,
+    round_up,
+    shape_ladder,
+    strategy_table,
+)
 
 _TORCH_KEYS = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
 
@@ -78,19 +89,20 @@ def longest_first(lengths: np.ndarray) -> np.ndarray:
 
 def bucket_rows(lengths: np.ndarray, cell: str = "lstm", max_buckets: int = _MAX_BUCKETS) -> list[np.ndarray]:
     """The non-empty rows, sorted by descending length (stable), cut into <= max_buckets contiguous buckets that
-    minimise the cost model's padded work plus per-step and per-call overheads (`spec.cheapest_cuts`). A bucket's
-    first row is its longest."""
+    minimise the cost model's padded work plus per-step and per-call overheads (`spec.cheapest_cuts` over
+    `spec.cut_points`). A bucket's first row is its longest."""
     order = longest_first(lengths)
-    n = order.size
-    if not n:
+    if not order.size:
         return []
     step, call = _BUCKET_COST[cell]
-    first = lengths[order].astype(float)
-    width = np.arange(n + 1)[None, :] - np.arange(n + 1)[:, None]  # bucket = sorted rows [i, j)
-    cost = np.full((n + 1, n + 1), np.inf)
-    cost[:n] = np.where(width[:n] > 0, first[:, None] * (width[:n] + step) + call, np.inf)
+    first = lengths[order]
+    cuts = cut_points(first, round_up(first, shape_ladder(int(first[0]))))
+    width = cuts[None, :] - cuts[:, None]  # bucket = sorted rows [cuts[i], cuts[j])
+    m = cuts.size - 1
+    cost = np.full((m + 1, m + 1), np.inf)
+    cost[:m] = np.where(width[:m] > 0, first[cuts[:m], None] * (width[:m] + step) + call, np.inf)
     bounds = cheapest_cuts(cost, max_buckets)
-    return [order[i:j] for i, j in zip(bounds, bounds[1:])]
+    return [order[cuts[i]:cuts[j]] for i, j in zip(bounds, bounds[1:])]
 
 
 def row_map(src_rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
