@@ -26,16 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from adapters.spec import AttnOut, Strategy, attention_unbucket_index, plan_attention
+from adapters.spec import AttnOut, Strategy, attention_spec, attention_unbucket_index, plan_attention
 
 NAME = "bucketed"
-
-
-def _spec(a, q, k, ql, kvl, causal: bool, side: str, device: str) -> dict[str, Any]:
-    """The attention spec the strategies' preconditions read, from the validated arguments."""
-    cross = q.shape[1] != k.shape[1] or not np.array_equal(ql, kvl)
-    return dict(device=device, dtype=a.dtype_name(q), causal=causal, gqa=q.shape[2] != k.shape[2], side=side,
-                cross=cross)
 
 
 def inner_strategy(a, **spec: Any) -> str | None:
@@ -58,8 +51,9 @@ def _crop(x, T: int, steps: int, side: str):
 
 def _run(a, cost: dict, q, k, v, ql, kvl, cot, causal, side, scale, device) -> tuple[AttnOut, dict | None]:
     ql, kvl = np.asarray(ql), np.asarray(kvl)
-    inner = a.strategy_table("attention")[inner_strategy(a, **_spec(a, q, k, ql, kvl, causal, side, device))]
     B, Tq, Tk = q.shape[0], q.shape[1], k.shape[1]
+    spec = attention_spec(device, a.dtype_name(q), causal, q.shape[2], k.shape[2], side, ql, kvl, Tq, Tk)
+    inner = a.strategy_table("attention")[inner_strategy(a, **spec)]
     plan = plan_attention(ql, kvl, Tq, Tk, **cost)
 
     def call(q, k, v, ql, kvl, cot):

@@ -30,6 +30,7 @@ from adapters.spec import (
     RnnSpec,
     Strategy,
     Unsupported,
+    attention_spec,
     check_choice,
     check_lengths,
     check_maxlen,
@@ -545,8 +546,8 @@ class Adapter(abc.ABC):
         elif isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) \
                 or not np.isfinite(scale):
             raise ValueError(f"scale must be a finite number or None, got {scale!r}")
-        unit = self._unit("attention", strategy, device=device, dtype=dtypes.pop(), causal=bool(causal),
-                          gqa=Hq != Hkv, side=side, cross=not np.array_equal(q_lengths, kv_lengths) or Tk != Tq)
+        unit = self._unit("attention", strategy, **attention_spec(device, dtypes.pop(), causal, Hq, Hkv, side,
+                                                                  q_lengths, kv_lengths, Tq, Tk))
         return _Attn(q_lengths, kv_lengths, float(scale), unit)
 
     def raw_rnn(self, spec: RnnSpec, params: Any, x: Any, lengths: Any, device: str = "cpu", *,

@@ -374,6 +374,14 @@ def unbucket_index(plan: list[Bucket]) -> np.ndarray:
     return where
 
 
+def attention_spec(device: str, dtype: str, causal: bool, Hq: int, Hkv: int, side: str, q_lengths: np.ndarray,
+                   kv_lengths: np.ndarray, Tq: int, Tk: int) -> dict[str, Any]:
+    """What the attention strategies' preconditions read: device, dtype, causal, gqa (Hq != Hkv), side and cross
+    (other key lengths or another key length than the queries')."""
+    return dict(device=device, dtype=dtype, causal=bool(causal), gqa=Hq != Hkv, side=side,
+                cross=Tk != Tq or not np.array_equal(q_lengths, kv_lengths))
+
+
 class AttnBucket(NamedTuple):
     """One bucket of an attention plan: the original indices of its rows (most work first) and its shape."""
 

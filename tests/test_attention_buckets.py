@@ -73,10 +73,6 @@ def test_plan_on_ladders_and_degenerate_batches():
     assert len(full) == 1 and full[0].rows.tolist() == [0, 1, 2], "one untrimmed bucket keeps the row order"
 
 
-def _plan_cost(plan, call_cost, token_cost):
-    return _cost(plan, call_cost, token_cost)
-
-
 def test_large_batches_plan_over_runs_of_equal_lengths(monkeypatch):
     """Above PLAN_ROWS rows the planners cut only between runs of equal lengths (O(runs^2), not O(rows^2)): for
     the planners without batch rounding that loses nothing (same cost as cutting between any rows); with
@@ -90,14 +86,14 @@ def test_large_batches_plan_over_runs_of_equal_lengths(monkeypatch):
     pairs = [(L, L), (rng.integers(0, 16, 600), rng.integers(1, 12, 600))]  # self; cross with < 256 distinct pairs
     plan = lambda: [plan_attention(q, k, 48, 48, call_cost=500.0, token_cost=3.0, ladders=False)  # noqa: E731
                     for q, k in pairs]
-    grouped, rows = plan(), bucket_rows(L)
+    grouped, rnn_rows = plan(), bucket_rows(L)
     monkeypatch.setattr(spec, "PLAN_ROWS", 10**6)  # every row a cut point: the O(rows^2) search
     per_row = plan()
     for g, r in zip(grouped, per_row, strict=True):
-        assert _plan_cost(g, 500.0, 3.0) == _plan_cost(r, 500.0, 3.0)
+        assert _cost(g, 500.0, 3.0) == _cost(r, 500.0, 3.0)
     step, call = _BUCKET_COST["lstm"]
     rnn_cost = lambda buckets: sum(L[b].max() * (b.size + step) + call for b in buckets)  # noqa: E731
-    assert rnn_cost(rows) == rnn_cost(bucket_rows(L))
+    assert rnn_cost(rnn_rows) == rnn_cost(bucket_rows(L))
     monkeypatch.undo()
     big_q, big_k = rng.integers(0, 3000, 20000), rng.integers(0, 3000, 20000)  # ~20000 distinct pairs
     plan = plan_attention(big_q, big_k, 3000, 3000, call_cost=6000.0, token_cost=40.0, ladders=False)
