@@ -1,4 +1,4 @@
-"""PyTorch masked RNNs: five strategy units over one canonical (PyTorch-layout) weight nest.
+"""PyTorch masked RNNs: six strategy units over one canonical (PyTorch-layout) weight nest.
 
 - "packed" (default): `pack_padded_sequence` -> `nn.LSTM`/`GRU`/`RNN` -> `pad_packed_sequence` on the non-empty
   rows (PyTorch refuses length 0); weights are copied into a cached module (cuDNN's flattened buffer kept) and
@@ -9,10 +9,12 @@
 - "bucketed": rows sorted into <= 4 length buckets (cost model), each run trimmed by saturated_gate / packed.
 - "time_sliced": rows sorted by length, the fused kernel over <= 16 time segments with the state carried across;
   rows that end inside a segment run on, masked (LSTM: c frozen by an indicator input).
+- "graph_loop" (GPU): masked_loop's step loop captured once per shape into a CUDA graph and replayed.
 Left padding is realigned to the right (the shared `Adapter.realign`) around all of them.
 """
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any
 
@@ -64,6 +66,8 @@ _FROZEN_CELL = {0: -1.0, 1: 1.0}
 #: GRU/RNN step (a dozen small autograd ops) ~12-16 rows; a call (weight reorders, gathers) ~64 row-steps
 _BUCKET_COST = {"lstm": (4.0, 64.0), "gru": (16.0, 64.0), "rnn": (16.0, 64.0)}
 _MAX_BUCKETS = 4
+#: CUDA graphs graph_loop keeps (each holds its own memory pool), least recently used dropped first
+_MAX_GRAPHS = 4
 #: time_sliced cost model (see `plan_segments`), (cell, on CUDA) -> (step, call) in row-steps: on CPU as for
 #: buckets (measured, H=128 fwd+bwd: a oneDNN LSTM step ~30 us ~ 4 rows, a call ~0.5 ms); on CUDA a step is
 #: latency-bound (rows nearly free) and a call costs a few launches: an estimate, not measured on a GPU yet
@@ -103,6 +107,12 @@ def bucket_rows(lengths: np.ndarray, cell: str = "lstm", max_buckets: int = _MAX
     cost[:m] = np.where(width[:m] > 0, first[cuts[:m], None] * (width[:m] + step) + call, np.inf)
     bounds = cheapest_cuts(cost, max_buckets)
     return [order[cuts[i]:cuts[j]] for i, j in zip(bounds, bounds[1:])]
+
+
+def _nest(spec: RnnSpec, flat) -> list[list[dict[str, Any]]]:
+    """[w_ih, w_hh, b_ih, b_hh of each (layer, direction), in order] -> the canonical nest."""
+    it = iter(flat)
+    return [[{k: next(it) for k in _TORCH_KEYS} for _ in range(spec.num_directions)] for _ in range(spec.num_layers)]
 
 
 def row_map(src_rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -346,11 +356,15 @@ class TorchRnn:
         return out, h, c
 
     def _run_loop(self, spec, weights, x, lengths):
+        return self._loop(spec, weights, x, self.valid(self.torch.as_tensor(lengths, device=x.device), x.shape[1]))
+
+    def _loop(self, spec, weights, x, valid):
         """Time-step loop on right-padded data; a row's state moves only at its valid steps (torch.where), so
         the backward direction starts at each row's own last step. Padded inputs are zeroed with `where` first:
-        the input projection is one matmul over all steps, and NaN there would poison the weight gradient."""
+        the input projection is one matmul over all steps, and NaN there would poison the weight gradient.
+        `valid` is a [B, T] bool tensor and nothing here reads host data, so `graph_loop` captures it whole."""
         torch = self.torch
-        valid = self.valid(self.torch.as_tensor(lengths, device=x.device), x.shape[1])[..., None]
+        valid = valid[..., None]
         inp = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
         hs, cs = [], []
         for dirs in weights:
@@ -584,6 +598,103 @@ class TorchRnn:
         k = len(plan_segments(lengths[longest_first(lengths)], step_cost=step, call_cost=call))
         return f"sliced[{k}]x {self._saturated_kernel(spec, x, lengths)}"
 
+    # -- graph_loop: masked_loop captured once per shape into a CUDA graph, then replayed ------------------------
+    def _graph_loop(self, spec, params, x, lengths, cotangents, side, device):
+        """masked_loop's step loop (forward, or forward + `autograd.grad` with the cotangents) captured once per
+        (mode, spec, dtype, device, B, T) and replayed: the lengths enter only as the [B, T] valid mask, a tensor
+        input, so one graph serves every length distribution of that shape. Left padding is realigned outside
+        the graph (its gather index depends on the lengths); so are the cotangent of the outputs (in) and the
+        outputs and x's gradient (out)."""
+        torch, lengths = self.torch, np.asarray(lengths)
+        if not np.any(lengths):  # nothing runs: masked_loop's zeros, nothing to capture
+            if cotangents is None:
+                return self._rnn_forward(_LOOP, spec, params, x, lengths, side, device)
+            return self._rnn_vjp(_LOOP, spec, params, x, lengths, cotangents, side, device)
+        x = self.asarray(x, device)
+        B, T = x.shape[:2]
+        if side == "left":
+            x = self.realign(x, lengths, to="right")
+        valid = self.valid(torch.as_tensor(lengths, device=x.device), T)
+        flat = [self._native(v).to(device=x.device, dtype=x.dtype) for dirs in params for p in dirs
+                for v in (p[k] for k in _TORCH_KEYS)]
+        n_w, n_state = len(flat), 2 if spec.cell == "lstm" else 1
+        nest = functools.partial(_nest, spec)
+        kernel = "cuda-graph python-loop" if x.device.type == "cuda" else "replayed python-loop"
+        if cotangents is None:
+            def core(x, valid, *ws):
+                with torch.no_grad():
+                    return [o for o in self._loop(spec, nest(ws), x, valid) if o is not None]
+
+            out, h, *c = self._replay(("fwd", spec, x.dtype, x.device, B, T), core, [x, valid, *flat], grad=())
+            if side == "left":
+                out = self.realign(out, lengths, to="left")
+            return RnnOut(out, h, c[0] if c else None, kernel)
+
+        cots = [self.asarray(cotangents[k], device).to(x.dtype) for k in ("outputs", "h_n", "c_n")[:1 + n_state]]
+        if side == "left":
+            cots[0] = self.realign(cots[0], lengths, to="right")
+
+        def core(x, valid, *rest):
+            ws, cot = rest[:n_w], rest[n_w:]
+            with torch.enable_grad():
+                outs = [o for o in self._loop(spec, nest(ws), x, valid) if o is not None]
+                grads = torch.autograd.grad(outs, [x, *ws], cot, allow_unused=True)
+            leaves = [x, *ws]
+            return [o.detach() for o in outs] + [torch.zeros_like(v) if g is None else g
+                                                 for g, v in zip(grads, leaves, strict=True)]
+
+        res = self._replay(("vjp", spec, x.dtype, x.device, B, T), core, [x, valid, *flat, *cots],
+                           grad=[0, *range(2, n_w + 2)])  # x and the weights, not the mask
+        outs, gx, gw = res[:1 + n_state], res[1 + n_state], res[2 + n_state:]
+        out = outs[0]
+        if side == "left":
+            out, gx = self.realign(out, lengths, to="left"), self.realign(gx, lengths, to="left")
+        return RnnOut(out, outs[1], outs[2] if n_state == 2 else None, kernel), {"x": gx, "params": nest(gw)}
+
+    def _replay(self, key: tuple, core, inputs: list, grad) -> list:
+        """core(*static) captured once per key (`_capture`) over static copies of `inputs` (those at the `grad`
+        positions as autograd leaves); every call copies `inputs` into them, replays, and returns clones of the
+        outputs (a replay overwrites the captured output memory). At most _MAX_GRAPHS kept, least recent out."""
+        torch, graphs = self.torch, self.rnn_graphs()
+        if key in graphs:
+            graphs.move_to_end(key)
+        else:
+            grad = set(grad)
+            static = [t.detach().clone().requires_grad_(i in grad) for i, t in enumerate(inputs)]
+            graphs[key] = (static, *self._capture(core, static))
+            while len(graphs) > _MAX_GRAPHS:
+                graphs.popitem(last=False)
+        static, replay, outs = graphs[key]
+        with torch.no_grad():
+            for s, t in zip(static, inputs, strict=True):
+                s.copy_(t)
+        replay()
+        return [o.clone() for o in outs]
+
+    def _capture(self, core, static: list) -> tuple:
+        """(replay, output tensors) of `core(*static)` captured into a CUDA graph, after warm-up runs on the
+        capture's own side stream (autograd and cuBLAS set themselves up, handles included, outside the capture,
+        as PyTorch's CUDA-graph notes ask)."""
+        torch = self.torch
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                core(*static)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            outs = core(*static)
+        return graph.replay, outs
+
+    def rnn_graphs(self):
+        """key -> (static inputs, replay, outputs) of the CUDA graphs `graph_loop` holds (LRU order)."""
+        return self.__dict__.setdefault("_graphs", collections.OrderedDict())
+
+    def clear_compiled(self) -> None:
+        """Drop graph_loop's captured graphs: the next call captures afresh (eager torch has nothing else)."""
+        self.rnn_graphs().clear()
+
 
 class _Impl:
     """The pieces one torch RNN strategy is made of: its weights, its run on right-padded data, its kernel."""
@@ -620,6 +731,13 @@ def _unit(name: str, impl: _Impl, doc: str, supports=None) -> Strategy:
                     doc=doc, **extra)
 
 
+def _cuda_only(adapter: Any, device: str = "cpu", **spec: Any) -> str | None:
+    """graph_loop's precondition: CUDA graphs capture CUDA kernels."""
+    if device != "gpu":
+        return "a CUDA graph captures CUDA kernels: GPU only (on CPU, masked_loop is the same loop uncaptured)"
+    return None
+
+
 def _gated_only(adapter: Any, cell: str | None = None, **spec: Any) -> str | None:
     """saturated_gate's precondition: it needs a gate that can hold the state at exactly 0."""
     if cell == "rnn":
@@ -635,6 +753,13 @@ STRATEGIES = strategy_table(
           supports=_gated_only),
     _unit("bucketed", _BUCKETED, "rows sorted by length into <= 4 buckets chosen by a cost model, each trimmed to "
           "its own longest row and run with saturated_gate (LSTM/GRU) or packed (RNN)"),
+    Strategy("graph_loop",
+             lambda a, spec, params, x, L, side, dev: a._graph_loop(spec, params, x, L, None, side, dev),
+             lambda a, spec, params, x, L, cot, side, dev: a._graph_loop(spec, params, x, L, cot, side, dev),
+             supports=_cuda_only,
+             doc="masked_loop's step loop captured once per shape into a CUDA graph (forward, or forward + "
+                 "autograd.grad) and replayed: one launch instead of a dozen kernels per step; lengths enter as a "
+                 "mask tensor, so one graph serves every length distribution of a shape"),
     _unit("time_sliced", _SLICED, "rows sorted by length, the fused kernel (oneDNN / cuDNN / aten) over <= 16 time "
           "segments chosen by a cost model, (h, c) carried across; rows ending inside a segment run on, masked, "
           "with c frozen by a padding-indicator input (LSTM)"),
