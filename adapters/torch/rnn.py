@@ -115,6 +115,37 @@ def _nest(spec: RnnSpec, flat) -> list[list[dict[str, Any]]]:
     return [[{k: next(it) for k in _TORCH_KEYS} for _ in range(spec.num_directions)] for _ in range(spec.num_layers)]
 
 
+def _memo_by_lengths(plan):
+    """`plan(lengths, *keys)` remembered for the last few distinct (lengths, *keys): a strategy's run and its
+    kernel name (asked for apart) plan once per batch, and a batch timed again plans nothing. The plan's arrays
+    are made read-only, as they are shared."""
+
+    @functools.lru_cache(maxsize=16)
+    def cached(raw: bytes, *keys):
+        result = plan(np.frombuffer(raw, dtype=np.int64), *keys)
+        for part in result:
+            if isinstance(part, np.ndarray):
+                part.flags.writeable = False
+        return tuple(result)
+
+    return lambda lengths, *keys: cached(np.asarray(lengths, dtype=np.int64).tobytes(), *keys)
+
+
+_segments = _memo_by_lengths(lambda lengths, step, call: plan_segments(lengths[longest_first(lengths)],
+                                                                       step_cost=step, call_cost=call))
+_buckets = _memo_by_lengths(lambda lengths, cell, costs, k: bucket_rows(lengths, cell, k))
+
+
+def _slice_plan(lengths: np.ndarray, cell: str, cuda: bool) -> tuple:
+    """time_sliced's segments (remembered per lengths and cost model)."""
+    return _segments(lengths, *_SLICE_COST[(cell, cuda)])
+
+
+def _bucket_plan(lengths: np.ndarray, cell: str) -> tuple:
+    """bucketed's row groups (remembered per lengths and cost model)."""
+    return _buckets(lengths, cell, _BUCKET_COST[cell], _MAX_BUCKETS)
+
+
 def row_map(src_rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Flat source-row index of each destination row, -1 where the destination is padding (filled with 0)."""
     return np.where(valid, src_rows, -1).reshape(-1).astype(np.int64)
@@ -475,7 +506,7 @@ class TorchRnn:
         gradients back by the inverse gather, exactly, and x's gradient is assembled once, not per bucket."""
         torch, (B, T) = self.torch, x.shape[:2]
         gather, dev = _row_gather(torch), x.device
-        groups = bucket_rows(lengths, spec.cell)
+        groups = _bucket_plan(lengths, spec.cell)
         if len(groups) == 1 and groups[0].size == B:  # one bucket of every row: no reordering, only the trim
             t = int(lengths.max())
             out, h, c = inner.run(self, spec, weights, x if t == T else x[:, :t], lengths)
@@ -517,7 +548,7 @@ class TorchRnn:
         if not np.any(lengths):
             return "none"
         inner = _fastest_inner(spec).kernel(self, spec, x, lengths)
-        return f"bucketed[{len(bucket_rows(lengths, spec.cell))}]x {inner}"
+        return f"bucketed[{len(_bucket_plan(lengths, spec.cell))}]x {inner}"
 
     # -- time_sliced: rows sorted by length, the fused kernel over time segments, the state carried across ------
     def _run_sliced(self, spec, weights, x, lengths):
@@ -533,9 +564,8 @@ class TorchRnn:
         the segment's final c. Nothing after a row's end reaches a kept value, so no gradient flows there."""
         torch, (B, T) = self.torch, x.shape[:2]
         dev, gather = x.device, _row_gather(torch)
-        step, call = _SLICE_COST[(spec.cell, dev.type == "cuda")]
         order = longest_first(lengths)
-        segments = plan_segments(lengths[order], step_cost=step, call_cost=call)
+        segments = _slice_plan(lengths, spec.cell, dev.type == "cuda")
         layouts = [slice_layout(lengths, order, segments, T, reverse=bool(d)) for d in range(spec.num_directions)]
         run_on = bool(layouts[0]["ended"].any())  # some row ends inside a segment (else each ends at a cut)
         plans = [None if lay["identity"] else gather_plans(torch, lay["src"], B * T, dev) for lay in layouts]
@@ -594,8 +624,7 @@ class TorchRnn:
         """"sliced[k]x <fused kernel>", k the number of time segments (fused calls per layer and direction)."""
         if not np.any(lengths):
             return "none"
-        step, call = _SLICE_COST[(spec.cell, x.device.type == "cuda")]
-        k = len(plan_segments(lengths[longest_first(lengths)], step_cost=step, call_cost=call))
+        k = len(_slice_plan(lengths, spec.cell, x.device.type == "cuda"))
         return f"sliced[{k}]x {self._saturated_kernel(spec, x, lengths)}"
 
     # -- graph_loop: masked_loop captured once per shape into a CUDA graph, then replayed ------------------------

@@ -224,7 +224,8 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame) -> Section:
     ca = compile_aware_table(df, check)
     if not ca.empty:
         s.p("Counting compile cost: the fastest exact strategy for a given number of calls (compile time + n x warm "
-            "time; compiled strategies pay their jit / tf.function compile once per shape), and the number of calls "
+            "time; compiled strategies pay their jit / tf.function compile, torch's graph_loop its CUDA-graph "
+            "capture, once per shape), and the number of calls "
             "after which the fastest warm strategy overtakes the one that is fastest for a single call.")
         s.table(ca)
     return s
