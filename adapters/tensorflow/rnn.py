@@ -505,13 +505,23 @@ class TensorflowRnn:
         plan's tf.function (one trace per distinct plan, `rnn_sliced_plans()`)."""
         lengths = np.asarray(lengths)
         T, B = np.shape(x)[1], lengths.size
-        if T == 0 or not np.any(lengths):  # nothing runs: the Keras path returns the zeros
+        plan = ()
+        if T and np.any(lengths):
+            sl = np.sort(lengths[lengths > 0])[::-1]
+            plan = tuple(plan_segments(sl, max_segments=MAX_SEGMENTS, step_cost=STEP_COST,
+                                       call_cost=SLICE_CALL_COST, cuts=shape_ladder(T),
+                                       rows_ladder=shape_ladder(B, halves=False)))
+        if not plan or (len(plan) == 1 and plan[0].rows == B and plan[0].stop == T):
+            # nothing runs (the Keras path returns the zeros), or one segment of the whole batch over every step:
+            # Keras's own masked call, without the sort and gathers
             run = self._rnn_forward if cotangents is None else self._rnn_vjp
             args = (_KERAS, spec, params, x, lengths) + (() if cotangents is None else (cotangents,))
-            return run(*args, side, device)
-        sl = np.sort(lengths[lengths > 0])[::-1]
-        plan = tuple(plan_segments(sl, max_segments=MAX_SEGMENTS, step_cost=STEP_COST, call_cost=SLICE_CALL_COST,
-                                   cuts=shape_ladder(T), rows_ladder=shape_ladder(B, halves=False)))
+            result = run(*args, side, device)
+            if not plan:
+                return result
+            out, *grads = (result,) if cotangents is None else result
+            out = out._replace(kernel=f"{out.kernel} sliced[1]")
+            return out if cotangents is None else (out, *grads)
         x, L, params = self._inputs(spec, params, x, lengths, device)
         mode = "fwd" if cotangents is None else "vjp"
         key = ("sliced", mode, spec, side, x.dtype.name, device, B, T, plan)
