@@ -137,3 +137,17 @@ def test_all_empty_batch_captures_nothing(emulated):
     L = np.zeros(3, dtype=int)
     bad, out = against_reference(fw, spec, L, 4, strategy="graph_loop")
     assert not bad and out.kernel == "none" and not captures
+
+
+def test_a_gpu_case_peak_does_not_count_earlier_graphs(emulated, monkeypatch):
+    """The bench resets the peak before each case: graphs held for earlier calls are dropped first (their memory
+    pools would count in the next case's peak)."""
+    fw, captures = emulated
+    resets = []
+    monkeypatch.setattr(fw.torch.cuda, "reset_peak_memory_stats", lambda *a: resets.append(a))
+    against_reference(fw, RnnSpec("rnn", input_size=2, hidden_size=3), np.array([3, 1]), 3, strategy="graph_loop")
+    assert fw.rnn_graphs() and len(captures) == 1
+    fw.reset_peak_memory("cpu")
+    assert fw.rnn_graphs(), "a CPU reset has no GPU pool to free"
+    fw.reset_peak_memory("gpu")
+    assert not fw.rnn_graphs() and resets

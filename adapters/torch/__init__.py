@@ -81,7 +81,10 @@ class TorchAdapter(TorchOps, TorchLoss, TorchRnn, TorchAttention, TorchEmbedding
             self.torch.cuda.synchronize()
 
     def reset_peak_memory(self, device: str = "cpu") -> None:
+        """On the GPU also drops the CUDA graphs graph_loop holds for earlier calls (their memory pools would count
+        in this case's peak); the next graph_loop call captures afresh."""
         if device == "gpu":
+            self.clear_compiled()
             self.torch.cuda.reset_peak_memory_stats()
 
     def peak_memory(self, device: str = "cpu") -> int | None:
