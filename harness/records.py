@@ -28,7 +28,7 @@ Num = (int, float)
 STR, INT, FLOAT, BOOL = str, int, float, bool
 # field -> type; a value may be None only where the field is optional
 COMMON_REQUIRED = {"source": STR, "schema": INT, "run_id": STR, "time": FLOAT, "host": STR, "commit": STR}
-COMMON_OPTIONAL = {"cpu": STR, "cores": INT, "python": STR, "platform": STR}
+COMMON_OPTIONAL = {"cpu": STR, "cores": INT, "python": STR, "platform": STR, "malloc": STR}
 
 SOURCES: dict[str, tuple[dict, dict]] = {
     # source: (required fields, optional fields)
@@ -149,4 +149,5 @@ def machine() -> dict:
     except OSError:
         pass
     return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "commit": commit()}
+            "platform": platform.platform(), "commit": commit(),
+            "malloc": os.environ.get("GLIBC_TUNABLES") or "default"}  # how the process's allocator ran (proc.py)

@@ -52,3 +52,18 @@ def test_reruns_append_and_never_lose_a_record(tmp_path, monkeypatch):
     recs = [r for r in results.read([out]) if r["source"] == "bench"]
     assert [r["batch"] for r in recs] == [4, 8, 16] and len({r["run_id"] for r in recs}) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"], "a run must leave no other file behind"
+
+
+def test_workers_run_with_the_malloc_tunables_unless_the_user_set_their_own(tmp_path, monkeypatch):
+    """Bench workers reuse freed heap pages (glibc tunables, `harness.proc`): their records say so; a user's own
+    GLIBC_TUNABLES is kept and recorded instead."""
+    from harness.proc import MALLOC_TUNABLES
+
+    out = tmp_path / "r.jsonl"
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    bench.sweep([case("pad", 4)], str(out), quiet=True)
+    mine = "glibc.malloc.trim_threshold=0"
+    monkeypatch.setenv("GLIBC_TUNABLES", mine)
+    bench.sweep([case("pad", 8)], str(out), quiet=True)
+    recs = [r for r in results.read([out]) if r["source"] == "bench"]
+    assert [(r["batch"], r["malloc"]) for r in recs] == [(4, MALLOC_TUNABLES), (8, mine)]
