@@ -85,10 +85,12 @@ def test_float64_exact_on_a_skewed_batch(fw, strategy, cell):
         np.testing.assert_allclose(fw.to_numpy(got.c_n), fw.to_numpy(want.c_n), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("strategy", ["saturated_gate", "bucketed", "time_sliced"])
-def test_all_rows_full_and_all_empty(fw, strategy):
-    """All rows of length T take the no-gather path; all rows empty run nothing."""
-    spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+def test_all_rows_full_and_all_empty(fw, strategy, cell):
+    """All rows of length T take the no-gather path (saturated_gate: no indicator column either); all rows empty
+    run nothing."""
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
     bad, out = run_case(fw, strategy, spec, np.full(5, T), dtype="float32")
     assert not bad, f"{strategy} full rows kernel={out.kernel}: {bad}"
     bad, out = run_case(fw, strategy, spec, np.zeros(3, dtype=np.int64))

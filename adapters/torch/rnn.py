@@ -453,7 +453,9 @@ class TorchRnn:
         gather = _row_gather(torch)
         dev = x.device
         plans = {k: gather_plans(torch, maps[k], B * T, dev) for k in ("left", "rev") if maps[k] is not None}
-        pad_col = torch.as_tensor(~maps["valid_left"], dtype=x.dtype, device=dev).reshape(B, T, 1)
+        # every row full (no padding step): no indicator column, the plain fused call is exact
+        pad_col = None if maps["left"] is None else \
+            torch.as_tensor(~maps["valid_left"], dtype=x.dtype, device=dev).reshape(B, T, 1)
         inp, hs, cs = x, [], []
         for dirs in weights:
             flat = inp.reshape(B * T, inp.shape[2])
@@ -475,11 +477,16 @@ class TorchRnn:
 
     def _saturated_direction(self, cell, seq, pad_col, p):
         """One fused padded `torch._VF.lstm/gru` call (what nn.LSTM/GRU run: oneDNN / cuDNN / aten) on left-aligned
-        `seq` plus the indicator column (`with_indicator`). `train` follows grad mode: oneDNN and
-        cuDNN keep their backward workspace only in training mode (dropout is 0, so nothing else changes)."""
+        `seq` plus the indicator column (`with_indicator`; none when `pad_col` is None: no padding). `train` follows
+        grad mode: oneDNN and cuDNN keep their backward workspace only in training mode (dropout is 0, so nothing
+        else changes)."""
         torch, B, H = self.torch, seq.shape[0], p["w_hh"].shape[1]
-        weights = [with_indicator(torch, p["w_ih"], H, _SATURATED_GATE[cell]), p["w_hh"], p["b_ih"], p["b_hh"]]
-        inp, h0 = torch.cat([seq, pad_col], dim=2), seq.new_zeros((1, B, H))
+        h0 = seq.new_zeros((1, B, H))
+        if pad_col is None:
+            weights, inp = [p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"]], seq
+        else:
+            weights = [with_indicator(torch, p["w_ih"], H, _SATURATED_GATE[cell]), p["w_hh"], p["b_ih"], p["b_hh"]]
+            inp = torch.cat([seq, pad_col], dim=2)
         train = torch.is_grad_enabled()
         if cell == "lstm":
             out, h, c = torch._VF.lstm(inp, (h0, h0), weights, True, 1, 0.0, train, False, True)
