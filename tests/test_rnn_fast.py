@@ -74,14 +74,24 @@ def test_compiled_shapes_stay_on_the_ladders(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("lengths,T", [([0, 0, 0], 4), ([0, 0], 0), ([5, 0, 1], 5)], ids=["all-empty", "T0", "one"])
-def test_bucketed_edge_batches(name, lengths, T):
+@pytest.mark.parametrize("lengths,T,side", [([0, 0, 0], 4, "right"), ([0, 0], 0, "right"), ([5, 0, 1], 5, "right"),
+                                             ([5, 5, 5], 5, "right"), ([5, 5, 5], 5, "left")],
+                         ids=["all-empty", "T0", "one", "full-right", "full-left"])
+def test_bucketed_edge_batches(name, lengths, T, side):
+    """Degenerate batches; a batch of full rows is one bucket of everything, which runs the plain strategy's call."""
     require(name)
     fw = adapters.get(name)
     spec = RnnSpec("lstm", input_size=2, hidden_size=3, bidirectional=True)
-    bad, out = against_reference(fw, spec, np.array(lengths), T, seed=2, strategy="bucketed")
+    bad, out = against_reference(fw, spec, np.array(lengths), T, side=side, seed=2, strategy="bucketed")
     assert not bad, bad
     assert "bucketed[" in out.kernel
+    if min(lengths, default=0) == T > 0:
+        assert out.kernel.endswith("bucketed[1]")
+        forward = fw.rnn(spec, init_params(spec, seed=2, dtype="float64"),
+                         fw.asarray(padded(np.array(lengths), T, (2,), side=side, seed=2, dtype="float64")),
+                         np.array(lengths), side=side, strategy="bucketed")
+        assert forward.kernel.endswith("bucketed[1]")
+        np.testing.assert_allclose(fw.to_numpy(forward.outputs), fw.to_numpy(out.outputs), rtol=1e-12, atol=1e-12)
 
 
 def _brute_force_segments(sorted_lengths, max_segments, step, call):

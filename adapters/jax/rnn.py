@@ -121,7 +121,15 @@ class JaxRnn:
     def _bucketed(self, spec, params, x, lengths, cotangents, side, device):
         """Plan on the host (lengths are NumPy here), run each bucket, put rows back; grads when cotangents."""
         x = self.asarray(x, device)
-        plan = plan_buckets(lengths, x.shape[1], step_cost=STEP_COST, call_cost=CALL_COST)
+        B, T = x.shape[:2]
+        plan = plan_buckets(lengths, T, step_cost=STEP_COST, call_cost=CALL_COST)
+        if len(plan) == 1 and plan[0].steps == T and np.array_equal(plan[0].rows, np.arange(B)):
+            # one bucket of the whole batch, in order, every step: the masked scan's own jitted call
+            if cotangents is None:
+                return self._rnn_forward(("masked", 1), spec, params, x, lengths, side, device)._replace(
+                    kernel="xla-scan bucketed[1]")
+            out, grads = self._rnn_vjp(("masked", 1), spec, params, x, lengths, cotangents, side, device)
+            return out._replace(kernel="xla-scan bucketed[1]"), grads
         p = self.params_to_jax(params, x.dtype, device)
         cot = None if cotangents is None else tuple(
             self.asarray(cotangents[k], device).astype(x.dtype) if k in cotangents else None

@@ -430,8 +430,15 @@ class TensorflowRnn:
             out, grads = self._rnn_vjp(impl, spec, params, x, lengths, cotangents, side, device)
             return out._replace(kernel=f"{out.kernel} bucketed[0]"), grads
         tf = self.tf
-        x, _, params = self._inputs(spec, params, x, lengths, device)
         plan = plan_buckets(lengths, x.shape[1], step_cost=STEP_COST, call_cost=CALL_COST)
+        if len(plan) == 1 and plan[0].steps == x.shape[1] and np.array_equal(plan[0].rows, np.arange(x.shape[0])):
+            # one bucket of the whole batch, in order, every step: the strategy's own tf.function
+            if cotangents is None:
+                out = self._rnn_forward(impl, spec, params, x, lengths, side, device)
+                return out._replace(kernel=f"{out.kernel} bucketed[1]")
+            out, grads = self._rnn_vjp(impl, spec, params, x, lengths, cotangents, side, device)
+            return out._replace(kernel=f"{out.kernel} bucketed[1]"), grads
+        x, _, params = self._inputs(spec, params, x, lengths, device)
         with tf.device(self._dev(device)):
             cot = None if cotangents is None else {k: tf.cast(self.asarray(v, device), x.dtype)
                                                    for k, v in cotangents.items()}
