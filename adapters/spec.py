@@ -257,6 +257,12 @@ class Bucket(NamedTuple):
     steps: int  # trimmed time length (on the time ladder, >= the longest row, <= T)
 
 
+def whole_batch(plan: list[Bucket], B: int, T: int) -> bool:
+    """Whether a bucket plan is one bucket of every row, in order, over every step: nothing to gather or trim, so
+    the plain strategy's own call does the same work."""
+    return len(plan) == 1 and plan[0].steps == T and np.array_equal(plan[0].rows, np.arange(B))
+
+
 def plan_buckets(lengths: np.ndarray, T: int, max_buckets: int = MAX_BUCKETS, step_cost: float = 2.0,
                  call_cost: float = 64.0) -> list[Bucket]:
     """Split a batch into <= max_buckets buckets of rows sorted by length, minimising the modelled cost

@@ -43,7 +43,16 @@ from functools import partial
 
 import numpy as np
 
-from adapters.spec import Bucket, RnnOut, RnnSpec, Strategy, plan_buckets, strategy_table, unbucket_index
+from adapters.spec import (
+    Bucket,
+    RnnOut,
+    RnnSpec,
+    Strategy,
+    plan_buckets,
+    strategy_table,
+    unbucket_index,
+    whole_batch,
+)
 
 PARAM_KEYS = ("w_ih", "w_hh", "b_ih", "b_hh")
 
@@ -123,8 +132,7 @@ class JaxRnn:
         x = self.asarray(x, device)
         B, T = x.shape[:2]
         plan = plan_buckets(lengths, T, step_cost=STEP_COST, call_cost=CALL_COST)
-        if len(plan) == 1 and plan[0].steps == T and np.array_equal(plan[0].rows, np.arange(B)):
-            # one bucket of the whole batch, in order, every step: the masked scan's own jitted call
+        if whole_batch(plan, B, T):  # the masked scan's own jitted call
             if cotangents is None:
                 return self._rnn_forward(("masked", 1), spec, params, x, lengths, side, device)._replace(
                     kernel="xla-scan bucketed[1]")

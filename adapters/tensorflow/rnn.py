@@ -69,6 +69,7 @@ from adapters.spec import (
     shape_ladder,
     strategy_table,
     unbucket_index,
+    whole_batch,
 )
 
 #: "bucketed" cost model (row-steps, see `plan_buckets`), measured on CPU for the Keras LSTM (H=128) forward +
@@ -415,6 +416,15 @@ class TensorflowRnn:
         fn, key = self._function("vjp", impl, spec, side, x.dtype.name, device)
         return self._call(fn, key, x, L, params, cotangents, device)
 
+    def _plain(self, impl, spec, params, x, lengths, cotangents, side, device, suffix: str):
+        """The strategy `impl` run as it is (forward, or vjp with cotangents), `suffix` added to its kernel name:
+        what "bucketed" / "time_sliced" run when there is nothing to split."""
+        if cotangents is None:
+            out = self._rnn_forward(impl, spec, params, x, lengths, side, device)
+            return out._replace(kernel=out.kernel + suffix)
+        out, grads = self._rnn_vjp(impl, spec, params, x, lengths, cotangents, side, device)
+        return out._replace(kernel=out.kernel + suffix), grads
+
     # -- "bucketed": rows sorted by length into a few trimmed buckets, each through one strategy's network -------
     def rnn_bucket_shapes(self) -> set:
         """(mode, spec, strategy, side, dtype, B, T, bucket batch, bucket steps, permuted) of every bucket function
@@ -423,21 +433,13 @@ class TensorflowRnn:
 
     def _bucketed(self, impl, spec, params, x, lengths, cotangents, side, device):
         """Plan on the host (lengths are NumPy here), run each bucket's tf.function, put the rows back."""
+        args = (impl, spec, params, x, lengths, cotangents, side, device)
         if x.shape[1] == 0:  # T == 0, nothing to run: the plain path returns the zeros
-            if cotangents is None:
-                out = self._rnn_forward(impl, spec, params, x, lengths, side, device)
-                return out._replace(kernel=f"{out.kernel} bucketed[0]")
-            out, grads = self._rnn_vjp(impl, spec, params, x, lengths, cotangents, side, device)
-            return out._replace(kernel=f"{out.kernel} bucketed[0]"), grads
+            return self._plain(*args, " bucketed[0]")
         tf = self.tf
         plan = plan_buckets(lengths, x.shape[1], step_cost=STEP_COST, call_cost=CALL_COST)
-        if len(plan) == 1 and plan[0].steps == x.shape[1] and np.array_equal(plan[0].rows, np.arange(x.shape[0])):
-            # one bucket of the whole batch, in order, every step: the strategy's own tf.function
-            if cotangents is None:
-                out = self._rnn_forward(impl, spec, params, x, lengths, side, device)
-                return out._replace(kernel=f"{out.kernel} bucketed[1]")
-            out, grads = self._rnn_vjp(impl, spec, params, x, lengths, cotangents, side, device)
-            return out._replace(kernel=f"{out.kernel} bucketed[1]"), grads
+        if whole_batch(plan, x.shape[0], x.shape[1]):  # the strategy's own tf.function
+            return self._plain(*args, " bucketed[1]")
         x, _, params = self._inputs(spec, params, x, lengths, device)
         with tf.device(self._dev(device)):
             cot = None if cotangents is None else {k: tf.cast(self.asarray(v, device), x.dtype)
@@ -521,14 +523,7 @@ class TensorflowRnn:
         if not plan or (len(plan) == 1 and plan[0].rows == B and plan[0].stop == T):
             # nothing runs (the Keras path returns the zeros), or one segment of the whole batch over every step:
             # Keras's own masked call, without the sort and gathers
-            run = self._rnn_forward if cotangents is None else self._rnn_vjp
-            args = (_KERAS, spec, params, x, lengths) + (() if cotangents is None else (cotangents,))
-            result = run(*args, side, device)
-            if not plan:
-                return result
-            out, *grads = (result,) if cotangents is None else result
-            out = out._replace(kernel=f"{out.kernel} sliced[1]")
-            return out if cotangents is None else (out, *grads)
+            return self._plain(_KERAS, spec, params, x, lengths, cotangents, side, device, " sliced[1]" if plan else "")
         x, L, params = self._inputs(spec, params, x, lengths, device)
         mode = "fwd" if cotangents is None else "vjp"
         key = ("sliced", mode, spec, side, x.dtype.name, device, B, T, plan)

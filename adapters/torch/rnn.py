@@ -133,6 +133,7 @@ def _memo_by_lengths(plan):
 
 _segments = _memo_by_lengths(lambda lengths, step, call: plan_segments(lengths[longest_first(lengths)],
                                                                        step_cost=step, call_cost=call))
+#: (costs: the cost model bucket_rows reads itself, passed only to key the memo)
 _buckets = _memo_by_lengths(lambda lengths, cell, costs, k: bucket_rows(lengths, cell, k))
 
 
