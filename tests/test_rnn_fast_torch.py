@@ -122,3 +122,48 @@ def test_time_sliced_needs_the_frozen_cell_state(fw, monkeypatch):
     monkeypatch.setattr(torch_rnn, "_SATURATION", 1.0)
     bad, _ = run_case(fw, "time_sliced", spec, SKEWED)
     assert "c_n" in bad and "outputs" not in bad, bad
+
+
+@pytest.mark.parametrize("holes", [0, 3, 9])  # of 12 destination rows: dense (no hole, few holes), then sparse
+def test_row_gather_both_paths_and_their_backward(fw, holes):
+    """The row gather the strategies move rows with, against numpy: destination j = source row m[j], 0 where
+    m[j] = -1 (a NaN source row never shows there), and its backward is the inverse map (each moved source row
+    gets its destination's gradient, the others 0)."""
+    import adapters.torch.rnn as torch_rnn
+
+    torch, rng = fw.torch, np.random.default_rng(holes)
+    n_src, n_dst, F = 15, 12, 3
+    m = np.full(n_dst, -1, dtype=np.int64)
+    keep = rng.choice(n_dst, n_dst - holes, replace=False)
+    m[keep] = rng.choice(n_src, keep.size, replace=False)
+    src = rng.standard_normal((n_src, F))
+    src[np.setdiff1d(np.arange(n_src), m)] = np.nan  # rows no destination names
+    fwd, bwd = torch_rnn.gather_plans(torch, m, n_src, "cpu")
+    assert (fwd.index is None) == (2 * holes > n_dst)  # dense unless most destination rows are padding
+    leaf = torch.tensor(src, requires_grad=True)
+    got = torch_rnn._row_gather(torch)(leaf, fwd, bwd)
+    want = np.zeros((n_dst, F))
+    want[m >= 0] = src[m[m >= 0]]
+    np.testing.assert_array_equal(got.detach().numpy(), want)
+    cot = rng.standard_normal((n_dst, F))
+    (grad,) = torch.autograd.grad(got, leaf, torch.tensor(cot))
+    want_grad = np.zeros((n_src, F))
+    want_grad[m[m >= 0]] = cot[m >= 0]
+    np.testing.assert_array_equal(grad.numpy(), want_grad)
+
+
+def test_time_sliced_builds_its_maps_once_per_batch(fw, monkeypatch):
+    """A batch run again reuses its segments' maps and device indices; other lengths, T or dtype build anew."""
+    import adapters.torch.rnn as torch_rnn
+
+    built = []
+    layout = torch_rnn.slice_layout
+    monkeypatch.setattr(torch_rnn, "slice_layout", lambda *a, **kw: built.append(a[3]) or layout(*a, **kw))
+    spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=1, bidirectional=True)
+    lengths = np.array([7, 2, 5, 0, 6, 3, 1, 7, 4, 2, 9, 11])
+    for T_, dtype, n in [(13, "float32", 2), (13, "float32", 2), (14, "float32", 4), (13, "float64", 6)]:
+        x = fw.asarray(padded(lengths, T_, (3,), seed=3, dtype=dtype))
+        fw.rnn(spec, init_params(spec, seed=3, dtype=dtype), x, lengths, strategy="time_sliced")
+        assert len(built) == n, (T_, dtype, built)  # one layout per direction per new batch
+    bad, _ = run_case(fw, "time_sliced", spec, lengths, dtype="float32")  # T=40: exact with maps built anew
+    assert not bad and len(built) == 8

@@ -160,6 +160,36 @@ def inverse_map(idx: np.ndarray, n_src: int) -> np.ndarray:
     return inv
 
 
+def _sliced_setup_of(lengths: np.ndarray, cell: str, T: int, directions: int, torch, device, dtype) -> tuple:
+    """time_sliced's segments and its device-side gather plans for one batch: (segments, per direction the
+    stack's plan (None: the stack is the batch itself), per direction the plan of each row's last step (None if
+    every row ends at a segment's stop), the run-on indicator column [stack rows, 1] in `dtype` (None if no row
+    runs on), the plan from sorted rows back to batch order (None if the rows already are in order))."""
+    B = lengths.size
+    order = longest_first(lengths)
+    segments = _slice_plan(lengths, cell, device.type == "cuda")
+    layouts = [slice_layout(lengths, order, segments, T, reverse=bool(d)) for d in range(directions)]
+    run_on = bool(layouts[0]["ended"].any())  # some row ends inside a segment (else each ends at a cut)
+    plans = [None if lay["identity"] else gather_plans(torch, lay["src"], B * T, device) for lay in layouts]
+    lasts = [gather_plans(torch, lay["last"], lay["src"].size, device) if run_on else None for lay in layouts]
+    ended = torch.as_tensor(layouts[0]["ended"], dtype=dtype, device=device)[:, None] if run_on else None
+    by_row = None if order.size == B and np.all(order == np.arange(B)) else \
+        gather_plans(torch, inverse_map(order, B), order.size, device)
+    return segments, plans, lasts, ended, by_row
+
+
+#: (the cost model `_slice_plan` reads is passed only to key the memo: a patched model plans again)
+_sliced_setups = _memo_by_lengths(lambda lengths, cell, T, directions, torch, device, dtype, costs:
+                                  _sliced_setup_of(lengths, cell, T, directions, torch, device, dtype))
+
+
+def _sliced_setup(lengths, cell, T, directions, torch, device, dtype) -> tuple:
+    """`_sliced_setup_of`, remembered per batch (lengths, shape, device, dtype and cost model): a batch run
+    again builds no host maps and copies no index to the device."""
+    costs = _SLICE_COST[(cell, device.type == "cuda")]
+    return _sliced_setups(lengths, cell, T, directions, torch, device, dtype, costs)
+
+
 def slice_layout(lengths: np.ndarray, order: np.ndarray, segments, T: int, reverse: bool) -> dict[str, np.ndarray]:
     """Host row maps of time_sliced for one direction, over the stack of all segments' input blocks (segment j a
     [rows_j, steps_j] block, row r = the r-th longest row `order[r]`): "src" = each stack row's flat source row
@@ -199,13 +229,28 @@ def _layouts(lengths: np.ndarray, T: int) -> dict[str, Any]:
             "rev": row_map(base + T - 1 - t, valid_left)}
 
 
-def gather_plans(torch, idx: np.ndarray, n_src: int, device) -> tuple[tuple, tuple]:
-    """(forward, backward) plans of a row map for `_row_gather`: each (source rows, destination rows, number of
-    destination rows) as tensors, the backward one from the inverse map."""
+class GatherPlan(collections.namedtuple("GatherPlan", "rows dst size index holes")):
+    """One direction of a row map for `_row_gather`, as device tensors: destination row j = source row
+    `index[j]`; `size` destination rows. Sparse (`index` None: most destination rows are padding): zeros, then
+    the source `rows` copied to the destination `dst` rows. Dense (`rows` and `dst` None): one index_select by
+    `index` (padding rows clamped to source row 0), then the `holes` (padding rows, None if none) set to 0."""
+
+
+def gather_plans(torch, idx: np.ndarray, n_src: int, device) -> tuple[GatherPlan, GatherPlan]:
+    """(forward, backward) `GatherPlan`s of a row map for `_row_gather`, the backward one from the inverse map.
+    Dense where at most half the destination rows are padding (one pass over the destination, no zero fill of
+    what is then overwritten), sparse otherwise (a zero fill is cheaper than gathering padding)."""
     plans = []
     for m in (idx, inverse_map(idx, n_src)):
-        dst = np.flatnonzero(m >= 0)
-        plans.append((torch.as_tensor(m[dst], device=device), torch.as_tensor(dst, device=device), m.size))
+        hole = m < 0
+        n_holes = int(hole.sum())
+        as_t = lambda a: torch.as_tensor(a, device=device)
+        if 2 * n_holes <= m.size and n_src:
+            plans.append(GatherPlan(None, None, m.size, as_t(np.maximum(m, 0)),
+                                    as_t(np.flatnonzero(hole)) if n_holes else None))
+        else:
+            dst = np.flatnonzero(~hole)
+            plans.append(GatherPlan(as_t(m[dst]), as_t(dst), m.size, None, None))
     return plans[0], plans[1]
 
 
@@ -213,13 +258,16 @@ def gather_plans(torch, idx: np.ndarray, n_src: int, device) -> tuple[tuple, tup
 def _row_gather(torch):
     """`gather(src [N, F], forward plan, backward plan) -> [M, F]`: the destination rows a row map names, copied
     from src, all others 0, for a map that uses each source row at most once (a partial permutation). Its
-    backward is the inverse gather: zeros plus one copy of the rows that moved, instead of the zero-fill +
-    scatter-add that index_select/take_along_dim backward with. Padding rows are never read, so NaN there reaches
-    neither a matmul nor a gradient."""
+    backward is the inverse gather: one pass or zeros plus one copy of the rows that moved, instead of the
+    zero-fill + scatter-add that index_select/take_along_dim backward with. Padding rows are never kept (the
+    dense path's reads of source row 0 there are overwritten by 0), so NaN there reaches neither a matmul nor a
+    gradient."""
 
-    def take(src, plan):
-        src_rows, dst_rows, m = plan
-        return src.new_zeros((m, src.shape[1])).index_copy_(0, dst_rows, src.index_select(0, src_rows))
+    def take(src, plan: GatherPlan):
+        if plan.index is None:
+            return src.new_zeros((plan.size, src.shape[1])).index_copy_(0, plan.dst, src.index_select(0, plan.rows))
+        out = src.index_select(0, plan.index)
+        return out if plan.holes is None else out.index_fill_(0, plan.holes, 0)
 
     class RowGather(torch.autograd.Function):
         @staticmethod
@@ -571,16 +619,10 @@ class TorchRnn:
         those steps freezes c (input gate shut, forget gate open: c_t = 1 * c_{t-1} + 0 * g exactly), so c_n is
         the segment's final c. Nothing after a row's end reaches a kept value, so no gradient flows there."""
         torch, (B, T) = self.torch, x.shape[:2]
-        dev, gather = x.device, _row_gather(torch)
-        order = longest_first(lengths)
-        segments = _slice_plan(lengths, spec.cell, dev.type == "cuda")
-        layouts = [slice_layout(lengths, order, segments, T, reverse=bool(d)) for d in range(spec.num_directions)]
-        run_on = bool(layouts[0]["ended"].any())  # some row ends inside a segment (else each ends at a cut)
-        plans = [None if lay["identity"] else gather_plans(torch, lay["src"], B * T, dev) for lay in layouts]
-        lasts = [gather_plans(torch, lay["last"], lay["src"].size, dev) if run_on else None for lay in layouts]
-        ended = torch.as_tensor(layouts[0]["ended"], dtype=x.dtype, device=dev)[:, None] if run_on else None
-        by_row = None if order.size == B and np.all(order == np.arange(B)) else \
-            gather_plans(torch, inverse_map(order, B), order.size, dev)
+        gather = _row_gather(torch)
+        segments, plans, lasts, ended, by_row = _sliced_setup(lengths, spec.cell, T, spec.num_directions, torch,
+                                                              x.device, x.dtype)
+        run_on, n0 = ended is not None, segments[0].rows
         states = lambda s: s if by_row is None else gather(s, *by_row)  # sorted rows -> batch order, 0 if empty
         sizes = [seg.rows * (seg.stop - seg.start) for seg in segments]
         flat, hs, cs = x.reshape(B * T, x.shape[2]), [], []
@@ -592,7 +634,7 @@ class TorchRnn:
                 if freeze is not None:
                     stack = torch.cat([stack, freeze], dim=1)
                 parts = torch.split(stack, sizes) if len(sizes) > 1 else (stack,)  # one segment: no split node
-                out, h, c = self._sliced_direction(spec.cell, parts, segments, p, order.size, freeze is not None)
+                out, h, c = self._sliced_direction(spec.cell, parts, segments, p, n0, freeze is not None)
                 outs.append(out if plans[d] is None else gather(out, plans[d][1], plans[d][0]))
                 hs.append(gather(out, *lasts[d]) if run_on else states(h))
                 cs.append(None if c is None else states(c))
