@@ -152,18 +152,29 @@ def test_row_gather_both_paths_and_their_backward(fw, holes):
     np.testing.assert_array_equal(grad.numpy(), want_grad)
 
 
-def test_time_sliced_builds_its_maps_once_per_batch(fw, monkeypatch):
-    """A batch run again reuses its segments' maps and device indices; other lengths, T or dtype build anew."""
+@pytest.mark.parametrize("strategy", ["time_sliced", "bucketed", "saturated_gate"])
+def test_maps_are_built_once_per_batch(fw, strategy, monkeypatch):
+    """A batch run again reuses its row maps and device indices; other lengths, T or dtype build anew (and the
+    results stay exact), and so does every batch after `clear_compiled`."""
     import adapters.torch.rnn as torch_rnn
 
     built = []
-    layout = torch_rnn.slice_layout
-    monkeypatch.setattr(torch_rnn, "slice_layout", lambda *a, **kw: built.append(a[3]) or layout(*a, **kw))
+    plans = torch_rnn.gather_plans
+    monkeypatch.setattr(torch_rnn, "gather_plans", lambda *a, **kw: built.append(a[2]) or plans(*a, **kw))
     spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=1, bidirectional=True)
-    lengths = np.array([7, 2, 5, 0, 6, 3, 1, 7, 4, 2, 9, 11])
-    for T_, dtype, n in [(13, "float32", 2), (13, "float32", 2), (14, "float32", 4), (13, "float64", 6)]:
+    lengths = np.array([7, 2, 5, 0, 6, 3, 1, 7, 4, 2, 9, 11, 1, 1, 2, 13])
+    counts = []
+    for T_, dtype in [(13, "float32"), (13, "float32"), (14, "float32"), (13, "float64"), (13, "float64")]:
         x = fw.asarray(padded(lengths, T_, (3,), seed=3, dtype=dtype))
-        fw.rnn(spec, init_params(spec, seed=3, dtype=dtype), x, lengths, strategy="time_sliced")
-        assert len(built) == n, (T_, dtype, built)  # one layout per direction per new batch
-    bad, _ = run_case(fw, "time_sliced", spec, lengths, dtype="float32")  # T=40: exact with maps built anew
-    assert not bad and len(built) == 8
+        fw.rnn(spec, init_params(spec, seed=3, dtype=dtype), x, lengths, strategy=strategy)
+        counts.append(len(built))
+    fresh = np.diff([0, *counts])
+    assert fresh[0] > 0 and fresh[1] == 0 and fresh[2] > 0 and fresh[4] == 0, (strategy, counts)
+    if strategy != "bucketed":  # its maps hold no dtype (indices only)
+        assert fresh[3] > 0, counts
+    bad, _ = run_case(fw, strategy, spec, lengths, dtype="float32")  # T=40: exact with maps built anew
+    assert not bad and len(built) > counts[-1]
+    n = len(built)
+    fw.clear_compiled()  # as a fresh process (an epoch's first pass; the GPU peak-memory reset): plans again
+    fw.rnn(spec, init_params(spec, seed=3, dtype="float64"), x, lengths, strategy=strategy)
+    assert len(built) > n

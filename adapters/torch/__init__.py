@@ -81,8 +81,8 @@ class TorchAdapter(TorchOps, TorchLoss, TorchRnn, TorchAttention, TorchEmbedding
             self.torch.cuda.synchronize()
 
     def reset_peak_memory(self, device: str = "cpu") -> None:
-        """On the GPU also drops the CUDA graphs graph_loop holds for earlier calls (their memory pools would count
-        in this case's peak); the next graph_loop call captures afresh."""
+        """On the GPU also drops the CUDA graphs graph_loop holds for earlier calls and the device indices the RNN
+        strategies remember per batch (their memory would count in this case's peak): `clear_compiled`."""
         if device == "gpu":
             self.clear_compiled()
             self.torch.cuda.reset_peak_memory_stats()

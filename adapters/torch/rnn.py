@@ -115,10 +115,14 @@ def _nest(spec: RnnSpec, flat) -> list[list[dict[str, Any]]]:
     return [[{k: next(it) for k in _TORCH_KEYS} for _ in range(spec.num_directions)] for _ in range(spec.num_layers)]
 
 
+#: every `_memo_by_lengths` cache, so `clear_memos` can empty them all
+_MEMOS: list = []
+
+
 def _memo_by_lengths(plan):
     """`plan(lengths, *keys)` remembered for the last few distinct (lengths, *keys): a strategy's run and its
-    kernel name (asked for apart) plan once per batch, and a batch timed again plans nothing. The plan's arrays
-    are made read-only, as they are shared."""
+    kernel name (asked for apart) plan once per batch, and a batch timed again plans nothing and copies no index
+    to the device. The plan's arrays are made read-only, as they are shared."""
 
     @functools.lru_cache(maxsize=16)
     def cached(raw: bytes, *keys):
@@ -128,7 +132,14 @@ def _memo_by_lengths(plan):
                 part.flags.writeable = False
         return tuple(result)
 
+    _MEMOS.append(cached)
     return lambda lengths, *keys: cached(np.asarray(lengths, dtype=np.int64).tobytes(), *keys)
+
+
+def clear_memos() -> None:
+    """Forget every remembered plan and map (and the device indices they hold)."""
+    for cached in _MEMOS:
+        cached.cache_clear()
 
 
 _segments = _memo_by_lengths(lambda lengths, step, call: plan_segments(lengths[longest_first(lengths)],
@@ -234,6 +245,49 @@ class GatherPlan(collections.namedtuple("GatherPlan", "rows dst size index holes
     `index[j]`; `size` destination rows. Sparse (`index` None: most destination rows are padding): zeros, then
     the source `rows` copied to the destination `dst` rows. Dense (`rows` and `dst` None): one index_select by
     `index` (padding rows clamped to source row 0), then the `holes` (padding rows, None if none) set to 0."""
+
+
+def _saturated_setup_of(lengths: np.ndarray, T: int, torch, device, dtype) -> tuple:
+    """saturated_gate's device-side maps for one batch: ({"left": plan, "rev": plan}, "left" left out where every
+    row is full; the padding indicator [B, T, 1] in `dtype`, None where every row is full (no padding step: no
+    indicator column, the plain fused call is exact); [B, 1] which rows are non-empty (a 0-length row's state is
+    exactly 0))."""
+    B, maps = lengths.size, _layouts(lengths, T)
+    plans = {k: gather_plans(torch, maps[k], B * T, device) for k in ("left", "rev") if maps[k] is not None}
+    pad_col = None if maps["left"] is None else \
+        torch.as_tensor(~maps["valid_left"], dtype=dtype, device=device).reshape(B, T, 1)
+    return plans, pad_col, torch.as_tensor(lengths > 0, device=device)[:, None]
+
+
+def _bucket_setup_of(lengths: np.ndarray, cell: str, T: int, torch, device, costs) -> tuple:
+    """bucketed's device-side maps for one batch of several buckets: the (forward, backward) plans between the
+    right-padded [B, T] rows and the stack of all buckets' trimmed rows (bucket after bucket, each [rows, its
+    longest row]), and the index that puts the buckets' states (then the empty rows') back in batch order.
+    (`costs` keys the memo only: `_bucket_plan` reads the cost model itself.)"""
+    B, groups = lengths.size, _bucket_plan(lengths, cell)
+    src, offset = np.full((B, T), -1, dtype=np.int64), 0  # src: each (row, step)'s row in the bucket stack
+    for rows in groups:
+        t, n = int(lengths[rows[0]]), lengths[rows][:, None]
+        steps = np.arange(t)[None, :]
+        src[rows, :t] = np.where(steps < n, offset + np.arange(rows.size)[:, None] * t + steps, -1)
+        offset += rows.size * t
+    into = np.full(offset, -1, dtype=np.int64)  # the inverse: each stack row's (row, step), or padding
+    into[src[src >= 0]] = np.flatnonzero(src.reshape(-1) >= 0)
+    fwd, bwd = gather_plans(torch, into, B * T, device)
+    back = torch.as_tensor(np.argsort(np.concatenate([*groups, np.flatnonzero(lengths == 0)])), device=device)
+    return fwd, bwd, back
+
+
+_bucket_setups = _memo_by_lengths(_bucket_setup_of)
+
+
+def _bucket_setup(lengths, cell, T, torch, device) -> tuple:
+    """`_bucket_setup_of`, remembered per batch (lengths, T, device and the cost model)."""
+    return _bucket_setups(lengths, cell, T, torch, device, (_BUCKET_COST[cell], _MAX_BUCKETS))
+
+
+#: saturated_gate's maps, remembered per batch (lengths, T, device, dtype)
+_saturated_setup = _memo_by_lengths(_saturated_setup_of)
 
 
 def gather_plans(torch, idx: np.ndarray, n_src: int, device) -> tuple[GatherPlan, GatherPlan]:
@@ -498,13 +552,9 @@ class TorchRnn:
         packing. Layouts change by row gathers that write padding as 0 (NaN in padded x never reaches a matmul;
         the indicator alone drives the gate) and whose backward is the inverse gather."""
         torch, (B, T) = self.torch, x.shape[:2]
-        maps = _layouts(lengths, T)
         gather = _row_gather(torch)
         dev = x.device
-        plans = {k: gather_plans(torch, maps[k], B * T, dev) for k in ("left", "rev") if maps[k] is not None}
-        # every row full (no padding step): no indicator column, the plain fused call is exact
-        pad_col = None if maps["left"] is None else \
-            torch.as_tensor(~maps["valid_left"], dtype=x.dtype, device=dev).reshape(B, T, 1)
+        plans, pad_col, live = _saturated_setup(lengths, T, torch, dev, x.dtype)
         inp, hs, cs = x, [], []
         for dirs in weights:
             flat = inp.reshape(B * T, inp.shape[2])
@@ -518,7 +568,6 @@ class TorchRnn:
                 hs.append(h)
                 cs.append(c)
             inp = (torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]).reshape(B, T, -1)
-        live = torch.as_tensor(lengths > 0, device=dev)[:, None]  # a 0-length row's state is exactly 0
         zero = x.new_zeros(())
         h_n = torch.where(live, torch.stack(hs), zero)
         c_n = torch.where(live, torch.stack(cs), zero) if spec.cell == "lstm" else None
@@ -567,15 +616,7 @@ class TorchRnn:
             t = int(lengths.max())
             out, h, c = inner.run(self, spec, weights, x if t == T else x[:, :t], lengths)
             return out if t == T else torch.nn.functional.pad(out, (0, 0, 0, T - t)), h, c
-        src, offset = np.full((B, T), -1, dtype=np.int64), 0  # src: each (row, step)'s row in the bucket stack
-        for rows in groups:
-            t, n = int(lengths[rows[0]]), lengths[rows][:, None]
-            steps = np.arange(t)[None, :]
-            src[rows, :t] = np.where(steps < n, offset + np.arange(rows.size)[:, None] * t + steps, -1)
-            offset += rows.size * t
-        into = np.full(offset, -1, dtype=np.int64)  # the inverse: each stack row's (row, step), or padding
-        into[src[src >= 0]] = np.flatnonzero(src.reshape(-1) >= 0)
-        fwd, bwd = gather_plans(torch, into, B * T, dev)
+        fwd, bwd, back = _bucket_setup(lengths, spec.cell, T, torch, dev)
         stack = gather(x.reshape(B * T, x.shape[2]), fwd, bwd)
         steps = [int(lengths[rows[0]]) for rows in groups]
         outs, hs, cs = [], [], []  # split, not slices: its backward is one concatenation, not a zero fill per bucket
@@ -586,9 +627,8 @@ class TorchRnn:
             hs.append(h)
             cs.append(c)
         out = gather(torch.cat(outs) if len(outs) > 1 else outs[0], bwd, fwd)
-        empty = np.flatnonzero(lengths == 0)
-        back = torch.as_tensor(np.argsort(np.concatenate([*groups, empty])), device=dev)
-        h, c = (None if s[0] is None else self._states(s, empty.size, back) for s in (hs, cs))
+        n_empty = int(np.count_nonzero(lengths == 0))
+        h, c = (None if s[0] is None else self._states(s, n_empty, back) for s in (hs, cs))
         return out.reshape(B, T, -1), h, c
 
     def _states(self, parts, n_empty, back):
@@ -771,8 +811,10 @@ class TorchRnn:
         return self.__dict__.setdefault("_graphs", collections.OrderedDict())
 
     def clear_compiled(self) -> None:
-        """Drop graph_loop's captured graphs: the next call captures afresh (eager torch has nothing else)."""
+        """Drop graph_loop's captured graphs and the plans and row maps (with their device indices) the strategies
+        remember per batch: the next call captures and plans afresh, as in a fresh process."""
         self.rnn_graphs().clear()
+        clear_memos()
 
 
 class _Impl:
