@@ -247,58 +247,14 @@ class GatherPlan(collections.namedtuple("GatherPlan", "rows dst size index holes
     `index` (padding rows clamped to source row 0), then the `holes` (padding rows, None if none) set to 0."""
 
 
-def _saturated_setup_of(lengths: np.ndarray, T: int, torch, device, dtype) -> tuple:
-    """saturated_gate's device-side maps for one batch: ({"left": plan, "rev": plan}, "left" left out where every
-    row is full; the padding indicator [B, T, 1] in `dtype`, None where every row is full (no padding step: no
-    indicator column, the plain fused call is exact); [B, 1] which rows are non-empty (a 0-length row's state is
-    exactly 0))."""
-    B, maps = lengths.size, _layouts(lengths, T)
-    plans = {k: gather_plans(torch, maps[k], B * T, device) for k in ("left", "rev") if maps[k] is not None}
-    pad_col = None if maps["left"] is None else \
-        torch.as_tensor(~maps["valid_left"], dtype=dtype, device=device).reshape(B, T, 1)
-    return plans, pad_col, torch.as_tensor(lengths > 0, device=device)[:, None]
-
-
-def _bucket_setup_of(lengths: np.ndarray, cell: str, T: int, torch, device, costs) -> tuple:
-    """bucketed's device-side maps for one batch of several buckets: the (forward, backward) plans between the
-    right-padded [B, T] rows and the stack of all buckets' trimmed rows (bucket after bucket, each [rows, its
-    longest row]), and the index that puts the buckets' states (then the empty rows') back in batch order.
-    (`costs` keys the memo only: `_bucket_plan` reads the cost model itself.)"""
-    B, groups = lengths.size, _bucket_plan(lengths, cell)
-    src, offset = np.full((B, T), -1, dtype=np.int64), 0  # src: each (row, step)'s row in the bucket stack
-    for rows in groups:
-        t, n = int(lengths[rows[0]]), lengths[rows][:, None]
-        steps = np.arange(t)[None, :]
-        src[rows, :t] = np.where(steps < n, offset + np.arange(rows.size)[:, None] * t + steps, -1)
-        offset += rows.size * t
-    into = np.full(offset, -1, dtype=np.int64)  # the inverse: each stack row's (row, step), or padding
-    into[src[src >= 0]] = np.flatnonzero(src.reshape(-1) >= 0)
-    fwd, bwd = gather_plans(torch, into, B * T, device)
-    back = torch.as_tensor(np.argsort(np.concatenate([*groups, np.flatnonzero(lengths == 0)])), device=device)
-    return fwd, bwd, back
-
-
-_bucket_setups = _memo_by_lengths(_bucket_setup_of)
-
-
-def _bucket_setup(lengths, cell, T, torch, device) -> tuple:
-    """`_bucket_setup_of`, remembered per batch (lengths, T, device and the cost model)."""
-    return _bucket_setups(lengths, cell, T, torch, device, (_BUCKET_COST[cell], _MAX_BUCKETS))
-
-
-#: saturated_gate's maps, remembered per batch (lengths, T, device, dtype)
-_saturated_setup = _memo_by_lengths(_saturated_setup_of)
-
-
 def gather_plans(torch, idx: np.ndarray, n_src: int, device) -> tuple[GatherPlan, GatherPlan]:
     """(forward, backward) `GatherPlan`s of a row map for `_row_gather`, the backward one from the inverse map.
     Dense where at most half the destination rows are padding (one pass over the destination, no zero fill of
     what is then overwritten), sparse otherwise (a zero fill is cheaper than gathering padding)."""
-    plans = []
+    plans, as_t = [], lambda a: torch.as_tensor(a, device=device)
     for m in (idx, inverse_map(idx, n_src)):
         hole = m < 0
         n_holes = int(hole.sum())
-        as_t = lambda a: torch.as_tensor(a, device=device)
         if 2 * n_holes <= m.size and n_src:
             plans.append(GatherPlan(None, None, m.size, as_t(np.maximum(m, 0)),
                                     as_t(np.flatnonzero(hole)) if n_holes else None))
@@ -334,6 +290,49 @@ def _row_gather(torch):
             return take(grad.contiguous(), ctx.bwd), None, None
 
     return RowGather.apply
+
+
+def _saturated_setup_of(lengths: np.ndarray, T: int, torch, device, dtype) -> tuple:
+    """saturated_gate's device-side maps for one batch: ({"left": plan, "rev": plan}, "left" left out where every
+    row is full; the padding indicator [B, T, 1] in `dtype`, None where every row is full (no padding step: no
+    indicator column, the plain fused call is exact); [B, 1] which rows are non-empty (a 0-length row's state is
+    exactly 0))."""
+    B, maps = lengths.size, _layouts(lengths, T)
+    plans = {k: gather_plans(torch, maps[k], B * T, device) for k in ("left", "rev") if maps[k] is not None}
+    pad_col = None if maps["left"] is None else \
+        torch.as_tensor(~maps["valid_left"], dtype=dtype, device=device).reshape(B, T, 1)
+    return plans, pad_col, torch.as_tensor(lengths > 0, device=device)[:, None]
+
+
+#: saturated_gate's maps, remembered per batch (lengths, T, device, dtype)
+_saturated_setup = _memo_by_lengths(_saturated_setup_of)
+
+
+def _bucket_setup_of(lengths: np.ndarray, cell: str, T: int, torch, device, costs) -> tuple:
+    """bucketed's device-side maps for one batch of several buckets: the (forward, backward) plans between the
+    right-padded [B, T] rows and the stack of all buckets' trimmed rows (bucket after bucket, each [rows, its
+    longest row]), and the index that puts the buckets' states (then the empty rows') back in batch order.
+    (`costs` keys the memo only: `_bucket_plan` reads the cost model itself.)"""
+    B, groups = lengths.size, _bucket_plan(lengths, cell)
+    src, offset = np.full((B, T), -1, dtype=np.int64), 0  # src: each (row, step)'s row in the bucket stack
+    for rows in groups:
+        t, n = int(lengths[rows[0]]), lengths[rows][:, None]
+        steps = np.arange(t)[None, :]
+        src[rows, :t] = np.where(steps < n, offset + np.arange(rows.size)[:, None] * t + steps, -1)
+        offset += rows.size * t
+    into = np.full(offset, -1, dtype=np.int64)  # the inverse: each stack row's (row, step), or padding
+    into[src[src >= 0]] = np.flatnonzero(src.reshape(-1) >= 0)
+    fwd, bwd = gather_plans(torch, into, B * T, device)
+    back = torch.as_tensor(np.argsort(np.concatenate([*groups, np.flatnonzero(lengths == 0)])), device=device)
+    return fwd, bwd, back
+
+
+_bucket_setups = _memo_by_lengths(_bucket_setup_of)
+
+
+def _bucket_setup(lengths, cell, T, torch, device) -> tuple:
+    """`_bucket_setup_of`, remembered per batch (lengths, T, device and the cost model)."""
+    return _bucket_setups(lengths, cell, T, torch, device, (_BUCKET_COST[cell], _MAX_BUCKETS))
 
 
 class TorchRnn:
