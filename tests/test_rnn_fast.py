@@ -1,4 +1,5 @@
-"""The "bucketed" RNN strategies of JAX and TensorFlow: exact on batches that really split, bounded compiles.
+"""The "bucketed" and "time_sliced" RNN strategies of JAX and TensorFlow: exact on batches that really split,
+bounded compiles.
 
 `tests/test_rnn.py` already runs every declared strategy through the full reference gate, but on batches too small
 to make the planner split; here the batches force several buckets, the compiled shapes are counted over many
@@ -174,20 +175,62 @@ def test_jax_cudnn_lstm_glue_matches_reference(side, dtype, monkeypatch):
     assert not bad, f"cudnn_lstm glue side={side} {dtype}: {bad}"
 
 
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("cell,side,layers,bi", [("lstm", "left", 1, True), ("gru", "right", 2, False),
                                                  ("rnn", "right", 1, True)], ids=["lstm-left-bi", "gru-2layers",
                                                                                   "rnn-bi"])
-def test_tensorflow_time_sliced_over_several_segments(cell, side, layers, bi):
-    """TF's time_sliced on a batch its planner cuts into several segments (row counts rounded up the batch
-    ladder, so some segments carry rows that already ended): exact, and one trace per distinct plan."""
-    require("tensorflow")
-    fw = adapters.get("tensorflow")
+def test_time_sliced_over_several_segments(name, cell, side, layers, bi):
+    """time_sliced (TF: Keras layers, JAX: the masked scan) on a batch its planner cuts into several segments
+    (row counts rounded up the batch ladder, so some segments carry rows that already ended): exact, and one
+    compile per distinct plan."""
+    require(name)
+    fw = adapters.get(name)
     spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
     L, T = SPLIT_LENGTHS, SPLIT_T
     before = len(fw.rnn_sliced_plans())
     for _ in range(2):  # the second call reuses the first one's trace
         bad, out = against_reference(fw, spec, L, T, side=side, seed=3, strategy="time_sliced")
-        assert not bad, f"tensorflow time_sliced {cell} side={side}: {bad}"
+        assert not bad, f"{name} time_sliced {cell} side={side}: {bad}"
     k = int(out.kernel.split("sliced[")[1].split("]")[0])
     assert k >= 2, out.kernel
     assert len(fw.rnn_sliced_plans()) == before + 1
+
+
+@pytest.mark.parametrize("lengths,T,side", [([0, 0, 0], 4, "right"), ([0, 0], 0, "right"), ([5, 0, 1], 5, "left"),
+                                             ([5, 5, 5], 5, "right"), ([5, 5, 5], 5, "left")],
+                         ids=["all-empty", "T0", "one", "full-right", "full-left"])
+def test_jax_time_sliced_edge_batches(lengths, T, side):
+    """Degenerate batches; full rows are one segment of the whole batch over every step, which runs scan's own
+    jitted call (the same outputs to the last bit, forward and vjp)."""
+    require("jax")
+    fw = adapters.get("jax")
+    spec = RnnSpec("lstm", input_size=2, hidden_size=3, bidirectional=True)
+    bad, out = against_reference(fw, spec, np.array(lengths), T, side=side, seed=2, strategy="time_sliced")
+    assert not bad, bad
+    if min(lengths, default=0) == T > 0:
+        assert out.kernel == "xla-scan sliced[1]"
+        x = fw.asarray(padded(np.array(lengths), T, (2,), side=side, seed=2, dtype="float64"))
+        params = init_params(spec, seed=2, dtype="float64")
+        got, want = (fw.rnn(spec, params, x, np.array(lengths), side=side, strategy=s) for s in ("time_sliced", "scan"))
+        np.testing.assert_array_equal(fw.to_numpy(got.outputs), fw.to_numpy(want.outputs))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_time_sliced_plans_stay_on_the_ladders(name):
+    """Six random batches of one B, T: every compiled plan cuts time on the time ladder and runs row counts on the
+    batch ladder (powers of two), so plans repeat across batches and compiles stay few."""
+    require(name)
+    fw = adapters.get(name)
+    spec = RnnSpec("rnn", input_size=2, hidden_size=2)
+    params = init_params(spec, seed=0, dtype="float32")
+    B, T = 32, 64
+    before = set(fw.rnn_sliced_plans())
+    for seed in range(6):
+        L = lengths_for(("lognormal", "zipf")[seed % 2], B, T, seed=seed)
+        fw.rnn(spec, params, fw.asarray(padded(L, T, (2,), seed=seed, dtype="float32")), L, strategy="time_sliced")
+    plans = {key[-1] for key in set(fw.rnn_sliced_plans()) - before}
+    assert plans, "no plan was compiled"
+    times, rows = set(shape_ladder(T)) | {0}, set(shape_ladder(B, halves=False))
+    off = [p for p in plans if any(s.start not in times or s.stop not in times or s.rows not in rows for s in p)]
+    assert not off, f"plans off the ladders: {off}"
+    assert len(plans) <= 6

@@ -30,6 +30,15 @@ once per new bucket shape, a bounded set):
   it is one bucket, the whole batch in order, i.e. "scan". The price: one compile per new bucket shape (~1-3 s).
   An unmasked "saturated gate" scan was not added: it keeps every padded step, and the unmasked "scan_flip" is no
   faster than "scan" on CPU, so removing the per-step `where` cannot pay.
+- "time_sliced": the rows sorted by length (in the jit), the time axis cut into <= 8 segments by the shared
+  `plan_segments` with cuts on the time ladder and row counts up the batch ladder (so plans repeat across batches:
+  one compile per distinct plan and shape, `rnn_sliced_plans()`), each segment one masked scan over the rows still
+  running (a prefix of the sorted rows) from the carry the previous segment left, all in one jit. A row that ends
+  inside a segment (or is rounded into one after its end) keeps its final state through the masked carry; its
+  outputs there are 0. The reverse direction runs forward on each row reversed within its length. Unlike
+  bucketing, no step is repeated and a segment pays only its own rows: ~7 us per row-step and ~20-30 us per step
+  on XLA:CPU (LSTM H=128, forward+backward), so the padded row-steps are what it removes. Kernel
+  "xla-scan sliced[k]"; one segment of the whole batch over every step is "scan"'s own call.
 - "cudnn_lstm" (GPU, LSTM, float32): `jax.experimental.rnn.lstm`, JAX's cuDNN LSTM with seq_lengths, every layer
   and direction in one call; left padding realigned; zero-length rows run as length 1 and are zeroed (cuDNN's own
   state for a zero length was seen 0.30 off on an H100). Kernel "cudnn". It has no CPU lowering, so on CPU only its
@@ -49,6 +58,8 @@ from adapters.spec import (
     RnnSpec,
     Strategy,
     plan_buckets,
+    plan_segments,
+    shape_ladder,
     strategy_table,
     unbucket_index,
     whole_batch,
@@ -219,6 +230,109 @@ class JaxRnn:
 
         return self.jax.jit(forward_vjp if vjp else forward)
 
+    # -- "time_sliced": rows sorted by length (in the jit), the masked scan over time segments, carry across ------
+    def _sliced(self, spec, params, x, lengths, cotangents, side, device):
+        """Plan the segments on the host (cuts and row counts on ladders, so plans repeat across batches), run the
+        plan's jitted function (one compile per distinct plan and shape, `rnn_sliced_plans()`)."""
+        lengths = np.asarray(lengths)
+        x = self.asarray(x, device)
+        B, T = x.shape[:2]
+        plan = ()
+        if T and np.any(lengths):
+            plan = tuple(plan_segments(np.sort(lengths[lengths > 0])[::-1], max_segments=SLICE_MAX_SEGMENTS,
+                                       step_cost=SLICE_STEP_COST, call_cost=SLICE_CALL_COST, cuts=shape_ladder(T),
+                                       rows_ladder=shape_ladder(B, halves=False)))
+        if not plan or (len(plan) == 1 and plan[0].rows == B and plan[0].stop == T):
+            # nothing runs (the masked scan returns its zeros), or one segment of the whole batch over every step:
+            # the masked scan's own jitted call, without the sort and gathers
+            kernel = "xla-scan sliced[1]" if plan else "xla-scan"
+            if cotangents is None:
+                return self._rnn_forward(("masked", 1), spec, params, x, lengths, side, device)._replace(kernel=kernel)
+            out, grads = self._rnn_vjp(("masked", 1), spec, params, x, lengths, cotangents, side, device)
+            return out._replace(kernel=kernel), grads
+        vjp = cotangents is not None
+        fn = self._cached(("rnn_sliced", spec, side, plan, vjp), lambda: self._sliced_fn(spec, side, plan, vjp))
+        args = (self.params_to_jax(params, x.dtype, device), x, self.asarray(lengths, device))
+        kernel = f"xla-scan sliced[{len(plan)}]"
+        if not vjp:
+            return RnnOut(*self._keep(fn(*args)), kernel)
+        cot = tuple(self.asarray(cotangents[k], device).astype(x.dtype) if k in cotangents else None
+                    for k in ("outputs", "h_n", "c_n"))
+        (outputs, h_n, c_n), g_params, g_x = self._keep(fn(*args, cot))
+        return RnnOut(outputs, h_n, c_n, kernel), {"x": g_x, "params": self.params_from_jax(g_params)}
+
+    def rnn_sliced_plans(self) -> set:
+        """(mode, spec, side, dtype, B, T, plan) of every "time_sliced" function compiled so far."""
+        return self.__dict__.setdefault("_sliced_plans", set())
+
+    def _sliced_fn(self, spec: RnnSpec, side: str, plan: tuple, vjp: bool):
+        """Jitted forward (or forward + VJP) of one segment plan."""
+        net = partial(self._sliced_network, spec, side, plan)
+
+        def traced(x):  # Python body: runs only when JAX traces
+            self._compiles += 1
+            self.rnn_sliced_plans().add(("vjp" if vjp else "fwd", spec, side, x.dtype.name, *x.shape[:2], plan))
+
+        def forward(params, x, lengths):
+            traced(x)
+            return net(params, x, lengths)
+
+        def forward_vjp(params, x, lengths, cot):
+            traced(x)
+            out, pullback = self.jax.vjp(lambda p, xx: net(p, xx, lengths), params, x)
+            g_params, g_x = pullback(cot)
+            return out, g_params, g_x
+
+        return self.jax.jit(forward_vjp if vjp else forward)
+
+    def _sliced_network(self, spec: RnnSpec, side: str, plan: tuple, params, x, lengths):
+        """(outputs, h_n, c_n) of the network run segment by segment; traced, never eager. The rows are sorted by
+        descending length; segment j runs the masked scan over its steps on the first `rows` sorted rows (every
+        row still running, plus rows the batch ladder rounds in, which ended: masked, their carry does not move),
+        from the carry the previous segment left. A row that ends inside a segment keeps its final state (the
+        masked carry), its outputs there are 0; rows in no segment (length 0) keep the zero state. The reverse
+        direction runs forward on each row reversed within its length."""
+        jnp = self.jnp
+        B, T, top = x.shape[0], x.shape[1], plan[-1].stop
+        x = jnp.where(self.valid(lengths, T, side)[..., None], x, 0)  # padding (even NaN) never reaches a matmul
+        if side == "left":
+            x = self.realign(x, lengths, to="right")
+        order = jnp.argsort(-lengths, stable=True)
+        back = jnp.argsort(order)  # sorted rows -> batch order
+        n = lengths[order]
+        layer_in = jnp.swapaxes(jnp.take(x, order, axis=0)[:, :top], 0, 1)  # time-major [top, B, F], sorted rows
+        ok = jnp.arange(top)[:, None] < n[None, :]
+        finals = []
+        for layer in params:
+            outs = []
+            for d, p in enumerate(layer):
+                seq = self._reverse_tm(layer_in, n) if d else layer_in
+                y, state = self._sliced_scan(spec.cell, p, seq, ok, plan)
+                outs.append(self._reverse_tm(y, n) if d else y)
+                finals.append(state)
+            layer_in = jnp.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
+        out = jnp.take(jnp.swapaxes(layer_in, 0, 1), back, axis=0)
+        out = jnp.pad(out, [(0, 0), (0, T - top), (0, 0)])
+        if side == "left":
+            out = self.realign(out, lengths, to="left")
+        h_n = jnp.stack([jnp.take(s[0], back, axis=0) for s in finals])
+        c_n = jnp.stack([jnp.take(s[1], back, axis=0) for s in finals]) if spec.cell == "lstm" else None
+        return out, h_n, c_n
+
+    def _sliced_scan(self, cell: str, p: dict, seq, ok, plan: tuple):
+        """One direction over the segments: seq [top, B, in] (sorted rows, 0 at padding), ok [top, B] ->
+        (outputs [top, B, H], 0 at padding; the final carry of every sorted row)."""
+        jnp = self.jnp
+        B = seq.shape[1]
+        carry, ys = self._zero_state(cell, seq, p), []
+        for seg in plan:
+            rows, steps = seg.rows, slice(seg.start, seg.stop)
+            y, state = self._masked_scan(cell, p, seq[steps, :rows], ok[steps, :rows], False, 1,
+                                         tuple(c[:rows] for c in carry))
+            carry = tuple(jnp.concatenate([s, c[rows:]]) if rows < B else s for s, c in zip(state, carry, strict=True))
+            ys.append(jnp.pad(y, [(0, 0), (0, B - rows), (0, 0)]) if rows < B else y)
+        return (jnp.concatenate(ys) if len(ys) > 1 else ys[0]), carry
+
     def _network(self, spec: RnnSpec, algo: tuple, side: str, params, x, lengths):
         """(outputs [B,T,D*H], h_n, c_n) of the stacked, possibly bidirectional network; traced, never eager."""
         jnp = self.jnp
@@ -278,8 +392,9 @@ class JaxRnn:
         """Per-row reversal within length of a time-major [T, B, F] array (the shared `reverse_within`)."""
         return self.jnp.swapaxes(self.reverse_within(self.jnp.swapaxes(x, 0, 1), lengths), 0, 1)
 
-    def _masked_scan(self, cell: str, p: dict, x, valid, reverse: bool, unroll: int):
-        """One direction of one layer, the carry frozen at padded steps; x [T,B,in] is 0 at padding."""
+    def _masked_scan(self, cell: str, p: dict, x, valid, reverse: bool, unroll: int, init: tuple | None = None):
+        """One direction of one layer, the carry frozen at padded steps; x [T,B,in] is 0 at padding. `init`: the
+        carry to start from (zeros if None)."""
         jnp = self.jnp
         step_fn = self._cell(cell, p)
 
@@ -290,7 +405,8 @@ class JaxRnn:
             return tuple(jnp.where(keep, a, b) for a, b in zip(new, carry, strict=True)), jnp.where(keep, new[0], 0)
 
         proj = x @ p["w_ih"].T + p["b_ih"]  # input projection of all steps, hoisted out of the loop
-        carry, ys = self.lax.scan(step, self._zero_state(cell, x, p), (proj, valid), reverse=reverse, unroll=unroll)
+        init = self._zero_state(cell, x, p) if init is None else init
+        carry, ys = self.lax.scan(step, init, (proj, valid), reverse=reverse, unroll=unroll)
         return ys, carry
 
     def _flip_scan(self, cell: str, p: dict, x, lengths, reverse: bool):
@@ -346,6 +462,11 @@ class JaxRnn:
 #: cost model of "bucketed" on XLA:CPU (LSTM, H=128), in row-steps (see `adapters.spec.plan_buckets`): ~20 us per
 #: row-step, ~40 us per step, ~1 ms per call.
 STEP_COST, CALL_COST = 2.0, 64.0
+#: "time_sliced" (see `adapters.spec.plan_segments`), in row-steps: on XLA:CPU (LSTM H=128, forward + backward) a
+#: step of the masked scan costs ~7 us per row plus ~20-30 us whatever the rows, so ~3 rows; a segment is one more
+#: scan in the same jit (no dispatch, a little slicing and padding). At most SLICE_MAX_SEGMENTS scans per
+#: direction: each one is compiled, so more segments cost compile time.
+SLICE_STEP_COST, SLICE_CALL_COST, SLICE_MAX_SEGMENTS = 3.0, 16.0, 8
 
 
 def _unit(name: str, algorithm: str, unroll: int, doc: str, **extra) -> Strategy:
@@ -378,4 +499,8 @@ STRATEGIES = strategy_table(
     Strategy("bucketed", lambda a, spec, params, x, L, side, dev: a._bucketed(spec, params, x, L, None, side, dev),
              lambda a, spec, params, x, L, cot, side, dev: a._bucketed(spec, params, x, L, cot, side, dev),
              doc="rows sorted by length into <= 4 trimmed buckets (shapes on a ladder), each a masked scan"),
+    Strategy("time_sliced", lambda a, spec, params, x, L, side, dev: a._sliced(spec, params, x, L, None, side, dev),
+             lambda a, spec, params, x, L, cot, side, dev: a._sliced(spec, params, x, L, cot, side, dev),
+             doc="rows sorted by length, the masked scan over <= 8 time segments (cuts and row counts on ladders) "
+                 "with the carry passed on, all in one jit per plan"),
 )
