@@ -175,18 +175,22 @@ def _sliced_setup_of(lengths: np.ndarray, cell: str, T: int, directions: int, to
     """time_sliced's segments and its device-side gather plans for one batch: (segments, per direction the
     stack's plan (None: the stack is the batch itself), per direction the plan of each row's last step (None if
     every row ends at a segment's stop), the run-on indicator column [stack rows, 1] in `dtype` (None if no row
-    runs on), the plan from sorted rows back to batch order (None if the rows already are in order))."""
+    runs on), the plan from sorted rows back to batch order (None if the rows already are in order), whether the
+    segment blocks are batch-major (else time-major))."""
     B = lengths.size
     order = longest_first(lengths)
     segments = _slice_plan(lengths, cell, device.type == "cuda")
-    layouts = [slice_layout(lengths, order, segments, T, reverse=bool(d)) for d in range(directions)]
+    # segments time-major ([steps, rows], what oneDNN / cuDNN run on: no transposed copies in and out), except one
+    # segment of full rows, which is the batch itself in batch-major order (no gather at all going forward)
+    batch_first = len(segments) == 1 and bool(np.all(lengths == T))
+    layouts = [slice_layout(lengths, order, segments, T, bool(d), not batch_first) for d in range(directions)]
     run_on = bool(layouts[0]["ended"].any())  # some row ends inside a segment (else each ends at a cut)
     plans = [None if lay["identity"] else gather_plans(torch, lay["src"], B * T, device) for lay in layouts]
     lasts = [gather_plans(torch, lay["last"], lay["src"].size, device) if run_on else None for lay in layouts]
     ended = torch.as_tensor(layouts[0]["ended"], dtype=dtype, device=device)[:, None] if run_on else None
     by_row = None if order.size == B and np.all(order == np.arange(B)) else \
         gather_plans(torch, inverse_map(order, B), order.size, device)
-    return segments, plans, lasts, ended, by_row
+    return segments, plans, lasts, ended, by_row, batch_first
 
 
 #: (the cost model `_slice_plan` reads is passed only to key the memo: a patched model plans again)
@@ -201,13 +205,14 @@ def _sliced_setup(lengths, cell, T, directions, torch, device, dtype) -> tuple:
     return _sliced_setups(lengths, cell, T, directions, torch, device, dtype, costs)
 
 
-def slice_layout(lengths: np.ndarray, order: np.ndarray, segments, T: int, reverse: bool) -> dict[str, np.ndarray]:
+def slice_layout(lengths: np.ndarray, order: np.ndarray, segments, T: int, reverse: bool,
+                 time_major: bool = False) -> dict[str, np.ndarray]:
     """Host row maps of time_sliced for one direction, over the stack of all segments' input blocks (segment j a
-    [rows_j, steps_j] block, row r = the r-th longest row `order[r]`): "src" = each stack row's flat source row
-    b*T + t in the right-padded batch (t reversed within the row's length for the reverse direction), -1 on the
-    steps a row runs on past its end; "ended" = those run-on rows; "last" = for each original row b the stack row
-    of its last step (its final state), -1 for an empty row; "identity" = the stack is the batch itself (every
-    row full, in order, forward: nothing to gather)."""
+    [rows_j, steps_j] block, or [steps_j, rows_j] when `time_major`; row r = the r-th longest row `order[r]`):
+    "src" = each stack row's flat source row b*T + t in the right-padded batch (t reversed within the row's length
+    for the reverse direction), -1 on the steps a row runs on past its end; "ended" = those run-on rows; "last" =
+    for each original row b the stack row of its last step (its final state), -1 for an empty row; "identity" =
+    the stack is the batch itself (every row full, in order, forward, batch-major: nothing to gather)."""
     src, ended, offset = [], [], 0
     last = np.full(lengths.size, -1, dtype=np.int64)
     for seg in segments:
@@ -215,11 +220,13 @@ def slice_layout(lengths: np.ndarray, order: np.ndarray, segments, T: int, rever
         n = lengths[order[:seg.rows]][:, None]
         valid = t < n
         step = n - 1 - t if reverse else t
-        src.append(np.where(valid, order[:seg.rows, None] * T + step, -1).reshape(-1))
-        ended.append(~valid.reshape(-1))
+        rows = np.where(valid, order[:seg.rows, None] * T + step, -1)  # [rows, steps]
+        src.append((rows.T if time_major else rows).reshape(-1))
+        ended.append(~(valid.T if time_major else valid).reshape(-1))
         width = seg.stop - seg.start
         stops = (n[:, 0] > seg.start) & (n[:, 0] <= seg.stop)
-        last[order[:seg.rows][stops]] = offset + np.flatnonzero(stops) * width + n[stops, 0] - 1 - seg.start
+        i, s = np.flatnonzero(stops), n[stops, 0] - 1 - seg.start  # sorted row within the segment, its last step
+        last[order[:seg.rows][stops]] = offset + (s * seg.rows + i if time_major else i * width + s)
         offset += seg.rows * width
     src = np.concatenate(src)
     identity = src.size == lengths.size * T and bool(np.all(src == np.arange(src.size)))
@@ -659,8 +666,8 @@ class TorchRnn:
         the segment's final c. Nothing after a row's end reaches a kept value, so no gradient flows there."""
         torch, (B, T) = self.torch, x.shape[:2]
         gather = _row_gather(torch)
-        segments, plans, lasts, ended, by_row = _sliced_setup(lengths, spec.cell, T, spec.num_directions, torch,
-                                                              x.device, x.dtype)
+        segments, plans, lasts, ended, by_row, batch_first = _sliced_setup(lengths, spec.cell, T, spec.num_directions,
+                                                                           torch, x.device, x.dtype)
         run_on, n0 = ended is not None, segments[0].rows
         states = lambda s: s if by_row is None else gather(s, *by_row)  # sorted rows -> batch order, 0 if empty
         sizes = [seg.rows * (seg.stop - seg.start) for seg in segments]
@@ -673,7 +680,8 @@ class TorchRnn:
                 if freeze is not None:
                     stack = torch.cat([stack, freeze], dim=1)
                 parts = torch.split(stack, sizes) if len(sizes) > 1 else (stack,)  # one segment: no split node
-                out, h, c = self._sliced_direction(spec.cell, parts, segments, p, n0, freeze is not None)
+                out, h, c = self._sliced_direction(spec.cell, parts, segments, p, n0, freeze is not None,
+                                                   batch_first)
                 outs.append(out if plans[d] is None else gather(out, plans[d][1], plans[d][0]))
                 hs.append(gather(out, *lasts[d]) if run_on else states(h))
                 cs.append(None if c is None else states(c))
@@ -681,10 +689,11 @@ class TorchRnn:
         c_n = torch.stack(cs) if spec.cell == "lstm" else None
         return flat.reshape(B, T, -1), torch.stack(hs), c_n
 
-    def _sliced_direction(self, cell, parts, segments, p, n0, freeze):
-        """One direction over the segments' input blocks: (the output stack [sum rows*steps, H] in the input
-        stack's row order, h and c (LSTM, else None) at each sorted row's last segment [n0, H]; h there is the
-        row's final state when it ends at its segment's stop, c always: frozen when `freeze` adds the column)."""
+    def _sliced_direction(self, cell, parts, segments, p, n0, freeze, batch_first):
+        """One direction over the segments' input blocks ([rows, steps] when `batch_first`, else [steps, rows]):
+        (the output stack [sum rows*steps, H] in the input stack's row order, h and c (LSTM, else None) at each
+        sorted row's last segment [n0, H]; h there is the row's final state when it ends at its segment's stop, c
+        always: frozen when `freeze` adds the column)."""
         torch, H = self.torch, p["w_hh"].shape[1]
         w_ih = with_indicator(torch, p["w_ih"], H, _FROZEN_CELL) if freeze else p["w_ih"]
         weights = [w_ih, p["w_hh"], p["b_ih"], p["b_hh"]]
@@ -694,12 +703,13 @@ class TorchRnn:
         c = h if cell == "lstm" else None
         outs, h_parts, c_parts = [], [], []
         for i, (seg, part) in enumerate(zip(segments, parts, strict=True)):
-            part = part.reshape(seg.rows, seg.stop - seg.start, -1)
+            steps = seg.stop - seg.start
+            part = part.reshape((seg.rows, steps, -1) if batch_first else (steps, seg.rows, -1))
             if cell == "lstm":
                 out, h, c = fused(part, (h[:, :seg.rows], c[:, :seg.rows]), weights, True, 1, 0.0, train, False,
-                                  True)
+                                  batch_first)
             else:
-                out, h = fused(part, h[:, :seg.rows], weights, True, 1, 0.0, train, False, True)
+                out, h = fused(part, h[:, :seg.rows], weights, True, 1, 0.0, train, False, batch_first)
             done = segments[i + 1].rows if i + 1 < len(segments) else 0  # rows [done, rows) end in this segment
             h_parts.append(h[0, done:])
             if c is not None:
