@@ -369,6 +369,24 @@ def plan_segments(sorted_lengths: np.ndarray, max_segments: int = MAX_SEGMENTS, 
     return [Segment(int(starts[i]), int(starts[j]), int(active[i])) for i, j in zip(bounds, bounds[1:])]
 
 
+def ladder_segments(lengths: np.ndarray, T: int, max_segments: int, step_cost: float, call_cost: float) -> tuple:
+    """A compiled framework's segment plan of a [B, T] batch: `plan_segments` over its non-empty rows, cuts on the
+    time ladder and row counts up the batch ladder of powers of two (so plans repeat across batches and compiles
+    stay few); () when nothing runs (no step or no non-empty row)."""
+    lengths = np.asarray(lengths)
+    if not T or not np.any(lengths):
+        return ()
+    return tuple(plan_segments(np.sort(lengths[lengths > 0])[::-1], max_segments=max_segments, step_cost=step_cost,
+                               call_cost=call_cost, cuts=shape_ladder(T),
+                               rows_ladder=shape_ladder(lengths.size, halves=False)))
+
+
+def whole_segment(plan: tuple, B: int, T: int) -> bool:
+    """Whether a segment plan is one segment of every row over every step: the plain strategy's own call does
+    the same work, without the sort and gathers."""
+    return len(plan) == 1 and plan[0].rows == B and plan[0].stop == T
+
+
 def unbucket_index(plan: list[Bucket]) -> np.ndarray:
     """For the buckets' results concatenated along the batch axis (each padded to its `batch` rows), the position
     of every original row: gathering with it puts each row back at its original index."""

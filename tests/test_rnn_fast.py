@@ -31,6 +31,23 @@ def plan_for(name, lengths, T):
     return plan_buckets(lengths, T, step_cost=mod.STEP_COST, call_cost=mod.CALL_COST)
 
 
+#: the batch shape of the compile-bound tests: random batches of it must compile few distinct shapes or plans
+LADDER_B, LADDER_T = 32, 64
+
+
+def random_batches(fw, strategy: str, n: int) -> list:
+    """(lengths, forward result) of `n` seeded random batches of LADDER_B x LADDER_T (lognormal and zipf in turn)
+    through `strategy`, on a tiny tanh RNN."""
+    spec = RnnSpec("rnn", input_size=2, hidden_size=2)
+    params = init_params(spec, seed=0, dtype="float32")
+    runs = []
+    for seed in range(n):
+        L = lengths_for(("lognormal", "zipf")[seed % 2], LADDER_B, LADDER_T, seed=seed)
+        x = fw.asarray(padded(L, LADDER_T, (2,), seed=seed, dtype="float32"))
+        runs.append((L, fw.rnn(spec, params, x, L, strategy=strategy)))
+    return runs
+
+
 def test_the_split_batch_really_splits():
     plans = {name: [(b.rows.size, b.batch, b.steps) for b in plan_for(name, SPLIT_LENGTHS, SPLIT_T)] for name in NAMES}
     assert plans == {"jax": [(2, 2, 64), (6, 8, 24), (8, 8, 2)], "tensorflow": [(8, 8, 64), (8, 8, 2)]}
@@ -56,15 +73,10 @@ def test_compiled_shapes_stay_on_the_ladders(name):
     powers of two and 1.5x them for time), so there are few of them; exact lengths would give ~2x as many."""
     require(name)
     fw = adapters.get(name)
-    spec = RnnSpec("rnn", input_size=2, hidden_size=2)
-    params = init_params(spec, seed=0, dtype="float32")
-    B, T = 32, 64
+    B, T = LADDER_B, LADDER_T
     before = set(fw.rnn_bucket_shapes())
     kernels = set()
-    for seed in range(10):
-        L = lengths_for(("lognormal", "zipf")[seed % 2], B, T, seed=seed)
-        x = padded(L, T, (2,), seed=seed, dtype="float32")
-        out = fw.rnn(spec, params, fw.asarray(x), L, strategy="bucketed")
+    for L, out in random_batches(fw, "bucketed", 10):
         assert out.kernel.endswith(f"bucketed[{len(plan_for(name, L, T))}]"), out.kernel
         kernels.add(out.kernel)
     shapes = {s[-3:] for s in fw.rnn_bucket_shapes() - before}
@@ -221,13 +233,9 @@ def test_time_sliced_plans_stay_on_the_ladders(name):
     batch ladder (powers of two), so plans repeat across batches and compiles stay few."""
     require(name)
     fw = adapters.get(name)
-    spec = RnnSpec("rnn", input_size=2, hidden_size=2)
-    params = init_params(spec, seed=0, dtype="float32")
-    B, T = 32, 64
+    B, T = LADDER_B, LADDER_T
     before = set(fw.rnn_sliced_plans())
-    for seed in range(6):
-        L = lengths_for(("lognormal", "zipf")[seed % 2], B, T, seed=seed)
-        fw.rnn(spec, params, fw.asarray(padded(L, T, (2,), seed=seed, dtype="float32")), L, strategy="time_sliced")
+    random_batches(fw, "time_sliced", 6)
     plans = {key[-1] for key in set(fw.rnn_sliced_plans()) - before}
     assert plans, "no plan was compiled"
     times, rows = set(shape_ladder(T)) | {0}, set(shape_ladder(B, halves=False))

@@ -57,12 +57,12 @@ from adapters.spec import (
     RnnOut,
     RnnSpec,
     Strategy,
+    ladder_segments,
     plan_buckets,
-    plan_segments,
-    shape_ladder,
     strategy_table,
     unbucket_index,
     whole_batch,
+    whole_segment,
 )
 
 PARAM_KEYS = ("w_ih", "w_hh", "b_ih", "b_hh")
@@ -86,20 +86,35 @@ class JaxRnn:
         return [[{k: d[k] for k in PARAM_KEYS} for d in layer] for layer in tree]
 
     def _rnn_forward(self, algo, spec, params, x, lengths, side, device):
-        fn = self._cached(("rnn", spec, algo, side), lambda: self._rnn_fn(spec, algo, side, False))
-        x = self.asarray(x, device)
-        outputs, h_n, c_n = self._keep(fn(self.params_to_jax(params, x.dtype, device), x,
-                                          self.asarray(lengths, device)))
-        return RnnOut(outputs, h_n, c_n, _kernel(algo))
+        fn = self._cached(("rnn", spec, algo, side), lambda: self._jit_net(partial(self._network, spec, algo, side),
+                                                                          False))
+        return self._call_net(fn, params, self.asarray(x, device), lengths, None, device, _kernel(algo))
 
     def _rnn_vjp(self, algo, spec, params, x, lengths, cotangents, side, device):
-        fn = self._cached(("rnn_vjp", spec, algo, side), lambda: self._rnn_fn(spec, algo, side, True))
-        x = self.asarray(x, device)
-        cot = tuple(self.asarray(cotangents[k], device).astype(x.dtype) if k in cotangents else None
-                    for k in ("outputs", "h_n", "c_n"))
-        (outputs, h_n, c_n), g_params, g_x = self._keep(fn(self.params_to_jax(params, x.dtype, device), x,
-                                                           self.asarray(lengths, device), cot))
-        return RnnOut(outputs, h_n, c_n, _kernel(algo)), {"x": g_x, "params": self.params_from_jax(g_params)}
+        fn = self._cached(("rnn_vjp", spec, algo, side),
+                          lambda: self._jit_net(partial(self._network, spec, algo, side), True))
+        return self._call_net(fn, params, self.asarray(x, device), lengths, cotangents, device, _kernel(algo))
+
+    def _cotangents(self, cotangents: dict, dtype, device) -> tuple:
+        """The cotangents as the jitted functions take them: (outputs, h_n, c_n or None), in x's dtype."""
+        return tuple(self.asarray(cotangents[k], device).astype(dtype) if k in cotangents else None
+                     for k in ("outputs", "h_n", "c_n"))
+
+    def _call_net(self, fn, params, x, lengths, cotangents, device, kernel: str):
+        """One call of a `_jit_net` function: the RnnOut, and with cotangents also the gradients (canonical)."""
+        args = (self.params_to_jax(params, x.dtype, device), x, self.asarray(lengths, device))
+        if cotangents is None:
+            return RnnOut(*self._keep(fn(*args)), kernel)
+        (outputs, h_n, c_n), g_params, g_x = self._keep(fn(*args, self._cotangents(cotangents, x.dtype, device)))
+        return RnnOut(outputs, h_n, c_n, kernel), {"x": g_x, "params": self.params_from_jax(g_params)}
+
+    def _plain_scan(self, spec, params, x, lengths, cotangents, side, device, kernel: str):
+        """The masked scan's own jitted call under another strategy's kernel name (a plan that is the whole
+        batch, or runs nothing)."""
+        if cotangents is None:
+            return self._rnn_forward(("masked", 1), spec, params, x, lengths, side, device)._replace(kernel=kernel)
+        out, grads = self._rnn_vjp(("masked", 1), spec, params, x, lengths, cotangents, side, device)
+        return out._replace(kernel=kernel), grads
 
     def raw_rnn(self, spec, params, x, lengths, device="cpu", *, backward=False, cotangents=None):
         """A user's masked `lax.scan` LSTM/GRU/RNN under `jax.jit` (right padding, no validation, weights already
@@ -108,24 +123,29 @@ class JaxRnn:
         net = partial(self._network, spec, ("masked", 1), "right")
         p = self.params_to_jax(params, x.dtype, device)
         n = self.asarray(lengths, device)
-        cot = tuple(self.asarray(cotangents[k], device).astype(x.dtype) if k in cotangents else None
-                    for k in ("outputs", "h_n", "c_n")) if backward else None
+        cot = self._cotangents(cotangents, x.dtype, device) if backward else None
         fwd = jax.jit(net)
         bwd = jax.jit(lambda p, x, n, c: jax.vjp(lambda pp, xx: net(pp, xx, n), p, x)[1](c))
         if backward:
             return lambda: jax.block_until_ready(bwd(p, x, n, cot))
         return lambda: jax.block_until_ready(fwd(p, jnp.asarray(x), n))
 
-    def _rnn_fn(self, spec: RnnSpec, algo: tuple, side: str, vjp: bool):
-        """The jitted forward (or forward + VJP); its Python body runs only when JAX traces it."""
-        net = partial(self._network, spec, algo, side)
+    def _jit_net(self, net, vjp: bool, traced=None):
+        """`jax.jit` of net(params, x, lengths) -> (outputs, h_n, c_n), or with `vjp` of (that, the parameter
+        gradients, x's gradient) given the cotangents. Its Python body runs only when JAX traces: it counts a
+        compile and calls `traced(x)` if given."""
+
+        def on_trace(x):
+            self._compiles += 1
+            if traced is not None:
+                traced(x)
 
         def forward(params, x, lengths):
-            self._compiles += 1
+            on_trace(x)
             return net(params, x, lengths)
 
         def forward_vjp(params, x, lengths, cot):
-            self._compiles += 1
+            on_trace(x)
             out, pullback = self.jax.vjp(lambda p, xx: net(p, xx, lengths), params, x)
             g_params, g_x = pullback(cot)
             return out, g_params, g_x
@@ -144,15 +164,9 @@ class JaxRnn:
         B, T = x.shape[:2]
         plan = plan_buckets(lengths, T, step_cost=STEP_COST, call_cost=CALL_COST)
         if whole_batch(plan, B, T):  # the masked scan's own jitted call
-            if cotangents is None:
-                return self._rnn_forward(("masked", 1), spec, params, x, lengths, side, device)._replace(
-                    kernel="xla-scan bucketed[1]")
-            out, grads = self._rnn_vjp(("masked", 1), spec, params, x, lengths, cotangents, side, device)
-            return out._replace(kernel="xla-scan bucketed[1]"), grads
+            return self._plain_scan(spec, params, x, lengths, cotangents, side, device, "xla-scan bucketed[1]")
         p = self.params_to_jax(params, x.dtype, device)
-        cot = None if cotangents is None else tuple(
-            self.asarray(cotangents[k], device).astype(x.dtype) if k in cotangents else None
-            for k in ("outputs", "h_n", "c_n"))
+        cot = None if cotangents is None else self._cotangents(cotangents, x.dtype, device)
         parts = [self._run_bucket(spec, side, p, x, lengths, b, cot, device) for b in plan]
         states = [r[0] for r in parts] if cot is not None else parts
         outputs, h_n, c_n = (self._unbucket(plan, [s[i] for s in states], axis) for i, axis in enumerate((0, 1, 1)))
@@ -237,53 +251,24 @@ class JaxRnn:
         lengths = np.asarray(lengths)
         x = self.asarray(x, device)
         B, T = x.shape[:2]
-        plan = ()
-        if T and np.any(lengths):
-            plan = tuple(plan_segments(np.sort(lengths[lengths > 0])[::-1], max_segments=SLICE_MAX_SEGMENTS,
-                                       step_cost=SLICE_STEP_COST, call_cost=SLICE_CALL_COST, cuts=shape_ladder(T),
-                                       rows_ladder=shape_ladder(B, halves=False)))
-        if not plan or (len(plan) == 1 and plan[0].rows == B and plan[0].stop == T):
+        plan = ladder_segments(lengths, T, SLICE_MAX_SEGMENTS, SLICE_STEP_COST, SLICE_CALL_COST)
+        if not plan or whole_segment(plan, B, T):
             # nothing runs (the masked scan returns its zeros), or one segment of the whole batch over every step:
             # the masked scan's own jitted call, without the sort and gathers
-            kernel = "xla-scan sliced[1]" if plan else "xla-scan"
-            if cotangents is None:
-                return self._rnn_forward(("masked", 1), spec, params, x, lengths, side, device)._replace(kernel=kernel)
-            out, grads = self._rnn_vjp(("masked", 1), spec, params, x, lengths, cotangents, side, device)
-            return out._replace(kernel=kernel), grads
+            return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
+                                    "xla-scan sliced[1]" if plan else "xla-scan")
         vjp = cotangents is not None
-        fn = self._cached(("rnn_sliced", spec, side, plan, vjp), lambda: self._sliced_fn(spec, side, plan, vjp))
-        args = (self.params_to_jax(params, x.dtype, device), x, self.asarray(lengths, device))
-        kernel = f"xla-scan sliced[{len(plan)}]"
-        if not vjp:
-            return RnnOut(*self._keep(fn(*args)), kernel)
-        cot = tuple(self.asarray(cotangents[k], device).astype(x.dtype) if k in cotangents else None
-                    for k in ("outputs", "h_n", "c_n"))
-        (outputs, h_n, c_n), g_params, g_x = self._keep(fn(*args, cot))
-        return RnnOut(outputs, h_n, c_n, kernel), {"x": g_x, "params": self.params_from_jax(g_params)}
+
+        def traced(x):  # the plan's compiled shapes, recorded when JAX traces
+            self.rnn_sliced_plans().add(("vjp" if vjp else "fwd", spec, side, x.dtype.name, *x.shape[:2], plan))
+
+        fn = self._cached(("rnn_sliced", spec, side, plan, vjp),
+                          lambda: self._jit_net(partial(self._sliced_network, spec, side, plan), vjp, traced))
+        return self._call_net(fn, params, x, lengths, cotangents, device, f"xla-scan sliced[{len(plan)}]")
 
     def rnn_sliced_plans(self) -> set:
         """(mode, spec, side, dtype, B, T, plan) of every "time_sliced" function compiled so far."""
         return self.__dict__.setdefault("_sliced_plans", set())
-
-    def _sliced_fn(self, spec: RnnSpec, side: str, plan: tuple, vjp: bool):
-        """Jitted forward (or forward + VJP) of one segment plan."""
-        net = partial(self._sliced_network, spec, side, plan)
-
-        def traced(x):  # Python body: runs only when JAX traces
-            self._compiles += 1
-            self.rnn_sliced_plans().add(("vjp" if vjp else "fwd", spec, side, x.dtype.name, *x.shape[:2], plan))
-
-        def forward(params, x, lengths):
-            traced(x)
-            return net(params, x, lengths)
-
-        def forward_vjp(params, x, lengths, cot):
-            traced(x)
-            out, pullback = self.jax.vjp(lambda p, xx: net(p, xx, lengths), params, x)
-            g_params, g_x = pullback(cot)
-            return out, g_params, g_x
-
-        return self.jax.jit(forward_vjp if vjp else forward)
 
     def _sliced_network(self, spec: RnnSpec, side: str, plan: tuple, params, x, lengths):
         """(outputs, h_n, c_n) of the network run segment by segment; traced, never eager. The rows are sorted by
@@ -293,7 +278,7 @@ class JaxRnn:
         masked carry), its outputs there are 0; rows in no segment (length 0) keep the zero state. The reverse
         direction runs forward on each row reversed within its length."""
         jnp = self.jnp
-        B, T, top = x.shape[0], x.shape[1], plan[-1].stop
+        T, top = x.shape[1], plan[-1].stop
         x = jnp.where(self.valid(lengths, T, side)[..., None], x, 0)  # padding (even NaN) never reaches a matmul
         if side == "left":
             x = self.realign(x, lengths, to="right")

@@ -64,12 +64,12 @@ from adapters.spec import (
     RnnOut,
     RnnSpec,
     Strategy,
+    ladder_segments,
     plan_buckets,
-    plan_segments,
-    shape_ladder,
     strategy_table,
     unbucket_index,
     whole_batch,
+    whole_segment,
 )
 
 #: "bucketed" cost model (row-steps, see `plan_buckets`), measured on CPU for the Keras LSTM (H=128) forward +
@@ -514,13 +514,8 @@ class TensorflowRnn:
         plan's tf.function (one trace per distinct plan, `rnn_sliced_plans()`)."""
         lengths = np.asarray(lengths)
         T, B = np.shape(x)[1], lengths.size
-        plan = ()
-        if T and np.any(lengths):
-            sl = np.sort(lengths[lengths > 0])[::-1]
-            plan = tuple(plan_segments(sl, max_segments=MAX_SEGMENTS, step_cost=STEP_COST,
-                                       call_cost=SLICE_CALL_COST, cuts=shape_ladder(T),
-                                       rows_ladder=shape_ladder(B, halves=False)))
-        if not plan or (len(plan) == 1 and plan[0].rows == B and plan[0].stop == T):
+        plan = ladder_segments(lengths, T, MAX_SEGMENTS, STEP_COST, SLICE_CALL_COST)
+        if not plan or whole_segment(plan, B, T):
             # nothing runs (the Keras path returns the zeros), or one segment of the whole batch over every step:
             # Keras's own masked call, without the sort and gathers
             return self._plain(_KERAS, spec, params, x, lengths, cotangents, side, device, " sliced[1]" if plan else "")
