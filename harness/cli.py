@@ -170,7 +170,7 @@ def _bench_grids(args) -> list[dict]:
 
 def cmd_bench(args) -> int:
     import adapters
-    from harness import bench, cluster, families, speedups
+    from harness import bench, cluster, families, paired, speedups
 
     if args.cluster and not cluster.available():
         raise Usage("--cluster needs Dask's distributed: pip install 'varlen[cluster]'")
@@ -217,7 +217,14 @@ def cmd_bench(args) -> int:
           f"{len(unsupported)} not supported by their strategy's precondition here (run {run})")
     for r in failed:
         print(f"  FAILED {r['key']}: {r.get('error')}")
-    speedup = speedups.lines(recs, tuple(families.strategy_ops()))
+    ops = tuple(families.strategy_ops())
+    pairs = speedups.pairs(recs, ops)
+    side = []
+    if pairs and not args.no_side_by_side and not client:  # on a cluster the cases ran on the nodes, not here
+        print(f"varlen bench: timing {len(pairs)} speedup(s) again side by side (baseline and fastest strategy "
+              "called in alternation in one process; --no-side-by-side skips this)")
+        side = paired.run(pairs, str(out), timeout=args.timeout)
+    speedup = speedups.lines(recs, ops, side)
     if speedup:
         print("varlen bench: fastest strategy vs the padded baseline (same framework, device and shape):")
         for line in speedup:
@@ -287,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(RESULTS / "bench.jsonl"), help="results file (appended to, never rewritten)")
     p.add_argument("--resume", action="store_true", help="skip the cases whose latest record in --out is measured")
     p.add_argument("--timeout", type=float, default=600, help="seconds per case before it is marked failed")
+    p.add_argument("--no-side-by-side", action="store_true",
+                   help="do not time each printed speedup again with its baseline in alternation (harness.paired)")
     p.add_argument("--shard", type=_shard, metavar="K/N", help="only shard K of N of the selected cases (a stable "
                    "split by case key, the same on every machine); `varlen report` merges the shards' files")
     p.add_argument("--cluster", metavar="ADDRESS", help="run on the Dask scheduler at ADDRESS, one task per "

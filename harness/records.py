@@ -54,6 +54,14 @@ SOURCES: dict[str, tuple[dict, dict]] = {
                   "adapter_median_s": FLOAT, "overhead_ratio": FLOAT},
                  {"version": STR, "batch": INT, "max_len": INT, "hidden": INT, "cell": STR, "profile": STR,
                   "repeats": INT}),
+    # a bench speedup timed again side by side (harness.paired): the fastest strategy on `profile` and the padded
+    # baseline (`base_*`: the fastest on `equal` lengths of the same shape), called in alternation in one process
+    "paired": ({"key": STR, "base_key": STR, "framework": STR, "op": STR, "device": STR, "dtype": STR, "batch": INT,
+                "max_len": INT, "profile": STR, "strategy": STR, "kernel": STR, "base_strategy": STR,
+                "base_kernel": STR, "median_s": FLOAT, "base_median_s": FLOAT, "ratio": FLOAT, "ratio_p25": FLOAT,
+                "ratio_p75": FLOAT, "rounds": INT, "number": INT},
+               {"version": STR, "cell": STR, "hidden": INT, "input_size": INT, "num_layers": INT,
+                "bidirectional": BOOL, "padding_fraction": FLOAT, "ideal_share": FLOAT}),
 }
 # bench records with status "ok" must carry the measurement itself
 BENCH_OK_REQUIRED = ("median_s", "p25_s", "p75_s", "valid_tokens", "padded_tokens", "padding_fraction",

@@ -110,7 +110,7 @@ def select(records: list[dict], *, run: str | None = None) -> list[dict]:
     """Records of one run (`run`: an id, or "latest" for the last run), or by default every source's latest
     record per case: bench by `key` (a completed measurement beats a failed one of an earlier run, the latest
     wins otherwise), check by (framework, device, kind, op, name, case, cell, side, direction, dtype, quantity),
-    floors and overhead by (host, framework, device)."""
+    paired by (host, case, baseline case), floors and overhead by (host, framework, device)."""
     if run is not None:
         wanted = runs(records)[-1] if run == "latest" and records else run
         return [r for r in records if r["run_id"] == wanted]
@@ -128,6 +128,8 @@ def _case_identity(r: dict) -> tuple:
     s = r["source"]
     if s == "bench":
         return (s, r["key"])
+    if s == "paired":
+        return (s, r.get("host"), r["key"], r["base_key"])
     if s == "check":
         return (s, r["framework"], r["device"], r["kind"], r["op"], r["name"], r["case"], r.get("cell"),
                 r.get("side"), r.get("bidirectional"), r.get("dtype"), r["quantity"])

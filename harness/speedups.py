@@ -2,7 +2,8 @@
 strategy on each length profile against that framework's padded baseline (its fastest strategy on the fully padded
 `equal` profile of the same batch and length) and against the ideal (the baseline scaled by the valid share of the
 work); on equal lengths, every strategy's time over the fastest one's (what a strategy costs on unpadded
-batches). Each line names the strategy, the kernel that ran and the device. Plain dicts in, text lines out."""
+batches). Each line names the strategy, the kernel that ran and the device; where the pair was also timed side by
+side (`harness.paired`), that ratio follows. Plain dicts in, text lines out."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -11,16 +12,37 @@ from collections import defaultdict
 SHAPE = ("op", "device", "dtype", "batch", "max_len", "framework", "cell", "hidden", "num_layers", "bidirectional")
 
 
-def lines(records: list[dict], ops: tuple[str, ...]) -> list[str]:
-    """One line per (shape, non-equal profile) with a measured `equal` baseline, for the records of `ops`."""
+def _groups(records: list[dict], ops: tuple[str, ...]) -> list[tuple[tuple, dict[str, list[dict]]]]:
+    """(shape, {profile: measured records}) of `ops`, the shapes with a measured `equal` baseline, in order."""
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         if r.get("status") == "ok" and r.get("op") in ops and r.get("median_s"):
-            groups[tuple(r.get(k) for k in SHAPE)][r["profile"]].append(r)
+            groups[shape_of(r)][r["profile"]].append(r)
+    return [(s, g) for s, g in sorted(groups.items(), key=lambda kv: str(kv[0])) if "equal" in g]
+
+
+def shape_of(rec: dict) -> tuple:
+    """A record's `SHAPE` fields, in order (what a baseline and the strategies it is compared with share)."""
+    return tuple(rec.get(k) for k in SHAPE)
+
+
+def pairs(records: list[dict], ops: tuple[str, ...]) -> list[tuple[dict, dict]]:
+    """(padded baseline, fastest strategy) records of every (shape, non-equal profile) line `lines` prints."""
     out = []
-    for shape, by_profile in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        if "equal" not in by_profile:
-            continue
+    for _, by_profile in _groups(records, ops):
+        base = min(by_profile["equal"], key=lambda r: r["median_s"])
+        out += [(base, min(recs, key=lambda r: r["median_s"]))
+                for profile, recs in sorted(by_profile.items()) if profile != "equal"]
+    return out
+
+
+def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) -> list[str]:
+    """One line per (shape, non-equal profile) with a measured `equal` baseline, for the records of `ops`;
+    `paired`: `harness.paired` records of those pairs (the latest one of a pair is shown)."""
+    side = {(shape_of(p), p["profile"], p["strategy"], p["base_strategy"]): p
+            for p in sorted(paired, key=lambda p: p["time"])}
+    out = []
+    for shape, by_profile in _groups(records, ops):
         base = min(by_profile["equal"], key=lambda r: r["median_s"])
         fields = dict(zip(SHAPE, shape, strict=True))
         head = (f"{fields['op']} {fields['framework']} {fields['device']} B={fields['batch']} T={fields['max_len']}"
@@ -34,8 +56,11 @@ def lines(records: list[dict], ops: tuple[str, ...]) -> list[str]:
             best = min(recs, key=lambda r: r["median_s"])
             x = base["median_s"] / best["median_s"]
             ideal = 1 / best["ideal_share"] if best.get("ideal_share") else float("nan")
+            p = side.get((shape, profile, best["strategy"], base["strategy"]))
             out.append(f"{head} {profile} ({best['padding_fraction']:.0%} padding): {best['strategy']} "
                        f"[{best['kernel']}] {x:.2f}x the padded baseline ({base['strategy']} [{base['kernel']}] "
                        f"on equal lengths, {base['median_s'] * 1e3:.1f} ms), ideal {ideal:.2f}x "
-                       f"({x / ideal:.2f} of it)")
+                       f"({x / ideal:.2f} of it)"
+                       + (f"; side by side {p['ratio']:.2f}x (rounds {p['ratio_p25']:.2f}-{p['ratio_p75']:.2f}, "
+                          f"{p['ratio'] / ideal:.2f} of the ideal)" if p else ""))
     return out

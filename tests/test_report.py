@@ -49,6 +49,12 @@ def fixture_records() -> list[dict]:
                      "case": "idiom", "cell": "lstm", "side": "right", "bidirectional": False, "dtype": "float64",
                      "quantity": q, "equivalent": q == "outputs", "max_abs_err": 0.0 if q == "outputs" else 0.3,
                      "version": "1.0", "device": "cpu", "kernel": "k", **meta})
+    recs.append({"source": "paired", "framework": "torch", "version": "1.0", "op": "rnn_forward_backward",
+                 "batch": 64, "max_len": 128, "cell": "lstm", "profile": "lognormal", "strategy": "packed",
+                 "kernel": "packed-kernel", "base_strategy": "packed", "base_kernel": "packed-kernel",
+                 "key": "torch|packed|rnn_forward_backward|64|lognormal", "base_key": "torch|packed|rnn|64|equal",
+                 "median_s": 0.014, "base_median_s": 0.02, "ratio": 1.43, "ratio_p25": 1.38, "ratio_p75": 1.47,
+                 "rounds": 12, "number": 1, "padding_fraction": 0.6, "ideal_share": 0.4, "time": 1, **meta})
     return [records.make(**{"dtype": "float32", "device": "cpu", **r}) for r in recs]
 
 
@@ -62,7 +68,8 @@ def built(tmp_path_factory):
 
 def test_every_section_present_in_html_and_markdown(built):
     _, page, md = built
-    for title in ["Setup", "Recommendation", "Equivalence matrix", "The recipes people copy (RNN)",
+    for title in ["Setup", "Recommendation", "Speedups timed side by side", "Equivalence matrix",
+                  "The recipes people copy (RNN)",
                   "Throughput vs length skew and batch size", "Memory", "Compile time",
                   "Fraction of the machine's floor", "Failed benchmark cases", "asv dashboard"]:
         assert f">{title}</h2>" in page.replace("&#x27;", "'"), f"section {title!r} missing from index.html"
@@ -88,6 +95,15 @@ def test_recommendation_picks_fastest_exact_strategy(built):
     assert lognormal.loc["torch", "overall best"] and not lognormal.loc["jax", "overall best"]
     # packed on lognormal: 0.02*(1-0.3) vs its equal-profile time 0.02 -> 1/0.7
     assert lognormal.loc["torch", "x vs padded baseline"] == pytest.approx(1 / 0.7, abs=0.01)
+
+
+def test_speedups_timed_side_by_side_are_shown(built):
+    _, _, md = built
+    section = md.split("## Speedups timed side by side", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| cpu |")]
+    assert len(rows) == 1, section
+    assert "| lognormal |" in rows[0] and "packed [packed-kernel]" in rows[0], rows[0]
+    assert "| 1.43 | 1.38-1.47 | 2.5 |" in rows[0], rows[0]
 
 
 def test_idiom_verdicts_say_what_is_right_and_wrong(built):

@@ -91,7 +91,7 @@ def build(records: list[dict], out: str | Path, *, title: str = "varlen comparis
             + (" (every benchmark case failed: see below)." if not df.empty else ".")
             + " Run `varlen check` and `varlen bench`, then rebuild this report."))
     if measured:
-        sections.append(S.recommendation_section(df, check))
+        sections += [S.recommendation_section(df, check), S.paired_section(records)]
     sections += check_sections(check, df)
     for fam in FAMILIES.values():
         extra = getattr(fam, "report_sections", None)

@@ -56,6 +56,34 @@ def overhead_section(records: list[dict]) -> Section:
     return s.table(ov[cols].round(5))
 
 
+def paired_section(records: list[dict]) -> Section:
+    """The sweep's speedups timed again side by side (`harness.paired`): the ratio a reader can trust on a machine
+    whose speed drifts between cases."""
+    s = Section("Speedups timed side by side")
+    pr = frame(records, "paired")
+    if pr.empty:
+        return s.p("Not measured (`varlen bench` times each speedup it prints again side by side, unless "
+                   "--no-side-by-side).")
+    s.p("Each speedup `varlen bench` printed, timed again: the fastest strategy on the length profile and the "
+        "framework's padded baseline (its fastest strategy on equal lengths, same shape) prepared in one process "
+        "and called in alternation, the order flipped every round, so a machine that slows down between cases "
+        "(shared CPUs drift 20-30% over a minute) slows both alike. 'x side by side' = baseline median / strategy "
+        "median; 'rounds p25-p75' = spread of the per-round ratios; 'ideal x' = padded work / valid work.")
+    pr = pr.sort_values("time").drop_duplicates(["host", "key", "base_key"], keep="last")
+    t = pd.DataFrame({
+        "device": pr["device"], "framework": pr["framework"], "op": pr["op"].map(lambda op: OP_TITLES.get(op, op)),
+        "cell": pr["cell"].fillna("-"), "B": pr["batch"], "T": pr["max_len"], "profile": pr["profile"],
+        "padding": pr["padding_fraction"].astype(float).round(2),
+        "strategy [kernel]": pr["strategy"] + " [" + pr["kernel"] + "]",
+        "baseline [kernel]": pr["base_strategy"] + " [" + pr["base_kernel"] + "]",
+        "baseline ms": (pr["base_median_s"] * 1e3).round(2), "strategy ms": (pr["median_s"] * 1e3).round(2),
+        "x side by side": pr["ratio"].round(2),
+        "rounds p25-p75": pr["ratio_p25"].map("{:.2f}".format) + "-" + pr["ratio_p75"].map("{:.2f}".format),
+        "ideal x": (1 / pr["ideal_share"].astype(float)).round(2),
+    })
+    return s.table(t.sort_values(["device", "op", "framework", "profile"]))
+
+
 def failed_section(df: pd.DataFrame) -> Section:
     s = Section("Failed benchmark cases")
     bad = df[df["status"] == "failed"]

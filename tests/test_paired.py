@@ -1,0 +1,120 @@
+"""Speedups timed side by side (harness.paired): the baseline and the fastest strategy alternate, the order
+flipping every round, so drift of the machine's speed cancels out of the ratio; `varlen bench` records and prints
+it beside the sweep's own ratio, and `results.select` keeps one per pair."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness import cli, paired, records, results, speedups
+
+
+class FakeMachine:
+    """A clock that only the calls advance: `base` costs 3 units, `best` 1, both times a speed factor that drifts
+    (x1.5 per round: a machine slowing down between rounds, identical within one)."""
+
+    def __init__(self) -> None:
+        self.now, self.calls, self.speed = 0.0, [], 1.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def call(self, name: str, cost: float):
+        def run():
+            self.calls.append(name)
+            self.now += cost * self.speed * 1e-3
+            if self.calls.count("base") == self.calls.count("best"):  # a round (or the warm-up) is over
+                self.speed *= 1.5
+        return run
+
+
+def test_alternation_cancels_drift_and_flips_the_order():
+    m = FakeMachine()
+    timed = paired.interleave(m.call("base", 3.0), m.call("best", 1.0), budget_s=0.0, min_rounds=6, max_rounds=10,
+                              clock=m.clock)
+    assert timed["rounds"] == 6, "an exhausted budget stops at min_rounds"
+    assert timed["number"] == 2, "samples of at least MIN_SAMPLE_S: 2 calls of the 1e-3 s strategy"
+    assert timed["ratio"] == pytest.approx(3.0) and timed["ratio_p25"] == pytest.approx(3.0)
+    assert timed["ratio_p75"] == pytest.approx(3.0)
+    # separately timed medians drift 1.5x a round; side by side they keep the true 3x ratio
+    assert timed["base_median_s"] / timed["median_s"] == pytest.approx(3.0)
+    rounds = [tuple(dict.fromkeys(m.calls[2 + 4 * i: 6 + 4 * i])) for i in range(6)]
+    assert m.calls[:2] == ["base", "best"], "each is called once first (warm)"
+    assert rounds == [("base", "best"), ("best", "base")] * 3, "the order flips every round"
+
+
+def test_rounds_stop_at_the_budget_or_max_rounds():
+    m = FakeMachine()
+    timed = paired.interleave(m.call("base", 3.0), m.call("best", 1.0), budget_s=1e9, min_rounds=2, max_rounds=5,
+                              clock=m.clock)
+    assert timed["rounds"] == 5
+
+
+def bench_rec(profile, strategy, median, **kw):
+    return {"status": "ok", "op": "rnn_forward_backward", "device": "cpu", "dtype": "float32", "batch": 4,
+            "max_len": 8, "framework": "torch", "cell": "lstm", "hidden": 2, "num_layers": 1,
+            "bidirectional": False, "profile": profile, "strategy": strategy, "kernel": f"k-{strategy}",
+            "median_s": median, "ideal_share": 0.25 if profile != "equal" else 1.0,
+            "padding_fraction": 0.75 if profile != "equal" else 0.0, "key": f"{strategy}|{profile}", **kw}
+
+
+def test_pairs_are_the_printed_lines_and_the_side_by_side_ratio_follows():
+    recs = [bench_rec("equal", "a", 0.010), bench_rec("equal", "b", 0.008), bench_rec("zipf", "a", 0.004),
+            bench_rec("zipf", "b", 0.002), bench_rec("lognormal", "a", 0.004)]
+    pairs = speedups.pairs(recs, ("rnn_forward_backward",))
+    assert [(b["key"], w["key"]) for b, w in pairs] == [("b|equal", "a|lognormal"), ("b|equal", "b|zipf")]
+    side = {**bench_rec("zipf", "b", 0.0021), "base_strategy": "b", "ratio": 3.5, "ratio_p25": 3.4,
+            "ratio_p75": 3.6, "time": 2.0}
+    older = {**side, "ratio": 9.9, "time": 1.0}
+    lines = speedups.lines(recs, ("rnn_forward_backward",), [side, older])
+    zipf = [line for line in lines if " zipf " in line]
+    assert zipf and "4.00x the padded baseline" in zipf[0], lines
+    assert zipf[0].endswith("; side by side 3.50x (rounds 3.40-3.60, 0.88 of the ideal)"), zipf[0]
+    assert not any("side by side" in line for line in lines if " lognormal " in line), "no pair, no figure"
+
+
+def paired_rec(key, time, ratio=2.0):
+    return records.make("paired", key=key, base_key="base", framework="torch", op="rnn_forward_backward",
+                        device="cpu", dtype="float32", batch=4, max_len=8, profile="zipf", strategy="s", kernel="k",
+                        base_strategy="b", base_kernel="k", median_s=0.01, base_median_s=0.01 * ratio, ratio=ratio,
+                        ratio_p25=ratio, ratio_p75=ratio, rounds=8, number=1, time=time)
+
+
+def test_select_keeps_the_latest_record_of_each_pair():
+    a, b, a2 = paired_rec("x", 1.0), paired_rec("y", 2.0), paired_rec("x", 3.0, ratio=3.0)
+    assert sorted(r["key"] for r in results.select([a, b])) == ["x", "y"], "two pairs are two records"
+    assert sorted(r["time"] for r in results.select([a, b, a2])) == [2.0, 3.0], "the later record of pair x wins"
+    bad = {**a}
+    del bad["ratio"]
+    assert "missing required field 'ratio'" in records.problems(bad)
+
+
+def run_bench(tmp_path, *extra):
+    out = tmp_path / "r.jsonl"
+    args = ["bench", "--framework", "torch", "--op", "rnn_forward_backward", "--strategy", "time_sliced",
+            "--profile", "equal", "--profile", "zipf", "--batch", "8", "--max-len", "16", "--hidden", "8",
+            "--out", str(out), *extra]
+    assert cli.main(args) == 0
+    recs = results.read([out])
+    return [r for r in recs if r["source"] == "bench"], [r for r in recs if r["source"] == "paired"]
+
+
+def test_bench_times_its_speedups_side_by_side(tmp_path, capsys):
+    bench, side = run_bench(tmp_path)
+    printed = capsys.readouterr().out
+    assert len(side) == 1, side
+    p = side[0]
+    keys = {r["profile"]: r["key"] for r in bench}
+    assert (p["key"], p["base_key"]) == (keys["zipf"], keys["equal"])
+    assert p["ratio"] == pytest.approx(p["base_median_s"] / p["median_s"])
+    assert p["ratio_p25"] <= p["ratio_p75"] and p["rounds"] >= paired.MIN_ROUNDS
+    assert p["kernel"].startswith("sliced[") and p["base_kernel"].startswith("sliced[1]")
+    assert f"side by side {p['ratio']:.2f}x" in printed, printed
+    assert not records.problems(json.loads(json.dumps(p)))
+
+
+def test_no_side_by_side_skips_it(tmp_path, capsys):
+    bench, side = run_bench(tmp_path, "--no-side-by-side")
+    assert len(bench) == 2 and side == []
+    assert "side by side" not in capsys.readouterr().out
