@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from harness import records, report
@@ -50,7 +51,7 @@ def fixture_records() -> list[dict]:
                      "quantity": q, "equivalent": q == "outputs", "max_abs_err": 0.0 if q == "outputs" else 0.3,
                      "version": "1.0", "device": "cpu", "kernel": "k", **meta})
     recs.append({"source": "paired", "framework": "torch", "version": "1.0", "op": "rnn_forward_backward",
-                 "batch": 64, "max_len": 128, "cell": "lstm", "profile": "lognormal", "strategy": "packed",
+                 "batch": 8, "max_len": 128, "cell": "lstm", "profile": "lognormal", "strategy": "packed",
                  "kernel": "packed-kernel", "base_strategy": "packed", "base_kernel": "packed-kernel",
                  "key": "torch|packed|rnn_forward_backward|64|lognormal", "base_key": "torch|packed|rnn|64|equal",
                  "median_s": 0.014, "base_median_s": 0.02, "ratio": 1.43, "ratio_p25": 1.38, "ratio_p75": 1.47,
@@ -88,13 +89,17 @@ def test_failing_cells_are_marked(built):
 
 def test_recommendation_picks_fastest_exact_strategy(built):
     t = report.recommendation_table(report.bench_frame(fixture_records()),
-                                    report.frame(fixture_records(), "check"))
+                                    report.frame(fixture_records(), "check"), report.frame(fixture_records(), "paired"))
     assert not (t["fastest exact strategy"] == "fast").any(), "a non-equivalent strategy must never be recommended"
     lognormal = t[(t["profile"] == "lognormal") & (t["op"] == "RNN forward + backward")].set_index("framework")
     assert lognormal.loc["torch", "fastest exact strategy"] == "packed"
     assert lognormal.loc["torch", "overall best"] and not lognormal.loc["jax", "overall best"]
     # packed on lognormal: 0.02*(1-0.3) vs its equal-profile time 0.02 -> 1/0.7
     assert lognormal.loc["torch", "x vs padded baseline"] == pytest.approx(1 / 0.7, abs=0.01)
+    # the same pair timed side by side (the fixture's paired record), and no figure where none was timed
+    assert lognormal.loc["torch", "x side by side"] == 1.43 and np.isnan(lognormal.loc["jax", "x side by side"])
+    zipf = t[(t["profile"] == "zipf") & (t["op"] == "RNN forward + backward")].set_index("framework")
+    assert np.isnan(zipf.loc["torch", "x side by side"]), "a pair of another profile is not this one's"
 
 
 def test_speedups_timed_side_by_side_are_shown(built):
@@ -122,6 +127,7 @@ def test_summary_opens_the_page(built):
     assert "RNN forward + backward on cpu, lognormal lengths" in summary and "torch: packed" in summary
     assert "jax: scan" in summary and "fast" not in summary.split("proven exact")[0], summary
     assert "mask_outputs" in summary and "wrong in" in summary
+    assert "torch: packed (1.43x the padded baseline, 1.43x side by side," in summary, summary
 
 
 def chromium() -> str | None:

@@ -82,7 +82,8 @@ def build(records: list[dict], out: str | Path, *, title: str = "varlen comparis
     records = results.select(records, run=run)
     check, df = frame(records, "check"), bench_frame(records)
     measured = not df.empty and (df["status"] == "ok").any()
-    sections = [S.summary_section(check, df), S.setup_section(records, df)]
+    paired = frame(records, "paired")
+    sections = [S.summary_section(check, df, paired), S.setup_section(records, df)]
     if problems:
         sections.append(problems_section(problems))
     if not measured and check.empty:
@@ -91,7 +92,7 @@ def build(records: list[dict], out: str | Path, *, title: str = "varlen comparis
             + (" (every benchmark case failed: see below)." if not df.empty else ".")
             + " Run `varlen check` and `varlen bench`, then rebuild this report."))
     if measured:
-        sections += [S.recommendation_section(df, check), S.paired_section(records)]
+        sections += [S.recommendation_section(df, check, paired), S.paired_section(records)]
     sections += check_sections(check, df)
     for fam in FAMILIES.values():
         extra = getattr(fam, "report_sections", None)

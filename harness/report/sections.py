@@ -234,16 +234,18 @@ def floor_section(df: pd.DataFrame, records: list[dict], out: Path) -> Section:
     return s.table(best.round(4))
 
 
-def recommendation_section(df: pd.DataFrame, check: pd.DataFrame) -> Section:
+def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFrame | None = None) -> Section:
     s = Section("Recommendation")
-    t = recommendation_table(df, check)
+    t = recommendation_table(df, check, paired)
     if t.empty:
         return s.p("No strategy benchmarks of an exact (checked) strategy.")
     s.p("For each op, length profile and device: the fastest strategy of each framework that passed every "
         "equivalence cell, and the overall winner. 'x vs padded baseline' = time of that framework's fastest exact "
         "strategy on the fully padded batch (profile equal, same B and T: what ignoring the lengths costs) over "
-        "this time; 'ideal x' = the speedup a strategy that skipped all padded work would get (padded work / valid "
-        "work), and 'fraction of ideal' = the ideal time over this time. For torch RNNs the baseline is one fused "
+        "this time; 'x side by side' = the same ratio with both timed in alternation in one process (see "
+        "'Speedups timed side by side'; the figure to trust where the machine's speed drifts); 'ideal x' = the "
+        "speedup a strategy that skipped all padded work would get (padded work / valid work), and 'fraction of "
+        "ideal' = the ideal time over this time. For torch RNNs the baseline is one fused "
         "padded call (oneDNN on CPU, cuDNN on GPU: 'time_sliced' on equal lengths runs exactly that call, kernel "
         "'sliced[1]x ...'), so on a GPU, where an RNN step is latency-bound, it is also the practical floor: the "
         "time of the inexact padded cuDNN call a user gives up for correctness. Frameworks benchmarked but never "
@@ -273,12 +275,12 @@ def asv_section(out: Path, asv_html: Path | None) -> Section:
 
 
 
-def summary_section(check: pd.DataFrame, df: pd.DataFrame) -> Section:
+def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame | None = None) -> Section:
     """What a reader in a hurry acts on: per device and length distribution the recommended strategy (and batching
     policy) per framework with its speedup and fraction of the ideal; how many strategies are proven exact; which
     recipes and native behaviours are wrong, one line each."""
     s = Section("Summary")
-    rec = recommendation_table(df, check) if not df.empty else pd.DataFrame()
+    rec = recommendation_table(df, check, paired) if not df.empty else pd.DataFrame()
     rec = rec[rec["device"] != "-"] if not rec.empty else rec
     if not rec.empty:
         head = rec[rec["op"] == OP_TITLES.get("rnn_forward_backward")]
@@ -292,7 +294,9 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame) -> Section:
                 pol = best_policy.get((device, profile, r["framework"]))
                 parts.append(f"{r['framework']}: {r['fastest exact strategy']}"
                              + (f" with {pol} batches" if pol else "")
-                             + f" ({r['x vs padded baseline']:.2f}x the padded baseline, "
+                             + f" ({r['x vs padded baseline']:.2f}x the padded baseline"
+                             + (f", {r['x side by side']:.2f}x side by side" if pd.notna(r["x side by side"]) else "")
+                             + ", "
                              f"{r['fraction of ideal']:.2f} of the ideal {r['ideal x']:.1f}x)")
             s.p(f"{head['op'].iloc[0]} on {device}, {profile} lengths ({g['padding'].iloc[0]:.0%} padding): "
                 + "; ".join(parts) + ".")

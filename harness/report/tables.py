@@ -79,7 +79,17 @@ def bench_status(df: pd.DataFrame, check: pd.DataFrame) -> list[str]:
     return [status.get((f, fam, s), "unchecked") for f, fam, s in zip(df["framework"], fams, df["strategy"])]
 
 
-def recommendation_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
+def side_by_side(paired: pd.DataFrame | None) -> dict[tuple, float]:
+    """(framework, op, device, batch, max_len, profile, strategy, baseline strategy) -> the latest ratio of that
+    pair timed side by side (`harness.paired`)."""
+    if paired is None or paired.empty:
+        return {}
+    keys = ["framework", "op", "device", "batch", "max_len", "profile", "strategy", "base_strategy"]
+    latest = paired.sort_values("time").drop_duplicates(keys, keep="last")
+    return {tuple(r[k] for k in keys): round(float(r["ratio"]), 2) for _, r in latest.iterrows()}
+
+
+def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per op x device x profile (headline B, T): the fastest exact strategy per framework and overall, against
     the padded baseline and the ideal.
 
@@ -87,7 +97,10 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
     same B and T): the cost of ignoring the lengths. Ideal = that baseline's time x the valid share of the work
     (`ideal_share`: valid / padded tokens, or sum L^2 / B T^2 for attention). Only strategies that passed every
     equivalence cell count as exact; a framework without check records is "unchecked" and never recommended.
+    `paired` (the `paired` records' frame): where the same strategy and baseline were also timed side by side, that
+    ratio is the "x side by side" column (else missing).
     """
+    side = side_by_side(paired)
     data = headline(ok(df)[ok(df)["op"].isin(recommended_ops())])
     if data.empty:
         return pd.DataFrame()
@@ -95,7 +108,9 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
     exact = data[data["verdict"] == "exact"]
     rows = []
     for (op, device, _, _), d in exact.groupby(["op", "device", "batch", "max_len"]):
-        base = d[d["profile"] == "equal"].groupby("framework")["median_s"].min()
+        equal = d[d["profile"] == "equal"]
+        base = equal.groupby("framework")["median_s"].min()
+        base_strategy = equal.loc[equal.groupby("framework")["median_s"].idxmin()].set_index("framework")["strategy"]
         for profile, g in d.groupby("profile"):
             fastest = g.loc[g.groupby("framework")["median_s"].idxmin()]
             winner = fastest.loc[fastest["median_s"].idxmin()]
@@ -107,6 +122,9 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
                              "fastest exact strategy": r["strategy"], "kernel": r["kernel"],
                              "valid Mtok/s": round(r["valid_tokens_per_s"] / 1e6, 3),
                              "x vs padded baseline": round(b / r["median_s"], 2),
+                             "x side by side": side.get((r["framework"], op, device, r["batch"], r["max_len"], profile,
+                                                         r["strategy"], base_strategy.get(r["framework"])),
+                                                        float("nan")),
                              "ideal x": round(1 / r["ideal_share"], 2) if r["ideal_share"] else float("nan"),
                              "fraction of ideal": round(ideal / r["median_s"], 2),
                              "overall best": r["framework"] == winner["framework"]})
@@ -114,7 +132,8 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
     for fw in unchecked:
         rows.append({"op": "-", "device": "-", "profile": "-", "padding": float("nan"), "framework": fw,
                      "fastest exact strategy": "unchecked: no check records, never recommended", "kernel": "",
-                     "valid Mtok/s": float("nan"), "x vs padded baseline": float("nan"), "ideal x": float("nan"),
+                     "valid Mtok/s": float("nan"), "x vs padded baseline": float("nan"),
+                     "x side by side": float("nan"), "ideal x": float("nan"),
                      "fraction of ideal": float("nan"), "overall best": False})
     return pd.DataFrame(rows)
 
