@@ -12,7 +12,8 @@ from harness import cli, paired, records, results, speedups
 
 class FakeMachine:
     """A clock that only the calls advance: `base` costs 3 units, `best` 1, both times a speed factor that drifts
-    (x1.5 per round: a machine slowing down between rounds, identical within one)."""
+    (x1.5 per round: a machine slowing down between rounds, identical within one); after the warm-up, the first
+    call after the other callable costs 10 units more (caches and free lists the other one left)."""
 
     def __init__(self) -> None:
         self.now, self.calls, self.speed = 0.0, [], 1.0
@@ -22,8 +23,9 @@ class FakeMachine:
 
     def call(self, name: str, cost: float):
         def run():
+            switch = len(self.calls) >= 2 and self.calls[-1] != name
             self.calls.append(name)
-            self.now += cost * self.speed * 1e-3
+            self.now += (cost + 10.0 * switch) * self.speed * 1e-3
             if self.calls.count("base") == self.calls.count("best"):  # a round (or the warm-up) is over
                 self.speed *= 1.5
         return run
@@ -39,9 +41,10 @@ def test_alternation_cancels_drift_and_flips_the_order():
     assert timed["ratio_p75"] == pytest.approx(3.0)
     # separately timed medians drift 1.5x a round; side by side they keep the true 3x ratio
     assert timed["base_median_s"] / timed["median_s"] == pytest.approx(3.0)
-    rounds = [tuple(dict.fromkeys(m.calls[2 + 4 * i: 6 + 4 * i])) for i in range(6)]
+    rounds = [m.calls[2 + 6 * i: 8 + 6 * i] for i in range(6)]
     assert m.calls[:2] == ["base", "best"], "each is called once first (warm)"
-    assert rounds == [("base", "best"), ("best", "base")] * 3, "the order flips every round"
+    assert len(m.calls) == 2 + 6 * 6, "per round and callable: one untimed switch call, then the 2 timed ones"
+    assert rounds == [["base"] * 3 + ["best"] * 3, ["best"] * 3 + ["base"] * 3] * 3, "the order flips every round"
 
 
 def test_rounds_stop_at_the_budget_or_max_rounds():
