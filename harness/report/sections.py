@@ -66,7 +66,8 @@ def paired_section(records: list[dict]) -> Section:
                    "--no-side-by-side).")
     s.p("Each speedup `varlen bench` printed, timed again: the fastest strategy on the length profile and the "
         "framework's padded baseline (its fastest strategy on equal lengths, same shape) prepared in one process "
-        "and called in alternation, the order flipped every round, so a machine that slows down between cases "
+        "and called in alternation (each block of timed calls after one untimed call of its own, so neither is timed "
+        "on the caches the other left), the order flipped every round, so a machine that slows down between cases "
         "(shared CPUs drift 20-30% over a minute) slows both alike. 'x side by side' = baseline median / strategy "
         "median; 'rounds p25-p75' = spread of the per-round ratios; 'ideal x' = padded work / valid work.")
     pr = pr.sort_values("time").drop_duplicates(["host", "key", "base_key"], keep="last")
