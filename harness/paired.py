@@ -6,10 +6,9 @@ the 2-core CI machine: one torch LSTM call 24-29 ms across three runs of a minut
 (`harness.speedups`) are therefore timed again in pairs: for each (shape, length profile) the fastest strategy and
 the framework's padded baseline (its fastest strategy on `equal` lengths) are prepared in one worker process and
 called in alternation (blocks of calls, each after one untimed call of its own), the order flipped every round, so
-whatever slows the machine down slows both alike. The
-ratio is that of the two medians; the spread is the 25th-75th percentile of the per-round ratios. One `paired`
-record per pair, appended as soon as it is measured; the CLI prints it beside the sweep's ratio and the report
-shows it beside the recommendation.
+whatever slows the machine down slows both alike. The ratio is that of the two medians; the spread is the 25th-75th
+percentile of the per-round ratios. One `paired` record per pair, appended as soon as it is measured; the CLI prints
+it beside the sweep's ratio and the report shows it beside the recommendation.
 
 The parent never imports a framework: one worker per framework (`python -m harness.paired worker FW OUT`, the pairs
 as JSON on stdin, a `DONE i` / `SKIP i why` line per pair). A pair that fails is skipped with its reason (the
