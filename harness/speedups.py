@@ -26,14 +26,18 @@ def shape_of(rec: dict) -> tuple:
     return tuple(rec.get(k) for k in SHAPE)
 
 
+def _winners(records: list[dict], ops: tuple[str, ...]):
+    """Per shape with a measured `equal` baseline: (shape, its equal-length records, the padded baseline (the
+    fastest of them), [(profile, that profile's fastest record) for every other profile, in order])."""
+    fastest = lambda recs: min(recs, key=lambda r: r["median_s"])
+    for shape, by_profile in _groups(records, ops):
+        yield (shape, by_profile["equal"], fastest(by_profile["equal"]),
+               [(p, fastest(recs)) for p, recs in sorted(by_profile.items()) if p != "equal"])
+
+
 def pairs(records: list[dict], ops: tuple[str, ...]) -> list[tuple[dict, dict]]:
     """(padded baseline, fastest strategy) records of every (shape, non-equal profile) line `lines` prints."""
-    out = []
-    for _, by_profile in _groups(records, ops):
-        base = min(by_profile["equal"], key=lambda r: r["median_s"])
-        out += [(base, min(recs, key=lambda r: r["median_s"]))
-                for profile, recs in sorted(by_profile.items()) if profile != "equal"]
-    return out
+    return [(base, best) for _, _, base, bests in _winners(records, ops) for _, best in bests]
 
 
 def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) -> list[str]:
@@ -42,18 +46,14 @@ def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) ->
     side = {(shape_of(p), p["profile"], p["strategy"], p["base_strategy"]): p
             for p in sorted(paired, key=lambda p: p["time"])}
     out = []
-    for shape, by_profile in _groups(records, ops):
-        base = min(by_profile["equal"], key=lambda r: r["median_s"])
+    for shape, equal, base, bests in _winners(records, ops):
         fields = dict(zip(SHAPE, shape, strict=True))
         head = (f"{fields['op']} {fields['framework']} {fields['device']} B={fields['batch']} T={fields['max_len']}"
                 + (f" {fields['cell']} H={fields['hidden']}" if fields.get("cell") else ""))
-        costs = sorted((r["median_s"] / base["median_s"], r["strategy"], r["kernel"]) for r in by_profile["equal"])
+        costs = sorted((r["median_s"] / base["median_s"], r["strategy"], r["kernel"]) for r in equal)
         out.append(f"{head} equal (0% padding): time / fastest: "
                    + ", ".join(f"{s} [{k}] {c:.2f}" for c, s, k in costs))
-        for profile, recs in sorted(by_profile.items()):
-            if profile == "equal":
-                continue
-            best = min(recs, key=lambda r: r["median_s"])
+        for profile, best in bests:
             x = base["median_s"] / best["median_s"]
             ideal = 1 / best["ideal_share"] if best.get("ideal_share") else float("nan")
             p = side.get((shape, profile, best["strategy"], base["strategy"]))
