@@ -221,8 +221,9 @@ def cmd_bench(args) -> int:
     pairs = speedups.pairs(recs, ops)
     side = []
     if pairs and not args.no_side_by_side and not client:  # on a cluster the cases ran on the nodes, not here
-        print(f"varlen bench: timing {len(pairs)} speedup(s) again side by side (baseline and fastest strategy "
-              "called in alternation in one process; --no-side-by-side skips this)")
+        print(f"varlen bench: timing {len(pairs)} pair(s) again side by side (the padded baseline and each "
+              "profile's fastest strategy, on that profile and on equal lengths, called in alternation in one "
+              "process; --no-side-by-side skips this)")
         side = paired.run(pairs, str(out), timeout=args.timeout)
     speedup = speedups.lines(recs, ops, side)
     if speedup:

@@ -4,7 +4,8 @@ A sweep times every case on its own, one after another, so a strategy and the pa
 may be timed minutes apart; on a shared machine the same call drifts by up to ~20-30% over such a gap (measured on
 the 2-core CI machine: one torch LSTM call 24-29 ms across three runs of a minute). The ratios a sweep ends with
 (`harness.speedups`) are therefore timed again in pairs: for each (shape, length profile) the fastest strategy and
-the framework's padded baseline (its fastest strategy on `equal` lengths) are prepared in one worker process and
+the framework's padded baseline (its fastest strategy on `equal` lengths), and on `equal` lengths each profile's
+winner against that baseline (what it costs with no padding to skip), are prepared in one worker process and
 called in alternation (blocks of calls, each after one untimed call of its own), the order flipped every round, so
 whatever slows the machine down slows both alike. The ratio is that of the two medians; the spread is the 25th-75th
 percentile of the per-round ratios. One `paired` record per pair, appended as soon as it is measured; the CLI prints

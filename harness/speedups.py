@@ -3,7 +3,8 @@ strategy on each length profile against that framework's padded baseline (its fa
 `equal` profile of the same batch and length) and against the ideal (the baseline scaled by the valid share of the
 work); on equal lengths, every strategy's time over the fastest one's (what a strategy costs on unpadded
 batches). Each line names the strategy, the kernel that ran and the device; where the pair was also timed side by
-side (`harness.paired`), that ratio follows. Plain dicts in, text lines out."""
+side (`harness.paired`), that ratio follows (on equal lengths: each profile's winner against the fastest there).
+Plain dicts in, text lines out."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -36,8 +37,18 @@ def _winners(records: list[dict], ops: tuple[str, ...]):
 
 
 def pairs(records: list[dict], ops: tuple[str, ...]) -> list[tuple[dict, dict]]:
-    """(padded baseline, fastest strategy) records of every (shape, non-equal profile) line `lines` prints."""
-    return [(base, best) for _, _, base, bests in _winners(records, ops) for _, best in bests]
+    """(padded baseline, strategy) records to time side by side: the fastest strategy of every (shape, non-equal
+    profile) line `lines` prints, then, on equal lengths, every strategy that is fastest on some other profile but
+    not on equal lengths (what the recommended strategy costs where there is no padding to skip)."""
+    out = []
+    for _, equal, base, bests in _winners(records, ops):
+        out += [(base, best) for _, best in bests]
+        winners = {best["strategy"] for _, best in bests} - {base["strategy"]}
+        on_equal = {}
+        for r in sorted(equal, key=lambda r: r["median_s"]):
+            on_equal.setdefault(r["strategy"], r)
+        out += [(base, on_equal[s]) for s in sorted(winners) if s in on_equal]
+    return out
 
 
 def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) -> list[str]:
@@ -51,8 +62,12 @@ def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) ->
         head = (f"{fields['op']} {fields['framework']} {fields['device']} B={fields['batch']} T={fields['max_len']}"
                 + (f" {fields['cell']} H={fields['hidden']}" if fields.get("cell") else ""))
         costs = sorted((r["median_s"] / base["median_s"], r["strategy"], r["kernel"]) for r in equal)
+        on_equal = [(s, side[k]) for s in sorted({r["strategy"] for r in equal})
+                    if (k := (shape, "equal", s, base["strategy"])) in side]
         out.append(f"{head} equal (0% padding): time / fastest: "
-                   + ", ".join(f"{s} [{k}] {c:.2f}" for c, s, k in costs))
+                   + ", ".join(f"{s} [{k}] {c:.2f}" for c, s, k in costs)
+                   + "".join(f"; side by side {s} {1 / p['ratio']:.2f} (rounds {1 / p['ratio_p75']:.2f}-"
+                             f"{1 / p['ratio_p25']:.2f})" for s, p in on_equal))
         for profile, best in bests:
             x = base["median_s"] / best["median_s"]
             ideal = 1 / best["ideal_share"] if best.get("ideal_share") else float("nan")

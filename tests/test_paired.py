@@ -66,7 +66,9 @@ def test_pairs_are_the_printed_lines_and_the_side_by_side_ratio_follows():
     recs = [bench_rec("equal", "a", 0.010), bench_rec("equal", "b", 0.008), bench_rec("zipf", "a", 0.004),
             bench_rec("zipf", "b", 0.002), bench_rec("lognormal", "a", 0.004)]
     pairs = speedups.pairs(recs, ("rnn_forward_backward",))
-    assert [(b["key"], w["key"]) for b, w in pairs] == [("b|equal", "a|lognormal"), ("b|equal", "b|zipf")]
+    assert [(b["key"], w["key"]) for b, w in pairs] == [("b|equal", "a|lognormal"), ("b|equal", "b|zipf"),
+                                                        ("b|equal", "a|equal")], \
+        "each printed speedup, then each profile winner that is not the baseline, on equal lengths"
     side = {**bench_rec("zipf", "b", 0.0021), "base_strategy": "b", "ratio": 3.5, "ratio_p25": 3.4,
             "ratio_p75": 3.6, "time": 2.0}
     older = {**side, "ratio": 9.9, "time": 1.0}
@@ -75,6 +77,12 @@ def test_pairs_are_the_printed_lines_and_the_side_by_side_ratio_follows():
     assert zipf and "4.00x the padded baseline" in zipf[0], lines
     assert zipf[0].endswith("; side by side 3.50x (rounds 3.40-3.60, 0.88 of the ideal)"), zipf[0]
     assert not any("side by side" in line for line in lines if " lognormal " in line), "no pair, no figure"
+    assert not any("side by side" in line for line in lines if " equal (0%" in line), "no pair, no figure"
+    on_equal = {**bench_rec("equal", "a", 0.0105), "base_strategy": "b", "ratio": 0.8, "ratio_p25": 0.5,
+                "ratio_p75": 1.0, "time": 3.0}
+    equal = [line for line in speedups.lines(recs, ("rnn_forward_backward",), [side, on_equal]) if " equal (0%" in line]
+    assert equal[0].endswith("a [k-a] 1.25; side by side a 1.25 (rounds 1.00-2.00)"), \
+        "on equal lengths the side-by-side figure is a cost (strategy time / fastest), its rounds inverted too"
 
 
 def paired_rec(key, time, ratio=2.0):

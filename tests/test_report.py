@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from harness import records, report
@@ -56,6 +57,12 @@ def fixture_records() -> list[dict]:
                  "key": "torch|packed|rnn_forward_backward|64|lognormal", "base_key": "torch|packed|rnn|64|equal",
                  "median_s": 0.014, "base_median_s": 0.02, "ratio": 1.43, "ratio_p25": 1.38, "ratio_p75": 1.47,
                  "rounds": 12, "number": 1, "padding_fraction": 0.6, "ideal_share": 0.4, "time": 1, **meta})
+    recs.append({"source": "paired", "framework": "torch", "version": "1.0", "op": "rnn_forward_backward",
+                 "batch": 64, "max_len": 128, "cell": "lstm", "profile": "equal", "strategy": "masked_loop",
+                 "kernel": "masked_loop-kernel", "base_strategy": "packed", "base_kernel": "packed-kernel",
+                 "key": "torch|masked_loop|rnn_forward_backward|64|equal", "base_key": "torch|packed|rnn|64|equal",
+                 "median_s": 0.05, "base_median_s": 0.02, "ratio": 0.4, "ratio_p25": 0.25, "ratio_p75": 0.5,
+                 "rounds": 12, "number": 1, "padding_fraction": 0.0, "ideal_share": 1.0, "time": 1, **meta})
     return [records.make(**{"dtype": "float32", "device": "cpu", **r}) for r in recs]
 
 
@@ -100,15 +107,30 @@ def test_recommendation_picks_fastest_exact_strategy(built):
     assert lognormal.loc["torch", "x side by side"] == 1.43 and np.isnan(lognormal.loc["jax", "x side by side"])
     zipf = t[(t["profile"] == "zipf") & (t["op"] == "RNN forward + backward")].set_index("framework")
     assert np.isnan(zipf.loc["torch", "x side by side"]), "a pair of another profile is not this one's"
+    assert (zipf["cost on equal lengths"] == 1.0).all(), "each framework's recommendation is its baseline's strategy"
 
 
 def test_speedups_timed_side_by_side_are_shown(built):
     _, _, md = built
     section = md.split("## Speedups timed side by side", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| cpu |")]
+    speed, equal = section.split("On equal lengths", 1)
+    rows = [line for line in speed.splitlines() if line.startswith("| cpu |")]
     assert len(rows) == 1, section
     assert "| lognormal |" in rows[0] and "packed [packed-kernel]" in rows[0], rows[0]
     assert "| 1.43 | 1.38-1.47 | 2.5 |" in rows[0], rows[0]
+    rows = [line for line in equal.splitlines() if line.startswith("| cpu |")]
+    assert len(rows) == 1 and "| masked_loop [masked_loop-kernel] | packed [packed-kernel] |" in rows[0], equal
+    assert rows[0].endswith("| 20 | 50 | 2.5 | 2.000-4.000 |"), "strategy / fastest, the rounds inverted too"
+
+
+def test_cost_on_equal_lengths_is_the_side_by_side_pair_on_equal_lengths():
+    side = {("torch", "rnn", "cpu", 64, 128, "equal", "sliced", "padded"): 0.8,
+            ("torch", "rnn", "cpu", 64, 128, "zipf", "sliced", "padded"): 4.0}
+    base = pd.Series({"torch": "padded"})
+    row = pd.Series({"framework": "torch", "strategy": "sliced", "batch": 64, "max_len": 128})
+    assert report.tables.equal_cost(side, row, "rnn", "cpu", base) == 1.25, "its time over the baseline's"
+    assert report.tables.equal_cost(side, row.replace("sliced", "padded"), "rnn", "cpu", base) == 1.0
+    assert np.isnan(report.tables.equal_cost(side, row, "rnn", "gpu", base)), "not timed: missing"
 
 
 def test_idiom_verdicts_say_what_is_right_and_wrong(built):

@@ -58,7 +58,8 @@ def overhead_section(records: list[dict]) -> Section:
 
 def paired_section(records: list[dict]) -> Section:
     """The sweep's speedups timed again side by side (`harness.paired`): the ratio a reader can trust on a machine
-    whose speed drifts between cases."""
+    whose speed drifts between cases; and on equal lengths, what each profile's winner costs where there is no
+    padding to skip."""
     s = Section("Speedups timed side by side")
     pr = frame(records, "paired")
     if pr.empty:
@@ -71,18 +72,45 @@ def paired_section(records: list[dict]) -> Section:
         "(shared CPUs drift 20-30% over a minute) slows both alike. 'x side by side' = baseline median / strategy "
         "median; 'rounds p25-p75' = spread of the per-round ratios; 'ideal x' = padded work / valid work.")
     pr = pr.sort_values("time").drop_duplicates(["host", "key", "base_key"], keep="last")
-    t = pd.DataFrame({
-        "device": pr["device"], "framework": pr["framework"], "op": pr["op"].map(lambda op: OP_TITLES.get(op, op)),
-        "cell": pr["cell"].fillna("-"), "B": pr["batch"], "T": pr["max_len"], "profile": pr["profile"],
-        "padding": pr["padding_fraction"].astype(float).round(2),
-        "strategy [kernel]": pr["strategy"] + " [" + pr["kernel"] + "]",
-        "baseline [kernel]": pr["base_strategy"] + " [" + pr["base_kernel"] + "]",
-        "baseline ms": (pr["base_median_s"] * 1e3).round(2), "strategy ms": (pr["median_s"] * 1e3).round(2),
-        "x side by side": pr["ratio"].round(2),
-        "rounds p25-p75": pr["ratio_p25"].map("{:.2f}".format) + "-" + pr["ratio_p75"].map("{:.2f}".format),
-        "ideal x": (1 / pr["ideal_share"].astype(float)).round(2),
-    })
-    return s.table(t.sort_values(["device", "op", "framework", "profile"]))
+    speed = pr[pr["profile"] != "equal"]
+    if not speed.empty:
+        t = pd.DataFrame({
+            **_pair_case(speed), "profile": speed["profile"],
+            "padding": speed["padding_fraction"].astype(float).round(2),
+            "strategy [kernel]": _labelled(speed, ""), "baseline [kernel]": _labelled(speed, "base_"),
+            "baseline ms": (speed["base_median_s"] * 1e3).round(2), "strategy ms": (speed["median_s"] * 1e3).round(2),
+            "x side by side": speed["ratio"].round(2),
+            "rounds p25-p75": speed["ratio_p25"].map("{:.2f}".format) + "-" + speed["ratio_p75"].map("{:.2f}".format),
+            "ideal x": (1 / speed["ideal_share"].astype(float)).round(2),
+        })
+        s.table(t.sort_values(["device", "op", "framework", "profile"]))
+    equal = pr[pr["profile"] == "equal"]
+    if not equal.empty:
+        s.p("On equal lengths (no padding to skip): each strategy that is fastest on some other profile but not "
+            "here, against the fastest strategy here (the padded baseline), timed the same way. 'time / fastest' = "
+            "strategy median / baseline median (above 1.05: it costs more than 5% on unpadded batches); its rounds "
+            "p25-p75 likewise.")
+        t = pd.DataFrame({
+            **_pair_case(equal), "strategy [kernel]": _labelled(equal, ""),
+            "fastest [kernel]": _labelled(equal, "base_"),
+            "fastest ms": (equal["base_median_s"] * 1e3).round(2), "strategy ms": (equal["median_s"] * 1e3).round(2),
+            "time / fastest": (1 / equal["ratio"]).round(3),
+            "rounds p25-p75": (1 / equal["ratio_p75"]).map("{:.3f}".format) + "-"
+            + (1 / equal["ratio_p25"]).map("{:.3f}".format),
+        })
+        s.table(t.sort_values(["device", "op", "framework"]))
+    return s
+
+
+def _pair_case(d: pd.DataFrame) -> dict:
+    """The case columns of a table of `paired` records."""
+    return {"device": d["device"], "framework": d["framework"], "op": d["op"].map(lambda op: OP_TITLES.get(op, op)),
+            "cell": d["cell"].fillna("-"), "B": d["batch"], "T": d["max_len"]}
+
+
+def _labelled(d: pd.DataFrame, prefix: str) -> pd.Series:
+    """'strategy [kernel]' of a paired record's strategy (prefix "") or its baseline (prefix "base_")."""
+    return d[prefix + "strategy"] + " [" + d[prefix + "kernel"] + "]"
 
 
 def failed_section(df: pd.DataFrame) -> Section:
@@ -244,7 +272,10 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.Dat
         "equivalence cell, and the overall winner. 'x vs padded baseline' = time of that framework's fastest exact "
         "strategy on the fully padded batch (profile equal, same B and T: what ignoring the lengths costs) over "
         "this time; 'x side by side' = the same ratio with both timed in alternation in one process (see "
-        "'Speedups timed side by side'; the figure to trust where the machine's speed drifts); 'ideal x' = the "
+        "'Speedups timed side by side'; the figure to trust where the machine's speed drifts); 'cost on equal "
+        "lengths' = this strategy's time over the baseline's on equal lengths, timed side by side (1 where it is "
+        "the baseline's own strategy; missing where not timed): what it costs where there is no padding; "
+        "'ideal x' = the "
         "speedup a strategy that skipped all padded work would get (padded work / valid work), and 'fraction of "
         "ideal' = the ideal time over this time. For torch RNNs the baseline is one fused "
         "padded call (oneDNN on CPU, cuDNN on GPU: 'time_sliced' on equal lengths runs exactly that call, kernel "
@@ -298,7 +329,10 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
                              + f" ({r['x vs padded baseline']:.2f}x the padded baseline"
                              + (f", {r['x side by side']:.2f}x side by side" if pd.notna(r["x side by side"]) else "")
                              + ", "
-                             f"{r['fraction of ideal']:.2f} of the ideal {r['ideal x']:.1f}x)")
+                             f"{r['fraction of ideal']:.2f} of the ideal {r['ideal x']:.1f}x"
+                             + (f"; {r['cost on equal lengths']:.2f}x the baseline's time on equal lengths"
+                                if pd.notna(r["cost on equal lengths"]) and r["cost on equal lengths"] != 1 else "")
+                             + ")")
             s.p(f"{head['op'].iloc[0]} on {device}, {profile} lengths ({g['padding'].iloc[0]:.0%} padding): "
                 + "; ".join(parts) + ".")
     if not check.empty:

@@ -86,7 +86,18 @@ def side_by_side(paired: pd.DataFrame | None) -> dict[tuple, float]:
         return {}
     keys = ["framework", "op", "device", "batch", "max_len", "profile", "strategy", "base_strategy"]
     latest = paired.sort_values("time").drop_duplicates(keys, keep="last")
-    return {tuple(r[k] for k in keys): round(float(r["ratio"]), 2) for _, r in latest.iterrows()}
+    return {tuple(r[k] for k in keys): float(r["ratio"]) for _, r in latest.iterrows()}
+
+
+def equal_cost(side: dict[tuple, float], r: pd.Series, op: str, device: str, base_strategy: pd.Series) -> float:
+    """What strategy `r` costs on equal lengths (same framework, op, device, B, T): its time over the padded
+    baseline's there, timed side by side; exactly 1 where it is the baseline's strategy, missing where that pair
+    was not timed."""
+    base = base_strategy.get(r["framework"])
+    if r["strategy"] == base:
+        return 1.0
+    ratio = side.get((r["framework"], op, device, r["batch"], r["max_len"], "equal", r["strategy"], base))
+    return round(1 / ratio, 2) if ratio else float("nan")
 
 
 def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -98,7 +109,8 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
     (`ideal_share`: valid / padded tokens, or sum L^2 / B T^2 for attention). Only strategies that passed every
     equivalence cell count as exact; a framework without check records is "unchecked" and never recommended.
     `paired` (the `paired` records' frame): where the same strategy and baseline were also timed side by side, that
-    ratio is the "x side by side" column (else missing).
+    ratio is the "x side by side" column (else missing), and the strategy's time over the baseline's on equal
+    lengths, timed side by side, is "cost on equal lengths" (`equal_cost`).
     """
     side = side_by_side(paired)
     data = headline(ok(df)[ok(df)["op"].isin(recommended_ops())])
@@ -122,11 +134,12 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                              "fastest exact strategy": r["strategy"], "kernel": r["kernel"],
                              "valid Mtok/s": round(r["valid_tokens_per_s"] / 1e6, 3),
                              "x vs padded baseline": round(b / r["median_s"], 2),
-                             "x side by side": side.get((r["framework"], op, device, r["batch"], r["max_len"], profile,
-                                                         r["strategy"], base_strategy.get(r["framework"])),
-                                                        float("nan")),
+                             "x side by side": round(side.get((r["framework"], op, device, r["batch"], r["max_len"],
+                                                               profile, r["strategy"],
+                                                               base_strategy.get(r["framework"])), float("nan")), 2),
                              "ideal x": round(1 / r["ideal_share"], 2) if r["ideal_share"] else float("nan"),
                              "fraction of ideal": round(ideal / r["median_s"], 2),
+                             "cost on equal lengths": equal_cost(side, r, op, device, base_strategy),
                              "overall best": r["framework"] == winner["framework"]})
     unchecked = sorted(set(data.loc[data["verdict"] == "unchecked", "framework"]))
     for fw in unchecked:
@@ -134,7 +147,8 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                      "fastest exact strategy": "unchecked: no check records, never recommended", "kernel": "",
                      "valid Mtok/s": float("nan"), "x vs padded baseline": float("nan"),
                      "x side by side": float("nan"), "ideal x": float("nan"),
-                     "fraction of ideal": float("nan"), "overall best": False})
+                     "fraction of ideal": float("nan"), "cost on equal lengths": float("nan"),
+                     "overall best": False})
     return pd.DataFrame(rows)
 
 
