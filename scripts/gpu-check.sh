@@ -36,7 +36,8 @@ phase 240 check "$py" -m harness.cli check --device "$dev" "${fws[@]}" --out "$o
 phase 270 gates "$py" -m pytest -q -p no:cacheprovider --device "$dev" tests/test_rnn.py tests/test_graph_loop.py \
     tests/test_attention_buckets.py -k "torch or jax"
 # issue 13's points: LSTM and GRU, B=64 T=128 H=128 forward + backward; attention B=32 T=512 (the headline); each
-# sweep ends by timing its speedups again side by side (harness/paired.py, ~3 s a pair)
-phase 360 rnn "${bench[@]}" --op rnn_forward_backward --cell lstm --cell gru --batch 64 --max-len 128 "${profiles[@]}"
+# sweep ends by timing its speedups (and the winners on equal lengths) again side by side (harness/paired.py,
+# ~3 s a pair)
+phase 380 rnn "${bench[@]}" --op rnn_forward_backward --cell lstm --cell gru --batch 64 --max-len 128 "${profiles[@]}"
 phase 200 attention "${bench[@]}" --op attention_forward_backward --batch 32 --max-len 512 "${profiles[@]}"
 exit 0

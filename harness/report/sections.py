@@ -59,7 +59,7 @@ def overhead_section(records: list[dict]) -> Section:
 def paired_section(records: list[dict]) -> Section:
     """The sweep's speedups timed again side by side (`harness.paired`): the ratio a reader can trust on a machine
     whose speed drifts between cases; and on equal lengths, what each profile's winner costs where there is no
-    padding to skip."""
+    padding to skip. `records` as `build` selected them (`results.select`: the latest record of each pair)."""
     s = Section("Speedups timed side by side")
     pr = frame(records, "paired")
     if pr.empty:
@@ -71,7 +71,6 @@ def paired_section(records: list[dict]) -> Section:
         "on the caches the other left), the order flipped every round, so a machine that slows down between cases "
         "(shared CPUs drift 20-30% over a minute) slows both alike. 'x side by side' = baseline median / strategy "
         "median; 'rounds p25-p75' = spread of the per-round ratios; 'ideal x' = padded work / valid work.")
-    pr = pr.sort_values("time").drop_duplicates(["host", "key", "base_key"], keep="last")
     speed = pr[pr["profile"] != "equal"]
     if not speed.empty:
         t = pd.DataFrame({
