@@ -1,27 +1,43 @@
 #!/usr/bin/env bash
 # The GPU checks of the RNN/attention strategies in one prepared run, for a lent GPU machine: its own Python
 # (torch, jax, pandas, pytest, hypothesis; no TensorFlow, which stays CPU-verified), the project from the working
-# tree. Usage there (one call, or one call per phase when device time is short):
-#   PYTHONPATH=$PWD bash scripts/gpu-check.sh "$OUT" [env] [check] [gates] [rnn] [attention]
-# Writes check.jsonl and bench.jsonl (copy them under results/gpu/ and commit them: `varlen report` reads every
-# results/**/*.jsonl), one log per phase and the device's facts; each phase has its own time limit so one slow
-# phase cannot eat the others'. VARLEN_GPU_CHECK_DEVICE=cpu runs the same commands on the CPU (a dry run).
+# tree. Usage there:
+#   PYTHONPATH=$PWD bash scripts/gpu-check.sh "$OUT" [PHASE...]
+# PHASE: env, check, gates, rnn, attention, run in the order named (default: rnn env attention check gates, the
+# issue's benchmarks first). Writes check.jsonl and bench.jsonl (copy them under results/gpu/ and commit them:
+# `varlen report` reads every results/**/*.jsonl), one log per phase and nvidia-smi.txt (8 files at most, what a
+# device call brings back). Each phase runs under its own time limit, cut to what is left of the whole run's budget
+# (VARLEN_GPU_CHECK_BUDGET_S, default 540 s: one device call may run 600 s); a phase is not started with less than
+# 30 s of the budget left, and says so. A device session has ~15 minutes in all, its start included: one call of
+# the default phases, then (if time is left) a second one of the phases the first could not finish.
+# VARLEN_GPU_CHECK_DEVICE=cpu runs the same commands on the CPU (a dry run).
 set -uo pipefail
 out=${1:-results/gpu}
 shift || true
-phases=${*:-env check gates rnn attention}
+phases=("$@")
+[[ ${#phases[@]} -gt 0 ]] || phases=(rnn env attention check gates)
+for name in "${phases[@]}"; do  # misuse stops before any work starts
+    [[ " env check gates rnn attention " == *" $name "* ]] || {
+        echo "gpu-check.sh: unknown phase '$name' (env, check, gates, rnn, attention)" >&2; exit 2; }
+done
 mkdir -p "$out"
 export PYTHONPATH=${PYTHONPATH:-$PWD} TF_CPP_MIN_LOG_LEVEL=2
 py=${PYTHON:-python3}
 dev=${VARLEN_GPU_CHECK_DEVICE:-gpu}
+budget=${VARLEN_GPU_CHECK_BUDGET_S:-540}
+min_phase=30
 fws=(--framework torch --framework jax)
 bench=("$py" -m harness.cli bench --device "$dev" "${fws[@]}" --timeout 120 --out "$out/bench.jsonl")
 profiles=(--profile equal --profile lognormal --profile zipf)
 
-phase() {  # phase LIMIT_S NAME COMMAND...: run it if NAME was asked for, log to NAME.log, print its tail
-    local limit=$1 name=$2 t0=$SECONDS rc
+phase() {  # phase LIMIT_S NAME COMMAND...: run it under min(LIMIT_S, budget left), log to NAME.log, print its tail
+    local limit=$1 name=$2 t0=$SECONDS rc left=$((budget - SECONDS))
     shift 2
-    [[ " $phases " == *" $name "* ]] || return 0
+    if (( left < min_phase )); then
+        echo "== $name: not started, $left s of the ${budget} s budget left (a phase needs $min_phase s)"
+        return 0
+    fi
+    (( limit > left )) && limit=$left
     timeout "$limit" "$@" > "$out/$name.log" 2>&1
     rc=$?
     echo "== $name: exit $rc after $((SECONDS - t0)) s (limit $limit s)"
@@ -29,15 +45,21 @@ phase() {  # phase LIMIT_S NAME COMMAND...: run it if NAME was asked for, log to
 }
 
 { nvidia-smi || true; } > "$out/nvidia-smi.txt" 2>&1
-phase 60 env "$py" -m harness.cli env
-# the equivalence matrix and verdicts on the GPU (GPU tolerance row)
-phase 240 check "$py" -m harness.cli check --device "$dev" "${fws[@]}" --out "$out/check.jsonl"
-# the RNN gates (every strategy, Hypothesis sizes; graph_loop's real CUDA graphs) and bucketed attention
-phase 270 gates "$py" -m pytest -q -p no:cacheprovider --device "$dev" tests/test_rnn.py tests/test_graph_loop.py \
-    tests/test_attention_buckets.py -k "torch or jax"
-# issue 13's points: LSTM and GRU, B=64 T=128 H=128 forward + backward; attention B=32 T=512 (the headline); each
-# sweep ends by timing its speedups (and the winners on equal lengths) again side by side (harness/paired.py,
-# ~3 s a pair)
-phase 380 rnn "${bench[@]}" --op rnn_forward_backward --cell lstm --cell gru --batch 64 --max-len 128 "${profiles[@]}"
-phase 200 attention "${bench[@]}" --op attention_forward_backward --batch 32 --max-len 512 "${profiles[@]}"
+for name in "${phases[@]}"; do
+    case $name in
+        env) phase 60 env "$py" -m harness.cli env ;;
+        # the equivalence matrix and verdicts on the GPU (GPU tolerance row)
+        check) phase 240 check "$py" -m harness.cli check --device "$dev" "${fws[@]}" --out "$out/check.jsonl" ;;
+        # the RNN gates (every strategy, Hypothesis sizes; graph_loop's real CUDA graphs) and bucketed attention
+        gates) phase 270 gates "$py" -m pytest -q -p no:cacheprovider --device "$dev" tests/test_rnn.py \
+            tests/test_graph_loop.py tests/test_attention_buckets.py -k "torch or jax" ;;
+        # issue 13's points: LSTM and GRU, B=64 T=128 H=128 forward + backward; attention B=32 T=512 (the
+        # headline); each sweep ends by timing its speedups (and the winners on equal lengths) again side by side
+        # (harness/paired.py, ~3 s a pair)
+        rnn) phase 380 rnn "${bench[@]}" --op rnn_forward_backward --cell lstm --cell gru --batch 64 --max-len 128 \
+            "${profiles[@]}" ;;
+        attention) phase 200 attention "${bench[@]}" --op attention_forward_backward --batch 32 --max-len 512 \
+            "${profiles[@]}" ;;
+    esac
+done
 exit 0

@@ -1,0 +1,54 @@
+"""scripts/gpu-check.sh, the prepared run for a lent GPU machine, on a fake Python that only records its command
+line: phases run in the order named (the issue's benchmarks first by default), each under its limit cut to what is
+left of the run's budget, none started with under 30 s left, and an unknown phase stops the run before any work."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check.sh"
+
+
+def gpu_check(tmp_path: Path, *phases: str, budget: int = 540, sleep: float = 0.0):
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho \"ARGV $*\"\nsleep {sleep}\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(fake), "VARLEN_GPU_CHECK_BUDGET_S": str(budget)}
+    env.pop("VARLEN_GPU_CHECK_DEVICE", None)
+    proc = subprocess.run(["bash", str(SCRIPT), str(out), *phases], capture_output=True, text=True, env=env,
+                          timeout=60)
+    return proc, out
+
+
+def test_default_phases_run_the_benchmarks_first(tmp_path):
+    proc, out = gpu_check(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ran = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("== ")]
+    assert ran == ["rnn", "env", "attention", "check", "gates"], proc.stdout
+    rnn = (out / "rnn.log").read_text()
+    assert "-m harness.cli bench --device gpu --framework torch --framework jax" in rnn, rnn
+    assert "--op rnn_forward_backward --cell lstm --cell gru --batch 64 --max-len 128" in rnn, rnn
+    assert "--profile equal --profile lognormal --profile zipf" in rnn, rnn
+    assert re.search(r"== rnn: exit 0 after [01] s \(limit 380 s\)", proc.stdout), proc.stdout
+    assert "-m harness.cli check --device gpu" in (out / "check.log").read_text()
+    assert len(list(out.iterdir())) <= 8, "a device call brings back 8 files at most"
+
+
+def test_the_budget_cuts_the_limit_and_skips_what_cannot_start(tmp_path):
+    proc, out = gpu_check(tmp_path, "env", "check", budget=32, sleep=3)
+    assert proc.returncode == 0, proc.stderr
+    # bash's SECONDS counts whole seconds: 3 s of sleep read as 3 or 4
+    assert re.search(r"== env: exit 0 after [34] s \(limit 32 s\)", proc.stdout), proc.stdout
+    assert re.search(r"== check: not started, 2[89] s of the 32 s budget left \(a phase needs 30 s\)", proc.stdout), \
+        proc.stdout
+    assert not (out / "check.log").exists()
+
+
+def test_an_unknown_phase_stops_before_any_work(tmp_path):
+    proc, out = gpu_check(tmp_path, "env", "bench")
+    assert proc.returncode == 2
+    assert "unknown phase 'bench' (env, check, gates, rnn, attention)" in proc.stderr
+    assert not out.exists(), "nothing ran, not even nvidia-smi"
