@@ -47,6 +47,17 @@ class Strategy:
     kernel: str = ""
 
 
+def gated_only(*alternatives: str) -> Callable[..., str | None]:
+    """The precondition of a "saturated_gate" strategy: it needs a gate that can hold the state at exactly 0,
+    which a tanh RNN lacks; the reason names the framework's `alternatives`."""
+    def supports(adapter: Any, cell: str | None = None, **spec: Any) -> str | None:
+        if cell == "rnn":
+            return ("a tanh RNN has no gate to saturate (the state would move on padding); use "
+                    + " or ".join(f"'{a}'" for a in alternatives))
+        return None
+    return supports
+
+
 def strategy_table(*units: Strategy) -> dict[str, Strategy]:
     """name -> unit, in declaration order (the first is the default)."""
     return {u.name: u for u in units}

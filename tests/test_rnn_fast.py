@@ -242,3 +242,32 @@ def test_time_sliced_plans_stay_on_the_ladders(name):
     off = [p for p in plans if any(s.start not in times or s.stop not in times or s.rows not in rows for s in p)]
     assert not off, f"plans off the ladders: {off}"
     assert len(plans) <= 6
+
+
+def test_tensorflow_saturated_gate_excludes_the_tanh_rnn_with_a_reason():
+    require("tensorflow")
+    fw = adapters.get("tensorflow")
+    why = fw.why_not("rnn", "saturated_gate", cell="rnn", device="cpu", dtype="float32")
+    assert why and "no gate to saturate" in why and "'keras'" in why, why
+    assert "saturated_gate" not in fw.rnn_strategies("rnn")
+    assert "saturated_gate" in set(fw.rnn_strategies("lstm")) & set(fw.rnn_strategies("gru"))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_tensorflow_saturated_gate_is_exact_and_a_weak_gate_is_caught(cell, monkeypatch):
+    """Keras's unmasked call on left-aligned rows with the indicator column matches the float64 reference on a
+    skewed batch (empty rows, left and right padding, both directions, two layers); with the constant at 1 the
+    state moves on padding and the comparison says so."""
+    require("tensorflow")
+    import adapters.tensorflow.rnn as tf_rnn
+
+    fw = adapters.get("tensorflow")
+    L = np.array([40, 1, 0, 3, 2, 38, 1, 17, 2, 0, 5, 1, 39, 2, 3, 1])
+    for side in ("right", "left"):
+        spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+        bad, out = against_reference(fw, spec, L, 40, side=side, seed=2, strategy="saturated_gate")
+        assert not bad and out.kernel == "keras-while", (side, out.kernel, bad)
+    monkeypatch.setattr(tf_rnn, "SATURATION", 1.0)
+    spec = RnnSpec(cell, input_size=3, hidden_size=5, num_layers=1, bidirectional=True)  # a new trace
+    bad, _ = against_reference(fw, spec, L, 40, side="right", seed=2, strategy="saturated_gate")
+    assert {"outputs", "h_n"} <= set(bad), bad

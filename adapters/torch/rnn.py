@@ -26,6 +26,7 @@ from adapters.spec import (
     Strategy,
     cheapest_cuts,
     cut_points,
+    gated_only,
     map_params,
     plan_segments,
     round_up,
@@ -868,19 +869,12 @@ def _cuda_only(adapter: Any, device: str = "cpu", **spec: Any) -> str | None:
     return None
 
 
-def _gated_only(adapter: Any, cell: str | None = None, **spec: Any) -> str | None:
-    """saturated_gate's precondition: it needs a gate that can hold the state at exactly 0."""
-    if cell == "rnn":
-        return "a tanh RNN has no gate to saturate (the state would move on padding); use 'packed' or 'bucketed'"
-    return None
-
-
 STRATEGIES = strategy_table(
     _unit("packed", _PACKED, "pack_padded_sequence + nn.LSTM/GRU/RNN + pad_packed_sequence (cuDNN / oneDNN)"),
     _unit("masked_loop", _LOOP, "cell per step, torch.where carry"),
     _unit("saturated_gate", _SATURATED, "left-aligned rows + a padding-indicator input whose weight saturates the "
           "input (LSTM) / update (GRU) gate: one fused padded call per layer and direction (oneDNN / cuDNN)",
-          supports=_gated_only),
+          supports=gated_only("packed", "bucketed")),
     _unit("bucketed", _BUCKETED, "rows sorted by length into <= 4 buckets chosen by a cost model, each trimmed to "
           "its own longest row and run with saturated_gate (LSTM/GRU) or packed (RNN)"),
     Strategy("graph_loop",
