@@ -6,7 +6,8 @@ a strategy runs) the rows that do any work are sorted by q_len x kv_len and cut 
 planner (`adapters.spec.plan_attention`, with the framework's own cost per call and per token); each bucket's rows
 are trimmed on the padded side to the bucket's longest query and key rows and gathered (a step dropped is padding
 for every row of the bucket, and positions still count from each row's first valid step, so the causal mask and
-left padding mean the same), run through the framework's own exact strategy for the spec (its default: the first
+left padding mean the same), run through the framework's own exact strategy for the spec (the first of the
+strategies it prefers for buckets whose precondition holds, e.g. TensorFlow's einsum, else its default: the first
 other strategy whose precondition holds, e.g. SDPA for torch), and the results are gathered back in one pass per
 tensor (each original (row, step) reads its bucket's value, or a zero). Gradients come from each bucket's own VJP
 and are gathered back the same way, so padded steps get exactly 0. Rows without work (no valid query or no valid
@@ -31,17 +32,15 @@ from adapters.spec import AttnOut, Strategy, attention_spec, attention_unbucket_
 NAME = "bucketed"
 
 
-def inner_strategy(a, **spec: Any) -> str | None:
-    """The exact strategy a bucket runs: the framework's default for this spec (its first other strategy whose
-    precondition holds), or None when there is none."""
-    for name, unit in a.strategy_table("attention").items():
-        if name != NAME and unit.supports(a, **spec) is None:
+def inner_strategy(a, prefer: tuple[str, ...] = (), **spec: Any) -> str | None:
+    """The exact strategy a bucket runs: the first of the framework's `prefer`red strategies whose precondition
+    holds for this spec, else its default (its first other strategy whose precondition holds), or None when there
+    is none."""
+    table = a.strategy_table("attention")
+    for name in [*prefer, *table]:
+        if name != NAME and table[name].supports(a, **spec) is None:
             return name
     return None
-
-
-def _supports(a, **spec: Any) -> str | None:
-    return None if inner_strategy(a, **spec) else f"no other {a.name} attention strategy runs for {spec}"
 
 
 def _crop(x, T: int, steps: int, side: str):
@@ -49,11 +48,12 @@ def _crop(x, T: int, steps: int, side: str):
     return x[:, :steps] if side == "right" else x[:, T - steps:]
 
 
-def _run(a, cost: dict, q, k, v, ql, kvl, cot, causal, side, scale, device) -> tuple[AttnOut, dict | None]:
+def _run(a, cost: dict, prefer: tuple[str, ...], q, k, v, ql, kvl, cot, causal, side, scale,
+         device) -> tuple[AttnOut, dict | None]:
     ql, kvl = np.asarray(ql), np.asarray(kvl)
     B, Tq, Tk = q.shape[0], q.shape[1], k.shape[1]
     spec = attention_spec(device, a.dtype_name(q), causal, q.shape[2], k.shape[2], side, ql, kvl, Tq, Tk)
-    inner = a.strategy_table("attention")[inner_strategy(a, **spec)]
+    inner = a.strategy_table("attention")[inner_strategy(a, prefer, **spec)]
     plan = plan_attention(ql, kvl, Tq, Tk, **cost)
 
     def call(q, k, v, ql, kvl, cot):
@@ -84,17 +84,21 @@ def _run(a, cost: dict, q, k, v, ql, kvl, cot, causal, side, scale, device) -> t
                  for name, x, index in (("q", q, q_index), ("k", k, kv_index), ("v", v, kv_index))}
 
 
-def bucketed_unit(cost: dict) -> Strategy:
+def bucketed_unit(cost: dict, prefer: tuple[str, ...] = ()) -> Strategy:
     """The framework's "bucketed" attention unit, planned with its cost model `cost` (`plan_attention`'s keywords:
     call_cost and token_cost in (row, query, key) scores, ladders for compiled frameworks). The dict is read at
-    every call, so it is the framework module's one place for these numbers (and tests may change them)."""
+    every call, so it is the framework module's one place for these numbers (and tests may change them).
+    `prefer`: strategies the buckets run, where their precondition holds, instead of the framework's default."""
 
     def forward(a, q, k, v, ql, kvl, causal, side, scale, device):
-        return _run(a, cost, q, k, v, ql, kvl, None, causal, side, scale, device)[0]
+        return _run(a, cost, prefer, q, k, v, ql, kvl, None, causal, side, scale, device)[0]
 
     def vjp(a, q, k, v, ql, kvl, cot, causal, side, scale, device):
-        return _run(a, cost, q, k, v, ql, kvl, cot, causal, side, scale, device)
+        return _run(a, cost, prefer, q, k, v, ql, kvl, cot, causal, side, scale, device)
 
-    return Strategy(NAME, forward, vjp, supports=_supports,
+    def supports(a, **spec: Any) -> str | None:
+        return None if inner_strategy(a, prefer, **spec) else f"no other {a.name} attention strategy runs for {spec}"
+
+    return Strategy(NAME, forward, vjp, supports=supports,
                     doc="rows sorted by q_len x kv_len into a few buckets (cost model), each trimmed and run by the "
-                        "framework's default exact strategy, results gathered back")
+                        "framework's preferred (else default) exact strategy, results gathered back")
