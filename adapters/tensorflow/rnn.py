@@ -176,10 +176,14 @@ class _KerasNet:
         for cells, dirs in zip(self.cells, params, strict=True):
             for cell, p in zip(cells, dirs, strict=True):
                 vs = (cell.kernel.value, cell.recurrent_kernel.value, cell.bias.value)
-                for v, w in zip(vs, keras_weights(self.tf, self.spec.cell, p), strict=True):
+                for v, w in zip(vs, self.keras_weights(p), strict=True):
                     v.assign(w)
                 out.append(vs)
         return out
+
+    def keras_weights(self, p: dict) -> tuple[Any, Any, Any]:
+        """One (layer, direction)'s canonical params as its Keras (kernel, recurrent_kernel, bias)."""
+        return keras_weights(self.tf, self.spec.cell, p)
 
     def to_canonical(self, grads: list) -> list:
         D = self.spec.num_directions
@@ -201,6 +205,21 @@ class _KerasNet:
         return x, hs, cs
 
 
+def _direction_layers(keras: Any, spec: RnnSpec, dtype: str, use_cudnn: bool, extra_inputs: int = 0):
+    """One forward-only Keras layer per (layer, direction), built for the layer's input size plus `extra_inputs`
+    columns (the reverse direction runs forward on per-row reversed input): (layers, their cells), both nested
+    [layer][direction]."""
+    layers = []
+    for layer in range(spec.num_layers):
+        dirs = []
+        for _ in range(spec.num_directions):
+            net = _KerasNet._make(keras, spec, dtype, use_cudnn)
+            net.build((None, None, spec.layer_input_size(layer) + extra_inputs))
+            dirs.append(net)
+        layers.append(dirs)
+    return layers, [[net.cell for net in dirs] for dirs in layers]
+
+
 class _SaturatedNet:
     """"saturated_gate": one forward-only, unmasked Keras layer per (layer, direction) on the rows left-aligned
     (padding first), with one more input column, 1 on padding and 0 on valid steps, whose kernel row saturates
@@ -211,38 +230,21 @@ class _SaturatedNet:
     `_KerasNet`, the indicator row appended to the kernel (its gradient dropped)."""
 
     kernel_fallback = "keras-while"
+    sources = _KerasNet.sources
 
     def __init__(self, adapter: Any, spec: RnnSpec, dtype: str, use_cudnn: bool) -> None:
         self.adapter, self.tf, self.spec = adapter, adapter.tf, spec
-        self.cells = []
-        self.layers = []
-        for layer in range(spec.num_layers):
-            dirs = []
-            for _ in range(spec.num_directions):
-                net = _KerasNet._make(adapter.keras, spec, dtype, use_cudnn)
-                net.build((None, None, spec.layer_input_size(layer) + 1))
-                dirs.append(net)
-            self.layers.append(dirs)
-            self.cells.append([net.cell for net in dirs])
+        self.layers, self.cells = _direction_layers(adapter.keras, spec, dtype, use_cudnn, extra_inputs=1)
 
-    def sources(self, params: list) -> list:
-        tf, out = self.tf, []
-        for cells, dirs in zip(self.cells, params, strict=True):
-            for cell, p in zip(cells, dirs, strict=True):
-                kernel, recurrent, bias = keras_weights(tf, self.spec.cell, p)
-                row = np.zeros((1, kernel.shape[1]))
-                row[0, :self.spec.hidden_size] = _SATURATED_SIGN[self.spec.cell] * SATURATION
-                vs = (cell.kernel.value, cell.recurrent_kernel.value, cell.bias.value)
-                for v, w in zip(vs, (tf.concat([kernel, tf.constant(row, kernel.dtype)], 0), recurrent, bias),
-                                strict=True):
-                    v.assign(w)
-                out.append(vs)
-        return out
+    def keras_weights(self, p: dict) -> tuple[Any, Any, Any]:
+        """`_KerasNet.keras_weights` with the indicator's kernel row appended."""
+        kernel, recurrent, bias = keras_weights(self.tf, self.spec.cell, p)
+        row = np.zeros((1, kernel.shape[1]))
+        row[0, :self.spec.hidden_size] = _SATURATED_SIGN[self.spec.cell] * SATURATION
+        return self.tf.concat([kernel, self.tf.constant(row, kernel.dtype)], 0), recurrent, bias
 
     def to_canonical(self, grads: list) -> list:
-        D = self.spec.num_directions
-        flat = [canonical_grads(self.tf, self.spec.cell, k[:-1], r, b) for k, r, b in grads]  # indicator row off
-        return [flat[i:i + D] for i in range(0, len(flat), D)]
+        return _KerasNet.to_canonical(self, [(k[:-1], r, b) for k, r, b in grads])  # the indicator row's dropped
 
     def forward(self, x: Any, lengths: Any, valid: Any, params: list) -> tuple[Any, list, list]:
         """x right-aligned and zeroed at padding -> (outputs, exactly 0 at padding; [h per layer*dir], [c ...])."""
@@ -267,19 +269,12 @@ class _SlicedNet:
     run segment by segment from the state the previous segment left; weights assigned per call like `_KerasNet`."""
 
     sources = _KerasNet.sources
+    keras_weights = _KerasNet.keras_weights
     to_canonical = _KerasNet.to_canonical
 
     def __init__(self, tf: Any, keras: Any, spec: RnnSpec, dtype: str) -> None:
         self.tf, self.spec = tf, spec
-        self.layers = []
-        for layer in range(spec.num_layers):
-            dirs = []
-            for _ in range(spec.num_directions):  # the reverse direction runs forward on per-row reversed input
-                net = _KerasNet._make(keras, spec, dtype, use_cudnn=False)
-                net.build((None, None, spec.layer_input_size(layer)))
-                dirs.append(net)
-            self.layers.append(dirs)
-        self.cells = [[net.cell for net in dirs] for dirs in self.layers]
+        self.layers, self.cells = _direction_layers(keras, spec, dtype, use_cudnn=False)
 
 
 class _SlicedPlan:
