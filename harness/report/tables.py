@@ -89,6 +89,13 @@ def side_by_side(paired: pd.DataFrame | None) -> dict[tuple, float]:
     return {tuple(r[k] for k in keys): float(r["ratio"]) for _, r in latest.iterrows()}
 
 
+def pair_ratio(side: dict[tuple, float], r: pd.Series, op: str, device: str, profile: str, base: str) -> float:
+    """The side-by-side ratio (baseline over strategy) of bench row `r`'s strategy against strategy `base` on
+    `profile` at r's framework, B and T (`side_by_side`), missing where that pair was not timed."""
+    return side.get((r["framework"], op, device, r["batch"], r["max_len"], profile, r["strategy"], base),
+                    float("nan"))
+
+
 def equal_cost(side: dict[tuple, float], r: pd.Series, op: str, device: str, base_strategy: pd.Series) -> float:
     """What strategy `r` costs on equal lengths (same framework, op, device, B, T): its time over the padded
     baseline's there, timed side by side; exactly 1 where it is the baseline's strategy, missing where that pair
@@ -96,8 +103,7 @@ def equal_cost(side: dict[tuple, float], r: pd.Series, op: str, device: str, bas
     base = base_strategy.get(r["framework"])
     if r["strategy"] == base:
         return 1.0
-    ratio = side.get((r["framework"], op, device, r["batch"], r["max_len"], "equal", r["strategy"], base))
-    return round(1 / ratio, 2) if ratio else float("nan")
+    return round(1 / pair_ratio(side, r, op, device, "equal", base), 2)
 
 
 def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -134,9 +140,8 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                              "fastest exact strategy": r["strategy"], "kernel": r["kernel"],
                              "valid Mtok/s": round(r["valid_tokens_per_s"] / 1e6, 3),
                              "x vs padded baseline": round(b / r["median_s"], 2),
-                             "x side by side": round(side.get((r["framework"], op, device, r["batch"], r["max_len"],
-                                                               profile, r["strategy"],
-                                                               base_strategy.get(r["framework"])), float("nan")), 2),
+                             "x side by side": round(pair_ratio(side, r, op, device, profile,
+                                                                base_strategy.get(r["framework"])), 2),
                              "ideal x": round(1 / r["ideal_share"], 2) if r["ideal_share"] else float("nan"),
                              "fraction of ideal": round(ideal / r["median_s"], 2),
                              "cost on equal lengths": equal_cost(side, r, op, device, base_strategy),
