@@ -243,14 +243,16 @@ def packed_rows(lengths: np.ndarray, sorted_indices: np.ndarray, maxlen: int, si
 MAX_BUCKETS = 4
 
 
-def shape_ladder(limit: int, halves: bool = True) -> np.ndarray:
+def shape_ladder(limit: int, halves: bool = True, quarters: bool = False) -> np.ndarray:
     """Sizes a bucket may have along one axis: 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and, with halves,
-    1.5x them), capped at `limit`, which is always on the ladder. Rounding up to it wastes < 50% (< 100% without
-    halves) and keeps the number of compiled shapes logarithmic in `limit`, whatever lengths the batches bring."""
+    1.5x them; with quarters also 1.25x and 1.75x: 4, 5, 6, 7, 8, 10, 12, 14, 16, ...), capped at `limit`, which is
+    always on the ladder. Rounding up to it wastes < 50% (< 100% without halves, < 25% with quarters) and keeps the
+    number of compiled shapes logarithmic in `limit`, whatever lengths the batches bring."""
     ladder = {limit}
     size = 1
+    fractions = (0, 1, 2, 3) if quarters else (0, 2) if halves else (0,)
     while size < limit:
-        ladder.update(v for v in (size, size + size // 2 * halves) if v < limit)
+        ladder.update(v for v in (size + size * k // 4 for k in fractions) if v < limit)
         size *= 2
     return np.array(sorted(ladder), dtype=np.int64)
 
@@ -396,6 +398,61 @@ def whole_segment(plan: tuple, B: int, T: int) -> bool:
     """Whether a segment plan is one segment of every row over every step: the plain strategy's own call does
     the same work, without the sort and gathers."""
     return len(plan) == 1 and plan[0].rows == B and plan[0].stop == T
+
+
+class RowPack(NamedTuple):
+    """Several sequences end to end in each row of a [rows, steps] slot grid (flat slot = row * steps + position),
+    one separator slot between two sequences of a row, the rest of a row padding. Maps between the right-padded
+    [B, T] batch (flat b * T + t) and the slots; -1 where there is nothing (a separator or padding slot, a padded
+    step, an empty row)."""
+
+    rows: int  # rows of the grid (on the rows ladder)
+    steps: int  # its row length (on the time ladder, >= the longest sequence)
+    src: np.ndarray  # [rows * steps] the (b, t) each slot holds, -1 on separators and padding
+    mirror: np.ndarray  # [rows * steps] the slot of the same sequence holding the mirrored step (t -> L-1-t);
+    #                     an involution, the identity off the sequences: the layout of the reverse direction
+    back: np.ndarray  # [B * T] the slot of each (b, t), -1 on padding: the inverse of src
+    last: np.ndarray  # [B] the slot of each sequence's last step, -1 for an empty row
+    used: int  # rows the packing filled (<= rows)
+
+
+def pack_rows(lengths: np.ndarray, T: int) -> RowPack | None:
+    """Pack the non-empty sequences of a [B, T] batch end to end into few rows: first-fit decreasing into rows as
+    long as the longest sequence rounded up the time ladder, a sequence needing its length plus one separator
+    slot unless it opens a row; the row count rounded up a fine ladder (`shape_ladder`, quarters) so that grids
+    repeat across batches. None when nothing runs (no step or no non-empty row)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    B = lengths.size
+    if not T or not np.any(lengths):
+        return None
+    order = np.argsort(-lengths, kind="stable")
+    order = order[lengths[order] > 0]
+    steps = int(round_up(lengths[order[0]], shape_ladder(T)))
+    fill = np.zeros(order.size, dtype=np.int64)  # slots taken in each row opened so far (at most one per sequence)
+    start, row_of, opened = np.empty(B, np.int64), np.empty(B, np.int64), 0
+    for b in order:
+        n = lengths[b]
+        room = np.flatnonzero(fill[:opened] + 1 + n <= steps)
+        j = int(room[0]) if room.size else opened
+        opened += j == opened
+        start[b] = fill[j] + (fill[j] > 0)  # after a separator unless it opens the row
+        fill[j] = start[b] + n
+        row_of[b] = j
+    rows = int(round_up(opened, shape_ladder(B, quarters=True)))
+    n = lengths[order]
+    first = row_of[order] * steps + start[order]  # each sequence's first slot
+    t = np.arange(T)[None, :]
+    valid = t < n[:, None]
+    slot = (first[:, None] + t)[valid]
+    src = np.full(rows * steps, -1, dtype=np.int64)
+    src[slot] = (order[:, None] * T + t)[valid]
+    mirror = np.arange(rows * steps)
+    mirror[slot] = (first[:, None] + n[:, None] - 1 - t)[valid]
+    back = np.full(B * T, -1, dtype=np.int64)
+    back[src[slot]] = slot
+    last = np.full(B, -1, dtype=np.int64)
+    last[order] = first + n - 1
+    return RowPack(rows, steps, src, mirror, back, last, opened)
 
 
 def unbucket_index(plan: list[Bucket]) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The "bucketed" and "time_sliced" RNN strategies of JAX and TensorFlow: exact on batches that really split,
-bounded compiles.
+"""The "bucketed" and "time_sliced" RNN strategies of JAX and TensorFlow, and TensorFlow's "saturated_gate" and
+"concat_rows": exact on batches that really split (or pack), bounded compiles.
 
 `tests/test_rnn.py` already runs every declared strategy through the full reference gate, but on batches too small
 to make the planner split; here the batches force several buckets, the compiled shapes are counted over many
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import adapters
-from adapters.spec import RnnSpec, init_params, plan_buckets, shape_ladder
+from adapters.spec import RnnSpec, init_params, pack_rows, plan_buckets, shape_ladder
 from harness.data import padded
 from harness.profiles import lengths_for
 from tests.conftest import require
@@ -35,10 +35,10 @@ def plan_for(name, lengths, T):
 LADDER_B, LADDER_T = 32, 64
 
 
-def random_batches(fw, strategy: str, n: int) -> list:
+def random_batches(fw, strategy: str, n: int, cell: str = "rnn") -> list:
     """(lengths, forward result) of `n` seeded random batches of LADDER_B x LADDER_T (lognormal and zipf in turn)
-    through `strategy`, on a tiny tanh RNN."""
-    spec = RnnSpec("rnn", input_size=2, hidden_size=2)
+    through `strategy`, on a tiny RNN (tanh unless `cell` says otherwise)."""
+    spec = RnnSpec(cell, input_size=2, hidden_size=2)
     params = init_params(spec, seed=0, dtype="float32")
     runs = []
     for seed in range(n):
@@ -271,3 +271,107 @@ def test_tensorflow_saturated_gate_is_exact_and_a_weak_gate_is_caught(cell, monk
     spec = RnnSpec(cell, input_size=3, hidden_size=5, num_layers=1, bidirectional=True)  # a new trace
     bad, _ = against_reference(fw, spec, L, 40, side="right", seed=2, strategy="saturated_gate")
     assert {"outputs", "h_n"} <= set(bad), bad
+
+
+# -- concat_rows: several sequences end to end per row ---------------------------------------------------------------
+def test_pack_rows_places_a_small_batch_by_hand():
+    """First-fit decreasing of lengths [3, 0, 2, 5, 1] into rows of 6 slots (the longest, 5, rounded up the time
+    ladder of T=6): row 0 = seq 3; row 1 = seq 0, a separator, seq 2; row 2 = seq 4."""
+    p = pack_rows(np.array([3, 0, 2, 5, 1]), 6)
+    assert (p.rows, p.steps, p.used) == (3, 6, 3)
+    assert p.src.tolist() == [18, 19, 20, 21, 22, -1, 0, 1, 2, -1, 12, 13, 24, -1, -1, -1, -1, -1]
+    assert p.last.tolist() == [8, -1, 11, 4, 12]
+    assert p.mirror.tolist() == [4, 3, 2, 1, 0, 5, 8, 7, 6, 9, 11, 10, 12, 13, 14, 15, 16, 17]
+    assert pack_rows(np.array([0, 0]), 4) is None and pack_rows(np.array([0, 0]), 0) is None
+
+
+@pytest.mark.parametrize("profile", ["lognormal", "zipf", "uniform", "equal"])
+@pytest.mark.parametrize("seed", range(3))
+def test_pack_rows_layout_holds_every_sequence_once_with_a_gap_between(profile, seed):
+    """On random batches: every valid (b, t) in exactly one slot, in order, in one row; a gap (separator) slot
+    between two sequences of a row; `back` the inverse of `src`; `mirror` an involution that maps each slot to
+    the mirrored step of its sequence; the grid on the ladders and smaller than the batch where lengths vary."""
+    B, T = 48, 96
+    L = lengths_for(profile, B, T, seed=seed)
+    L[seed] = 0  # an empty row
+    p = pack_rows(L, T)
+    assert p.steps == shape_ladder(T)[np.searchsorted(shape_ladder(T), L.max())]
+    assert p.rows in shape_ladder(B, quarters=True) and p.used <= min(p.rows, np.count_nonzero(L)) and p.rows <= B
+    grid = p.src.reshape(p.rows, p.steps)
+    b, t = np.divmod(np.where(grid >= 0, grid, 0), T)
+    assert np.array_equal(np.sort(p.src[p.src >= 0]), np.flatnonzero((np.arange(T)[None] < L[:, None]).reshape(-1)))
+    both = (grid[:, 1:] >= 0) & (grid[:, :-1] >= 0)  # two neighbouring slots with data: one sequence, next step
+    assert np.all(b[:, 1:][both] == b[:, :-1][both]) and np.all(t[:, 1:][both] == t[:, :-1][both] + 1)
+    assert np.all(grid[:p.used, 0] >= 0) and np.all(t[:p.used, 0] == 0)  # each filled row opens with a step 0
+    starts = (grid >= 0) & (t == 0)
+    assert starts.sum() == np.count_nonzero(L)
+    assert np.array_equal(p.back[p.src[p.src >= 0]], np.flatnonzero(p.src >= 0))
+    assert np.all(p.back[(np.arange(T)[None] >= L[:, None]).reshape(-1)] == -1)
+    assert np.array_equal(p.mirror[p.mirror], np.arange(p.src.size))
+    has = p.src >= 0
+    mb, mt = np.divmod(p.src[p.mirror[has]], T)
+    assert np.array_equal(mb, b.reshape(-1)[has]) and np.array_equal(mt, L[mb] - 1 - t.reshape(-1)[has])
+    assert np.array_equal(p.src[p.last[L > 0]], np.flatnonzero(L) * T + L[L > 0] - 1) and np.all(p.last[L == 0] == -1)
+    if profile in ("lognormal", "zipf"):
+        assert p.used < np.count_nonzero(L) / 2, (p.used, np.count_nonzero(L))
+
+
+#: a skewed batch that packs into far fewer rows than it has (empty rows too)
+PACK_LENGTHS = np.array([40, 1, 0, 3, 2, 38, 1, 17, 2, 0, 5, 1, 39, 2, 3, 1])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_tensorflow_concat_rows_is_exact_and_a_weak_reset_is_caught(cell, monkeypatch):
+    """Several sequences per row with the reset input match the float64 reference (outputs, h_n, c_n read
+    mid-row, every gradient: the GRU's b_in gets back what the reset row's cancellation took), left and right
+    padding, both directions, two layers; with the constant at 1 the state leaks from one sequence into the next
+    and the comparison says so."""
+    require("tensorflow")
+    import adapters.tensorflow.rnn as tf_rnn
+
+    fw = adapters.get("tensorflow")
+    L, T = PACK_LENGTHS, 40
+    p = pack_rows(L, T)
+    for side in ("right", "left"):
+        spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+        bad, out = against_reference(fw, spec, L, T, side=side, seed=2, strategy="concat_rows")
+        assert not bad and out.kernel == f"keras-while rows[{p.rows}x{p.steps}]", (side, out.kernel, bad)
+    assert p.rows < L.size / 2
+    monkeypatch.setattr(tf_rnn, "SATURATION", 1.0)
+    spec = RnnSpec(cell, input_size=3, hidden_size=5, num_layers=1, bidirectional=True)  # a new trace
+    bad, _ = against_reference(fw, spec, L, T, side="right", seed=2, strategy="concat_rows")
+    assert {"outputs", "h_n"} <= set(bad), bad
+
+
+@pytest.mark.parametrize("lengths,T,side", [([0, 0, 0], 4, "right"), ([0, 0], 0, "right"), ([5, 0, 1], 5, "right"),
+                                             ([5, 5, 5], 5, "right"), ([5, 5, 5], 5, "left")],
+                         ids=["all-empty", "T0", "one-row-each", "full-right", "full-left"])
+def test_tensorflow_concat_rows_edge_batches(lengths, T, side):
+    """Degenerate batches; where packing leaves one sequence per row, saturated_gate's own call runs the batch
+    (kernel suffix rows[B x T])."""
+    require("tensorflow")
+    fw = adapters.get("tensorflow")
+    spec = RnnSpec("lstm", input_size=2, hidden_size=3, bidirectional=True)
+    bad, out = against_reference(fw, spec, np.array(lengths), T, side=side, seed=2, strategy="concat_rows")
+    assert not bad, bad
+    if T and any(lengths):
+        assert out.kernel.endswith(f"rows[{len(lengths)}x{T}]"), out.kernel
+
+
+def test_tensorflow_concat_rows_grids_stay_on_the_ladders():
+    """Six random batches of one B, T: every traced grid has its row length on the time ladder and its row count
+    on the quarter ladder, so grids repeat across batches; the same batches again trace nothing new."""
+    require("tensorflow")
+    fw = adapters.get("tensorflow")
+    B, T = LADDER_B, LADDER_T
+    before = set(fw.rnn_concat_grids())
+    runs = random_batches(fw, "concat_rows", 6, cell="gru")
+    grids = {key[-2:] for key in set(fw.rnn_concat_grids()) - before}
+    assert grids, "no grid was traced"
+    off = [(r, t) for r, t in grids if r not in shape_ladder(B, quarters=True) or t not in shape_ladder(T)]
+    assert not off, f"grids off the ladders: {off}"
+    assert len(grids) <= 6
+    assert all(out.kernel.startswith("keras-while rows[") for _, out in runs)
+    traces = fw.compile_count()
+    random_batches(fw, "concat_rows", 6, cell="gru")
+    assert fw.compile_count() == traces, "the same batches traced again"

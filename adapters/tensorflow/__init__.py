@@ -95,6 +95,7 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
         self._fns.clear()
         self._kernels.clear()
         self.__dict__.pop("_bucket_shapes", None)
+        rnn.forget_packings()
 
     def compile_count(self) -> int:
         return self._traces
