@@ -402,9 +402,9 @@ def whole_segment(plan: tuple, B: int, T: int) -> bool:
 
 class RowPack(NamedTuple):
     """Several sequences end to end in each row of a [rows, steps] slot grid (flat slot = row * steps + position),
-    one separator slot between two sequences of a row, the rest of a row padding. Maps between the right-padded
-    [B, T] batch (flat b * T + t) and the slots; -1 where there is nothing (a separator or padding slot, a padded
-    step, an empty row)."""
+    separator slots between two sequences of a row (one, or none: `pack_rows`'s gap), the rest of a row padding.
+    Maps between the right-padded [B, T] batch (flat b * T + t) and the slots; -1 where there is nothing (a
+    separator or padding slot, a padded step, an empty row)."""
 
     rows: int  # rows of the grid (on the rows ladder)
     steps: int  # its row length (on the time ladder, >= the longest sequence)
@@ -416,11 +416,12 @@ class RowPack(NamedTuple):
     used: int  # rows the packing filled (<= rows)
 
 
-def pack_rows(lengths: np.ndarray, T: int) -> RowPack | None:
+def pack_rows(lengths: np.ndarray, T: int, gap: int = 1) -> RowPack | None:
     """Pack the non-empty sequences of a [B, T] batch end to end into few rows: first-fit decreasing into rows as
-    long as the longest sequence rounded up the time ladder, a sequence needing its length plus one separator
-    slot unless it opens a row; the row count rounded up a fine ladder (`shape_ladder`, quarters) so that grids
-    repeat across batches. None when nothing runs (no step or no non-empty row)."""
+    long as the longest sequence rounded up the time ladder, a sequence needing its length plus `gap` separator
+    slots unless it opens a row (0 where the state is reset at a sequence's first step instead of on a
+    separator); the row count rounded up a fine ladder (`shape_ladder`, quarters) so that grids repeat across
+    batches. None when nothing runs (no step or no non-empty row)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     B = lengths.size
     if not T or not np.any(lengths):
@@ -432,10 +433,10 @@ def pack_rows(lengths: np.ndarray, T: int) -> RowPack | None:
     start, row_of, opened = np.empty(B, np.int64), np.empty(B, np.int64), 0
     for b in order:
         n = lengths[b]
-        room = np.flatnonzero(fill[:opened] + 1 + n <= steps)
+        room = np.flatnonzero(fill[:opened] + gap + n <= steps)
         j = int(room[0]) if room.size else opened
         opened += j == opened
-        start[b] = fill[j] + (fill[j] > 0)  # after a separator unless it opens the row
+        start[b] = fill[j] + gap * (fill[j] > 0)  # after the separator unless it opens the row
         fill[j] = start[b] + n
         row_of[b] = j
     rows = int(round_up(opened, shape_ladder(B, quarters=True)))

@@ -343,35 +343,53 @@ def test_tensorflow_concat_rows_is_exact_and_a_weak_reset_is_caught(cell, monkey
     assert {"outputs", "h_n"} <= set(bad), bad
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_jax_concat_rows_is_exact_on_a_packed_batch(cell):
+    """JAX packs with no separator (its scan resets the carry at each sequence's first slot), so sequences touch:
+    the reference on the skewed batch, both sides, both directions, two layers, every cell (the tanh RNN too)."""
+    require("jax")
+    fw = adapters.get("jax")
+    L, T = PACK_LENGTHS, 40
+    p = pack_rows(L, T, gap=0)
+    for side in ("right", "left"):
+        spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+        bad, out = against_reference(fw, spec, L, T, side=side, seed=2, strategy="concat_rows")
+        assert not bad and out.kernel == f"xla-scan rows[{p.rows}x{p.steps}]", (side, out.kernel, bad)
+    touching = (p.src[1:] >= 0) & (p.src[:-1] >= 0) & (p.src[1:] // T != p.src[:-1] // T)
+    assert touching.any() and p.rows < L.size / 2
+
+
+@pytest.mark.parametrize("name,plain", [("tensorflow", "keras-while"), ("jax", "xla-scan")])
 @pytest.mark.parametrize("lengths,T,side", [([0, 0, 0], 4, "right"), ([0, 0], 0, "right"), ([5, 0, 1], 5, "right"),
                                              ([5, 5, 5], 5, "right"), ([5, 5, 5], 5, "left")],
                          ids=["all-empty", "T0", "one-row-each", "full-right", "full-left"])
-def test_tensorflow_concat_rows_edge_batches(lengths, T, side):
-    """Degenerate batches; where packing leaves one sequence per row, saturated_gate's own call runs the batch
-    (kernel suffix rows[B x T])."""
-    require("tensorflow")
-    fw = adapters.get("tensorflow")
+def test_concat_rows_edge_batches(name, plain, lengths, T, side):
+    """Degenerate batches; where packing leaves one sequence per row, the plain padded call runs the batch
+    (TF: saturated_gate's, JAX: the masked scan's; kernel suffix rows[B x T])."""
+    require(name)
+    fw = adapters.get(name)
     spec = RnnSpec("lstm", input_size=2, hidden_size=3, bidirectional=True)
     bad, out = against_reference(fw, spec, np.array(lengths), T, side=side, seed=2, strategy="concat_rows")
     assert not bad, bad
     if T and any(lengths):
-        assert out.kernel.endswith(f"rows[{len(lengths)}x{T}]"), out.kernel
+        assert out.kernel == f"{plain} rows[{len(lengths)}x{T}]", out.kernel
 
 
-def test_tensorflow_concat_rows_grids_stay_on_the_ladders():
-    """Six random batches of one B, T: every traced grid has its row length on the time ladder and its row count
-    on the quarter ladder, so grids repeat across batches; the same batches again trace nothing new."""
-    require("tensorflow")
-    fw = adapters.get("tensorflow")
+@pytest.mark.parametrize("name", NAMES)
+def test_concat_rows_grids_stay_on_the_ladders(name):
+    """Six random batches of one B, T: every compiled grid has its row length on the time ladder and its row count
+    on the quarter ladder, so grids repeat across batches; the same batches again compile nothing new."""
+    require(name)
+    fw = adapters.get(name)
     B, T = LADDER_B, LADDER_T
     before = set(fw.rnn_concat_grids())
     runs = random_batches(fw, "concat_rows", 6, cell="gru")
     grids = {key[-2:] for key in set(fw.rnn_concat_grids()) - before}
-    assert grids, "no grid was traced"
+    assert grids, "no grid was compiled"
     off = [(r, t) for r, t in grids if r not in shape_ladder(B, quarters=True) or t not in shape_ladder(T)]
     assert not off, f"grids off the ladders: {off}"
     assert len(grids) <= 6
-    assert all(out.kernel.startswith("keras-while rows[") for _, out in runs)
-    traces = fw.compile_count()
+    assert all(" rows[" in out.kernel for _, out in runs)
+    compiles = fw.compile_count()
     random_batches(fw, "concat_rows", 6, cell="gru")
-    assert fw.compile_count() == traces, "the same batches traced again"
+    assert fw.compile_count() == compiles, "the same batches compiled again"

@@ -103,6 +103,7 @@ class JaxAdapter(JaxOps, JaxLoss, JaxRnn, JaxEmbedding, JaxAttention, Adapter):
         self._jitted.clear()
         self.__dict__.pop("_bucket_shapes", None)
         self.jax.clear_caches()
+        rnn.forget_packings()
 
     def _cached(self, key: tuple, build):
         if key not in self._jitted:
