@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -454,6 +455,21 @@ def pack_rows(lengths: np.ndarray, T: int, gap: int = 1) -> RowPack | None:
     last = np.full(B, -1, dtype=np.int64)
     last[order] = first + n - 1
     return RowPack(rows, steps, src, mirror, back, last, opened)
+
+
+@lru_cache(maxsize=64)
+def _pack_rows_of(lengths: bytes, T: int, gap: int) -> RowPack | None:
+    return pack_rows(np.frombuffer(lengths, np.int64), T, gap)
+
+
+def remembered_pack(lengths: np.ndarray, T: int, gap: int = 1) -> RowPack | None:
+    """`pack_rows`, remembered per batch (the last 64 distinct ones): a batch run again plans nothing."""
+    return _pack_rows_of(np.asarray(lengths, dtype=np.int64).tobytes(), T, gap)
+
+
+def forget_packings() -> None:
+    """Empty `remembered_pack`'s memory (an adapter's `clear_compiled`: a case's first call plans afresh)."""
+    _pack_rows_of.cache_clear()
 
 
 def unbucket_index(plan: list[Bucket]) -> np.ndarray:

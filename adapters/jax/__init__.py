@@ -20,6 +20,7 @@ from adapters.jax.embedding import JaxEmbedding
 from adapters.jax.loss import JaxLoss
 from adapters.jax.ops import JaxOps
 from adapters.jax.rnn import JaxRnn
+from adapters.spec import forget_packings
 
 
 class JaxAdapter(JaxOps, JaxLoss, JaxRnn, JaxEmbedding, JaxAttention, Adapter):
@@ -103,7 +104,7 @@ class JaxAdapter(JaxOps, JaxLoss, JaxRnn, JaxEmbedding, JaxAttention, Adapter):
         self._jitted.clear()
         self.__dict__.pop("_bucket_shapes", None)
         self.jax.clear_caches()
-        rnn.forget_packings()
+        forget_packings()
 
     def _cached(self, key: tuple, build):
         if key not in self._jitted:

@@ -59,7 +59,7 @@ result is later masked (which would poison gradients), and padded outputs are se
 """
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import partial
 
 import numpy as np
 
@@ -69,8 +69,8 @@ from adapters.spec import (
     RnnSpec,
     Strategy,
     ladder_segments,
-    pack_rows,
     plan_buckets,
+    remembered_pack,
     strategy_table,
     unbucket_index,
     whole_batch,
@@ -340,7 +340,7 @@ class JaxRnn:
         lengths = np.asarray(lengths, dtype=np.int64)
         x = self.asarray(x, device)
         B, T = x.shape[:2]
-        pack = _row_pack(lengths.tobytes(), T)
+        pack = remembered_pack(lengths, T, gap=0)  # no separator: the scan resets its carry itself
         if pack is None or pack.used >= np.count_nonzero(lengths):
             return self._plain_scan(spec, params, x, lengths, cotangents, side, device, f"xla-scan rows[{B}x{T}]")
         vjp, grid = cotangents is not None, (pack.rows, pack.steps)
@@ -544,18 +544,6 @@ STEP_COST, CALL_COST = 2.0, 64.0
 #: scan in the same jit (no dispatch, a little slicing and padding). At most SLICE_MAX_SEGMENTS scans per
 #: direction: each one is compiled, so more segments cost compile time.
 SLICE_STEP_COST, SLICE_CALL_COST, SLICE_MAX_SEGMENTS = 3.0, 16.0, 8
-
-
-@lru_cache(maxsize=64)
-def _row_pack(lengths: bytes, T: int):
-    """`pack_rows` (no separator: the scan resets its carry at a sequence's first step) of int64 `lengths` (as
-    bytes), remembered: a batch timed again plans nothing."""
-    return pack_rows(np.frombuffer(lengths, np.int64), T, gap=0)
-
-
-def forget_packings() -> None:
-    """Empty `_row_pack`'s memory (`clear_compiled`: a case's first call plans afresh)."""
-    _row_pack.cache_clear()
 
 
 def _unit(name: str, algorithm: str, unroll: int, doc: str, **extra) -> Strategy:

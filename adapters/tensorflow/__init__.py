@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from adapters.base import Adapter
+from adapters.spec import forget_packings
 from adapters.tensorflow import attention, embedding, loss, rnn
 from adapters.tensorflow.attention import TensorflowAttention
 from adapters.tensorflow.embedding import TensorflowEmbedding
@@ -95,7 +96,7 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
         self._fns.clear()
         self._kernels.clear()
         self.__dict__.pop("_bucket_shapes", None)
-        rnn.forget_packings()
+        forget_packings()
 
     def compile_count(self) -> int:
         return self._traces

@@ -92,8 +92,8 @@ from adapters.spec import (
     Strategy,
     gated_only,
     ladder_segments,
-    pack_rows,
     plan_buckets,
+    remembered_pack,
     strategy_table,
     unbucket_index,
     whole_batch,
@@ -352,17 +352,6 @@ def _state_out_lstm_cell(keras: Any) -> type:
             return keras.ops.concatenate([h, c], axis=-1), [h, c]
 
     return StateOutLSTMCell
-
-
-@functools.lru_cache(maxsize=64)
-def _row_pack(lengths: bytes, T: int):
-    """`pack_rows` of int64 `lengths` (as bytes), remembered: a batch timed again plans nothing."""
-    return pack_rows(np.frombuffer(lengths, np.int64), T)
-
-
-def forget_packings() -> None:
-    """Empty `_row_pack`'s memory (`clear_compiled`: a case's first call plans afresh, as in a fresh process)."""
-    _row_pack.cache_clear()
 
 
 class _ConcatNet:
@@ -765,7 +754,7 @@ class TensorflowRnn:
         runs), saturated_gate's own function runs the batch: the same reset input, no gathers."""
         lengths = np.asarray(lengths, dtype=np.int64)
         T, B = np.shape(x)[1], lengths.size
-        pack = _row_pack(lengths.tobytes(), T)
+        pack = remembered_pack(lengths, T)
         if pack is None or pack.used >= np.count_nonzero(lengths):
             return self._plain(_SATURATED, spec, params, x, lengths, cotangents, side, device, f" rows[{B}x{T}]")
         x, L, params = self._inputs(spec, params, x, lengths, device)
