@@ -222,15 +222,17 @@ class _KerasNet:
         return x, hs, cs
 
 
-def _direction_layers(keras: Any, spec: RnnSpec, dtype: str, use_cudnn: bool, extra_inputs: int = 0):
-    """One forward-only Keras layer per (layer, direction), built for the layer's input size plus `extra_inputs`
-    columns (the reverse direction runs forward on per-row reversed input): (layers, their cells), both nested
-    [layer][direction]."""
+def _direction_layers(keras: Any, spec: RnnSpec, dtype: str, use_cudnn: bool, extra_inputs: int = 0,
+                      make: Any = None):
+    """One forward-only Keras layer per (layer, direction) made by `make(keras, spec, dtype, use_cudnn)` (default
+    `_KerasNet._make`), built for the layer's input size plus `extra_inputs` columns (the reverse direction runs
+    forward on per-row reversed input): (layers, their cells), both nested [layer][direction]."""
+    make = make or _KerasNet._make
     layers = []
     for layer in range(spec.num_layers):
         dirs = []
         for _ in range(spec.num_directions):
-            net = _KerasNet._make(keras, spec, dtype, use_cudnn)
+            net = make(keras, spec, dtype, use_cudnn)
             net.build((None, None, spec.layer_input_size(layer) + extra_inputs))
             dirs.append(net)
         layers.append(dirs)
@@ -369,20 +371,16 @@ class _ConcatNet:
 
     def __init__(self, tf: Any, keras: Any, spec: RnnSpec, dtype: str, use_cudnn: bool) -> None:
         self.tf, self.spec = tf, spec
-        self.layers, self.cells = [], []
-        for layer in range(spec.num_layers):
-            dirs = []
-            for _ in range(spec.num_directions):
-                if spec.cell == "lstm":
-                    net = keras.layers.RNN(_state_out_lstm_cell(keras)(spec.hidden_size, dtype=dtype),
-                                           return_sequences=True, dtype=dtype)
-                else:
-                    net = keras.layers.GRU(spec.hidden_size, reset_after=True, return_sequences=True,
-                                           use_cudnn="auto" if use_cudnn else False, dtype=dtype)
-                net.build((None, None, spec.layer_input_size(layer) + 1))
-                dirs.append(net)
-            self.layers.append(dirs)
-            self.cells.append([net.cell for net in dirs])
+        self.layers, self.cells = _direction_layers(keras, spec, dtype, use_cudnn, extra_inputs=1, make=self._make)
+
+    @staticmethod
+    def _make(keras: Any, spec: RnnSpec, dtype: str, use_cudnn: bool) -> Any:
+        """A layer returning its outputs only: LSTM [h, c] per step (`_state_out_lstm_cell`), GRU h."""
+        if spec.cell == "lstm":
+            return keras.layers.RNN(_state_out_lstm_cell(keras)(spec.hidden_size, dtype=dtype), return_sequences=True,
+                                    dtype=dtype)
+        return keras.layers.GRU(spec.hidden_size, reset_after=True, return_sequences=True,
+                                use_cudnn="auto" if use_cudnn else False, dtype=dtype)
 
     def keras_weights(self, p: dict) -> tuple[Any, Any, Any]:
         """`_KerasNet.keras_weights` with the reset row appended to the kernel."""
