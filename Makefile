@@ -46,9 +46,13 @@ $(KJV):
 
 data: $(KJV)
 
-## the correctness gates; every framework (and chromium) must be present: none may be skipped
+## the correctness gates; every framework (and chromium) must be present: none may be skipped. pytest-xdist runs
+## them in one worker per core (at most 4: each worker imports all three frameworks, ~2-3 GB); most gates are
+## single-threaded Python and tracing, so 2 workers on 2 cores take ~0.65 of the sequential time here.
+## `make test PYTEST_WORKERS=0` runs them in one process; the slowest 15 are listed at the end.
+PYTEST_WORKERS ?= auto
 test: $(STAMP) chromium $(KJV) $(NODE_STAMP)
-	VARLEN_REQUIRE_ALL=1 $(BIN)/python -m pytest
+	VARLEN_REQUIRE_ALL=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --durations 15
 
 ## the main job: equivalence check, quick CPU sweep (synthetic profiles + the KJV verse lengths), then the report
 demo: $(STAMP) $(KJV)

@@ -62,6 +62,8 @@ def test_two_cases_of_very_different_size_report_very_different_peaks():
     maximum of the worker, which would make the small case after the big one look as big)."""
     name = next(n for n in ("torch", "jax", "tensorflow") if n in adapters.available())
     base = [c for c in quick_cases(name) if c["op"] == "rnn_forward_backward"][0]
+    if name == "torch":  # the padded oneDNN call: the 256 x 256 case in seconds, where `packed` takes ~40 s here
+        base = {**base, "strategy": "saturated_gate"}
     big = bench.measure_case(adapters.get(name), {**base, "batch": 256, "max_len": 256}, FLOORS)
     small = bench.measure_case(adapters.get(name), {**base, "batch": 16, "max_len": 64}, FLOORS)
     assert big["peak_bytes"] and small["peak_bytes"] is not None

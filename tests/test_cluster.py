@@ -75,14 +75,18 @@ def _require_distributed() -> None:
 
 
 @pytest.fixture(scope="module")
-def local_cluster():
-    """One node with one CPU: a worker process advertising {"node": 1, "cpu": 1}, as the README tells nodes to."""
+def local_cluster(tmp_path_factory):
+    """One node with one CPU: a worker process advertising {"node": 1, "cpu": 1}, as the README tells nodes to.
+    Its temporary files go under pytest's tmp dir: the node killed below cannot remove its own."""
     _require_distributed()
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, resources={"node": 1, "cpu": 1},
-                      dashboard_address=None, silence_logs=50) as lc, Client(lc, set_as_default=False) as client:
-        yield client
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(tmp_path_factory.mktemp("node")))
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, resources={"node": 1, "cpu": 1},
+                          dashboard_address=None, silence_logs=50) as lc, \
+                Client(lc, set_as_default=False) as client:
+            yield client
 
 
 def test_cluster_records_equal_the_local_sweep(tmp_path, local_cluster):
