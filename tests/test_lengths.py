@@ -38,7 +38,7 @@ def test_every_format_gives_the_same_lengths(tmp_path):
 ], ids=lambda v: v if isinstance(v, str) and v.endswith(("txt", "csv")) else "")
 def test_bad_files_name_the_file_and_line(tmp_path, name, content, column, fragment):
     (tmp_path / name).write_text(content)
-    with pytest.raises(ValueError, match="") as err:
+    with pytest.raises(ValueError) as err:  # the message is checked below, fragment and file name
         lengths.load(str(tmp_path / name), column)
     assert fragment in str(err.value) and name in str(err.value)
 
