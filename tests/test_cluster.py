@@ -84,7 +84,7 @@ def local_cluster(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TMPDIR", str(tmp_path_factory.mktemp("node")))
         with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, resources={"node": 1, "cpu": 1},
-                          dashboard_address=None, silence_logs=50) as lc, \
+                          dashboard_address=":0", silence_logs=50) as lc, \
                 Client(lc, set_as_default=False) as client:
             yield client
 
