@@ -457,19 +457,40 @@ def pack_rows(lengths: np.ndarray, T: int, gap: int = 1) -> RowPack | None:
     return RowPack(rows, steps, src, mirror, back, last, opened)
 
 
-@lru_cache(maxsize=64)
-def _pack_rows_of(lengths: bytes, T: int, gap: int) -> RowPack | None:
-    return pack_rows(np.frombuffer(lengths, np.int64), T, gap)
+def memo_by_lengths(plan: Callable, maxsize: int = 16) -> Callable:
+    """`plan(lengths, *keys)` remembered for the last `maxsize` distinct (int64 lengths, *keys): a strategy's run
+    and its kernel name (asked for apart) plan once per batch, and a batch timed again plans nothing (and copies no
+    index to the device). A plan's arrays are made read-only, as they are shared; a list comes back as a tuple.
+    The returned function's `cache_clear()` forgets them all."""
+
+    @lru_cache(maxsize=maxsize)
+    def cached(raw: bytes, *keys):
+        result = plan(np.frombuffer(raw, dtype=np.int64), *keys)
+        if result is None:
+            return None
+        for part in result:
+            if isinstance(part, np.ndarray):
+                part.flags.writeable = False
+        return result if isinstance(result, tuple) else tuple(result)
+
+    def remembered(lengths, *keys):
+        return cached(np.asarray(lengths, dtype=np.int64).tobytes(), *keys)
+
+    remembered.cache_clear = cached.cache_clear
+    return remembered
+
+
+_packs = memo_by_lengths(pack_rows, maxsize=64)
 
 
 def remembered_pack(lengths: np.ndarray, T: int, gap: int = 1) -> RowPack | None:
-    """`pack_rows`, remembered per batch (the last 64 distinct ones): a batch run again plans nothing."""
-    return _pack_rows_of(np.asarray(lengths, dtype=np.int64).tobytes(), T, gap)
+    """`pack_rows`, remembered per batch (the last 64 distinct ones; `memo_by_lengths`)."""
+    return _packs(lengths, T, gap)
 
 
 def forget_packings() -> None:
     """Empty `remembered_pack`'s memory (an adapter's `clear_compiled`: a case's first call plans afresh)."""
-    _pack_rows_of.cache_clear()
+    _packs.cache_clear()
 
 
 def unbucket_index(plan: list[Bucket]) -> np.ndarray:

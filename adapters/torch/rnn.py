@@ -28,6 +28,7 @@ from adapters.spec import (
     cut_points,
     gated_only,
     map_params,
+    memo_by_lengths,
     plan_segments,
     round_up,
     shape_ladder,
@@ -121,20 +122,10 @@ _MEMOS: list = []
 
 
 def _memo_by_lengths(plan):
-    """`plan(lengths, *keys)` remembered for the last few distinct (lengths, *keys): a strategy's run and its
-    kernel name (asked for apart) plan once per batch, and a batch timed again plans nothing and copies no index
-    to the device. The plan's arrays are made read-only, as they are shared."""
-
-    @functools.lru_cache(maxsize=16)
-    def cached(raw: bytes, *keys):
-        result = plan(np.frombuffer(raw, dtype=np.int64), *keys)
-        for part in result:
-            if isinstance(part, np.ndarray):
-                part.flags.writeable = False
-        return tuple(result)
-
-    _MEMOS.append(cached)
-    return lambda lengths, *keys: cached(np.asarray(lengths, dtype=np.int64).tobytes(), *keys)
+    """`adapters.spec.memo_by_lengths(plan)`, registered so that `clear_memos` empties it."""
+    memo = memo_by_lengths(plan)
+    _MEMOS.append(memo)
+    return memo
 
 
 def clear_memos() -> None:
