@@ -11,6 +11,8 @@ from collections import defaultdict
 
 #: record fields that, with the profile left out, make two measurements comparable
 SHAPE = ("op", "device", "dtype", "batch", "max_len", "framework", "cell", "hidden", "num_layers", "bidirectional")
+#: `SHAPE` and the machine: records of a sweep spread over a cluster's nodes are compared per host only
+GROUP = (*SHAPE, "host")
 
 
 def _groups(records: list[dict], ops: tuple[str, ...]) -> list[tuple[tuple, dict[str, list[dict]]]]:
@@ -18,13 +20,18 @@ def _groups(records: list[dict], ops: tuple[str, ...]) -> list[tuple[tuple, dict
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         if r.get("status") == "ok" and r.get("op") in ops and r.get("median_s"):
-            groups[shape_of(r)][r["profile"]].append(r)
+            groups[group_of(r)][r["profile"]].append(r)
     return [(s, g) for s, g in sorted(groups.items(), key=lambda kv: str(kv[0])) if "equal" in g]
 
 
 def shape_of(rec: dict) -> tuple:
     """A record's `SHAPE` fields, in order (what a baseline and the strategies it is compared with share)."""
     return tuple(rec.get(k) for k in SHAPE)
+
+
+def group_of(rec: dict) -> tuple:
+    """A record's `GROUP` fields, in order: its `SHAPE` and the host it was measured on."""
+    return tuple(rec.get(k) for k in GROUP)
 
 
 def _winners(records: list[dict], ops: tuple[str, ...]):
@@ -54,13 +61,16 @@ def pairs(records: list[dict], ops: tuple[str, ...]) -> list[tuple[dict, dict]]:
 def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) -> list[str]:
     """One line per (shape, non-equal profile) with a measured `equal` baseline, for the records of `ops`;
     `paired`: `harness.paired` records of those pairs (the latest one of a pair is shown)."""
-    side = {(shape_of(p), p["profile"], p["strategy"], p["base_strategy"]): p
+    side = {(group_of(p), p["profile"], p["strategy"], p["base_strategy"]): p
             for p in sorted(paired, key=lambda p: p["time"])}
+    hosts = {r.get("host") for r in records}
     out = []
     for shape, equal, base, bests in _winners(records, ops):
-        fields = dict(zip(SHAPE, shape, strict=True))
+        fields = dict(zip(GROUP, shape, strict=True))
         head = (f"{fields['op']} {fields['framework']} {fields['device']} B={fields['batch']} T={fields['max_len']}"
-                + (f" {fields['cell']} H={fields['hidden']}" if fields.get("cell") else ""))
+                + (f" {fields['cell']} H={fields['hidden']}" if fields.get("cell") else "")
+                + (f" {fields['dtype']}" if len({r.get("dtype") for r in records}) > 1 else "")
+                + (f" on {fields['host']}" if len(hosts) > 1 else ""))
         costs = sorted((r["median_s"] / base["median_s"], r["strategy"], r["kernel"]) for r in equal)
         on_equal = [(s, side[k]) for s in sorted({r["strategy"] for r in equal})
                     if (k := (shape, "equal", s, base["strategy"])) in side]

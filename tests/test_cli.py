@@ -91,7 +91,8 @@ def test_unchecked_frameworks_are_never_recommended(tmp_path):
                           valid_tokens_per_s=1e4, kernel="aten-cpu", ideal_share=0.4, cell="lstm")
             for p in ("equal", "lognormal")]
     t = report.recommendation_table(report.bench_frame(recs), report.frame(recs, "check"))
-    assert list(t["fastest exact strategy"]) == ["unchecked: no check records, never recommended"]
+    assert list(t["fastest exact strategy"]) == ["unchecked on this device (no check records), never recommended: "
+                                                 "packed"]
     page, _ = report.build(recs, tmp_path)
     assert "unchecked" in page.read_text()
 

@@ -18,6 +18,8 @@ REQUIRE_ALL = os.environ.get("VARLEN_REQUIRE_ALL") == "1"
 PROFILES = {"equal": 0.0, "lognormal": 0.6, "zipf": 0.85}
 # (framework, strategy) -> seconds per call at the headline point; jax:fast is fastest but fails the check
 SPEED = {("torch", "packed"): 0.02, ("torch", "masked_loop"): 0.05, ("jax", "scan"): 0.03, ("jax", "fast"): 0.001}
+#: the model configuration an RNN bench (and paired) record carries
+RNN = {"cell": "lstm", "hidden": 128, "num_layers": 1, "bidirectional": False}
 
 
 def fixture_records() -> list[dict]:
@@ -37,7 +39,8 @@ def fixture_records() -> list[dict]:
                          "peak_rss_bytes": batch * 2**20, "peak_bytes": batch * 2**20, "device_peak_bytes": None,
                          "fraction_of_floor": 0.1,
                          "floor": "gemm", "kernel": f"{strategy}-kernel", "ideal_share": 1 - PROFILES[profile],
-                         "key": f"{fw}|{strategy}|{op}|{batch}|{profile}", **meta})
+                         "key": f"{fw}|{strategy}|{op}|{batch}|{profile}",
+                         **(RNN if op.startswith("rnn") else {}), **meta})
     recs.append({"source": "bench", "status": "failed", "framework": "jax", "op": "rnn_forward", "strategy": "scan",
                  "device": "cpu", "batch": 256, "max_len": 512, "profile": "zipf", "error": "timed out after 600 s",
                  "dtype": "float32", "key": "failed-case", **meta})
@@ -53,13 +56,13 @@ def fixture_records() -> list[dict]:
                      "version": "1.0", "device": "cpu", "kernel": "k", **meta})
     # two speedups timed side by side: one on a profile, one winner's cost on equal lengths
     for pair in ({"batch": 8, "profile": "lognormal", "strategy": "packed",
-                  "key": "torch|packed|rnn_forward_backward|64|lognormal", "median_s": 0.014, "ratio": 1.43,
-                  "ratio_p25": 1.38, "ratio_p75": 1.47, "padding_fraction": 0.6, "ideal_share": 0.4},
+                  "key": "torch|packed|rnn_forward_backward|64|lognormal", "median_s": 0.014, "ratio": 1.52,
+                  "ratio_p25": 1.46, "ratio_p75": 1.58, "padding_fraction": 0.6, "ideal_share": 0.4},
                  {"batch": 64, "profile": "equal", "strategy": "masked_loop",
                   "key": "torch|masked_loop|rnn_forward_backward|64|equal", "median_s": 0.05, "ratio": 0.4,
                   "ratio_p25": 0.25, "ratio_p75": 0.5, "padding_fraction": 0.0, "ideal_share": 1.0}):
         recs.append({"source": "paired", "framework": "torch", "version": "1.0", "op": "rnn_forward_backward",
-                     "max_len": 128, "cell": "lstm", "kernel": f"{pair['strategy']}-kernel",
+                     "max_len": 128, **RNN, "kernel": f"{pair['strategy']}-kernel",
                      "base_strategy": "packed", "base_kernel": "packed-kernel",
                      "base_key": "torch|packed|rnn|64|equal", "base_median_s": 0.02, "rounds": 12, "number": 1,
                      "time": 1, **pair, **meta})
@@ -104,7 +107,7 @@ def test_recommendation_picks_fastest_exact_strategy(built):
     # packed on lognormal: 0.02*(1-0.3) vs its equal-profile time 0.02 -> 1/0.7
     assert lognormal.loc["torch", "x vs padded baseline"] == pytest.approx(1 / 0.7, abs=0.01)
     # the same pair timed side by side (the fixture's paired record), and no figure where none was timed
-    assert lognormal.loc["torch", "x side by side"] == 1.43 and np.isnan(lognormal.loc["jax", "x side by side"])
+    assert lognormal.loc["torch", "x side by side"] == 1.52 and np.isnan(lognormal.loc["jax", "x side by side"])
     zipf = t[(t["profile"] == "zipf") & (t["op"] == "RNN forward + backward")].set_index("framework")
     assert np.isnan(zipf.loc["torch", "x side by side"]), "a pair of another profile is not this one's"
     assert (zipf["cost on equal lengths"] == 1.0).all(), "each framework's recommendation is its baseline's strategy"
@@ -117,20 +120,23 @@ def test_speedups_timed_side_by_side_are_shown(built):
     rows = [line for line in speed.splitlines() if line.startswith("| cpu |")]
     assert len(rows) == 1, section
     assert "| lognormal |" in rows[0] and "packed [packed-kernel]" in rows[0], rows[0]
-    assert "| 1.43 | 1.38-1.47 | 2.5 |" in rows[0], rows[0]
+    assert "| 1.52 | 1.46-1.58 | 2.5 |" in rows[0], rows[0]
     rows = [line for line in equal.splitlines() if line.startswith("| cpu |")]
     assert len(rows) == 1 and "| masked_loop [masked_loop-kernel] | packed [packed-kernel] |" in rows[0], equal
     assert rows[0].endswith("| 20 | 50 | 2.5 | 2.000-4.000 |"), "strategy / fastest, the rounds inverted too"
 
 
 def test_cost_on_equal_lengths_is_the_side_by_side_pair_on_equal_lengths():
-    side = {("torch", "rnn", "cpu", 64, 128, "equal", "sliced", "padded"): 0.8,
-            ("torch", "rnn", "cpu", 64, 128, "zipf", "sliced", "padded"): 4.0}
+    cfg = {"host": "h", "dtype": "float32", **RNN}  # report.tables.CONFIG, in its order
+    side = {("torch", "rnn", "cpu", 64, 128, *cfg.values(), "equal", "sliced", "padded"): 0.8,
+            ("torch", "rnn", "cpu", 64, 128, *cfg.values(), "zipf", "sliced", "padded"): 4.0}
     base = pd.Series({"torch": "padded"})
-    row = pd.Series({"framework": "torch", "strategy": "sliced", "batch": 64, "max_len": 128})
+    row = pd.Series({"framework": "torch", "strategy": "sliced", "batch": 64, "max_len": 128, **cfg})
     assert report.tables.equal_cost(side, row, "rnn", "cpu", base) == 1.25, "its time over the baseline's"
     assert report.tables.equal_cost(side, row.replace("sliced", "padded"), "rnn", "cpu", base) == 1.0
     assert np.isnan(report.tables.equal_cost(side, row, "rnn", "gpu", base)), "not timed: missing"
+    assert np.isnan(report.tables.equal_cost(side, row.replace("float32", "float64"), "rnn", "cpu", base)), \
+        "a pair timed in another dtype is not this row's"
 
 
 def test_idiom_verdicts_say_what_is_right_and_wrong(built):
@@ -149,7 +155,7 @@ def test_summary_opens_the_page(built):
     assert "RNN forward + backward on cpu, lognormal lengths" in summary and "torch: packed" in summary
     assert "jax: scan" in summary and "fast" not in summary.split("proven exact")[0], summary
     assert "mask_outputs" in summary and "wrong in" in summary
-    assert "torch: packed (1.43x the padded baseline, 1.43x side by side," in summary, summary
+    assert "torch: packed (1.43x the padded baseline, 1.52x side by side," in summary, summary
 
 
 def chromium() -> str | None:
@@ -188,4 +194,101 @@ def test_report_from_a_partial_sweep(tmp_path):
     page = report.build(recs, tmp_path)[0].read_text()
     for title in ("Setup", "Recommendation", "Memory", "Compile time", "Failed benchmark cases"):
         assert f">{title}</h2>" in page
-    assert "equal lengths" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "never recommended: masked_loop, packed" in md, "no check: every strategy is listed as unchecked"
+
+
+# -- the recommendation compares like with like, counts compile cost once per shape, and rounds break-even up ----
+def _bench(fw, strategy, profile, ms, *, compile_s=0.0, host="h", dtype="float32", cell="lstm", device="cpu",
+           share=None, **extra):
+    """A measured bench record of the RNN headline point, `ms` milliseconds a call."""
+    pad = {"equal": 0.0, "lognormal": 0.5}[profile]
+    return records.make("bench", status="ok", framework=fw, op="rnn_forward_backward", strategy=strategy,
+                        device=device, dtype=dtype, batch=64, max_len=128, profile=profile, cell=cell, hidden=128,
+                        num_layers=1, bidirectional=False, median_s=ms / 1e3, p25_s=ms / 1e3, p75_s=ms / 1e3,
+                        padded_tokens=64 * 128, padding_fraction=pad,
+                        ideal_share=1 - pad if share is None else share, valid_tokens=100,
+                        valid_tokens_per_s=1e5 / ms, kernel=f"{strategy}-k", compile_s=compile_s, host=host,
+                        key=f"{fw}|{strategy}|{profile}|{dtype}|{cell}|{device}|{host}", **extra)
+
+
+def _checked(fw, strategy, device="cpu", ok=True):
+    return records.make("check", kind="strategy", framework=fw, version="1", name=strategy, op="rnn", case="c",
+                        device=device, dtype="float32", quantity="outputs", equivalent=ok, max_abs_err=0.0,
+                        kernel="k")
+
+
+def _tables(recs):
+    df, check = report.bench_frame(recs), report.frame(recs, "check")
+    return report.recommendation_table(df, check), report.tables.compile_aware_table(df, check)
+
+
+def test_recommendation_compares_records_of_one_configuration_only():
+    # LSTM 10 -> 4 ms (2.5x), GRU 7.5 -> 4.5 ms (1.67x): a GRU baseline over an LSTM time would read 1.88x
+    recs = [_bench("torch", "sliced", "equal", 10.0), _bench("torch", "sliced", "lognormal", 4.0),
+            _bench("torch", "sliced", "equal", 7.5, cell="gru"),
+            _bench("torch", "sliced", "lognormal", 4.5, cell="gru"),
+            _checked("torch", "sliced")]
+    t = _tables(recs)[0].set_index(["profile", "cell"])
+    assert t.loc[("lognormal", "lstm"), "x vs padded baseline"] == 2.5
+    assert t.loc[("lognormal", "gru"), "x vs padded baseline"] == 1.67
+    assert t.loc[("lognormal", "lstm"), "fraction of ideal"] == 1.25, "ideal 10 ms x 0.5 over 4 ms"
+    # float32 lognormal failed; float64 10 -> 6 ms: 1.67x, not float32's baseline over float64's time
+    recs = [_bench("torch", "sliced", "equal", 5.0), _bench("torch", "sliced", "equal", 10.0, dtype="float64"),
+            _bench("torch", "sliced", "lognormal", 6.0, dtype="float64"), _checked("torch", "sliced")]
+    t = _tables(recs)[0].set_index(["profile", "dtype"])
+    assert t.loc[("lognormal", "float64"), "x vs padded baseline"] == 1.67
+    assert ("lognormal", "float32") not in t.index
+
+
+def test_recommendation_compares_records_of_one_host_only():
+    recs = [_bench("torch", "sliced", "equal", 10.0, host="a"), _bench("torch", "sliced", "lognormal", 5.0, host="a"),
+            _bench("torch", "sliced", "equal", 20.0, host="b"), _bench("torch", "sliced", "lognormal", 10.0, host="b"),
+            _checked("torch", "sliced")]
+    t = _tables(recs)[0]
+    lognormal = t[t["profile"] == "lognormal"].set_index("host")
+    assert list(lognormal["x vs padded baseline"]) == [2.0, 2.0] and list(lognormal.index) == ["a", "b"]
+
+
+def test_a_strategy_checked_on_one_device_is_unchecked_on_another():
+    recs = [_bench("torch", "fast", d, 1.0, device=dev) for d in ("equal", "lognormal") for dev in ("cpu", "gpu")]
+    recs += [_bench("torch", "slow", d, 3.0, device="gpu") for d in ("equal", "lognormal")]
+    recs += [_checked("torch", "fast", "cpu"), _checked("torch", "slow", "gpu"),
+             _checked("torch", "slow", "cpu", ok=False)]
+    t = _tables(recs)[0]
+    gpu = t[(t["device"] == "gpu") & (t["profile"] == "lognormal")]
+    assert list(gpu["fastest exact strategy"]) == ["slow"], "fast was checked on the CPU only"
+    assert t[(t["device"] == "cpu") & (t["profile"] == "lognormal")]["fastest exact strategy"].tolist() == ["fast"]
+    assert any("never recommended: fast" in s for s in t.loc[t["device"] == "gpu", "fastest exact strategy"])
+
+
+def test_compile_cost_of_a_shape_compiled_by_an_earlier_case_still_counts():
+    # jax compiles once (2.0 s) on equal and reuses the shape on lognormal (compile_s missing there)
+    recs = [_bench("jax", "scan", "equal", 1.0, compile_s=2.0), _bench("jax", "scan", "lognormal", 1.0, compile_s=None),
+            _bench("torch", "packed", "equal", 3.0, compile_s=0.0104),
+            _bench("torch", "packed", "lognormal", 3.0, compile_s=0.0104),
+            _checked("jax", "scan"), _checked("torch", "packed")]
+    ca = _tables(recs)[1].set_index("profile")
+    for profile in ("equal", "lognormal"):  # by hand: 1 call torch 0.0134 s < jax 2.001 s; 100: 0.3104 < 2.1
+        assert ca.loc[profile, "best for 1 call(s)"] == ca.loc[profile, "best for 100 call(s)"] == "torch:packed"
+        assert ca.loc[profile, "best for 10,000 call(s)"] == "jax:scan"  # 12.0 s < 30.01 s
+        # (2.0 - 0.0104) / (0.003 - 0.001) = 994.8: jax is cheaper from the 995th call on
+        assert ca.loc[profile, "break-even calls"] == "jax:scan is cheaper from 995 calls on than torch:packed"
+
+
+def test_break_even_is_the_first_call_count_where_the_warm_strategy_is_cheaper():
+    # n* = 0.2008 / (0.003 - 0.001) = 100.4: at 100 calls torch 0.300 s < jax 0.3008 s, at 101 jax is cheaper
+    recs = [_bench("jax", "scan", "equal", 1.0, compile_s=0.2008), _bench("torch", "packed", "equal", 3.0),
+            _checked("jax", "scan"), _checked("torch", "packed")]
+    ca = _tables(recs)[1].set_index("profile")
+    assert ca.loc["equal", "best for 100 call(s)"] == "torch:packed"
+    assert ca.loc["equal", "break-even calls"] == "jax:scan is cheaper from 101 calls on than torch:packed"
+
+
+def test_a_retraced_timing_is_never_recommended():
+    recs = [_bench("jax", "scan", "equal", 10.0), _bench("jax", "scan", "lognormal", 8.0),
+            _bench("jax", "bucketed", "lognormal", 4.0, retraced=True), _checked("jax", "scan"),
+            _checked("jax", "bucketed")]
+    t, ca = _tables(recs)
+    assert t[t["profile"] == "lognormal"]["fastest exact strategy"].tolist() == ["scan"]
+    assert ca.set_index("profile").loc["lognormal", "best for 1 call(s)"] == "jax:scan"

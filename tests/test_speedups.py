@@ -22,3 +22,12 @@ def test_ratios_against_the_fastest_equal_strategy_and_the_ideal():
     assert "zipf (75% padding): b [k-b] 4.00x the padded baseline (b [k-b] on equal lengths, 8.0 ms)" in out[1]
     assert "ideal 4.00x (1.00 of it)" in out[1]
     assert speedups.lines(recs, ("attention_forward",)) == []
+
+
+def test_records_of_different_hosts_are_never_divided_by_each_other():
+    """A sweep spread over a cluster's nodes: each host's strategies against its own baseline."""
+    recs = [rec("equal", "a", 0.010, host="fast"), rec("zipf", "a", 0.005, share=0.5, padding=0.5, host="fast"),
+            rec("equal", "a", 0.020, host="slow"), rec("zipf", "a", 0.010, share=0.5, padding=0.5, host="slow")]
+    out = [line for line in speedups.lines(recs, ("rnn_forward_backward",)) if "zipf" in line]
+    assert len(out) == 2 and all("2.00x the padded baseline" in line for line in out), out
+    assert " on fast " in out[0] and " on slow " in out[1]

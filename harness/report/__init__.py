@@ -43,10 +43,12 @@ def check_sections(check: pd.DataFrame, bench: pd.DataFrame) -> list[Section]:
     if len(fails):
         s.p("Failing cells:").table(fails.assign(equivalent=False), fail_col="equivalent")
     strat = bench[bench["op"].isin(strategy_ops()) & (bench["status"] == "ok")] if not bench.empty else bench
-    unchecked = sorted({f"{f}:{st}" for f, st, v in zip(strat["framework"], strat["strategy"],
-                                                         bench_status(strat, check)) if v == "unchecked"})
+    unchecked = sorted({f"{f}:{st} ({d})" for f, st, d, v in zip(strat["framework"], strat["strategy"],
+                                                                 strat["device"], bench_status(strat, check))
+                        if v == "unchecked"})
     if unchecked:
-        s.p("Benchmarked but never checked (unchecked: never recommended as exact): " + ", ".join(unchecked))
+        s.p("Benchmarked but never checked on that device (unchecked: never recommended as exact there): "
+            + ", ".join(unchecked))
     return [s]
 
 

@@ -312,7 +312,7 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
     recipes and native behaviours are wrong, one line each."""
     s = Section("Summary")
     rec = recommendation_table(df, check, paired) if not df.empty else pd.DataFrame()
-    rec = rec[rec["device"] != "-"] if not rec.empty else rec
+    rec = rec[rec["op"] != "-"] if not rec.empty else rec  # not the rows that list unchecked strategies
     if not rec.empty:
         head = rec[rec["op"] == OP_TITLES.get("rnn_forward_backward")]
         head = head if not head.empty else rec[rec["op"] == rec["op"].iloc[0]]

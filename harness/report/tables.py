@@ -1,6 +1,8 @@
 """Report tables: pandas shaping of schema records only (groupby, pivot); no figures, no HTML."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from harness.families import OP_TITLES, check_family, family_of, recommended_ops
@@ -61,39 +63,58 @@ def failures_table(check: pd.DataFrame) -> pd.DataFrame:
     return bad[cols]
 
 
-def strategy_status(check: pd.DataFrame) -> dict[tuple[str, str, str], str]:
-    """(framework, family, strategy) -> "exact" (every equivalence cell checked passed) or "WRONG" (a cell
-    failed); a strategy of one family is judged by that family's cells only (TF's "keras" RNN and loss differ)."""
+def strategy_status(check: pd.DataFrame) -> dict[tuple[str, str, str, str], str]:
+    """(framework, family, strategy, device) -> "exact" (every equivalence cell checked on that device passed) or
+    "WRONG" (a cell failed there); a strategy of one family is judged by that family's cells only (TF's "keras" RNN
+    and loss differ), and on one device by that device's cells only (a strategy checked on the CPU is unchecked on
+    a GPU)."""
     st = check[check["kind"] == "strategy"]
     if st.empty:
         return {}
-    st = st.assign(family=st["op"].map(check_family))
-    allok = st.groupby(["framework", "family", "name"])["equivalent"].all()
+    st = st.assign(family=st["op"].map(check_family), device=st["device"].fillna("cpu"))
+    allok = st.groupby(["framework", "family", "name", "device"])["equivalent"].all()
     return {k: "exact" if v else "WRONG" for k, v in allok.items()}
 
 
 def bench_status(df: pd.DataFrame, check: pd.DataFrame) -> list[str]:
-    """The verdict of each bench record's (framework, family, strategy): exact, WRONG or unchecked."""
+    """The verdict of each bench record's (framework, family, strategy) on its device: exact, WRONG or
+    unchecked."""
     status = strategy_status(check)
     fams = df["op"].map(lambda op: family_of(op).NAME)
-    return [status.get((f, fam, s), "unchecked") for f, fam, s in zip(df["framework"], fams, df["strategy"])]
+    return [status.get((f, fam, s, d), "unchecked")
+            for f, fam, s, d in zip(df["framework"], fams, df["strategy"], df["device"])]
+
+
+#: what, beside op, device, B and T, two bench records must share to be compared: the machine they ran on and the
+#: model's configuration (`harness.speedups.SHAPE`'s other fields); missing values (a loss has no cell) match
+CONFIG = ("host", "dtype", "cell", "hidden", "num_layers", "bidirectional")
+
+
+def _key(r: pd.Series, fields) -> tuple:
+    """r's `fields`, missing values (None or NaN) as None, so that keys of two records compare equal."""
+    return tuple(None if pd.isna(v) else v for v in (r.get(f) for f in fields))
+
+
+def _varying(df: pd.DataFrame) -> list[str]:
+    """The `CONFIG` fields with more than one value in df: the columns a table needs to tell its rows apart."""
+    return [c for c in CONFIG if c in df.columns and df[c].nunique(dropna=False) > 1]
 
 
 def side_by_side(paired: pd.DataFrame | None) -> dict[tuple, float]:
-    """(framework, op, device, batch, max_len, profile, strategy, baseline strategy) -> the latest ratio of that
-    pair timed side by side (`harness.paired`)."""
+    """(framework, op, device, batch, max_len, *CONFIG, profile, strategy, baseline strategy) -> the latest ratio of
+    that pair timed side by side (`harness.paired`)."""
     if paired is None or paired.empty:
         return {}
-    keys = ["framework", "op", "device", "batch", "max_len", "profile", "strategy", "base_strategy"]
+    keys = ["framework", "op", "device", "batch", "max_len", *CONFIG, "profile", "strategy", "base_strategy"]
     latest = paired.sort_values("time").drop_duplicates(keys, keep="last")
-    return {tuple(r[k] for k in keys): float(r["ratio"]) for _, r in latest.iterrows()}
+    return {_key(r, keys): float(r["ratio"]) for _, r in latest.iterrows()}
 
 
 def pair_ratio(side: dict[tuple, float], r: pd.Series, op: str, device: str, profile: str, base: str) -> float:
     """The side-by-side ratio (baseline over strategy) of bench row `r`'s strategy against strategy `base` on
-    `profile` at r's framework, B and T (`side_by_side`), missing where that pair was not timed."""
-    return side.get((r["framework"], op, device, r["batch"], r["max_len"], profile, r["strategy"], base),
-                    float("nan"))
+    `profile` at r's framework, B, T and configuration (`side_by_side`), missing where that pair was not timed."""
+    return side.get((r["framework"], op, device, *_key(r, ["batch", "max_len", *CONFIG]), profile, r["strategy"],
+                     base), float("nan"))
 
 
 def equal_cost(side: dict[tuple, float], r: pd.Series, op: str, device: str, base_strategy: pd.Series) -> float:
@@ -117,15 +138,18 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
     `paired` (the `paired` records' frame): where the same strategy and baseline were also timed side by side, that
     ratio is the "x side by side" column (else missing), and the strategy's time over the baseline's on equal
     lengths, timed side by side, is "cost on equal lengths" (`equal_cost`).
+    Records are compared only within one host and model configuration (`CONFIG`: dtype, cell, hidden size, ...);
+    where the data holds several, the table has a column for each field that varies. A timing that saw a retrace
+    (`retraced`: it timed compiles) is not a warm time and is left out.
     """
     side = side_by_side(paired)
     data = headline(ok(df)[ok(df)["op"].isin(recommended_ops())])
     if data.empty:
         return pd.DataFrame()
     data = data.assign(verdict=bench_status(data, check))
-    exact = data[data["verdict"] == "exact"]
-    rows = []
-    for (op, device, _, _), d in exact.groupby(["op", "device", "batch", "max_len"]):
+    exact = data[(data["verdict"] == "exact") & ~data["retraced"].eq(True)]
+    varying, rows = _varying(exact), []
+    for (op, device, *_), d in exact.groupby(["op", "device", "batch", "max_len", *CONFIG], dropna=False):
         equal = d[d["profile"] == "equal"]
         base = equal.groupby("framework")["median_s"].min()
         base_strategy = equal.loc[equal.groupby("framework")["median_s"].idxmin()].set_index("framework")["strategy"]
@@ -135,8 +159,9 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
             for _, r in fastest.iterrows():
                 b = base.get(r["framework"], float("nan"))
                 ideal = b * r["ideal_share"] if pd.notna(r["ideal_share"]) else float("nan")
-                rows.append({"op": OP_TITLES.get(op, op), "device": device, "profile": profile,
-                             "padding": round(float(r["padding_fraction"]), 2), "framework": r["framework"],
+                rows.append({"op": OP_TITLES.get(op, op), "device": device, **{c: r[c] for c in varying},
+                             "profile": profile, "padding": round(float(r["padding_fraction"]), 2),
+                             "framework": r["framework"],
                              "fastest exact strategy": r["strategy"], "kernel": r["kernel"],
                              "valid Mtok/s": round(r["valid_tokens_per_s"] / 1e6, 3),
                              "x vs padded baseline": round(b / r["median_s"], 2),
@@ -146,11 +171,12 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                              "fraction of ideal": round(ideal / r["median_s"], 2),
                              "cost on equal lengths": equal_cost(side, r, op, device, base_strategy),
                              "overall best": r["framework"] == winner["framework"]})
-    unchecked = sorted(set(data.loc[data["verdict"] == "unchecked", "framework"]))
-    for fw in unchecked:
-        rows.append({"op": "-", "device": "-", "profile": "-", "padding": float("nan"), "framework": fw,
-                     "fastest exact strategy": "unchecked: no check records, never recommended", "kernel": "",
-                     "valid Mtok/s": float("nan"), "x vs padded baseline": float("nan"),
+    unchecked = data[data["verdict"] == "unchecked"].groupby(["framework", "device"])["strategy"]
+    for (fw, device), names in unchecked:
+        rows.append({"op": "-", "device": device, "profile": "-", "padding": float("nan"), "framework": fw,
+                     "fastest exact strategy": f"unchecked on this device (no check records), never recommended: "
+                                               f"{', '.join(sorted(set(names)))}",
+                     "kernel": "", "valid Mtok/s": float("nan"), "x vs padded baseline": float("nan"),
                      "x side by side": float("nan"), "ideal x": float("nan"),
                      "fraction of ideal": float("nan"), "cost on equal lengths": float("nan"),
                      "overall best": False})
@@ -176,26 +202,39 @@ CALLS = (1, 100, 10_000)
 
 
 def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
-    """Per op x device x profile (headline B, T): the fastest exact strategy when the cost of n calls is
-    compile + n x warm time, for n in CALLS; and the break-even number of calls at which the fastest warm strategy
-    overtakes the strategy that is fastest for a single call (compile included)."""
+    """Per op x device x configuration x profile (headline B, T): the fastest exact strategy when the cost of n
+    calls is compile + n x warm time, for n in CALLS; and the break-even: the first number of calls at which the
+    fastest warm strategy is cheaper than the strategy that is fastest for a single call (compile included).
+
+    A bench record has no compile time (`compile_s` missing) where an earlier case of its worker had compiled the
+    shape already (the same strategy on another profile of the same B and T): a fresh process pays that compile, so
+    the largest compile time recorded for the same framework, strategy, device, B, T and configuration stands in.
+    A strategy with no compile time recorded anywhere is left out (its cost of n calls is unknown), as are retraced
+    timings (not a warm time)."""
     data = headline(ok(df)[ok(df)["op"].isin(recommended_ops())])
     if data.empty:
         return pd.DataFrame()
-    data = data[[v == "exact" for v in bench_status(data, check)]]
-    rows = []
-    for (op, device, profile), g in data.groupby(["op", "device", "profile"]):
-        g = g.assign(compile=g["compile_s"].fillna(0.0), impl=g["framework"] + ":" + g["strategy"])
-        row = {"op": OP_TITLES.get(op, op), "device": device, "profile": profile}
+    exact = pd.Series([v == "exact" for v in bench_status(data, check)], index=data.index)
+    data = data[exact & ~data["retraced"].eq(True)]
+    same = ["framework", "strategy", "op", "device", "batch", "max_len", *CONFIG]
+    known = data["compile_s"].astype(float)
+    data = data.assign(compile=known.fillna(known.groupby([data[c].astype(str) for c in same]).transform("max")),
+                       impl=data["framework"] + ":" + data["strategy"])
+    data = data[data["compile"].notna()]
+    varying, rows = _varying(data), []
+    for (op, device, *_, profile), g in data.groupby(["op", "device", *CONFIG, "profile"], dropna=False):
+        row = {"op": OP_TITLES.get(op, op), "device": device, **{c: g[c].iloc[0] for c in varying},
+               "profile": profile}
         for n in CALLS:
             cost = g["compile"] + n * g["median_s"]
             row[f"best for {n:,} call(s)"] = g.loc[cost.idxmin(), "impl"]
         first, warm = g.loc[(g["compile"] + g["median_s"]).idxmin()], g.loc[g["median_s"].idxmin()]
         if first["impl"] == warm["impl"] or warm["median_s"] >= first["median_s"]:
             row["break-even calls"] = "-"
-        else:
+        else:  # warm is cheaper for n calls exactly when n > n_star: from floor(n_star) + 1 calls on
             n_star = (warm["compile"] - first["compile"]) / (first["median_s"] - warm["median_s"])
-            row["break-even calls"] = f"{warm['impl']} overtakes {first['impl']} after {max(n_star, 1):,.0f}"
+            row["break-even calls"] = f"{warm['impl']} is cheaper from {math.floor(n_star) + 1:,} calls on " \
+                                      f"than {first['impl']}"
         rows.append(row)
     return pd.DataFrame(rows)
 
