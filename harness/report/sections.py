@@ -286,8 +286,8 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.Dat
     if not ca.empty:
         s.p("Counting compile cost: the fastest exact strategy for a given number of calls (compile time + n x warm "
             "time; compiled strategies pay their jit / tf.function compile, torch's graph_loop its CUDA-graph "
-            "capture, once per shape), and the number of calls "
-            "after which the fastest warm strategy overtakes the one that is fastest for a single call.")
+            "capture, once per shape), and the first number of calls "
+            "from which the fastest warm strategy is cheaper than the one that is fastest for a single call.")
         s.table(ca)
     return s
 

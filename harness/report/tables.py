@@ -96,8 +96,9 @@ def _key(r: pd.Series, fields) -> tuple:
 
 
 def _varying(df: pd.DataFrame) -> list[str]:
-    """The `CONFIG` fields with more than one value in df: the columns a table needs to tell its rows apart."""
-    return [c for c in CONFIG if c in df.columns and df[c].nunique(dropna=False) > 1]
+    """The `CONFIG` fields with more than one value within some op of df: the columns a table needs to tell its rows
+    apart (an RNN's cell beside a loss's missing one is no variation)."""
+    return [c for c in CONFIG if c in df.columns and not df.empty and (df.groupby("op")[c].nunique() > 1).any()]
 
 
 def side_by_side(paired: pd.DataFrame | None) -> dict[tuple, float]:
