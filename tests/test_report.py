@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from harness import records, report
+from harness.families import OP_TITLES
 
 REQUIRE_ALL = os.environ.get("VARLEN_REQUIRE_ALL") == "1"
 PROFILES = {"equal": 0.0, "lognormal": 0.6, "zipf": 0.85}
@@ -101,7 +102,6 @@ def test_recommendation_picks_fastest_exact_strategy(built):
     t = report.recommendation_table(report.bench_frame(fixture_records()),
                                     report.frame(fixture_records(), "check"), report.frame(fixture_records(), "paired"))
     assert not (t["fastest exact strategy"] == "fast").any(), "a non-equivalent strategy must never be recommended"
-    assert not {"host", "dtype", "cell"} & set(t.columns), "one configuration per op: no column to tell rows apart"
     lognormal = t[(t["profile"] == "lognormal") & (t["op"] == "RNN forward + backward")].set_index("framework")
     assert lognormal.loc["torch", "fastest exact strategy"] == "packed"
     assert lognormal.loc["torch", "overall best"] and not lognormal.loc["jax", "overall best"]
@@ -293,3 +293,15 @@ def test_a_retraced_timing_is_never_recommended():
     t, ca = _tables(recs)
     assert t[t["profile"] == "lognormal"]["fastest exact strategy"].tolist() == ["scan"]
     assert ca.set_index("profile").loc["lognormal", "best for 1 call(s)"] == "jax:scan"
+
+
+def test_no_configuration_column_where_each_op_has_one_configuration():
+    loss = [{**r, "op": "loss_softmax_ce", "cell": None, "hidden": None, "num_layers": None, "bidirectional": None,
+             "key": r["key"] + "|loss"}
+            for r in (_bench("torch", "ce", "equal", 2.0), _bench("torch", "ce", "lognormal", 1.0))]
+    recs = [_bench("torch", "sliced", "equal", 10.0), _bench("torch", "sliced", "lognormal", 4.0), *loss,
+            _checked("torch", "sliced"), {**_checked("torch", "ce"), "op": "loss"}]
+    t, ca = _tables(recs)
+    assert set(t["op"]) == {"RNN forward + backward", OP_TITLES["loss_softmax_ce"]}, t
+    for table in (t, ca):
+        assert not {"host", "dtype", "cell", "hidden"} & set(table.columns), "a loss has no cell: no variation"
