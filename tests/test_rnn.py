@@ -70,7 +70,7 @@ def test_rnn_matches_reference(name, strategy, cell, side, bidirectional, dtype,
 @pytest.mark.parametrize("name,strategy", STRATS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_padding_values_change_nothing(name, strategy, cell):
-    """NaN, huge values or zeros in padding: bit-identical outputs, states and gradients."""
+    """NaN, huge values or zeros in padding: bit-identical outputs, states (h_n, and c_n of the LSTM) and gradients."""
     fw = adapter_for(name, strategy, cell)
     spec = RnnSpec(cell, input_size=2, hidden_size=3, num_layers=1, bidirectional=True)
     L = np.array([4, 0, 2, 3])
@@ -80,11 +80,13 @@ def test_padding_values_change_nothing(name, strategy, cell):
     for side, fill in itertools.product(["right", "left"], [0.0, np.nan, 1e30]):
         x = padded(L, 5, (2,), side=side, seed=3, dtype="float64", fill=fill)
         out, grads = fw.rnn_vjp(spec, params, fw.asarray(x), L, cot, side=side, strategy=strategy)
-        runs.append((side, fill, [fw.to_numpy(out.outputs), fw.to_numpy(out.h_n), fw.to_numpy(grads["x"]),
+        states = [fw.to_numpy(out.h_n)] + ([fw.to_numpy(out.c_n)] if cell == "lstm" else [])
+        runs.append((side, fill, [fw.to_numpy(out.outputs), *states, fw.to_numpy(grads["x"]),
                                   flat_grads(grads["params"], fw.to_numpy)]))
+    whats = ["outputs", "h_n", *(["c_n"] if cell == "lstm" else []), "grad_x", "grad_params"]
     for side, fill, arrays in runs:
         base = next(r for r in runs if r[0] == side and r[1] == 0.0)[2]
-        for a, b, what in zip(arrays, base, ["outputs", "h_n", "grad_x", "grad_params"]):
+        for a, b, what in zip(arrays, base, whats, strict=True):
             assert np.isfinite(a).all(), f"{name}/{strategy} {cell} side={side}: padding {fill} leaked into {what}"
             assert np.array_equal(a, b), f"{name}/{strategy} {cell} side={side}: padding {fill} changed {what}"
 

@@ -25,6 +25,30 @@ SPLIT_LENGTHS = np.array([64, 60] + [20] * 6 + [2] * 7 + [0])
 SPLIT_T = 64
 
 
+#: a pairwise covering of cell x side x (layers, bidirectional) x dtype in 6 rows (the full product has 24): each
+#: cell twice, its two rows opposite in every other factor, so any two values of any two factors meet in some row
+PAIRWISE = [("lstm", "right", 1, False, "float64"), ("lstm", "left", 2, True, "float32"),
+            ("gru", "right", 1, False, "float32"), ("gru", "left", 2, True, "float64"),
+            ("rnn", "right", 2, True, "float64"), ("rnn", "left", 1, False, "float32")]
+
+
+def cases(strategy: str, rows=(), names=NAMES) -> list:
+    """pytest params (name, cell, side, layers, bi, dtype) of `rows` then PAIRWISE for each framework; where the
+    strategy's precondition (`supports`, read from the family module's table: no framework imported) refuses a
+    cell, that row runs the GRU instead (a row already listed is not repeated)."""
+    out, seen = [], set()
+    for name in names:
+        unit = importlib.import_module(f"adapters.{name}.rnn").STRATEGIES[strategy]
+        for cell, side, layers, bi, dtype in [*rows, *PAIRWISE]:
+            if unit.supports(None, cell=cell, device="cpu", dtype=dtype) is not None:
+                cell = "gru"
+            if (name, cell, side, layers, bi, dtype) not in seen:
+                seen.add((name, cell, side, layers, bi, dtype))
+                out.append(pytest.param(name, cell, side, layers, bi, dtype,
+                                        id=f"{name}-{cell}-{side}-{layers}x{'bi' if bi else 'uni'}-{dtype}"))
+    return out
+
+
 def plan_for(name, lengths, T):
     """The plan the framework's "bucketed" makes: the shared planner with that framework's cost model."""
     mod = importlib.import_module(f"adapters.{name}.rnn")
@@ -53,16 +77,17 @@ def test_the_split_batch_really_splits():
     assert plans == {"jax": [(2, 2, 64), (6, 8, 24), (8, 8, 2)], "tensorflow": [(8, 8, 64), (8, 8, 2)]}
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("cell,side,layers,bi", [("lstm", "left", 1, True), ("gru", "right", 2, False)],
-                         ids=["lstm-left-bi", "gru-right-2layers"])
-def test_bucketed_matches_reference_on_several_buckets(name, cell, side, layers, bi):
+@pytest.mark.parametrize("name,cell,side,layers,bi,dtype", cases("bucketed", [("lstm", "left", 1, True, "float64"),
+                                                                            ("gru", "right", 2, False, "float64")]))
+def test_bucketed_matches_reference_on_several_buckets(name, cell, side, layers, bi, dtype):
+    """Every cell (the tanh RNN too), both sides, one layer one way and two layers both ways, float64 and float32
+    (the shared tolerance table): exact on a batch the cost model splits, and the kernel names the buckets."""
     require(name)
     fw = adapters.get(name)
     spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
     L, T = SPLIT_LENGTHS, SPLIT_T
-    bad, out = against_reference(fw, spec, L, T, side=side, seed=1, strategy="bucketed")
-    assert not bad, f"{name} bucketed {cell} side={side}: {bad}"
+    bad, out = against_reference(fw, spec, L, T, side=side, dtype=dtype, seed=1, strategy="bucketed")
+    assert not bad, f"{name} bucketed {cell} side={side} {dtype}: {bad}"
     k = len(plan_for(name, L, T))
     assert k >= 2 and out.kernel.endswith(f"bucketed[{k}]"), out.kernel
 
@@ -187,43 +212,45 @@ def test_jax_cudnn_lstm_glue_matches_reference(side, dtype, monkeypatch):
     assert not bad, f"cudnn_lstm glue side={side} {dtype}: {bad}"
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("cell,side,layers,bi", [("lstm", "left", 1, True), ("gru", "right", 2, False),
-                                                 ("rnn", "right", 1, True)], ids=["lstm-left-bi", "gru-2layers",
-                                                                                  "rnn-bi"])
-def test_time_sliced_over_several_segments(name, cell, side, layers, bi):
+@pytest.mark.parametrize("name,cell,side,layers,bi,dtype", cases("time_sliced", [("lstm", "left", 1, True, "float64"),
+                                                                               ("gru", "right", 2, False, "float64"),
+                                                                               ("rnn", "right", 1, True, "float64")]))
+def test_time_sliced_over_several_segments(name, cell, side, layers, bi, dtype):
     """time_sliced (TF: Keras layers, JAX: the masked scan) on a batch its planner cuts into several segments
-    (row counts rounded up the batch ladder, so some segments carry rows that already ended): exact, and one
-    compile per distinct plan."""
+    (row counts rounded up the batch ladder, so some segments carry rows that already ended), every cell, both
+    sides, float64 and float32: exact, and one compile per distinct plan."""
     require(name)
     fw = adapters.get(name)
     spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
     L, T = SPLIT_LENGTHS, SPLIT_T
     before = len(fw.rnn_sliced_plans())
     for _ in range(2):  # the second call reuses the first one's trace
-        bad, out = against_reference(fw, spec, L, T, side=side, seed=3, strategy="time_sliced")
-        assert not bad, f"{name} time_sliced {cell} side={side}: {bad}"
+        bad, out = against_reference(fw, spec, L, T, side=side, dtype=dtype, seed=3, strategy="time_sliced")
+        assert not bad, f"{name} time_sliced {cell} side={side} {dtype}: {bad}"
     k = int(out.kernel.split("sliced[")[1].split("]")[0])
     assert k >= 2, out.kernel
     assert len(fw.rnn_sliced_plans()) == before + 1
 
 
+@pytest.mark.parametrize("name,plain,strategy", [("jax", "xla-scan", "scan"), ("tensorflow", "keras-while", "keras")],
+                         ids=["jax", "tensorflow"])
 @pytest.mark.parametrize("lengths,T,side", [([0, 0, 0], 4, "right"), ([0, 0], 0, "right"), ([5, 0, 1], 5, "left"),
                                              ([5, 5, 5], 5, "right"), ([5, 5, 5], 5, "left")],
                          ids=["all-empty", "T0", "one", "full-right", "full-left"])
-def test_jax_time_sliced_edge_batches(lengths, T, side):
-    """Degenerate batches; full rows are one segment of the whole batch over every step, which runs scan's own
-    jitted call (the same outputs to the last bit, forward and vjp)."""
-    require("jax")
-    fw = adapters.get("jax")
+def test_time_sliced_edge_batches(name, plain, strategy, lengths, T, side):
+    """Degenerate batches; full rows are one segment of the whole batch over every step, which runs the plain
+    strategy's own call (JAX: scan's jit, TF: the Keras layers' tf.function; the same outputs to the last bit)."""
+    require(name)
+    fw = adapters.get(name)
     spec = RnnSpec("lstm", input_size=2, hidden_size=3, bidirectional=True)
     bad, out = against_reference(fw, spec, np.array(lengths), T, side=side, seed=2, strategy="time_sliced")
     assert not bad, bad
     if min(lengths, default=0) == T > 0:
-        assert out.kernel == "xla-scan sliced[1]"
+        assert out.kernel == f"{plain} sliced[1]", out.kernel
         x = fw.asarray(padded(np.array(lengths), T, (2,), side=side, seed=2, dtype="float64"))
         params = init_params(spec, seed=2, dtype="float64")
-        got, want = (fw.rnn(spec, params, x, np.array(lengths), side=side, strategy=s) for s in ("time_sliced", "scan"))
+        got, want = (fw.rnn(spec, params, x, np.array(lengths), side=side, strategy=s)
+                     for s in ("time_sliced", strategy))
         np.testing.assert_array_equal(fw.to_numpy(got.outputs), fw.to_numpy(want.outputs))
 
 
@@ -357,6 +384,21 @@ def test_jax_concat_rows_is_exact_on_a_packed_batch(cell):
         assert not bad and out.kernel == f"xla-scan rows[{p.rows}x{p.steps}]", (side, out.kernel, bad)
     touching = (p.src[1:] >= 0) & (p.src[:-1] >= 0) & (p.src[1:] // T != p.src[:-1] // T)
     assert touching.any() and p.rows < L.size / 2
+
+
+@pytest.mark.parametrize("name,cell,side,layers,bi,dtype", cases("concat_rows"))
+def test_concat_rows_packs_every_case(name, cell, side, layers, bi, dtype):
+    """The skewed batch packed (TF: a separator slot between sequences, JAX: none), on the pairwise rows (TF's
+    tanh-RNN rows run the GRU: its precondition refuses the tanh RNN): one layer one way too, float32 too."""
+    require(name)
+    fw = adapters.get(name)
+    L, T = PACK_LENGTHS, 40
+    p = pack_rows(L, T, gap=0 if name == "jax" else 1)
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
+    bad, out = against_reference(fw, spec, L, T, side=side, dtype=dtype, seed=4, strategy="concat_rows")
+    assert not bad, f"{name} concat_rows {cell} side={side} {dtype} kernel={out.kernel}: {bad}"
+    plain = {"jax": "xla-scan", "tensorflow": "keras-while"}[name]
+    assert out.kernel == f"{plain} rows[{p.rows}x{p.steps}]" and p.rows < L.size / 2, out.kernel
 
 
 @pytest.mark.parametrize("name,plain", [("tensorflow", "keras-while"), ("jax", "xla-scan")])

@@ -39,10 +39,11 @@ def test_saturated_gate_excludes_the_tanh_rnn_with_a_reason(fw):
     assert fw.rnn_strategies("lstm")[0] == "packed"  # the default is unchanged
 
 
+@pytest.mark.parametrize("side,layers,bi", [("left", 2, True), ("right", 1, False)], ids=["left-2xbi", "right-1xuni"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_bucketed_with_several_buckets_matches_reference(fw, cell):
-    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
-    bad, out = run_case(fw, "bucketed", spec, SKEWED, side="left")
+def test_bucketed_with_several_buckets_matches_reference(fw, cell, side, layers, bi):
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
+    bad, out = run_case(fw, "bucketed", spec, SKEWED, side=side)
     k = int(out.kernel.split("[")[1].split("]")[0])
     assert k >= 2 and out.kernel.startswith("bucketed["), out.kernel
     assert not bad, f"bucketed {cell} kernel={out.kernel}: {bad}"
