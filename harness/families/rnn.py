@@ -47,6 +47,12 @@ def compare_rnn(fw, out, grads, want_out, want_grads, valid, tol) -> dict[str, t
     pad = ~valid
     stray = max(np.abs(n(out.outputs)[pad]).max(initial=0), np.abs(n(grads["x"])[pad]).max(initial=0))
     res["padding_zero"] = (bool(stray == 0), float(stray))
+    # a zero-length row never steps: its final state is the initial zero state exactly (not merely within the
+    # tolerance scaled by the largest state), in every layer and direction
+    empty = ~valid.any(axis=1)
+    states = [n(out.h_n)] + ([n(out.c_n)] if want_out.c_n is not None else [])
+    left = max(np.abs(s[:, empty]).max(initial=0) for s in states)
+    res["empty_row_state_zero"] = (bool(left == 0), float(left) if np.isfinite(left) else float("inf"))
     return res
 
 
