@@ -56,8 +56,12 @@ def test_rnn_matches_reference(name, strategy, cell, side, bidirectional, dtype,
     res = compare_rnn(fw, out, grads, want_out, want_grads, valid_mask(L, RNN_T, side), tolerance(dtype, device))
     bad = {q: err for q, (ok, err) in res.items() if not ok}
     assert not bad, f"{name}/{strategy} {cell} side={side} bi={bidirectional} {dtype} kernel={out.kernel}: {bad}"
-    assert fw.to_numpy(out.outputs).dtype == np.dtype(dtype) and fw.to_numpy(grads["x"]).dtype == np.dtype(dtype)
     assert (out.c_n is None) == (cell != "lstm")
+    every = {"outputs": out.outputs, "h_n": out.h_n, "c_n": out.c_n, "grad_x": grads["x"],
+             **{f"grad {k} l{i}d{j}": v for i, dirs in enumerate(grads["params"]) for j, p in enumerate(dirs)
+                for k, v in p.items()}}
+    dtypes = {q: str(fw.to_numpy(v).dtype) for q, v in every.items() if v is not None}
+    assert set(dtypes.values()) == {dtype}, f"{name}/{strategy}: results not all {dtype}: {dtypes}"
     # the forward-only path (what benchmarks time) agrees too
     fwd = fw.rnn(spec, params, fw.asarray(x, device), L, side=side, strategy=strategy, device=device)
     for q in ("outputs", "h_n", "c_n"):
