@@ -156,12 +156,15 @@ def test_select_takes_the_latest_record_per_case_and_a_run_by_id():
 
 def test_ctrl_c_finishes_the_case_in_flight_exits_130_and_resume_completes(tmp_path):
     out = tmp_path / "r.jsonl"
-    args = ["bench", "--framework", "torch", "--op", "mask", "--max-len", "32", "--profile", "equal",
-            "--profile", "zipf", "--batch", "8", "--batch", "16", "--batch", "32", "--out", str(out)]
+    # 36 small cases, ~75 ms each here: the signal lands ~2.5 s before the sweep could end (with 6 cases the whole
+    # sweep once finished inside one poll of a loaded xdist worker, exit 0)
+    grid = [("--profile", p) for p in ("equal", "zipf", "lognormal")]
+    grid += [("--batch", b) for b in ("8", "16", "32", "64")] + [("--max-len", t) for t in ("16", "32", "48")]
+    args = ["bench", "--framework", "torch", "--op", "mask", *[a for pair in grid for a in pair], "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    for _ in range(600):
-        time.sleep(0.1)
+    for _ in range(3000):
+        time.sleep(0.02)
         if [r for r in results.read([out]) if r["source"] == "bench"]:
             break
     proc.send_signal(signal.SIGINT)
@@ -169,8 +172,8 @@ def test_ctrl_c_finishes_the_case_in_flight_exits_130_and_resume_completes(tmp_p
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
     first = [r for r in results.load([out]).records if r["source"] == "bench"]
-    assert 1 <= len(first) < 6 and not results.load([out]).problems
+    assert 1 <= len(first) < 36 and not results.load([out]).problems
     assert all(r["status"] == "ok" for r in first), "the case in flight is finished, not recorded as failed"
     assert cli.main([*args, "--resume"]) == 0
     recs = [r for r in results.read([out]) if r["source"] == "bench"]
-    assert len({r["key"] for r in recs}) == 6 and len(recs) == 6, "resume ran each remaining case exactly once"
+    assert len({r["key"] for r in recs}) == 36 and len(recs) == 36, "resume ran each remaining case exactly once"
