@@ -63,14 +63,15 @@ def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) ->
     `paired`: `harness.paired` records of those pairs (the latest one of a pair is shown)."""
     side = {(group_of(p), p["profile"], p["strategy"], p["base_strategy"]): p
             for p in sorted(paired, key=lambda p: p["time"])}
-    hosts = {r.get("host") for r in records}
+    several = lambda field: len({r.get(field) for r in records}) > 1  # named in each line only where it varies
+    show_dtype, show_host = several("dtype"), several("host")
     out = []
     for shape, equal, base, bests in _winners(records, ops):
         fields = dict(zip(GROUP, shape, strict=True))
         head = (f"{fields['op']} {fields['framework']} {fields['device']} B={fields['batch']} T={fields['max_len']}"
                 + (f" {fields['cell']} H={fields['hidden']}" if fields.get("cell") else "")
-                + (f" {fields['dtype']}" if len({r.get("dtype") for r in records}) > 1 else "")
-                + (f" on {fields['host']}" if len(hosts) > 1 else ""))
+                + (f" {fields['dtype']}" if show_dtype else "")
+                + (f" on {fields['host']}" if show_host else ""))
         costs = sorted((r["median_s"] / base["median_s"], r["strategy"], r["kernel"]) for r in equal)
         on_equal = [(s, side[k]) for s in sorted({r["strategy"] for r in equal})
                     if (k := (shape, "equal", s, base["strategy"])) in side]

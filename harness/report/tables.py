@@ -8,6 +8,7 @@ import pandas as pd
 from harness.families import OP_TITLES, check_family, family_of, recommended_ops
 from harness.records import COMMON_OPTIONAL, COMMON_REQUIRED, SOURCES
 from harness.report.render import fmt
+from harness.speedups import SHAPE
 
 
 def frame(records: list[dict], source: str) -> pd.DataFrame:
@@ -85,9 +86,10 @@ def bench_status(df: pd.DataFrame, check: pd.DataFrame) -> list[str]:
             for f, fam, s, d in zip(df["framework"], fams, df["strategy"], df["device"])]
 
 
-#: what, beside op, device, B and T, two bench records must share to be compared: the machine they ran on and the
-#: model's configuration (`harness.speedups.SHAPE`'s other fields); missing values (a loss has no cell) match
-CONFIG = ("host", "dtype", "cell", "hidden", "num_layers", "bidirectional")
+#: what, beside op, device, B and T (and the framework, a column of its own), two bench records must share to be
+#: compared: the machine they ran on and the rest of `harness.speedups.SHAPE` (dtype and the model's configuration);
+#: missing values (a loss has no cell) match
+CONFIG = ("host", *(f for f in SHAPE if f not in ("op", "device", "batch", "max_len", "framework")))
 
 
 def _key(r: pd.Series, fields) -> tuple:
