@@ -6,7 +6,8 @@ use, measures that device's floors with its own framework (copy bandwidth, float
 to the results file as soon as it is measured. The worker announces each case before starting it; a case that
 crashes the worker, or outlasts its timeout, is recorded as failed with the reason, and a fresh worker goes on with
 the rest. Where a framework cannot reset its GPU allocator's peak (JAX), each GPU case runs in a fresh worker so
-that the peak is that case's own. Workers die with the parent; Ctrl-C ends the case in flight unrecorded (the
+that the peak is that case's own (`--shared-worker` runs them in one worker instead: a lent GPU's minutes go to
+timing, not to starting processes, and those cases record no peak, since it would not be their own). Workers die with the parent; Ctrl-C ends the case in flight unrecorded (the
 finished ones are on disk) and `--resume` picks up from there.
 """
 from __future__ import annotations
@@ -52,8 +53,10 @@ def prepare(adapter, case: dict) -> Ready:
     return Ready(adapter, case, family_of(case["op"]).prepare(adapter, case))
 
 
-def measure_case(adapter, case: dict, floor_rates: dict) -> dict:
-    """Time, compile time, memory and floor fraction of one case, as the fields of one bench record."""
+def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) -> dict:
+    """Time, compile time, memory and floor fraction of one case, as the fields of one bench record. `own_peak`
+    False: the device allocator's peak cannot be reset and this process already ran other device work, so its
+    peak would not be this case's: none is recorded."""
     device = case["device"]
     adapter.reset_peak_memory(device)
     c0 = adapter.compile_count()
@@ -62,7 +65,7 @@ def measure_case(adapter, case: dict, floor_rates: dict) -> dict:
     setup_s = time.perf_counter() - t0
     compiles = adapter.compile_count() - c0
     t = timing.measure(p.call, compile_count=adapter.compile_count)
-    device_peak = adapter.peak_memory(device)
+    device_peak = adapter.peak_memory(device) if own_peak else None
     rss_peak = memory.peak_rss_above_baseline(p.call) if device == "cpu" else None
     rate = floor_rates.get("copy_bytes_per_s" if p.floor == "copy" else "gemm_flop_per_s")
     floor_s = p.work / rate if rate else None
@@ -80,8 +83,10 @@ def measure_case(adapter, case: dict, floor_rates: dict) -> dict:
         "floor": p.floor, "work": p.work, "floor_s": floor_s, "fraction_of_floor": floor_s / med if floor_s else None,
         "device_peak_bytes": device_peak, "peak_rss_bytes": rss_peak,
         "peak_bytes": device_peak if device != "cpu" else rss_peak,
-        "memory_method": "allocator peak (reset per case)" if device != "cpu" and adapter.peak_resettable else
-        "allocator peak (fresh process per case)" if device != "cpu" else "RSS high-water mark above baseline",
+        "memory_method": "RSS high-water mark above baseline" if device == "cpu" else
+        "allocator peak (reset per case)" if adapter.peak_resettable else
+        "allocator peak (fresh process per case)" if own_peak else
+        "not recorded (the allocator's peak cannot be reset and this worker ran other device work first)",
     }
 
 
@@ -95,12 +100,14 @@ def worker(framework: str, out: str, floors_json: str) -> None:
     cases = json.loads(sys.stdin.read())
     known = json.loads(floors_json)
     floors = {}
+    used = set()  # devices this process already ran work on (warm-up aside): a peak it cannot reset is not a case's
     for device in dict.fromkeys(c["device"] for c in cases):
         if device not in adapter.devices():
             continue
         adapter.warmup(device)
         floors[device] = known.get(f"{framework}:{device}") or adapter.floors(device)
         if f"{framework}:{device}" not in known:
+            used.add(device)
             results.append(out, records.make("floors", framework=framework, version=adapter.version,
                                              device=device, **floors[device]))
             print("FLOORS " + json.dumps({f"{framework}:{device}": floors[device]}), flush=True)
@@ -109,7 +116,9 @@ def worker(framework: str, out: str, floors_json: str) -> None:
         print(f"START {i}", flush=True)
         rates = floors.get(case["device"], {})
         try:
-            rec = measure_case(adapter, case, rates)
+            own = adapter.peak_resettable or case["device"] == "cpu" or case["device"] not in used
+            used.add(case["device"])
+            rec = measure_case(adapter, case, rates, own_peak=own)
         except Unsupported as e:  # the strategy's precondition excludes this case: not a failure, not measured
             rec = {**case, "status": "unsupported", "error": str(e)[:500]}
         except Exception as e:  # noqa: BLE001 - one failing case is a record, not a lost sweep
@@ -184,15 +193,15 @@ def _run_worker(framework: str, cases: list[dict], out: str, floors: dict, timeo
         remaining = remaining[lost + 1:]
 
 
-def _groups(cases: list[dict]) -> list[tuple[str, list[dict]]]:
+def _groups(cases: list[dict], shared: bool = False) -> list[tuple[str, list[dict]]]:
     """Cases grouped per framework worker; GPU cases of a framework whose allocator peak cannot be reset get a
-    worker each (their memory figure must be their own)."""
+    worker each (their memory figure must be their own), unless `shared` (one worker; no peak recorded)."""
     import adapters
 
     groups = []
     for fw in dict.fromkeys(c["framework"] for c in cases):
         mine = [c for c in cases if c["framework"] == fw]
-        fresh = not adapters.peak_resettable(fw)
+        fresh = not shared and not adapters.peak_resettable(fw)
         shared = [c for c in mine if not (fresh and c["device"] == "gpu")]
         if shared:
             groups.append((fw, shared))
@@ -225,11 +234,11 @@ ClusterSweep = Callable[..., None]
 
 def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float = 600, quiet: bool = False,
           overhead: tuple[str, ...] = (), overhead_devices: tuple[str, ...] = ("cpu",),
-          cluster_sweep: ClusterSweep | None = None) -> list[dict]:
+          cluster_sweep: ClusterSweep | None = None, shared_worker: bool = False) -> list[dict]:
     """Run `cases` (one worker process per framework group), appending to `out` (never rewriting it); then, for
     each framework in `overhead`, the adapter-vs-raw overhead ratios. Returns this run's bench records.
     `cluster_sweep` (e.g. `harness.cluster.runner(address)`) runs the cases' groups instead of local workers; the
-    overhead ratios are still measured here."""
+    overhead ratios are still measured here. `shared_worker`: see `_groups`."""
     run = records.run_id()  # before any worker starts: they inherit it (VARLEN_RUN_ID)
     if resume:
         skip = done_keys(out)
@@ -243,7 +252,7 @@ def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float =
         if cluster_sweep is not None:
             cluster_sweep(cases, out, timeout=timeout, progress=advance)
         else:
-            for fw, group in _groups(cases):
+            for fw, group in _groups(cases, shared=shared_worker):
                 _run_worker(fw, group, out, floors, timeout, advance)
     for fw in overhead:
         for device in overhead_devices:

@@ -207,7 +207,8 @@ def cmd_bench(args) -> int:
     try:  # no overhead ratios on a cluster: they would be timed here, maybe beside a node's timed task
         recs = bench.sweep(cases, str(out), resume=args.resume, timeout=args.timeout,
                            cluster_sweep=cluster.runner(client) if client else None,
-                           overhead=tuple(frameworks) if args.quick and not client else (), overhead_devices=devices)
+                           overhead=tuple(frameworks) if args.quick and not client else (), overhead_devices=devices,
+                           shared_worker=args.shared_worker)
     finally:
         if client is not None:
             client.close()
@@ -295,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(RESULTS / "bench.jsonl"), help="results file (appended to, never rewritten)")
     p.add_argument("--resume", action="store_true", help="skip the cases whose latest record in --out is measured")
     p.add_argument("--timeout", type=float, default=600, help="seconds per case before it is marked failed")
+    p.add_argument("--shared-worker", action="store_true",
+                   help="run a framework's GPU cases in one worker even where its allocator peak cannot be reset "
+                        "(JAX; by default a fresh process each): faster, and those cases record no peak memory")
     p.add_argument("--no-side-by-side", action="store_true",
                    help="do not time each printed speedup again with its baseline in alternation (harness.paired)")
     p.add_argument("--shard", type=_shard, metavar="K/N", help="only shard K of N of the selected cases (a stable "

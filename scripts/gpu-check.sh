@@ -3,8 +3,8 @@
 # (torch, jax, pandas, pytest, hypothesis; no TensorFlow, which stays CPU-verified), the project from the working
 # tree. Usage there:
 #   PYTHONPATH=$PWD bash scripts/gpu-check.sh "$OUT" [PHASE...]
-# PHASE: env, check, gates, rnn, attention, run in the order named (default: rnn env attention check gates, the
-# issue's benchmarks first). Writes check.jsonl and bench.jsonl (copy them under results/gpu/ and commit them:
+# PHASE: env, check, gates, rnn, rnn-jax, attention, run in the order named (default: rnn rnn-jax check attention
+# env gates, the issue's benchmarks first). Writes check.jsonl and bench.jsonl (copy them under results/gpu/ and commit them:
 # `varlen report` reads every results/**/*.jsonl), one log per phase and nvidia-smi.txt (8 files at most, what a
 # device call brings back). Each phase runs under its own time limit, cut to what is left of the whole run's budget
 # (VARLEN_GPU_CHECK_BUDGET_S, default 540 s: one device call may run 600 s); a phase is not started with less than
@@ -15,22 +15,25 @@ set -uo pipefail
 out=${1:-results/gpu}
 shift || true
 phases=("$@")
-[[ ${#phases[@]} -gt 0 ]] || phases=(rnn env attention check gates)
+[[ ${#phases[@]} -gt 0 ]] || phases=(rnn rnn-jax check attention env gates)
 for name in "${phases[@]}"; do  # misuse stops before any work starts
-    [[ " env check gates rnn attention " == *" $name "* ]] || {
-        echo "gpu-check.sh: unknown phase '$name' (env, check, gates, rnn, attention)" >&2; exit 2; }
+    [[ " env check gates rnn rnn-jax attention " == *" $name "* ]] || {
+        echo "gpu-check.sh: unknown phase '$name' (env, check, gates, rnn, rnn-jax, attention)" >&2; exit 2; }
 done
 mkdir -p "$out"
-export PYTHONPATH=${PYTHONPATH:-$PWD} TF_CPP_MIN_LOG_LEVEL=2
+# JAX takes 75% of the GPU at its first use unless told not to: pytest (gates) runs torch beside it in one process
+export PYTHONPATH=${PYTHONPATH:-$PWD} TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_PREALLOCATE=false
 py=${PYTHON:-python3}
 dev=${VARLEN_GPU_CHECK_DEVICE:-gpu}
 budget=${VARLEN_GPU_CHECK_BUDGET_S:-540}
 min_phase=30
 fws=(--framework torch --framework jax)
-bench=("$py" -m harness.cli bench --device "$dev" "${fws[@]}" --timeout 120 --out "$out/bench.jsonl")
+# --shared-worker: JAX's GPU cases in one process, not a fresh one each (their peak memory is then not recorded)
+bench=("$py" -m harness.cli bench --device "$dev" --shared-worker --timeout 120 --out "$out/bench.jsonl")
 profiles=(--profile equal --profile lognormal --profile zipf)
 
-phase() {  # phase LIMIT_S NAME COMMAND...: run it under min(LIMIT_S, budget left), log to NAME.log, print its tail
+phase() {  # phase LIMIT_S NAME COMMAND...: run it under min(LIMIT_S, budget left), append its output to the log
+    # of NAME up to its first '-' (rnn-jax -> rnn.log: a call brings back 8 files), print its tail
     local limit=$1 name=$2 t0=$SECONDS rc left=$((budget - SECONDS))
     shift 2
     if (( left < min_phase )); then
@@ -38,10 +41,12 @@ phase() {  # phase LIMIT_S NAME COMMAND...: run it under min(LIMIT_S, budget lef
         return 0
     fi
     (( limit > left )) && limit=$left
-    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    local log="$out/${name%%-*}.log"
+    echo "### $name: $*" >> "$log"
+    timeout "$limit" "$@" >> "$log" 2>&1
     rc=$?
     echo "== $name: exit $rc after $((SECONDS - t0)) s (limit $limit s)"
-    tail -n 6 "$out/$name.log"
+    tail -n 6 "$log"
 }
 
 { nvidia-smi || true; } > "$out/nvidia-smi.txt" 2>&1
@@ -53,13 +58,15 @@ for name in "${phases[@]}"; do
         # the RNN gates (every strategy, Hypothesis sizes; graph_loop's real CUDA graphs) and bucketed attention
         gates) phase 270 gates "$py" -m pytest -q -p no:cacheprovider --device "$dev" tests/test_rnn.py \
             tests/test_graph_loop.py tests/test_attention_buckets.py -k "torch or jax" ;;
-        # issue 13's points: LSTM and GRU, B=64 T=128 H=128 forward + backward; attention B=32 T=512 (the
-        # headline); each sweep ends by timing its speedups (and the winners on equal lengths) again side by side
-        # (harness/paired.py, ~3 s a pair)
-        rnn) phase 380 rnn "${bench[@]}" --op rnn_forward_backward --cell lstm --cell gru --batch 64 --max-len 128 \
-            "${profiles[@]}" ;;
-        attention) phase 200 attention "${bench[@]}" --op attention_forward_backward --batch 32 --max-len 512 \
-            "${profiles[@]}" ;;
+        # issue 13's points: B=64 T=128 H=128 forward + backward, torch LSTM and GRU (its goals), JAX LSTM (its
+        # goal: against jax.experimental.rnn's cuDNN LSTM); attention B=32 T=512 (the headline); each sweep ends by
+        # timing its speedups (and the winners on equal lengths) again side by side (harness/paired.py, ~3 s a pair)
+        rnn) phase 200 rnn "${bench[@]}" --framework torch --op rnn_forward_backward --cell lstm --cell gru \
+            --batch 64 --max-len 128 "${profiles[@]}" ;;
+        rnn-jax) phase 200 rnn-jax "${bench[@]}" --framework jax --op rnn_forward_backward --cell lstm \
+            --batch 64 --max-len 128 "${profiles[@]}" ;;
+        attention) phase 200 attention "${bench[@]}" "${fws[@]}" --op attention_forward_backward --batch 32 \
+            --max-len 512 "${profiles[@]}" ;;
     esac
 done
 exit 0

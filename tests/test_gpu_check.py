@@ -27,12 +27,16 @@ def test_default_phases_run_the_benchmarks_first(tmp_path):
     proc, out = gpu_check(tmp_path)
     assert proc.returncode == 0, proc.stderr
     ran = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("== ")]
-    assert ran == ["rnn", "env", "attention", "check", "gates"], proc.stdout
-    rnn = (out / "rnn.log").read_text()
-    assert "-m harness.cli bench --device gpu --framework torch --framework jax" in rnn, rnn
-    assert "--op rnn_forward_backward --cell lstm --cell gru --batch 64 --max-len 128" in rnn, rnn
-    assert "--profile equal --profile lognormal --profile zipf" in rnn, rnn
-    assert re.search(r"== rnn: exit 0 after [012] s \(limit 380 s\)", proc.stdout), proc.stdout
+    assert ran == ["rnn", "rnn-jax", "check", "attention", "env", "gates"], proc.stdout
+    rnn = (out / "rnn.log").read_text()  # both RNN sweeps, torch's then JAX's, each in one worker (--shared-worker)
+    torch, jax = rnn.split("### rnn-jax:")
+    bench = "-m harness.cli bench --device gpu --shared-worker --timeout 120 --out"
+    assert f"{bench}" in torch and "--framework torch --op rnn_forward_backward --cell lstm --cell gru" in torch, rnn
+    assert f"{bench}" in jax and "--framework jax --op rnn_forward_backward --cell lstm --batch 64" in jax, rnn
+    assert "--batch 64 --max-len 128 --profile equal --profile lognormal --profile zipf" in torch, rnn
+    assert re.search(r"== rnn: exit 0 after [012] s \(limit 200 s\)", proc.stdout), proc.stdout
+    att = (out / "attention.log").read_text()
+    assert "--framework torch --framework jax --op attention_forward_backward --batch 32 --max-len 512" in att
     assert "-m harness.cli check --device gpu" in (out / "check.log").read_text()
     assert len(list(out.iterdir())) <= 8, "a device call brings back 8 files at most"
 
@@ -53,5 +57,5 @@ def test_the_budget_cuts_the_limit_and_skips_what_cannot_start(tmp_path):
 def test_an_unknown_phase_stops_before_any_work(tmp_path):
     proc, out = gpu_check(tmp_path, "env", "bench")
     assert proc.returncode == 2
-    assert "unknown phase 'bench' (env, check, gates, rnn, attention)" in proc.stderr
+    assert "unknown phase 'bench' (env, check, gates, rnn, rnn-jax, attention)" in proc.stderr
     assert not out.exists(), "nothing ran, not even nvidia-smi"

@@ -67,3 +67,45 @@ def test_workers_run_with_the_malloc_tunables_unless_the_user_set_their_own(tmp_
     bench.sweep([case("pad", 8)], str(out), quiet=True)
     recs = [r for r in results.read([out]) if r["source"] == "bench"]
     assert [(r["batch"], r["malloc"]) for r in recs] == [(4, MALLOC_TUNABLES), (8, mine)]
+
+
+def test_jax_gpu_cases_get_a_fresh_worker_each_unless_shared():
+    # JAX cannot reset its allocator's peak: by default each of its GPU cases runs alone (its peak is its own);
+    # --shared-worker puts them in one worker. CPU cases and torch's (resettable) always share.
+    cases = [case("mask", 4, framework="jax", device="gpu"), case("pad", 4, framework="jax", device="gpu"),
+             case("mask", 4, framework="jax"), case("mask", 4, framework="torch", device="gpu"),
+             case("pad", 4, framework="torch", device="gpu")]
+    sizes = lambda groups: sorted((fw, len(g)) for fw, g in groups)
+    assert sizes(bench._groups(cases)) == [("jax", 1), ("jax", 1), ("jax", 1), ("torch", 2)]
+    assert sizes(bench._groups(cases, shared=True)) == [("jax", 3), ("torch", 2)]
+
+
+def test_a_shared_worker_records_no_peak_it_cannot_reset(monkeypatch):
+    class Adapter:  # a GPU adapter whose allocator peak cannot be reset (as JAX's)
+        peak_resettable = False
+        name = "fake"
+
+        def reset_peak_memory(self, device):
+            pass
+
+        def compile_count(self):
+            return 0
+
+        def peak_memory(self, device):
+            return 4096
+
+    class Ready:
+        valid_tokens, padded_tokens, padding_fraction, ideal_share = 10, 20, 0.5, 0.5
+        floor, work, extra, kernel, first_call_s = "copy", 1e6, {}, "k", 0.01
+
+        def call(self):
+            return None
+
+    monkeypatch.setattr(bench, "prepare", lambda adapter, c: Ready())
+    c = case("mask", 4, device="gpu")
+    own = bench.measure_case(Adapter(), c, {"copy_bytes_per_s": 1e9})
+    assert own["device_peak_bytes"] == own["peak_bytes"] == 4096
+    assert own["memory_method"] == "allocator peak (fresh process per case)"
+    shared = bench.measure_case(Adapter(), c, {"copy_bytes_per_s": 1e9}, own_peak=False)
+    assert shared["device_peak_bytes"] is None and shared["peak_bytes"] is None
+    assert shared["memory_method"].startswith("not recorded")
