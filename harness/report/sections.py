@@ -9,6 +9,7 @@ from harness.families import OP_TITLES, strategy_ops
 from harness.report.figures import errbar, legend_below, new_fig, plain_log_x, save
 from harness.report.render import Section
 from harness.report.tables import (
+    CONFIG,
     compile_aware_table,
     frame,
     headline,
@@ -317,7 +318,9 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
         head = rec[rec["op"] == OP_TITLES.get("rnn_forward_backward")]
         head = head if not head.empty else rec[rec["op"] == rec["op"].iloc[0]]
         best_policy = _best_policies(df)
-        for (device, profile), g in head.groupby(["device", "profile"]):
+        cfg = [c for c in CONFIG if c in head.columns]  # the configurations the table tells apart (cell, dtype, ...)
+        for key, g in head.groupby(["device", *cfg, "profile"], dropna=False, sort=False):
+            device, profile, conf = key[0], key[-1], dict(zip(cfg, key[1:-1], strict=True))
             if profile == "equal":  # the padded baseline itself
                 continue
             parts = []
@@ -332,13 +335,15 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
                              + (f"; {r['cost on equal lengths']:.2f}x the baseline's time on equal lengths"
                                 if pd.notna(r["cost on equal lengths"]) and r["cost on equal lengths"] != 1 else "")
                              + ")")
-            s.p(f"{head['op'].iloc[0]} on {device}, {profile} lengths ({g['padding'].iloc[0]:.0%} padding): "
-                + "; ".join(parts) + ".")
+            what = ", ".join(f"{k} {v}" for k, v in conf.items() if pd.notna(v))
+            s.p(f"{head['op'].iloc[0]} on {device}{' (' + what + ')' if what else ''}, {profile} lengths "
+                f"({g['padding'].iloc[0]:.0%} padding): " + "; ".join(parts) + ".")
     if not check.empty:
         st = check[check["kind"].isin(["op", "strategy"])]
-        per = st.groupby(["framework", "op", "name"])["equivalent"].all()
-        s.p(f"{int(per.sum())} of {len(per)} checked ops and strategies are proven exact against the float64 "
-            f"reference{'' if per.all() else ' — FAILING: ' + ', '.join('/'.join(k) for k in per[~per].index)}.")
+        per = st.groupby(["framework", "op", "name", "device"])["equivalent"].all()
+        failing = ", ".join(f"{fw}/{op}/{name} on {dev}" for fw, op, name, dev in per[~per].index)
+        s.p(f"{int(per.sum())} of {len(per)} checked ops and strategies (each framework and device apart) are proven "
+            f"exact against the float64 reference{'' if per.all() else ' — FAILING: ' + failing}.")
         wrong = check[check["kind"].isin(["idiom", "native"]) & ~check["equivalent"].astype(bool)]
         lines = []
         for (kind, op, name), g in wrong.groupby(["kind", "op", "name"]):
