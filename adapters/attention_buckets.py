@@ -52,7 +52,8 @@ def _run(a, cost: dict, prefer: tuple[str, ...], q, k, v, ql, kvl, cot, causal, 
          device) -> tuple[AttnOut, dict | None]:
     ql, kvl = np.asarray(ql), np.asarray(kvl)
     B, Tq, Tk = q.shape[0], q.shape[1], k.shape[1]
-    spec = attention_spec(device, a.dtype_name(q), causal, q.shape[2], k.shape[2], side, ql, kvl, Tq, Tk)
+    spec = attention_spec(device, a.dtype_name(q), causal, q.shape[2], k.shape[2], side, ql, kvl, Tq, Tk,
+                          q.shape[3])
     inner = a.strategy_table("attention")[inner_strategy(a, prefer, **spec)]
     plan = plan_attention(ql, kvl, Tq, Tk, **cost)
 

@@ -487,7 +487,7 @@ class Adapter(abc.ABC):
 
     def attention_strategies(self, **spec: Any) -> list[str]:
         """The exact attention strategies whose precondition holds for `spec` (device, dtype, causal, gqa, side,
-        cross), default first."""
+        cross, head_dim), default first."""
         return self.strategies("attention", **spec)
 
     def attention_allowed(self, q_lengths: Any, kv_lengths: Any, Tq: int, Tk: int, side: str, causal: bool) -> Any:
@@ -547,7 +547,7 @@ class Adapter(abc.ABC):
                 or not np.isfinite(scale):
             raise ValueError(f"scale must be a finite number or None, got {scale!r}")
         unit = self._unit("attention", strategy, **attention_spec(device, dtypes.pop(), causal, Hq, Hkv, side,
-                                                                  q_lengths, kv_lengths, Tq, Tk))
+                                                                  q_lengths, kv_lengths, Tq, Tk, Dh))
         return _Attn(q_lengths, kv_lengths, float(scale), unit)
 
     def raw_rnn(self, spec: RnnSpec, params: Any, x: Any, lengths: Any, device: str = "cpu", *,

@@ -505,11 +505,11 @@ def unbucket_index(plan: list[Bucket]) -> np.ndarray:
 
 
 def attention_spec(device: str, dtype: str, causal: bool, Hq: int, Hkv: int, side: str, q_lengths: np.ndarray,
-                   kv_lengths: np.ndarray, Tq: int, Tk: int) -> dict[str, Any]:
-    """What the attention strategies' preconditions read: device, dtype, causal, gqa (Hq != Hkv), side and cross
-    (other key lengths or another key length than the queries')."""
+                   kv_lengths: np.ndarray, Tq: int, Tk: int, head_dim: int) -> dict[str, Any]:
+    """What the attention strategies' preconditions read: device, dtype, causal, gqa (Hq != Hkv), side, cross
+    (other key lengths or another key length than the queries') and head_dim (Dh)."""
     return dict(device=device, dtype=dtype, causal=bool(causal), gqa=Hq != Hkv, side=side,
-                cross=Tk != Tq or not np.array_equal(q_lengths, kv_lengths))
+                cross=Tk != Tq or not np.array_equal(q_lengths, kv_lengths), head_dim=int(head_dim))
 
 
 class AttnBucket(NamedTuple):

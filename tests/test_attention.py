@@ -194,3 +194,19 @@ def test_prepare_counts_valid_work(device):
     assert p.work == 3 * 4 * float((L.astype(float) ** 2).sum()) * 4 * 8
     assert p.ideal_share == pytest.approx(float((L.astype(float) ** 2).sum()) / (4 * 16 * 16))
     assert fw.to_numpy(p.run().outputs).shape == (4, 16, 4, 8)
+
+
+def test_flex_refuses_a_head_size_its_gpu_kernels_cannot_lower():
+    # on an H200 (torch 2.11) every flex cell of the check errored in inductor at head size 3 ("NYI: embedding
+    # dimension ... at least 16"): the precondition says so instead, from the head size the call's shapes give
+    pytest.importorskip("torch")
+    from adapters.spec import attention_spec
+
+    fw = adapters.get("torch")
+    L = np.array([3, 1])
+    spec = attention_spec("gpu", "float32", False, 4, 2, "right", L, L, 3, 3, 8)
+    assert spec["head_dim"] == 8
+    assert fw.why_not("attention", "flex", **spec) == \
+        "flex_attention's Triton kernels need a head size of at least 16, got 8"
+    assert fw.why_not("attention", "flex", **{**spec, "head_dim": 16}) is None
+    assert fam.CHECK_DH >= 16, "the gate's head size must let flex run on a GPU"

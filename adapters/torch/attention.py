@@ -156,6 +156,8 @@ def _flex_ok(a, **spec) -> str | None:
                 "slow for a per-call strategy: GPU only")
     if spec.get("dtype") == "float64":
         return "flex_attention's Triton kernels do not take float64"
+    if spec.get("head_dim") is not None and spec["head_dim"] < 16:
+        return f"flex_attention's Triton kernels need a head size of at least 16, got {spec['head_dim']}"
     return None
 
 
