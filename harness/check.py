@@ -3,7 +3,9 @@ recipes and native behaviours, from every op family of the registry (`harness.fa
 
 Each (framework, device) runs in its own worker process (`python -m harness.check FRAMEWORK DEVICE OUT`), which
 appends one record per result as soon as it has it and prints one progress line per family; a worker that crashes
-is recorded as failed and the others go on.
+is recorded as failed and the others go on. The worker records that it started and, after each family, that the
+family is done (with its number of cells): a strategy whose worker was killed (a timeout around `varlen check`, a
+crash, a lost machine) before its family was done is unchecked, not exact on the cells it happened to reach.
 """
 from __future__ import annotations
 
@@ -21,11 +23,16 @@ def worker(framework: str, device: str, out: str) -> None:
     import adapters
 
     fw, ref = adapters.get(framework), adapters.get("numpy")
+    marker = dict(framework=framework, version=fw.version, device=device, case="", equivalent=True,
+                  max_abs_err=0.0, kernel="")
+    results.append(out, records.make("check", **marker, kind="started", op="check", name="worker", quantity="run"))
     for name, family in FAMILIES.items():
         n = 0
         for rec in family.check_records(fw, ref, device):
             results.append(out, records.make(**rec))
             n += 1
+        results.append(out, records.make("check", **marker, kind="done", op=name, name="family", quantity="cells",
+                                         cells=n))
         print(f"DONE {name} {n}", flush=True)
 
 

@@ -35,7 +35,7 @@ SOURCES: dict[str, tuple[dict, dict]] = {
     "check": ({"framework": STR, "version": STR, "device": STR, "kind": STR, "op": STR, "name": STR, "case": STR,
                "quantity": STR, "equivalent": BOOL, "max_abs_err": FLOAT, "kernel": STR},
               {"cell": STR, "side": STR, "bidirectional": BOOL, "dtype": STR, "num_layers": INT, "error": STR,
-               "why": STR, "detail": STR}),
+               "why": STR, "detail": STR, "cells": INT}),
     "bench": ({"key": STR, "framework": STR, "op": STR, "strategy": STR, "device": STR, "dtype": STR, "batch": INT,
                "max_len": INT, "profile": STR, "status": STR},
               {"version": STR, "kernel": STR, "error": STR, "seed": INT, "features": INT, "cell": STR, "hidden": INT,
@@ -66,7 +66,9 @@ SOURCES: dict[str, tuple[dict, dict]] = {
 # bench records with status "ok" must carry the measurement itself
 BENCH_OK_REQUIRED = ("median_s", "p25_s", "p75_s", "valid_tokens", "padded_tokens", "padding_fraction",
                      "valid_tokens_per_s", "kernel")
-CHECK_KINDS = ("op", "strategy", "idiom", "native", "error")
+#: "started" / "done": a check worker began / finished a family (`harness.check`), so that a strategy whose
+#: worker was cut off is never called exact on the cells it happened to reach
+CHECK_KINDS = ("op", "strategy", "idiom", "native", "error", "started", "done")
 STATUSES = ("ok", "failed", "unsupported")
 
 

@@ -7,12 +7,13 @@ import os
 import re
 import shutil
 import subprocess
+import types
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from harness import records, report
+from harness import records, report, results
 from harness.families import OP_TITLES
 
 REQUIRE_ALL = os.environ.get("VARLEN_REQUIRE_ALL") == "1"
@@ -320,3 +321,37 @@ def test_summary_tells_configurations_and_devices_apart():
     assert "on cpu (cell gru), lognormal lengths (50% padding): torch: sliced (1.67x the padded baseline" in text
     assert "1 of 2 checked ops and strategies (each framework and device apart)" in text
     assert "FAILING: torch/rnn/sliced on gpu." in text
+
+
+def test_a_strategy_whose_check_was_cut_off_is_never_called_exact(tmp_path, monkeypatch):
+    # an H200 check killed at its time limit had run 128 of each JAX RNN strategy's 152 cells, all passing: the
+    # report called them exact. Now the worker marks each family done; one cut off inside it is "incomplete".
+    from harness import check as chk
+
+    def family(op, fail_after=None):
+        def check_records(fw, ref, device):
+            for i in range(3):
+                if i == fail_after:
+                    raise KeyboardInterrupt  # the worker dies here (a timeout's kill, a crash)
+                yield dict(source="check", kind="strategy", framework=fw.name, version="1", name="s", op=op,
+                           case=f"c{i}", device=device, quantity="outputs", equivalent=True, max_abs_err=0.0,
+                           kernel="k")
+        return types.SimpleNamespace(check_records=check_records)
+
+    out = tmp_path / "check.jsonl"
+    monkeypatch.setattr(chk, "FAMILIES", {"attention": family("attention"), "rnn": family("rnn", fail_after=2)})
+    with pytest.raises(KeyboardInterrupt):
+        chk.worker("numpy", "cpu", str(out))
+    recs = results.read([out])
+    assert [r["kind"] for r in recs if r["kind"] in ("started", "done")] == ["started", "done"]
+    status = report.tables.strategy_status(report.frame(recs, "check"))
+    assert status[("numpy", "attention", "s", "cpu")] == "exact"
+    assert status[("numpy", "rnn", "s", "cpu")] == "incomplete", "2 of 3 cells reached, all passing"
+    # records from before the markers existed are judged by their cells, as they were
+    legacy = [r for r in recs if r["kind"] == "strategy"]
+    assert report.tables.strategy_status(report.frame(legacy, "check"))[("numpy", "rnn", "s", "cpu")] == "exact"
+    # and the recommendation lists it as cut off, never as the fastest exact strategy
+    recs += [_bench("numpy", "s", "equal", 5.0), _bench("numpy", "s", "lognormal", 2.0)]
+    t = report.recommendation_table(report.bench_frame(recs), report.frame(recs, "check"))
+    assert list(t["fastest exact strategy"]) == [
+        "check cut off on this device before their family was done, never recommended: s"]

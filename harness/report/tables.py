@@ -65,16 +65,23 @@ def failures_table(check: pd.DataFrame) -> pd.DataFrame:
 
 
 def strategy_status(check: pd.DataFrame) -> dict[tuple[str, str, str, str], str]:
-    """(framework, family, strategy, device) -> "exact" (every equivalence cell checked on that device passed) or
-    "WRONG" (a cell failed there); a strategy of one family is judged by that family's cells only (TF's "keras" RNN
-    and loss differ), and on one device by that device's cells only (a strategy checked on the CPU is unchecked on
-    a GPU)."""
+    """(framework, family, strategy, device) -> "exact" (every equivalence cell checked on that device passed),
+    "WRONG" (a cell failed there) or "incomplete" (no cell failed, but the check worker was cut off before the
+    family was done); a strategy of one family is judged by that family's cells only (TF's "keras" RNN and loss
+    differ), and on one device by that device's cells only (a strategy checked on the CPU is unchecked on a GPU).
+    Records from before workers marked their progress ("started" / "done") are judged by the cells they hold."""
     st = check[check["kind"] == "strategy"]
     if st.empty:
         return {}
     st = st.assign(family=st["op"].map(check_family), device=st["device"].fillna("cpu"))
+    dev = check["device"].fillna("cpu")
+    started = set(zip(check["framework"][check["kind"] == "started"], dev[check["kind"] == "started"]))
+    done = set(zip(check["framework"][check["kind"] == "done"], check["op"][check["kind"] == "done"],
+                   dev[check["kind"] == "done"]))
     allok = st.groupby(["framework", "family", "name", "device"])["equivalent"].all()
-    return {k: "exact" if v else "WRONG" for k, v in allok.items()}
+    return {k: "WRONG" if not v else
+            "incomplete" if (k[0], k[3]) in started and (k[0], k[1], k[3]) not in done else "exact"
+            for k, v in allok.items()}
 
 
 def bench_status(df: pd.DataFrame, check: pd.DataFrame) -> list[str]:
@@ -174,11 +181,12 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                              "fraction of ideal": round(ideal / r["median_s"], 2),
                              "cost on equal lengths": equal_cost(side, r, op, device, base_strategy),
                              "overall best": r["framework"] == winner["framework"]})
-    unchecked = data[data["verdict"] == "unchecked"].groupby(["framework", "device"])["strategy"]
-    for (fw, device), names in unchecked:
+    why = {"unchecked": "unchecked on this device (no check records)",
+           "incomplete": "check cut off on this device before their family was done"}
+    unchecked = data[data["verdict"].isin(list(why))].groupby(["framework", "device", "verdict"])["strategy"]
+    for (fw, device, verdict), names in unchecked:
         rows.append({"op": "-", "device": device, "profile": "-", "padding": float("nan"), "framework": fw,
-                     "fastest exact strategy": f"unchecked on this device (no check records), never recommended: "
-                                               f"{', '.join(sorted(set(names)))}",
+                     "fastest exact strategy": f"{why[verdict]}, never recommended: {', '.join(sorted(set(names)))}",
                      "kernel": "", "valid Mtok/s": float("nan"), "x vs padded baseline": float("nan"),
                      "x side by side": float("nan"), "ideal x": float("nan"),
                      "fraction of ideal": float("nan"), "cost on equal lengths": float("nan"),
