@@ -435,3 +435,21 @@ def test_concat_rows_grids_stay_on_the_ladders(name):
     compiles = fw.compile_count()
     random_batches(fw, "concat_rows", 6, cell="gru")
     assert fw.compile_count() == compiles, "the same batches compiled again"
+
+
+@pytest.mark.parametrize("strategy,lengths,T,kernel", [
+    ("bucketed", SPLIT_LENGTHS, SPLIT_T, "bucketed["), ("time_sliced", SPLIT_LENGTHS, SPLIT_T, "sliced["),
+    ("concat_rows", PACK_LENGTHS, 40, "rows["), ("concat_rows", np.array([5, 5, 5]), 5, "rows[3x5]")])
+@pytest.mark.parametrize("cell,side,bi,dtype", [("lstm", "left", True, "float32"), ("gru", "right", False, "float64")])
+def test_jax_fast_strategies_unrolled_as_on_a_gpu(strategy, lengths, T, kernel, cell, side, bi, dtype, monkeypatch):
+    """On a GPU, JAX's bucketed, time_sliced and concat_rows (and their one-scan fallback, the last row) unroll their
+    scans 8 steps (`UNROLL`): run that code here, on the CPU, with the GPU's unroll: exact, and the kernel says
+    unroll8. (A fresh adapter: compiled functions of the default unroll are cached per adapter.)"""
+    require("jax")
+    jr = importlib.import_module("adapters.jax.rnn")
+    monkeypatch.setitem(jr.UNROLL, "cpu", 8)
+    fw = type(adapters.get("jax"))()
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=bi)
+    bad, out = against_reference(fw, spec, lengths, T, side=side, dtype=dtype, seed=5, strategy=strategy)
+    assert not bad, f"jax {strategy} unroll 8 {cell} side={side} {dtype} kernel={out.kernel}: {bad}"
+    assert out.kernel.startswith("xla-scan unroll8 ") and kernel in out.kernel, out.kernel

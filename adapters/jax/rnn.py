@@ -50,6 +50,8 @@ once per new bucket shape, a bounded set):
   (lognormal, 20x128 grid) and 8.4x (zipf, 8x96) where time_sliced gave 2.2x / 6.1x. The slot maps are arguments
   of the jitted function: one compile per grid shape (`rnn_concat_grids()`); where packing leaves one sequence per
   row, "scan"'s own call runs (kernel "xla-scan rows[BxT]"). Kernel "xla-scan rows[<rows>x<steps>]".
+- "bucketed", "time_sliced" and "concat_rows" unroll their scans per device (`UNROLL`): 1 on the CPU, 8 on a GPU,
+  where a step is latency-bound (their kernel names then read "xla-scan unroll8 ...").
 - "cudnn_lstm" (GPU, LSTM, float32): `jax.experimental.rnn.lstm`, JAX's cuDNN LSTM with seq_lengths, every layer
   and direction in one call; left padding realigned; zero-length rows run as length 1 and are zeroed (cuDNN's own
   state for a zero length was seen 0.30 off on an H100). Kernel "cudnn". It has no CPU lowering, so on CPU only its
@@ -125,9 +127,10 @@ class JaxRnn:
     def _plain_scan(self, spec, params, x, lengths, cotangents, side, device, kernel: str):
         """The masked scan's own jitted call under another strategy's kernel name (a plan that is the whole
         batch, or runs nothing)."""
+        algo = ("masked", _unroll(device))
         if cotangents is None:
-            return self._rnn_forward(("masked", 1), spec, params, x, lengths, side, device)._replace(kernel=kernel)
-        out, grads = self._rnn_vjp(("masked", 1), spec, params, x, lengths, cotangents, side, device)
+            return self._rnn_forward(algo, spec, params, x, lengths, side, device)._replace(kernel=kernel)
+        out, grads = self._rnn_vjp(algo, spec, params, x, lengths, cotangents, side, device)
         return out._replace(kernel=kernel), grads
 
     def raw_rnn(self, spec, params, x, lengths, device="cpu", *, backward=False, cotangents=None):
@@ -178,13 +181,14 @@ class JaxRnn:
         B, T = x.shape[:2]
         plan = plan_buckets(lengths, T, step_cost=STEP_COST, call_cost=CALL_COST)
         if whole_batch(plan, B, T):  # the masked scan's own jitted call
-            return self._plain_scan(spec, params, x, lengths, cotangents, side, device, "xla-scan bucketed[1]")
+            return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
+                                    f"{_scan_name(_unroll(device))} bucketed[1]")
         p = self.params_to_jax(params, x.dtype, device)
         cot = None if cotangents is None else self._cotangents(cotangents, x.dtype, device)
         parts = [self._run_bucket(spec, side, p, x, lengths, b, cot, device) for b in plan]
         states = [r[0] for r in parts] if cot is not None else parts
         outputs, h_n, c_n = (self._unbucket(plan, [s[i] for s in states], axis) for i, axis in enumerate((0, 1, 1)))
-        out = RnnOut(outputs, h_n, c_n, f"xla-scan bucketed[{len(plan)}]")
+        out = RnnOut(outputs, h_n, c_n, f"{_scan_name(_unroll(device))} bucketed[{len(plan)}]")
         if cot is None:
             return self._keep(out)
         grads = {"x": self._unbucket(plan, [r[2] for r in parts], 0),
@@ -197,8 +201,9 @@ class JaxRnn:
         rows = np.concatenate([bucket.rows, np.full(bucket.batch - n, bucket.rows[0])])
         lens = np.where(np.arange(bucket.batch) < n, lengths[rows], 0)
         vjp, permute = cot is not None, not np.array_equal(rows, np.arange(x.shape[0]))
-        fn = self._cached(("rnn_bucket", spec, side, bucket.steps, vjp, permute),
-                          lambda: self._bucket_fn(spec, side, bucket.steps, vjp, permute))
+        unroll = _unroll(device)
+        fn = self._cached(("rnn_bucket", spec, side, bucket.steps, vjp, permute, unroll),
+                          lambda: self._bucket_fn(spec, side, bucket.steps, vjp, permute, unroll))
         args = (params, x, self.asarray(rows, device), self.asarray(lens, device))
         return fn(*args, cot) if vjp else fn(*args)
 
@@ -223,12 +228,12 @@ class JaxRnn:
 
         return self._cached(("rnn_bucket_sum",), lambda: self.jax.jit(total))(trees)
 
-    def _bucket_fn(self, spec: RnnSpec, side: str, steps: int, vjp: bool, permute: bool):
+    def _bucket_fn(self, spec: RnnSpec, side: str, steps: int, vjp: bool, permute: bool, unroll: int):
         """Jitted: gather the bucket's rows (unless it is the whole batch in order), trim time to `steps` on the valid
         side (steps >= every row's length), run the masked scan, pad outputs (and grad x) back to T with zeros.
         Exact: the dropped steps are padding for every row of the bucket, where the masked carry would not move."""
         jnp = self.jnp
-        net = partial(self._network, spec, ("masked", 1), side)
+        net = partial(self._network, spec, ("masked", unroll), side)
 
         def trim(a, rows):
             a = jnp.take(a, rows, axis=0) if permute else a
@@ -269,22 +274,24 @@ class JaxRnn:
         if not plan or whole_segment(plan, B, T):
             # nothing runs (the masked scan returns its zeros), or one segment of the whole batch over every step:
             # the masked scan's own jitted call, without the sort and gathers
+            name = _scan_name(_unroll(device))
             return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
-                                    "xla-scan sliced[1]" if plan else "xla-scan")
-        vjp = cotangents is not None
+                                    f"{name} sliced[1]" if plan else name)
+        vjp, unroll = cotangents is not None, _unroll(device)
 
         def traced(x):  # the plan's compiled shapes, recorded when JAX traces
             self.rnn_sliced_plans().add(("vjp" if vjp else "fwd", spec, side, x.dtype.name, *x.shape[:2], plan))
 
-        fn = self._cached(("rnn_sliced", spec, side, plan, vjp),
-                          lambda: self._jit_net(partial(self._sliced_network, spec, side, plan), vjp, traced))
-        return self._call_net(fn, params, x, lengths, cotangents, device, f"xla-scan sliced[{len(plan)}]")
+        fn = self._cached(("rnn_sliced", spec, side, plan, vjp, unroll),
+                          lambda: self._jit_net(partial(self._sliced_network, spec, side, plan, unroll), vjp, traced))
+        return self._call_net(fn, params, x, lengths, cotangents, device,
+                              f"{_scan_name(unroll)} sliced[{len(plan)}]")
 
     def rnn_sliced_plans(self) -> set:
         """(mode, spec, side, dtype, B, T, plan) of every "time_sliced" function compiled so far."""
         return self.__dict__.setdefault("_sliced_plans", set())
 
-    def _sliced_network(self, spec: RnnSpec, side: str, plan: tuple, params, x, lengths):
+    def _sliced_network(self, spec: RnnSpec, side: str, plan: tuple, unroll: int, params, x, lengths):
         """(outputs, h_n, c_n) of the network run segment by segment; traced, never eager. The rows are sorted by
         descending length; segment j runs the masked scan over its steps on the first `rows` sorted rows (every
         row still running, plus rows the batch ladder rounds in, which ended: masked, their carry does not move),
@@ -306,7 +313,7 @@ class JaxRnn:
             outs = []
             for d, p in enumerate(layer):
                 seq = self._reverse_tm(layer_in, n) if d else layer_in
-                y, state = self._sliced_scan(spec.cell, p, seq, ok, plan)
+                y, state = self._sliced_scan(spec.cell, p, seq, ok, plan, unroll)
                 outs.append(self._reverse_tm(y, n) if d else y)
                 finals.append(state)
             layer_in = jnp.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
@@ -318,7 +325,7 @@ class JaxRnn:
         c_n = jnp.stack([jnp.take(s[1], back, axis=0) for s in finals]) if spec.cell == "lstm" else None
         return out, h_n, c_n
 
-    def _sliced_scan(self, cell: str, p: dict, seq, ok, plan: tuple):
+    def _sliced_scan(self, cell: str, p: dict, seq, ok, plan: tuple, unroll: int = 1):
         """One direction over the segments: seq [top, B, in] (sorted rows, 0 at padding), ok [top, B] ->
         (outputs [top, B, H], 0 at padding; the final carry of every sorted row)."""
         jnp = self.jnp
@@ -326,7 +333,7 @@ class JaxRnn:
         carry, ys = self._zero_state(cell, seq, p), []
         for seg in plan:
             rows, steps = seg.rows, slice(seg.start, seg.stop)
-            y, state = self._masked_scan(cell, p, seq[steps, :rows], ok[steps, :rows], False, 1,
+            y, state = self._masked_scan(cell, p, seq[steps, :rows], ok[steps, :rows], False, unroll,
                                          tuple(c[:rows] for c in carry))
             carry = tuple(jnp.concatenate([s, c[rows:]]) if rows < B else s for s, c in zip(state, carry, strict=True))
             ys.append(jnp.pad(y, [(0, 0), (0, B - rows), (0, 0)]) if rows < B else y)
@@ -342,23 +349,24 @@ class JaxRnn:
         B, T = x.shape[:2]
         pack = remembered_pack(lengths, T, gap=0)  # no separator: the scan resets its carry itself
         if pack is None or pack.used >= np.count_nonzero(lengths):
-            return self._plain_scan(spec, params, x, lengths, cotangents, side, device, f"xla-scan rows[{B}x{T}]")
-        vjp, grid = cotangents is not None, (pack.rows, pack.steps)
+            return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
+                                    f"{_scan_name(_unroll(device))} rows[{B}x{T}]")
+        vjp, grid, unroll = cotangents is not None, (pack.rows, pack.steps), _unroll(device)
 
         def traced(x):  # the grid's compiled shapes, recorded when JAX traces
             self.rnn_concat_grids().add(("vjp" if vjp else "fwd", spec, side, x.dtype.name, *x.shape[:2], *grid))
 
-        fn = self._cached(("rnn_concat", spec, side, grid, vjp),
-                          lambda: self._jit_net(partial(self._concat_network, spec, side, grid), vjp, traced))
+        fn = self._cached(("rnn_concat", spec, side, grid, vjp, unroll),
+                          lambda: self._jit_net(partial(self._concat_network, spec, side, grid, unroll), vjp, traced))
         maps = tuple(self.asarray(getattr(pack, k), device) for k in ("src", "mirror", "back", "last"))
-        return self._call_net(fn, params, x, lengths, cotangents, device, f"xla-scan rows[{grid[0]}x{grid[1]}]",
-                              (maps,))
+        return self._call_net(fn, params, x, lengths, cotangents, device,
+                              f"{_scan_name(unroll)} rows[{grid[0]}x{grid[1]}]", (maps,))
 
     def rnn_concat_grids(self) -> set:
         """(mode, spec, side, dtype, B, T, rows, steps) of every "concat_rows" function compiled so far."""
         return self.__dict__.setdefault("_concat_grids", set())
 
-    def _concat_network(self, spec: RnnSpec, side: str, grid: tuple, params, x, lengths, maps):
+    def _concat_network(self, spec: RnnSpec, side: str, grid: tuple, unroll: int, params, x, lengths, maps):
         """(outputs, h_n, c_n) of the network over the packed grid; traced, never eager. Each direction is one scan
         over the grid's steps (all rows at once) whose carry is set to 0 at every sequence's first slot, so no
         state passes from one sequence to the next, forward or backward (`jnp.where`, not a product); the scan
@@ -382,7 +390,8 @@ class JaxRnn:
         for layer in params:
             outs = []
             for d, p in enumerate(layer):
-                history = self._reset_scan(spec.cell, p, grid_tm(move(layer_in, mirror) if d else layer_in), keep)
+                history = self._reset_scan(spec.cell, p, grid_tm(move(layer_in, mirror) if d else layer_in), keep,
+                                           unroll)
                 flat = [jnp.swapaxes(s, 0, 1).reshape(rows * steps, -1) for s in history]  # back to slot order
                 finals.append(tuple(jnp.take(s, jnp.maximum(last, 0), axis=0) for s in flat))
                 outs.append(move(flat[0], mirror) if d else flat[0])
@@ -395,7 +404,7 @@ class JaxRnn:
         c_n = jnp.where(live, jnp.stack([s[1] for s in finals]), 0) if spec.cell == "lstm" else None
         return out, h_n, c_n
 
-    def _reset_scan(self, cell: str, p: dict, x, keep) -> tuple:
+    def _reset_scan(self, cell: str, p: dict, x, keep, unroll: int = 1) -> tuple:
         """One direction over a time-major grid x [steps, rows, in]: the carry replaced by 0 where `keep` [steps,
         rows] is False, then one cell step; returns the carry at every slot ((h,) or (h, c), [steps, rows, H])."""
         jnp = self.jnp
@@ -407,7 +416,7 @@ class JaxRnn:
             return new, new
 
         proj = x @ p["w_ih"].T + p["b_ih"]
-        _, history = self.lax.scan(step, self._zero_state(cell, x, p), (proj, keep))
+        _, history = self.lax.scan(step, self._zero_state(cell, x, p), (proj, keep), unroll=unroll)
         return history
 
     def _network(self, spec: RnnSpec, algo: tuple, side: str, params, x, lengths):
@@ -544,6 +553,20 @@ STEP_COST, CALL_COST = 2.0, 64.0
 #: scan in the same jit (no dispatch, a little slicing and padding). At most SLICE_MAX_SEGMENTS scans per
 #: direction: each one is compiled, so more segments cost compile time.
 SLICE_STEP_COST, SLICE_CALL_COST, SLICE_MAX_SEGMENTS = 3.0, 16.0, 8
+#: lax.scan's unroll in "bucketed", "time_sliced" and "concat_rows" (their fallbacks to one masked scan included),
+#: per device. GPU: an RNN step there is latency-bound, and on an H200 (JAX 0.11.2; B=64 T=128 H=128 LSTM forward +
+#: backward) scan_unroll8 took 3.86 ms against scan's 6.38, while these three, at unroll 1, took 1.72-1.86x
+#: scan_unroll8's time on equal lengths (their plain-scan fallback): 8 there (not yet timed on a GPU). CPU: unroll 8
+#: made concat_rows 1.2-1.4x and time_sliced 1.1-1.4x slower on lognormal and zipf here (2 cores): 1.
+UNROLL = {"cpu": 1, "gpu": 8}
+
+
+def _unroll(device: str) -> int:
+    return UNROLL.get(device, 1)
+
+
+def _scan_name(unroll: int) -> str:
+    return "xla-scan" if unroll == 1 else f"xla-scan unroll{unroll}"
 
 
 def _unit(name: str, algorithm: str, unroll: int, doc: str, **extra) -> Strategy:
