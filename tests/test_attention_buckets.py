@@ -91,7 +91,7 @@ def test_large_batches_plan_over_runs_of_equal_lengths(monkeypatch):
     per_row = plan()
     for g, r in zip(grouped, per_row, strict=True):
         assert _cost(g, 500.0, 3.0) == _cost(r, 500.0, 3.0)
-    step, call = _BUCKET_COST["lstm"]
+    step, call = _BUCKET_COST[("lstm", False)]
     rnn_cost = lambda buckets: sum(L[b].max() * (b.size + step) + call for b in buckets)  # noqa: E731
     assert rnn_cost(rnn_rows) == rnn_cost(bucket_rows(L))
     monkeypatch.undo()

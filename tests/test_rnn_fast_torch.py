@@ -179,3 +179,35 @@ def test_maps_are_built_once_per_batch(fw, strategy, monkeypatch):
     fw.clear_compiled()  # as a fresh process (an epoch's first pass; the GPU peak-memory reset): plans again
     fw.rnn(spec, init_params(spec, seed=3, dtype="float64"), x, lengths, strategy=strategy)
     assert len(built) > n
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cuda_plans_one_call_where_the_h200_timed_every_split_slower(cell):
+    """On CUDA a call costs ~160 steps and a step the same for any row count (H200: one call of B=64 T=128 2.5 ms,
+    two segments 3.7-4.8 ms, 3-4 buckets 8.8-10.9 ms): the headline batch gets one call over its longest row's
+    steps; the CPU plans still split it, and on CUDA a batch of 8192 rows splits again."""
+    import adapters.torch.rnn as torch_rnn
+    from harness.profiles import lengths_for
+
+    for profile in ("lognormal", "zipf"):
+        L = lengths_for(profile, 64, 128)
+        assert [(s.start, s.stop, s.rows) for s in torch_rnn._slice_plan(L, cell, True)] == [(0, L.max(), 64)]
+        assert [r.size for r in torch_rnn._bucket_plan(L, cell, True)] == [64]
+        assert len(torch_rnn._slice_plan(L, cell, False)) >= 2 and len(torch_rnn._bucket_plan(L, cell, False)) >= 2
+    big = lengths_for("lognormal", 8192, 256)
+    assert len(torch_rnn._slice_plan(big, cell, True)) >= 2 and len(torch_rnn._bucket_plan(big, cell, True)) >= 2
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_bucketed_and_time_sliced_as_planned_on_cuda_match_reference(fw, cell, monkeypatch):
+    """The CUDA plans (one bucket of the non-empty rows, trimmed; one segment of every row) run here with the CPU's
+    kernels: exact on the skewed batch with empty rows, left-padded, 2 layers both ways."""
+    import adapters.torch.rnn as torch_rnn
+
+    for table in ("_BUCKET_COST", "_SLICE_COST"):
+        monkeypatch.setattr(torch_rnn, table, {k: torch_rnn._CUDA_COST for k in getattr(torch_rnn, table)})
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    for strategy, kernel in (("bucketed", "bucketed[1]x "), ("time_sliced", "sliced[1]x ")):
+        bad, out = run_case(fw, strategy, spec, SKEWED, side="left")
+        assert out.kernel.startswith(kernel), out.kernel
+        assert not bad, f"{strategy} {cell} kernel={out.kernel}: {bad}"

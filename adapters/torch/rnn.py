@@ -8,7 +8,9 @@
 - "saturated_gate" (LSTM/GRU): padding first plus an indicator input that pins a gate, one fused padded call.
 - "bucketed": rows sorted into <= 4 length buckets (cost model), each run trimmed by saturated_gate / packed.
 - "time_sliced": rows sorted by length, the fused kernel over <= 16 time segments with the state carried across;
-  rows that end inside a segment run on, masked (LSTM: c frozen by an indicator input).
+  rows that end inside a segment run on, masked (LSTM: c frozen by an indicator input). Both cost models are per
+  device: on CUDA a call costs ~160 steps and rows are nearly free (`_CUDA_COST`, from an H200), so a batch of up
+  to ~1000 rows runs as one call over its longest row's steps.
 - "graph_loop" (GPU): masked_loop's step loop captured once per shape into a CUDA graph and replayed.
 Left padding is realigned to the right (the shared `Adapter.realign`) around all of them.
 """
@@ -63,18 +65,27 @@ _SATURATION = 1e4
 _SATURATED_GATE = {"lstm": {0: -1.0}, "gru": {1: 1.0}}
 #: time_sliced's LSTM cell-state freeze: input gate shut (i = 0), forget gate open (f = 1): c_t = 1 * c + 0 * g
 _FROZEN_CELL = {0: -1.0, 1: 1.0}
+#: (step, call) of the split strategies on CUDA, in row-steps, from an H200 (torch 2.11, cuDNN, B=64 T=128 H=128
+#: LSTM forward + backward): the whole batch in one call took 2.53 ms, 2 time segments running 88 steps in all
+#: (zipf) 3.65 ms, so a call ~1.45 ms and a step ~8.4 us whatever its rows (latency-bound: a step costs what ~1024
+#: rows do, a call what ~160 steps do); 2 segments over 128 steps (lognormal) took 4.81 ms, 3-4 buckets (120-252
+#: steps in all) 8.8-10.9 ms, the GRU alike. Since a step costs the same for any row count up to ~1000 rows, cutting
+#: rows away saves little and every cut costs a call (buckets also run their steps one bucket after another): at
+#: such batches both plans are one call over the longest row's steps.
+_CUDA_COST = (1024.0, 160 * 1024.0)
 #: bucket cost model, in row-steps: a bucket of b rows padded to t steps costs t * (b + step) + call, with
-#: cell -> (step, call) measured on CPU at H=128 (fwd+bwd): oneDNN's LSTM step costs ~2-4 rows of work, aten's
-#: GRU/RNN step (a dozen small autograd ops) ~12-16 rows; a call (weight reorders, gathers) ~64 row-steps
-_BUCKET_COST = {"lstm": (4.0, 64.0), "gru": (16.0, 64.0), "rnn": (16.0, 64.0)}
+#: (cell, on CUDA) -> (step, call): on CPU measured at H=128 (fwd+bwd): oneDNN's LSTM step costs ~2-4 rows of
+#: work, aten's GRU/RNN step (a dozen small autograd ops) ~12-16 rows; a call (weight reorders, gathers) ~64
+#: row-steps; on CUDA `_CUDA_COST`
+_BUCKET_COST = {("lstm", False): (4.0, 64.0), ("gru", False): (16.0, 64.0), ("rnn", False): (16.0, 64.0),
+                ("lstm", True): _CUDA_COST, ("gru", True): _CUDA_COST, ("rnn", True): _CUDA_COST}
 _MAX_BUCKETS = 4
 #: CUDA graphs graph_loop keeps (each holds its own memory pool), least recently used dropped first
 _MAX_GRAPHS = 4
 #: time_sliced cost model (see `plan_segments`), (cell, on CUDA) -> (step, call) in row-steps: on CPU as for
-#: buckets (measured, H=128 fwd+bwd: a oneDNN LSTM step ~30 us ~ 4 rows, a call ~0.5 ms); on CUDA a step is
-#: latency-bound (rows nearly free) and a call costs a few launches: an estimate, not measured on a GPU yet
-_SLICE_COST = {("lstm", False): (4.0, 64.0), ("gru", False): (16.0, 64.0), ("rnn", False): (16.0, 64.0),
-               ("lstm", True): (256.0, 1024.0), ("gru", True): (256.0, 1024.0), ("rnn", True): (256.0, 1024.0)}
+#: buckets (measured, H=128 fwd+bwd: a oneDNN LSTM step ~30 us ~ 4 rows, a call ~0.5 ms); on CUDA `_CUDA_COST`
+#: (it was (256, 1024), a guess, before a GPU timed it: 2 segments, 1.5-1.9x slower than one call)
+_SLICE_COST = dict(_BUCKET_COST)
 
 
 def with_indicator(torch, w_ih, hidden: int, gates: dict[int, float]):
@@ -93,14 +104,15 @@ def longest_first(lengths: np.ndarray) -> np.ndarray:
     return order[lengths[order] > 0]
 
 
-def bucket_rows(lengths: np.ndarray, cell: str = "lstm", max_buckets: int = _MAX_BUCKETS) -> list[np.ndarray]:
+def bucket_rows(lengths: np.ndarray, cell: str = "lstm", max_buckets: int = _MAX_BUCKETS,
+                cuda: bool = False) -> list[np.ndarray]:
     """The non-empty rows, sorted by descending length (stable), cut into <= max_buckets contiguous buckets that
     minimise the cost model's padded work plus per-step and per-call overheads (`spec.cheapest_cuts` over
     `spec.cut_points`). A bucket's first row is its longest."""
     order = longest_first(lengths)
     if not order.size:
         return []
-    step, call = _BUCKET_COST[cell]
+    step, call = _BUCKET_COST[(cell, cuda)]
     first = lengths[order]
     cuts = cut_points(first, round_up(first, shape_ladder(int(first[0]))))
     width = cuts[None, :] - cuts[:, None]  # bucket = sorted rows [cuts[i], cuts[j])
@@ -137,7 +149,7 @@ def clear_memos() -> None:
 _segments = _memo_by_lengths(lambda lengths, step, call: plan_segments(lengths[longest_first(lengths)],
                                                                        step_cost=step, call_cost=call))
 #: (costs: the cost model bucket_rows reads itself, passed only to key the memo)
-_buckets = _memo_by_lengths(lambda lengths, cell, costs, k: bucket_rows(lengths, cell, k))
+_buckets = _memo_by_lengths(lambda lengths, cell, costs, k, cuda: bucket_rows(lengths, cell, k, cuda))
 
 
 def _slice_plan(lengths: np.ndarray, cell: str, cuda: bool) -> tuple:
@@ -145,9 +157,9 @@ def _slice_plan(lengths: np.ndarray, cell: str, cuda: bool) -> tuple:
     return _segments(lengths, *_SLICE_COST[(cell, cuda)])
 
 
-def _bucket_plan(lengths: np.ndarray, cell: str) -> tuple:
+def _bucket_plan(lengths: np.ndarray, cell: str, cuda: bool) -> tuple:
     """bucketed's row groups (remembered per lengths and cost model)."""
-    return _buckets(lengths, cell, _BUCKET_COST[cell], _MAX_BUCKETS)
+    return _buckets(lengths, cell, _BUCKET_COST[(cell, cuda)], _MAX_BUCKETS, cuda)
 
 
 def row_map(src_rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -312,7 +324,7 @@ def _bucket_setup_of(lengths: np.ndarray, cell: str, T: int, torch, device, cost
     right-padded [B, T] rows and the stack of all buckets' trimmed rows (bucket after bucket, each [rows, its
     longest row]), and the index that puts the buckets' states (then the empty rows') back in batch order.
     (`costs` keys the memo only: `_bucket_plan` reads the cost model itself.)"""
-    B, groups = lengths.size, _bucket_plan(lengths, cell)
+    B, groups = lengths.size, _bucket_plan(lengths, cell, device.type == "cuda")
     src, offset = np.full((B, T), -1, dtype=np.int64), 0  # src: each (row, step)'s row in the bucket stack
     for rows in groups:
         t, n = int(lengths[rows[0]]), lengths[rows][:, None]
@@ -331,7 +343,8 @@ _bucket_setups = _memo_by_lengths(_bucket_setup_of)
 
 def _bucket_setup(lengths, cell, T, torch, device) -> tuple:
     """`_bucket_setup_of`, remembered per batch (lengths, T, device and the cost model)."""
-    return _bucket_setups(lengths, cell, T, torch, device, (_BUCKET_COST[cell], _MAX_BUCKETS))
+    return _bucket_setups(lengths, cell, T, torch, device, (_BUCKET_COST[(cell, device.type == "cuda")],
+                                                            _MAX_BUCKETS))
 
 
 class TorchRnn:
@@ -609,7 +622,7 @@ class TorchRnn:
         gradients back by the inverse gather, exactly, and x's gradient is assembled once, not per bucket."""
         torch, (B, T) = self.torch, x.shape[:2]
         gather, dev = _row_gather(torch), x.device
-        groups = _bucket_plan(lengths, spec.cell)
+        groups = _bucket_plan(lengths, spec.cell, dev.type == "cuda")
         if len(groups) == 1 and groups[0].size == B:  # one bucket of every row: no reordering, only the trim
             t = int(lengths.max())
             out, h, c = inner.run(self, spec, weights, x if t == T else x[:, :t], lengths)
@@ -642,7 +655,7 @@ class TorchRnn:
         if not np.any(lengths):
             return "none"
         inner = _fastest_inner(spec).kernel(self, spec, x, lengths)
-        return f"bucketed[{len(_bucket_plan(lengths, spec.cell))}]x {inner}"
+        return f"bucketed[{len(_bucket_plan(lengths, spec.cell, x.device.type == 'cuda'))}]x {inner}"
 
     # -- time_sliced: rows sorted by length, the fused kernel over time segments, the state carried across ------
     def _run_sliced(self, spec, weights, x, lengths):
