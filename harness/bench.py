@@ -7,8 +7,9 @@ to the results file as soon as it is measured. The worker announces each case be
 crashes the worker, or outlasts its timeout, is recorded as failed with the reason, and a fresh worker goes on with
 the rest. Where a framework cannot reset its GPU allocator's peak (JAX), each GPU case runs in a fresh worker so
 that the peak is that case's own (`--shared-worker` runs them in one worker instead: a lent GPU's minutes go to
-timing, not to starting processes, and those cases record no peak, since it would not be their own). Workers die with the parent; Ctrl-C ends the case in flight unrecorded (the
-finished ones are on disk) and `--resume` picks up from there.
+timing, not to starting processes, and those cases record no peak, since it would not be their own). Workers die
+with the parent; Ctrl-C ends the case in flight unrecorded (the finished ones are on disk) and `--resume` picks up
+from there.
 """
 from __future__ import annotations
 
