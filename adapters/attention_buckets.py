@@ -55,7 +55,7 @@ def _run(a, cost: dict, prefer: tuple[str, ...], q, k, v, ql, kvl, cot, causal, 
     spec = attention_spec(device, a.dtype_name(q), causal, q.shape[2], k.shape[2], side, ql, kvl, Tq, Tk,
                           q.shape[3])
     inner = a.strategy_table("attention")[inner_strategy(a, prefer, **spec)]
-    plan = plan_attention(ql, kvl, Tq, Tk, **cost)
+    plan = plan_attention(ql, kvl, Tq, Tk, **cost_for(cost, device))
 
     def call(q, k, v, ql, kvl, cot):
         if cot is None:
@@ -85,10 +85,16 @@ def _run(a, cost: dict, prefer: tuple[str, ...], q, k, v, ql, kvl, cot, causal, 
                  for name, x, index in (("q", q, q_index), ("k", k, kv_index), ("v", v, kv_index))}
 
 
+def cost_for(cost: dict, device: str) -> dict:
+    """A framework's bucket cost model (one dict per device) for `device`: its own, else the CPU's."""
+    return cost.get(device, cost["cpu"])
+
+
 def bucketed_unit(cost: dict, prefer: tuple[str, ...] = ()) -> Strategy:
     """The framework's "bucketed" attention unit, planned with its cost model `cost` (`plan_attention`'s keywords:
-    call_cost and token_cost in (row, query, key) scores, ladders for compiled frameworks). The dict is read at
-    every call, so it is the framework module's one place for these numbers (and tests may change them).
+    call_cost and token_cost in (row, query, key) scores, ladders for compiled frameworks), one per device
+    ({"cpu": ..., "gpu": ...}; a device it lacks takes the CPU's). The dicts are read at every call, so they are
+    the framework module's one place for these numbers (and tests may change them).
     `prefer`: strategies the buckets run, where their precondition holds, instead of the framework's default."""
 
     def forward(a, q, k, v, ql, kvl, causal, side, scale, device):

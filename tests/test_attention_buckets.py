@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import adapters
+from adapters.attention_buckets import cost_for
 from adapters.spec import (
     MAX_BUCKETS,
     AttnBucket,
@@ -23,8 +25,9 @@ from adapters.spec import (
     valid_mask,
 )
 from harness.families import attention as fam
+from harness.profiles import lengths_for
 from harness.tolerances import tolerance
-from tests.conftest import framework_params
+from tests.conftest import framework_params, require
 from tests.strategies import ragged_batches
 
 
@@ -127,8 +130,8 @@ def test_unbucket_index_puts_every_step_back(side):
     assert np.array_equal(back[~window], np.zeros((~window).sum())), "steps outside every window read the zero"
 
 
-def cost_of(fw) -> dict:
-    return importlib.import_module(f"adapters.{fw.name}.attention").BUCKET_COST
+def cost_of(fw, device: str = "cpu") -> dict:
+    return cost_for(importlib.import_module(f"adapters.{fw.name}.attention").BUCKET_COST, device)
 
 
 @pytest.fixture
@@ -136,8 +139,9 @@ def free_calls(monkeypatch):
     """Every framework's bucket cost model with free calls and tokens: as many buckets as the planner allows."""
     for name in ("torch", "jax", "tensorflow"):
         module = importlib.import_module(f"adapters.{name}.attention")
-        monkeypatch.setitem(module.BUCKET_COST, "call_cost", 0.0)
-        monkeypatch.setitem(module.BUCKET_COST, "token_cost", 0.0)
+        for cost in module.BUCKET_COST.values():  # every device's
+            monkeypatch.setitem(cost, "call_cost", 0.0)
+            monkeypatch.setitem(cost, "token_cost", 0.0)
 
 
 #: (q lengths, kv lengths or None, Tq, Tk): a zero-length row, a keyless valid query (cross), mixed lengths
@@ -159,7 +163,7 @@ def test_several_buckets_match_reference(fw, free_calls, case, causal, side, dty
     out, grads = fw.attention_vjp(*args, ql, kvarg, cot, causal=causal, side=side, strategy="bucketed",
                                   device=device)
     work = (ql > 0) & (kvl > 0)  # free calls: one bucket per distinct (q_len, kv_len) of a row with work
-    most = min(cost_of(fw).get("max_buckets", MAX_BUCKETS), len(set(zip(ql[work], kvl[work], strict=True))))
+    most = min(cost_of(fw, device).get("max_buckets", MAX_BUCKETS), len(set(zip(ql[work], kvl[work], strict=True))))
     assert out.kernel.endswith(f"bucketed[{most}]"), f"free calls should give {most} buckets: {out.kernel}"
     res = fam.compare_attention(fw, out, grads, want_out, want_grads, valid_mask(ql, Tq, side),
                                 valid_mask(kvl, Tk, side), tolerance(dtype, device))
@@ -195,7 +199,7 @@ def test_compiled_shapes_stay_on_the_ladders(fw, device):
     """A second batch whose buckets round to the same ladder shapes compiles nothing new."""
     T = 64
     first, second = np.array([64, 40, 30, 9, 5, 3, 2, 1]), np.array([3, 61, 1, 29, 39, 6, 10, 2])
-    shapes = [[(b.batch, b.q_steps, b.kv_steps) for b in plan_attention(x, x, T, T, **cost_of(fw))]
+    shapes = [[(b.batch, b.q_steps, b.kv_steps) for b in plan_attention(x, x, T, T, **cost_of(fw, device))]
               for x in (first, second)]
     assert shapes[0] == shapes[1] and len(shapes[0]) > 1, f"the two batches must plan alike: {shapes}"
 
@@ -250,3 +254,32 @@ def test_tensorflow_buckets_run_einsum():
     q, k, v = (np.random.default_rng(0).standard_normal((6, 6, 2, 4)).astype("float32") for _ in range(3))
     out = fw.attention(q, k, v, ql, None, strategy="bucketed")
     assert out.kernel.startswith("tf-einsum bucketed["), out.kernel
+
+
+def test_torch_plans_one_trimmed_call_on_a_gpu_where_the_h200_timed_buckets_slower(ref):
+    """On an H200 one SDPA call of B=32 T=512 took 4.0 ms and the CPU's plan (8 buckets) 27-29 ms: on the GPU a
+    call costs ~7M scores, so that batch is one bucket trimmed to its longest row (the CPU still plans 8); that plan,
+    run here, is exact. A batch with far more padded work still splits on the GPU."""
+    require("torch")
+    import adapters.torch.attention as ta
+
+    for profile in ("lognormal", "zipf"):
+        L = lengths_for(profile, 32, 512)
+        gpu, cpu = (plan_attention(L, L, 512, 512, **cost_for(ta.BUCKET_COST, d)) for d in ("gpu", "cpu"))
+        assert [(b.rows.size, b.q_steps) for b in gpu] == [(32, L.max())] and len(cpu) == 8
+    L = lengths_for("lognormal", 64, 2048)
+    assert len(plan_attention(L, L, 2048, 2048, **cost_for(ta.BUCKET_COST, "gpu"))) >= 2
+    jax_costs = importlib.import_module("adapters.jax.attention").BUCKET_COST
+    assert cost_for(jax_costs, "gpu") is jax_costs["cpu"], "a device without its own model takes the CPU's"
+    fw, (ql, kvl, Tq, Tk) = adapters.get("torch"), CASES["cross"]
+    ql, kvl = np.array(ql), np.array(kvl)
+    q, k, v, cot = fam.qkv(ql, kvl, Tq, Tk, 8, 2, 16, side="left", dtype="float32", fill=np.nan, seed=2)
+    want_out, want_grads = fam.reference(ref, q, k, v, ql, kvl, cot, causal=False, side="left")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(ta.BUCKET_COST, "cpu", ta.BUCKET_COST["gpu"])
+        out, grads = fw.attention_vjp(*(fw.asarray(x) for x in (q, k, v)), ql, kvl, cot, side="left",
+                                      strategy="bucketed")
+    assert out.kernel.endswith("bucketed[1]"), out.kernel
+    res = fam.compare_attention(fw, out, grads, want_out, want_grads, valid_mask(ql, Tq, "left"),
+                                valid_mask(kvl, Tk, "left"), tolerance("float32", "cpu"))
+    assert all(ok for ok, _ in res.values()), res

@@ -119,8 +119,8 @@ def _unit(name: str, algo, doc: str, supports=None) -> Strategy:
 
 #: "bucketed" cost model in (row, query, key) scores, fitted on this 2-core CPU (dot_product_attention[xla],
 #: Hq=8 over Hkv=2, Dh=64, forward + backward, float32: ~90 ns a score, ~1 us a (row, step), ~0.46 ms a call);
-#: bucket shapes on the ladders, so jit compiles stay few
-BUCKET_COST = dict(call_cost=5000.0, token_cost=10.0, ladders=True)
+#: bucket shapes on the ladders, so jit compiles stay few; per device (a GPU takes the CPU's: not fitted there yet)
+BUCKET_COST = {"cpu": dict(call_cost=5000.0, token_cost=10.0, ladders=True)}
 
 STRATEGIES = strategy_table(
     _unit("xla_dpa", _dpa("xla"), "jax.nn.dot_product_attention(xla) with query/key_value_seq_lengths",

@@ -116,8 +116,9 @@ def _unit(name: str, algo, doc: str) -> Strategy:
 
 #: "bucketed" cost model in (row, query, key) scores, fitted on this 2-core CPU (keras dot_product_attention,
 #: Hq=8 over Hkv=2, Dh=64, forward + backward, float32: ~37 ns a score, ~5.5 us a (row, step), ~1.5 ms a
-#: call); bucket shapes on the ladders, so tf.function traces stay few
-BUCKET_COST = dict(call_cost=40000.0, token_cost=150.0, ladders=True)
+#: call); bucket shapes on the ladders, so tf.function traces stay few; per device (a GPU takes the CPU's: not
+#: fitted there)
+BUCKET_COST = {"cpu": dict(call_cost=40000.0, token_cost=150.0, ladders=True)}
 #: what the buckets run (see the module docstring: faster than the default "keras_dpa" there)
 BUCKET_PREFER = ("einsum",)
 

@@ -178,10 +178,14 @@ def _unit(name: str, impl, doc: str, supports=None, kernel: str = "") -> Strateg
     return Strategy(name, fwd, vjp, doc=doc, kernel=kernel, **extra)
 
 
-#: "bucketed" cost model in (row, query, key) scores, fitted on this 2-core CPU (SDPA, Hq=8 over Hkv=2, Dh=64,
-#: forward + backward, float32: ~56 ns a score, ~2.4 us a (row, step), ~0.35 ms a call); eager, so no ladders and
-#: up to 8 buckets (no compile per shape; 8 measured 1.2x faster than 4 at 70% padding, 1.7x at 91%)
-BUCKET_COST = dict(call_cost=6000.0, token_cost=40.0, ladders=False, max_buckets=8)
+#: "bucketed" cost model in (row, query, key) scores, per device. CPU: fitted on this 2-core CPU (SDPA, Hq=8 over
+#: Hkv=2, Dh=64, forward + backward, float32: ~56 ns a score, ~2.4 us a (row, step), ~0.35 ms a call); eager, so no
+#: ladders and up to 8 buckets (no compile per shape; 8 measured 1.2x faster than 4 at 70% padding, 1.7x at 91%).
+#: GPU: on an H200 (torch 2.11, same shapes, B=32 T=512) one SDPA call of the padded batch took 4.0 ms (8.4M
+#: scores: <= 0.5 ns a score) and the CPU's plan, 8 buckets, 27-29 ms: ~3.3 ms a call whatever its size, i.e. a call
+#: costs ~7M scores (the (row, step) cost is not separable there; the CPU's is kept)
+BUCKET_COST = {"cpu": dict(call_cost=6000.0, token_cost=40.0, ladders=False, max_buckets=8),
+               "gpu": dict(call_cost=7e6, token_cost=40.0, ladders=False, max_buckets=8)}
 
 STRATEGIES = strategy_table(
     _unit("sdpa", _sdpa, "F.scaled_dot_product_attention, boolean mask, enable_gqa"),
