@@ -18,15 +18,19 @@ from harness.families import FAMILIES
 from harness.proc import die_with_parent, spawn
 
 
-def worker(framework: str, device: str, out: str) -> None:
-    """Check one framework on one device, appending each record to `out` as soon as it exists."""
+def worker(framework: str, device: str, out: str, families: str = "") -> None:
+    """Check one framework on one device, appending each record to `out` as soon as it exists; `families`: the
+    comma-separated families to check (default: all)."""
     import adapters
 
     fw, ref = adapters.get(framework), adapters.get("numpy")
     marker = dict(framework=framework, version=fw.version, device=device, case="", equivalent=True,
                   max_abs_err=0.0, kernel="")
     results.append(out, records.make("check", **marker, kind="started", op="check", name="worker", quantity="run"))
+    chosen = families.split(",") if families else list(FAMILIES)
     for name, family in FAMILIES.items():
+        if name not in chosen:
+            continue
         n = 0
         for rec in family.check_records(fw, ref, device):
             results.append(out, records.make(**rec))
@@ -36,15 +40,15 @@ def worker(framework: str, device: str, out: str) -> None:
         print(f"DONE {name} {n}", flush=True)
 
 
-def run(frameworks: list[str], devices: list[str], out: str, *,
+def run(frameworks: list[str], devices: list[str], out: str, *, families: list[str] | None = None,
         progress: Callable[[str, str, str], None] = lambda fw, device, family: None,
         timeout: float = 3600) -> list[dict]:
-    """Check each (framework, device) in its own process; a crash or timeout becomes an error record. Returns
-    this run's records."""
+    """Check each (framework, device) in its own process (`families`: only these; default all); a crash or timeout
+    becomes an error record. Returns this run's records."""
     run = records.run_id()  # before any worker starts: they inherit it (VARLEN_RUN_ID)
     for device in devices:
         for name in frameworks:
-            proc = spawn("harness.check", name, device, out)
+            proc = spawn("harness.check", name, device, out, ",".join(families or []))
             timer = threading.Timer(timeout, proc.kill)
             timer.start()
             try:
@@ -74,4 +78,4 @@ def failures(recs: list[dict]) -> list[dict]:
 
 if __name__ == "__main__":
     die_with_parent()
-    worker(*sys.argv[1:4])
+    worker(*sys.argv[1:5])

@@ -125,9 +125,10 @@ def cmd_check(args) -> int:
     if out.is_dir():
         raise Usage(f"--out {out} is a directory; give a results file (JSON lines)")
     records.run_id()
-    bar, task = _progress_bar(len(frameworks) * len(devices) * len(families.FAMILIES), "varlen check")
+    fams = list(dict.fromkeys(args.family or families.FAMILIES))
+    bar, task = _progress_bar(len(frameworks) * len(devices) * len(fams), "varlen check")
     with bar:
-        recs = check.run(frameworks, devices, str(out), progress=lambda fw, dev, fam: bar.update(
+        recs = check.run(frameworks, devices, str(out), families=fams, progress=lambda fw, dev, fam: bar.update(
             task, advance=1, description=f"check {fw} ({dev}): {fam} done"))
     if args.json:
         for r in recs:
@@ -260,7 +261,7 @@ def cmd_report(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     import adapters
-    from harness.families import OPS
+    from harness.families import FAMILIES, OPS
 
     parser = argparse.ArgumentParser(prog="varlen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -270,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="equivalence matrix against the NumPy reference, and the recipes' verdicts")
     p.add_argument("--framework", action="append", choices=fws, help="limit to this framework (repeatable)")
     p.add_argument("--device", action="append", choices=list(axes.DEVICES), help="cpu (default) and/or gpu")
+    p.add_argument("--family", action="append", choices=list(FAMILIES),
+                   help="limit to this op family (repeatable; default: every family)")
     p.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
     p.add_argument("--out", default=str(RESULTS / "check.jsonl"), help="results file (appended to, never rewritten)")
     p.set_defaults(func=cmd_check)

@@ -26,6 +26,7 @@ def varlen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args", [
     ["check", "--framework", "tensorflw"],
     ["check", "--framework", "numpy"],
+    ["check", "--family", "rnns"],
     ["bench", "--framework", "torch", "--op", "mask", "--profile", "gaussian"],
     ["bench", "--op", "foo"],
     ["bench", "--batch", "0"],

@@ -355,3 +355,14 @@ def test_a_strategy_whose_check_was_cut_off_is_never_called_exact(tmp_path, monk
     t = report.recommendation_table(report.bench_frame(recs), report.frame(recs, "check"))
     assert list(t["fastest exact strategy"]) == [
         "check cut off on this device before their family was done, never recommended: s"]
+
+
+def test_check_of_chosen_families_runs_and_marks_only_those(tmp_path):
+    # `varlen check --family F`: a lent GPU's minutes let JAX's families run side by side, each its own process
+    from harness import check as chk
+
+    out = tmp_path / "check.jsonl"
+    recs = chk.run(["numpy"], ["cpu"], str(out), families=["ops"])
+    assert recs and {r["kind"] for r in recs} == {"started", "op", "done"}, {r["kind"] for r in recs}
+    assert [r["op"] for r in recs if r["kind"] == "done"] == ["ops"]
+    assert all(r["equivalent"] for r in recs)
