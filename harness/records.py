@@ -140,9 +140,15 @@ def problems(rec: Any) -> list[str]:
 
 @lru_cache(maxsize=1)
 def commit() -> str:
+    """The checkout's commit, "+dirty" when tracked files differ from it (the code that ran is not that commit's:
+    an H200 run of a copied tree whose git metadata lagged its files recorded the older commit as clean)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
+        head = git("rev-parse", "--short", "HEAD") or "unknown"
+        return head + ("+dirty" if head != "unknown" and git("status", "--porcelain", "--untracked-files=no")
+                       else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

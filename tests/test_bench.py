@@ -68,3 +68,26 @@ def test_two_cases_of_very_different_size_report_very_different_peaks():
     small = bench.measure_case(adapters.get(name), {**base, "batch": 16, "max_len": 64}, FLOORS)
     assert big["peak_bytes"] and small["peak_bytes"] is not None
     assert big["peak_bytes"] > 4 * max(small["peak_bytes"], 1), (big["peak_bytes"], small["peak_bytes"])
+
+
+def test_the_recorded_commit_says_when_the_files_differ_from_it(tmp_path, monkeypatch):
+    import subprocess
+
+    from harness import records
+
+    git = lambda *a: subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *a], cwd=tmp_path,  # noqa: E731
+                                    check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    monkeypatch.setattr(records, "ROOT", tmp_path)
+    for content, untracked, want in (("x = 1\n", False, head), ("x = 1\n", True, head), ("x = 2\n", False,
+                                                                                           head + "+dirty")):
+        (tmp_path / "code.py").write_text(content)
+        if untracked:
+            (tmp_path / "results.jsonl").write_text("{}\n")  # results and scratch are not the code
+        records.commit.cache_clear()
+        assert records.commit() == want
+    records.commit.cache_clear()
