@@ -3,6 +3,7 @@ recommendation picks the fastest exact strategy, and the page renders in a real 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import shutil
@@ -366,3 +367,18 @@ def test_check_of_chosen_families_runs_and_marks_only_those(tmp_path):
     assert recs and {r["kind"] for r in recs} == {"started", "op", "done"}, {r["kind"] for r in recs}
     assert [r["op"] for r in recs if r["kind"] == "done"] == ["ops"]
     assert all(r["equivalent"] for r in recs)
+
+
+def test_recommendation_shows_the_gain_over_the_framework_default():
+    # what the GPU goal asks of torch (its best exact strategy against `packed`, the default), per profile
+    recs = [_bench("torch", "sliced", "equal", 10.0), _bench("torch", "sliced", "lognormal", 4.0),
+            _bench("torch", "packed", "equal", 11.0), _bench("torch", "packed", "lognormal", 12.0),
+            _bench("jax", "concat_rows", "equal", 9.0), _bench("jax", "concat_rows", "lognormal", 3.0),
+            _checked("torch", "sliced"), _checked("torch", "packed"), _checked("jax", "concat_rows")]
+    t = _tables(recs)[0].set_index(["framework", "profile"])
+    assert t.loc[("torch", "lognormal"), "x vs default"] == 3.0, "packed 12 ms over sliced 4 ms"
+    assert t.loc[("torch", "equal"), "x vs default"] == 1.1
+    assert math.isnan(t.loc[("jax", "lognormal"), "x vs default"]), "JAX's default (scan) was not measured"
+    df, check = report.bench_frame(recs), report.frame(recs, "check")
+    text = " ".join(b for kind, b in report.sections.summary_section(check, df).blocks if kind == "p")
+    assert "torch: sliced (2.50x the padded baseline, 3.00x the framework's default strategy" in text

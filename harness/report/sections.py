@@ -330,6 +330,8 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
                              + (f" with {pol} batches" if pol else "")
                              + f" ({r['x vs padded baseline']:.2f}x the padded baseline"
                              + (f", {r['x side by side']:.2f}x side by side" if pd.notna(r["x side by side"]) else "")
+                             + (f", {r['x vs default']:.2f}x the framework's default strategy"
+                                if pd.notna(r["x vs default"]) and r["x vs default"] != 1 else "")
                              + ", "
                              f"{r['fraction of ideal']:.2f} of the ideal {r['ideal x']:.1f}x"
                              + (f"; {r['cost on equal lengths']:.2f}x the baseline's time on equal lengths"

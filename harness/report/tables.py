@@ -137,6 +137,16 @@ def equal_cost(side: dict[tuple, float], r: pd.Series, op: str, device: str, bas
     return round(1 / pair_ratio(side, r, op, device, "equal", base), 2)
 
 
+def default_strategy(framework: str, op: str) -> str | None:
+    """The strategy `framework` runs for `op` when none is named (its first declared), None where unknown."""
+    import adapters
+
+    try:
+        return adapters.declared_strategies(framework, family_of(op).STRATEGY_FAMILY)[0]
+    except (ValueError, KeyError, ImportError, IndexError):
+        return None
+
+
 def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per op x device x profile (headline B, T): the fastest exact strategy per framework and overall, against
     the padded baseline and the ideal.
@@ -147,7 +157,9 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
     equivalence cell count as exact; a framework without check records is "unchecked" and never recommended.
     `paired` (the `paired` records' frame): where the same strategy and baseline were also timed side by side, that
     ratio is the "x side by side" column (else missing), and the strategy's time over the baseline's on equal
-    lengths, timed side by side, is "cost on equal lengths" (`equal_cost`).
+    lengths, timed side by side, is "cost on equal lengths" (`equal_cost`). "x vs default" = the time of the
+    framework's default strategy (what runs when none is named: torch `packed`, Keras's layer, JAX `scan`) on the
+    same profile over this time, where that strategy was measured and is exact.
     Records are compared only within one host and model configuration (`CONFIG`: dtype, cell, hidden size, ...);
     where the data holds several, the table has a column for each field that varies. A timing that saw a retrace
     (`retraced`: it timed compiles) is not a warm time and is left out.
@@ -168,6 +180,8 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
             winner = fastest.loc[fastest["median_s"].idxmin()]
             for _, r in fastest.iterrows():
                 b = base.get(r["framework"], float("nan"))
+                default = g[(g["framework"] == r["framework"])
+                            & (g["strategy"] == default_strategy(r["framework"], op))]["median_s"]
                 ideal = b * r["ideal_share"] if pd.notna(r["ideal_share"]) else float("nan")
                 rows.append({"op": OP_TITLES.get(op, op), "device": device, **{c: r[c] for c in varying},
                              "profile": profile, "padding": round(float(r["padding_fraction"]), 2),
@@ -177,6 +191,8 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                              "x vs padded baseline": round(b / r["median_s"], 2),
                              "x side by side": round(pair_ratio(side, r, op, device, profile,
                                                                 base_strategy.get(r["framework"])), 2),
+                             "x vs default": round(default.min() / r["median_s"], 2) if len(default) else
+                             float("nan"),
                              "ideal x": round(1 / r["ideal_share"], 2) if r["ideal_share"] else float("nan"),
                              "fraction of ideal": round(ideal / r["median_s"], 2),
                              "cost on equal lengths": equal_cost(side, r, op, device, base_strategy),
@@ -188,7 +204,7 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
         rows.append({"op": "-", "device": device, "profile": "-", "padding": float("nan"), "framework": fw,
                      "fastest exact strategy": f"{why[verdict]}, never recommended: {', '.join(sorted(set(names)))}",
                      "kernel": "", "valid Mtok/s": float("nan"), "x vs padded baseline": float("nan"),
-                     "x side by side": float("nan"), "ideal x": float("nan"),
+                     "x side by side": float("nan"), "x vs default": float("nan"), "ideal x": float("nan"),
                      "fraction of ideal": float("nan"), "cost on equal lengths": float("nan"),
                      "overall best": False})
     return pd.DataFrame(rows)
