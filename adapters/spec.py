@@ -417,19 +417,20 @@ class RowPack(NamedTuple):
     used: int  # rows the packing filled (<= rows)
 
 
-def pack_rows(lengths: np.ndarray, T: int, gap: int = 1) -> RowPack | None:
+def pack_rows(lengths: np.ndarray, T: int, gap: int = 1, ladder: bool = True) -> RowPack | None:
     """Pack the non-empty sequences of a [B, T] batch end to end into few rows: first-fit decreasing into rows as
     long as the longest sequence rounded up the time ladder, a sequence needing its length plus `gap` separator
     slots unless it opens a row (0 where the state is reset at a sequence's first step instead of on a
     separator); the row count rounded up a fine ladder (`shape_ladder`, quarters) so that grids repeat across
-    batches. None when nothing runs (no step or no non-empty row)."""
+    batches. With `ladder` False (an eager framework: no compiled shape to reuse) the grid is exactly the
+    longest sequence by the rows filled. None when nothing runs (no step or no non-empty row)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     B = lengths.size
     if not T or not np.any(lengths):
         return None
     order = np.argsort(-lengths, kind="stable")
     order = order[lengths[order] > 0]
-    steps = int(round_up(lengths[order[0]], shape_ladder(T)))
+    steps = int(round_up(lengths[order[0]], shape_ladder(T))) if ladder else int(lengths[order[0]])
     fill = np.zeros(order.size, dtype=np.int64)  # slots taken in each row opened so far (at most one per sequence)
     start, row_of, opened = np.empty(B, np.int64), np.empty(B, np.int64), 0
     for b in order:
@@ -440,7 +441,7 @@ def pack_rows(lengths: np.ndarray, T: int, gap: int = 1) -> RowPack | None:
         start[b] = fill[j] + gap * (fill[j] > 0)  # after the separator unless it opens the row
         fill[j] = start[b] + n
         row_of[b] = j
-    rows = int(round_up(opened, shape_ladder(B, quarters=True)))
+    rows = int(round_up(opened, shape_ladder(B, quarters=True))) if ladder else opened
     n = lengths[order]
     first = row_of[order] * steps + start[order]  # each sequence's first slot
     t = np.arange(T)[None, :]
@@ -483,9 +484,9 @@ def memo_by_lengths(plan: Callable, maxsize: int = 16) -> Callable:
 _packs = memo_by_lengths(pack_rows, maxsize=64)
 
 
-def remembered_pack(lengths: np.ndarray, T: int, gap: int = 1) -> RowPack | None:
+def remembered_pack(lengths: np.ndarray, T: int, gap: int = 1, ladder: bool = True) -> RowPack | None:
     """`pack_rows`, remembered per batch (the last 64 distinct ones; `memo_by_lengths`)."""
-    return _packs(lengths, T, gap)
+    return _packs(lengths, T, gap, ladder)
 
 
 def forget_packings() -> None:

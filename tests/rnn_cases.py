@@ -10,11 +10,15 @@ from harness.families.rnn import compare_rnn
 from harness.tolerances import tolerance
 
 
-def against_reference(fw, spec, lengths, T, *, side="right", dtype="float64", seed=0, strategy=None, run=None):
+def against_reference(fw, spec, lengths, T, *, side="right", dtype="float64", seed=0, strategy=None, run=None,
+                      tweak=None):
     """(the quantities that differ from the reference, with their errors; the result) of `fw.rnn_vjp` with
-    `strategy`, or of `run(params, x, cotangents)` in its place (e.g. an entry point past a precondition)."""
+    `strategy`, or of `run(params, x, cotangents)` in its place (e.g. an entry point past a precondition);
+    `tweak(params)` changes the initial weights first (in place)."""
     x = padded(lengths, T, (spec.input_size,), side=side, seed=seed, dtype=dtype, fill=np.nan)
     params = init_params(spec, seed=seed, dtype=dtype)
+    if tweak is not None:
+        tweak(params)
     cot = cotangents(spec, lengths.size, T, seed=seed, dtype=dtype)
     up = lambda a: np.asarray(a).astype("float64")  # noqa: E731
     want_out, want_grads = adapters.get("numpy").rnn_vjp(spec, map_params(up, params), up(x), lengths,

@@ -341,6 +341,9 @@ def test_pack_rows_layout_holds_every_sequence_once_with_a_gap_between(profile, 
     assert np.array_equal(p.src[p.last[L > 0]], np.flatnonzero(L) * T + L[L > 0] - 1) and np.all(p.last[L == 0] == -1)
     if profile in ("lognormal", "zipf"):
         assert p.used < np.count_nonzero(L) / 2, (p.used, np.count_nonzero(L))
+    exact = pack_rows(L, T, ladder=False)  # an eager framework's grid: the longest sequence by the rows filled
+    assert (exact.rows, exact.steps) == (exact.used, L.max())
+    assert np.array_equal(np.sort(exact.src[exact.src >= 0]), np.sort(p.src[p.src >= 0]))
 
 
 #: a skewed batch that packs into far fewer rows than it has (empty rows too)

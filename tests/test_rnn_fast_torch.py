@@ -1,4 +1,5 @@
-"""The torch RNN strategies that turn padding into speed ("saturated_gate", "bucketed", "time_sliced"): what
+"""The torch RNN strategies that turn padding into speed ("saturated_gate", "bucketed", "time_sliced",
+"concat_rows"): what
 test_rnn.py's parametrized gate does not reach — the preconditions, several buckets and segments (down to one per
 distinct length, up to one for the whole batch), a skewed float64 batch held tightly, all rows full (the no-gather
 path), and proof that the reference comparison catches a gate that is not saturated.
@@ -67,7 +68,7 @@ def test_time_sliced_with_any_segmentation_matches_reference(fw, cell, plan, mon
     assert not bad, f"time_sliced {cell} kernel={out.kernel}: {bad}"
 
 
-@pytest.mark.parametrize("strategy", ["saturated_gate", "bucketed", "time_sliced"])
+@pytest.mark.parametrize("strategy", ["saturated_gate", "bucketed", "time_sliced", "concat_rows"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_float64_exact_on_a_skewed_batch(fw, strategy, cell):
     """Far tighter than the float64 gate: the saturated gate is exact, not merely close."""
@@ -87,7 +88,7 @@ def test_float64_exact_on_a_skewed_batch(fw, strategy, cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("strategy", ["saturated_gate", "bucketed", "time_sliced"])
+@pytest.mark.parametrize("strategy", ["saturated_gate", "bucketed", "time_sliced", "concat_rows"])
 def test_all_rows_full_and_all_empty(fw, strategy, cell):
     """All rows of length T take the no-gather path (saturated_gate: no indicator column either); all rows empty
     run nothing."""
@@ -153,7 +154,7 @@ def test_row_gather_both_paths_and_their_backward(fw, holes):
     np.testing.assert_array_equal(grad.numpy(), want_grad)
 
 
-@pytest.mark.parametrize("strategy", ["time_sliced", "bucketed", "saturated_gate"])
+@pytest.mark.parametrize("strategy", ["time_sliced", "bucketed", "saturated_gate", "concat_rows"])
 def test_maps_are_built_once_per_batch(fw, strategy, monkeypatch):
     """A batch run again reuses its row maps and device indices; other lengths, T or dtype build anew (and the
     results stay exact), and so does every batch after `clear_compiled`."""
@@ -211,3 +212,108 @@ def test_bucketed_and_time_sliced_as_planned_on_cuda_match_reference(fw, cell, m
         bad, out = run_case(fw, strategy, spec, SKEWED, side="left")
         assert out.kernel.startswith(kernel), out.kernel
         assert not bad, f"{strategy} {cell} kernel={out.kernel}: {bad}"
+
+
+# -- concat_rows: sequences end to end per row, a reset slot between them, the LSTM's c_n read out -----------------
+def test_concat_layout_by_hand():
+    """Lengths [6, 1, 0, 1], T=8. LSTM: each sequence takes its steps plus a hold and a read-out slot (8, 3, 3 in
+    rows of 8): row 0 = sequence 0 (steps 0-5, hold, read-out); row 1 = sequence 1 (step, hold, read-out), a
+    reset, sequence 3 (step, hold, read-out), a reset. Slots are time-major (slot = step * 2 + row). GRU: no
+    extra slot, rows of 6: row 0 = sequence 0; row 1 = sequence 1, a reset, sequence 3, resets. With one
+    sequence per row (or nothing) there is no layout."""
+    import adapters.torch.rnn as torch_rnn
+
+    lay = torch_rnn.concat_layout(np.array([6, 1, 0, 1]), "lstm", 8)
+    assert (lay["rows"], lay["steps"]) == (2, 8)
+    assert lay["src"].tolist() == [0, 8, 1, -1, 2, -1, 3, -1, 4, 24, 5, -1, -1, -1, -1, -1]
+    assert lay["mirror"].tolist() == [10, 1, 8, -1, 6, -1, 4, -1, 2, 9, 0, -1, -1, -1, -1, -1]
+    kinds = lay["indicator"]
+    assert [np.flatnonzero(kinds[:, k]).tolist() for k in range(3)] == [[3, 11, 12], [5, 13, 14], [7, 15]]
+    assert lay["last"].tolist() == [10, 1, -1, 9] and lay["readout"].tolist() == [14, 5, -1, 13]
+    assert np.array_equal(lay["back"][lay["src"][lay["src"] >= 0]], np.flatnonzero(lay["src"] >= 0))
+    gru = torch_rnn.concat_layout(np.array([6, 1, 0, 1]), "gru", 8)
+    assert (gru["rows"], gru["steps"]) == (2, 6)
+    assert gru["src"].tolist() == [0, 8, 1, -1, 2, 24, 3, -1, 4, -1, 5, -1]
+    assert np.flatnonzero(gru["indicator"][:, 0]).tolist() == [3, 7, 9, 11] and gru["last"].tolist() == [10, 1, -1, 5]
+    assert torch_rnn.concat_layout(np.array([5, 0, 1]), "lstm", 5) is None  # one sequence per row
+    assert torch_rnn.concat_layout(np.array([5, 5]), "gru", 5) is None
+
+
+@pytest.mark.parametrize("side,layers,bi,dtype", [("left", 2, True, "float64"), ("right", 1, False, "float32"),
+                                                  ("right", 2, True, "float32"), ("left", 1, False, "float64")])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_concat_rows_packs_and_matches_reference(fw, cell, side, layers, bi, dtype):
+    """The skewed batch (two empty rows) packs into a grid of far fewer rows than the batch has; every quantity
+    matches the float64 reference, c_n read out mid-row included, NaN in padding."""
+    import adapters.torch.rnn as torch_rnn
+
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
+    bad, out = run_case(fw, "concat_rows", spec, SKEWED, side=side, dtype=dtype, seed=4)
+    lay = torch_rnn.concat_layout(SKEWED, cell, T)
+    assert out.kernel.startswith(f"rows[{lay['rows']}x{lay['steps']}]x ") and lay["rows"] < SKEWED.size / 2, out.kernel
+    assert not bad, f"concat_rows {cell} kernel={out.kernel}: {bad}"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_concat_rows_needs_its_resets(fw, cell, monkeypatch):
+    """With the saturation constant at 1 the state leaks from one sequence into the next one of its row, and the
+    LSTM's hold and read-out no longer isolate c_n: the comparison says so."""
+    import adapters.torch.rnn as torch_rnn
+
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=1, bidirectional=True)
+    monkeypatch.setattr(torch_rnn, "_SATURATION", 1.0)
+    bad, _ = run_case(fw, "concat_rows", spec, SKEWED)
+    assert {"outputs", "h_n"} <= set(bad) and (cell == "gru" or "c_n" in bad), bad
+
+
+def test_concat_rows_gru_gives_b_in_back_its_gradient(fw, monkeypatch):
+    """The GRU's reset column holds -b_in; built from the b_ih leaf, autograd takes back from b_in what the resets
+    added to it. A detached copy of the column leaves b_in's gradient wrong, and only the gradients."""
+    import adapters.torch.rnn as torch_rnn
+
+    columns = torch_rnn.concat_columns
+    monkeypatch.setattr(torch_rnn, "concat_columns", lambda torch, cell, p, H: columns(torch, cell, p, H).detach())
+    bad, _ = run_case(fw, "concat_rows", RnnSpec("gru", input_size=3, hidden_size=4), SKEWED)
+    assert set(bad) == {"grad_params"}, bad
+
+
+def _large_cell_state(params):
+    """Forget gates near 1 (both biases +6) and strong input and candidate weights: c grows to ~20 over 40 steps."""
+    H = params[0][0]["w_hh"].shape[1]
+    for dirs in params:
+        for p in dirs:
+            p["b_ih"][H:2 * H] = 6.0
+            p["b_hh"][H:2 * H] = 6.0
+            p["b_ih"][:H] = 4.0
+            p["w_ih"][2 * H:3 * H] *= 8.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_concat_rows_reads_out_large_cell_states(fw, dtype, monkeypatch):
+    """c_n of |c| up to ~20 behind forget biases of +12 in all reads out within the dtype's tolerance: the
+    read-out's forget gate cancels the user's biases, so h = tanh(f c) stays far from 1. A read-out column that
+    does not cancel them (f = sigmoid(-8 + 12), h = tanh(0.98 c) ~ 1) loses c_n."""
+    import adapters.torch.rnn as torch_rnn
+    from harness.data import padded as make_x
+
+    spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=1, bidirectional=True)
+    ref = adapters.get("numpy").rnn(spec, init_params(spec, seed=2, dtype="float64"),
+                                    make_x(SKEWED, T, (3,), seed=2, dtype="float64"), SKEWED)
+    params = init_params(spec, seed=2, dtype="float64")
+    _large_cell_state(params)
+    big = adapters.get("numpy").rnn(spec, params, make_x(SKEWED, T, (3,), seed=2, dtype="float64"), SKEWED)
+    assert np.abs(big.c_n).max() > 15 > 3 * np.abs(ref.c_n).max()
+    bad, _ = against_reference(fw, spec, SKEWED, T, dtype=dtype, seed=2, strategy="concat_rows",
+                               tweak=_large_cell_state)
+    assert not bad, bad
+    columns = torch_rnn.concat_columns
+
+    def uncancelled(torch, cell, p, H):
+        col = columns(torch, cell, p, H).clone()
+        col[H:2 * H, 1] = torch_rnn._READOUT_F
+        return col
+
+    monkeypatch.setattr(torch_rnn, "concat_columns", uncancelled)
+    bad, _ = against_reference(fw, spec, SKEWED, T, dtype=dtype, seed=2, strategy="concat_rows",
+                               tweak=_large_cell_state)
+    assert "c_n" in bad, bad
