@@ -435,7 +435,8 @@ def concat_columns(torch, cell: str, p: dict, hidden: int):
     the candidate's input bias cancelled (x W + b_in is exactly 0 on a zero input: h = 1 * tanh(0) + 0 * h). The
     bias-cancelling entries are built from the canonical leaves, so autograd gives those biases back what the
     columns took; the constant entries get no gradient. Every path to the previous state through a hold, reset or
-    read-out goes through a gate whose value and derivative are exactly 0, except c's through the hold's f = 1."""
+    read-out goes through a gate whose value and derivative are exactly 0, except c's: through the hold (f = 1)
+    and the read-out (f), the path c_n's gradient takes."""
     H, sat, b_ih, b_hh = hidden, _SATURATION, p["b_ih"], p["b_hh"]
     block = lambda *values: p["w_ih"].new_tensor(values).expand(H, len(values))
     if cell == "lstm":
