@@ -484,9 +484,9 @@ def memo_by_lengths(plan: Callable, maxsize: int = 16) -> Callable:
 _packs = memo_by_lengths(pack_rows, maxsize=64)
 
 
-def remembered_pack(lengths: np.ndarray, T: int, gap: int = 1, ladder: bool = True) -> RowPack | None:
+def remembered_pack(lengths: np.ndarray, T: int, gap: int = 1) -> RowPack | None:
     """`pack_rows`, remembered per batch (the last 64 distinct ones; `memo_by_lengths`)."""
-    return _packs(lengths, T, gap, ladder)
+    return _packs(lengths, T, gap)
 
 
 def forget_packings() -> None:

@@ -294,14 +294,13 @@ def test_concat_rows_reads_out_large_cell_states(fw, dtype, monkeypatch):
     read-out's forget gate cancels the user's biases, so h = tanh(f c) stays far from 1. A read-out column that
     does not cancel them (f = sigmoid(-8 + 12), h = tanh(0.98 c) ~ 1) loses c_n."""
     import adapters.torch.rnn as torch_rnn
-    from harness.data import padded as make_x
 
     spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=1, bidirectional=True)
     ref = adapters.get("numpy").rnn(spec, init_params(spec, seed=2, dtype="float64"),
-                                    make_x(SKEWED, T, (3,), seed=2, dtype="float64"), SKEWED)
+                                    padded(SKEWED, T, (3,), seed=2, dtype="float64"), SKEWED)
     params = init_params(spec, seed=2, dtype="float64")
     _large_cell_state(params)
-    big = adapters.get("numpy").rnn(spec, params, make_x(SKEWED, T, (3,), seed=2, dtype="float64"), SKEWED)
+    big = adapters.get("numpy").rnn(spec, params, padded(SKEWED, T, (3,), seed=2, dtype="float64"), SKEWED)
     assert np.abs(big.c_n).max() > 15 > 3 * np.abs(ref.c_n).max()
     bad, _ = against_reference(fw, spec, SKEWED, T, dtype=dtype, seed=2, strategy="concat_rows",
                                tweak=_large_cell_state)

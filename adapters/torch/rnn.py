@@ -366,9 +366,10 @@ class ConcatSetup(collections.namedtuple("ConcatSetup", "rows steps x keep mirro
     step * rows + row): `x` per direction the gather of a layer-0 input out of the right-padded [B * T] rows (the
     reverse direction's each sequence reversed within its slots); `keep` / `mirror` a layer's output with every
     slot but the sequences' zeroed, in its own / the mirrored layout (the next layer's input); `back` per direction
-    the gather of the [B * T] outputs; `last` / `readout` the slot of each row's last step / of its LSTM read-out
-    (0 for an empty row); `indicator` the [slots, k] indicator inputs (LSTM hold, read-out, reset; GRU reset).
-    Each a (forward, backward) pair of `GatherPlan`s for `_row_gather`."""
+    the gather of the [B * T] outputs (the reverse direction's, and `mirror`, only when there is one); `last` /
+    `readout` the slot of each row's last step / of its LSTM read-out (0 for an empty row); `indicator` the
+    [slots, k] indicator inputs (LSTM hold, read-out, reset; GRU reset). Each a (forward, backward) pair of
+    `GatherPlan`s for `_row_gather`."""
 
 
 def concat_layout(lengths: np.ndarray, cell: str, T: int) -> dict[str, Any] | None:
@@ -407,22 +408,27 @@ def concat_layout(lengths: np.ndarray, cell: str, T: int) -> dict[str, Any] | No
             "readout": readout, "indicator": kinds}
 
 
-def _concat_setup_of(lengths: np.ndarray, cell: str, T: int, torch, device, dtype) -> ConcatSetup | None:
-    """`concat_layout`'s maps as device-side gather plans (None: one sequence per row, or nothing runs)."""
+def _concat_setup_of(lengths: np.ndarray, cell: str, T: int, directions: int, torch, device,
+                     dtype) -> ConcatSetup | None:
+    """`concat_layout`'s maps as device-side gather plans (None: one sequence per row, or nothing runs); the
+    reverse direction's (`x[1]`, `back[1]`, `mirror`) only for a bidirectional network."""
     lay = concat_layout(lengths, cell, T)
     if lay is None:
         return None
     S, BT, src, mir, back = lay["rows"] * lay["steps"], lengths.size * T, lay["src"], lay["mirror"], lay["back"]
     plans = lambda idx, n: gather_plans(torch, idx, n, device)
     has = src >= 0
-    x = [plans(src, BT), plans(np.where(has, src[np.maximum(mir, 0)], -1), BT)]
-    out_back = [plans(back, S), plans(np.where(back >= 0, mir[np.maximum(back, 0)], -1), S)]
-    return ConcatSetup(lay["rows"], lay["steps"], x, plans(np.where(has, np.arange(S), -1), S), plans(mir, S),
-                       out_back, plans(lay["last"], S), plans(lay["readout"], S),
+    x, out_back, mirror = [plans(src, BT)], [plans(back, S)], None
+    if directions == 2:
+        x.append(plans(np.where(has, src[np.maximum(mir, 0)], -1), BT))
+        out_back.append(plans(np.where(back >= 0, mir[np.maximum(back, 0)], -1), S))
+        mirror = plans(mir, S)
+    return ConcatSetup(lay["rows"], lay["steps"], x, plans(np.where(has, np.arange(S), -1), S), mirror, out_back,
+                       plans(lay["last"], S), plans(lay["readout"], S),
                        torch.as_tensor(lay["indicator"], dtype=dtype, device=device))
 
 
-#: concat_rows' maps, remembered per batch (lengths, cell, T, device, dtype)
+#: concat_rows' maps, remembered per batch (lengths, cell, T, directions, device, dtype)
 _concat_setup = _memo_by_lengths(_concat_setup_of)
 
 
@@ -841,12 +847,12 @@ class TorchRnn:
         own slots; a layer's output is zeroed off the sequences before the next layer reads it. Where packing
         leaves one sequence per row, saturated_gate's single call runs the batch."""
         torch, (B, T) = self.torch, x.shape[:2]
-        setup = _concat_setup(lengths, spec.cell, T, torch, x.device, x.dtype)
+        setup = _concat_setup(lengths, spec.cell, T, spec.num_directions, torch, x.device, x.dtype)
         if setup is None:
             return self._run_saturated(spec, weights, x, lengths)
         gather = _row_gather(torch)
         flat = x.reshape(B * T, x.shape[2])
-        seqs = [gather(flat, *plan) for plan in setup.x[:spec.num_directions]]
+        seqs = [gather(flat, *plan) for plan in setup.x]
         hs, cs = [], []
         for layer, dirs in enumerate(weights):
             outs = []
@@ -863,7 +869,7 @@ class TorchRnn:
             else:  # forward layout: [fwd, rev mirrored]; the reverse direction's: [fwd mirrored, rev]
                 seqs = [torch.cat([own[0], gather(outs[1], *setup.mirror)], dim=1),
                         torch.cat([gather(outs[0], *setup.mirror), own[1]], dim=1)]
-        parts = [gather(out, *plan) for out, plan in zip(outs, setup.back, strict=False)]
+        parts = [gather(out, *plan) for out, plan in zip(outs, setup.back, strict=True)]
         y = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return y.reshape(B, T, -1), torch.stack(hs), torch.stack(cs) if spec.cell == "lstm" else None
 
@@ -885,7 +891,7 @@ class TorchRnn:
         """"rows[<rows>x<steps>]x <fused kernel>" (the grid one call ran on; B x T where nothing packed)."""
         if not np.any(lengths):
             return "none"
-        setup = _concat_setup(lengths, spec.cell, x.shape[1], self.torch, x.device, x.dtype)
+        setup = _concat_setup(lengths, spec.cell, x.shape[1], spec.num_directions, self.torch, x.device, x.dtype)
         grid = f"{lengths.size}x{x.shape[1]}" if setup is None else f"{setup.rows}x{setup.steps}"
         return f"rows[{grid}]x {self._saturated_kernel(spec, x, lengths)}"
 
