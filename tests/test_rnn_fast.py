@@ -350,35 +350,14 @@ def test_pack_rows_layout_holds_every_sequence_once_with_a_gap_between(profile, 
 PACK_LENGTHS = np.array([40, 1, 0, 3, 2, 38, 1, 17, 2, 0, 5, 1, 39, 2, 3, 1])
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_tensorflow_concat_rows_is_exact_and_a_weak_reset_is_caught(cell, monkeypatch):
-    """Several sequences per row with the reset input match the float64 reference (outputs, h_n, c_n read
-    mid-row, every gradient: the GRU's b_in gets back what the reset row's cancellation took), left and right
-    padding, both directions, two layers; with the constant at 1 the state leaks from one sequence into the next
-    and the comparison says so."""
-    require("tensorflow")
-    import adapters.tensorflow.rnn as tf_rnn
-
-    fw = adapters.get("tensorflow")
-    L, T = PACK_LENGTHS, 40
-    p = pack_rows(L, T)
-    for side in ("right", "left"):
-        spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
-        bad, out = against_reference(fw, spec, L, T, side=side, seed=2, strategy="concat_rows")
-        assert not bad and out.kernel == f"keras-while rows[{p.rows}x{p.steps}]", (side, out.kernel, bad)
-    assert p.rows < L.size / 2
-    monkeypatch.setattr(tf_rnn, "SATURATION", 1.0)
-    spec = RnnSpec(cell, input_size=3, hidden_size=5, num_layers=1, bidirectional=True)  # a new trace
-    bad, _ = against_reference(fw, spec, L, T, side="right", seed=2, strategy="concat_rows")
-    assert {"outputs", "h_n"} <= set(bad), bad
-
-
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_jax_concat_rows_is_exact_on_a_packed_batch(cell):
-    """JAX packs with no separator (its scan resets the carry at each sequence's first slot), so sequences touch:
-    the reference on the skewed batch, both sides, both directions, two layers, every cell (the tanh RNN too)."""
-    require("jax")
-    fw = adapters.get("jax")
+def test_concat_rows_is_exact_on_a_packed_batch(name, cell):
+    """Both pack with no separator (the scan resets its carry at each sequence's first slot), so sequences touch:
+    the reference on the skewed batch, both sides, both directions, two layers, every cell (the tanh RNN too).
+    TF's scan has a written-out gradient, so every gradient here checks it against the reference's."""
+    require(name)
+    fw = adapters.get(name)
     L, T = PACK_LENGTHS, 40
     p = pack_rows(L, T, gap=0)
     for side in ("right", "left"):
@@ -389,19 +368,52 @@ def test_jax_concat_rows_is_exact_on_a_packed_batch(cell):
     assert touching.any() and p.rows < L.size / 2
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_tensorflow_concat_rows_without_its_reset_is_caught(cell, monkeypatch):
+    """TF's `_reset_scan` with its reset dropped (the carry passes from one sequence into the next, and the
+    cotangent back) fails the reference on outputs and h_n."""
+    require("tensorflow")
+    import adapters.tensorflow.rnn as tf_rnn
+
+    fw = type(adapters.get("tensorflow"))()  # a fresh adapter: traced functions are cached per adapter
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=1, bidirectional=True)
+    real = tf_rnn._reset_scan
+
+    def no_reset(tf, cell, xw, w_hh, b_hh, keep):
+        return real(tf, cell, xw, w_hh, b_hh, tf.ones_like(keep))
+
+    monkeypatch.setattr(tf_rnn, "_reset_scan", no_reset)
+    bad, _ = against_reference(fw, spec, PACK_LENGTHS, 40, side="right", seed=2, strategy="concat_rows")
+    assert {"outputs", "h_n"} <= set(bad), bad
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_tensorflow_concat_rows_keeps_its_grid_for_one_sequence_per_row(cell):
+    """Equal lengths pack one sequence per row: TF's GRU and tanh RNN still run the XLA grid there (faster than any
+    Keras call; the LSTM falls back to saturated_gate's, `test_concat_rows_edge_batches`), exact on both sides."""
+    require("tensorflow")
+    fw = adapters.get("tensorflow")
+    L, T = np.array([5, 5, 5]), 5
+    p = pack_rows(L, T, gap=0)
+    assert p.used == L.size
+    for side in ("right", "left"):
+        spec = RnnSpec(cell, input_size=2, hidden_size=3, bidirectional=True)
+        bad, out = against_reference(fw, spec, L, T, side=side, seed=2, strategy="concat_rows")
+        assert not bad and out.kernel == f"xla-scan rows[{p.rows}x{p.steps}]", (side, out.kernel, bad)
+
+
 @pytest.mark.parametrize("name,cell,side,layers,bi,dtype", cases("concat_rows"))
 def test_concat_rows_packs_every_case(name, cell, side, layers, bi, dtype):
-    """The skewed batch packed (TF: a separator slot between sequences, JAX: none), on the pairwise rows (TF's
-    tanh-RNN rows run the GRU: its precondition refuses the tanh RNN): one layer one way too, float32 too."""
+    """The skewed batch packed (no separator: sequences touch) on the pairwise rows: one layer one way too, float32
+    too."""
     require(name)
     fw = adapters.get(name)
     L, T = PACK_LENGTHS, 40
-    p = pack_rows(L, T, gap=0 if name == "jax" else 1)
+    p = pack_rows(L, T, gap=0)
     spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
     bad, out = against_reference(fw, spec, L, T, side=side, dtype=dtype, seed=4, strategy="concat_rows")
     assert not bad, f"{name} concat_rows {cell} side={side} {dtype} kernel={out.kernel}: {bad}"
-    plain = {"jax": "xla-scan", "tensorflow": "keras-while"}[name]
-    assert out.kernel == f"{plain} rows[{p.rows}x{p.steps}]" and p.rows < L.size / 2, out.kernel
+    assert out.kernel == f"xla-scan rows[{p.rows}x{p.steps}]" and p.rows < L.size / 2, out.kernel
 
 
 @pytest.mark.parametrize("name,plain", [("tensorflow", "keras-while"), ("jax", "xla-scan")])
