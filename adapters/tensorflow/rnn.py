@@ -460,8 +460,8 @@ class _GridPlan:
     maps (`RowPack`, as tensors) are arguments of the traced function, set here while it traces, so one trace
     serves every batch that packs into the same grid. Parameters stay in PyTorch's layout (no Keras layer)."""
 
-    def __init__(self, spec: RnnSpec, T: int, rows: int, steps: int, tf: Any) -> None:
-        self.tf, self.spec, self.T, self.rows, self.steps = tf, spec, T, rows, steps
+    def __init__(self, spec: RnnSpec, rows: int, steps: int, tf: Any) -> None:
+        self.tf, self.spec, self.rows, self.steps = tf, spec, rows, steps
         self.kernel_fallback = f"xla-scan rows[{rows}x{steps}]"
         self.maps: dict = {}
 
@@ -484,7 +484,7 @@ class _GridPlan:
         def slots(a):  # the inverse of grid_tm
             return tf.reshape(tf.transpose(a, [1, 0, 2]), [rows * steps, -1])
 
-        keep = grid_tm(tf.cast((m["src"] < 0) | (m["src"] % T != 0), tf.int8)[:, None]) > 0  # False: a first step
+        keep = grid_tm(((m["src"] < 0) | (m["src"] % T != 0))[:, None])  # False at each sequence's first step
         seq = _moved_rows(tf, tf.reshape(x, [B * T, -1]), m["src"], m["back"])  # 0 on padding slots
         hs, cs = [], []
         for dirs in params:
@@ -816,7 +816,7 @@ class TensorflowRnn:
         mode = "fwd" if cotangents is None else "vjp"
         key = ("concat", mode, spec, side, x.dtype.name, device, B, T, pack.rows, pack.steps)
         if key not in self._fns:
-            plan = _GridPlan(spec, T, pack.rows, pack.steps, self.tf)
+            plan = _GridPlan(spec, pack.rows, pack.steps, self.tf)
             inner = self._body(key, plan, side, mode == "vjp")
 
             def with_maps(x, lengths, maps, params, cot=None):
