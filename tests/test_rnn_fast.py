@@ -355,7 +355,8 @@ PACK_LENGTHS = np.array([40, 1, 0, 3, 2, 38, 1, 17, 2, 0, 5, 1, 39, 2, 3, 1])
 def test_concat_rows_is_exact_on_a_packed_batch(name, cell):
     """Both pack with no separator (the scan resets its carry at each sequence's first slot), so sequences touch:
     the reference on the skewed batch, both sides, both directions, two layers, every cell (the tanh RNN too).
-    TF's scan has a written-out gradient, so every gradient here checks it against the reference's."""
+    Both scans have a written-out gradient (TF's `_reset_scan`, JAX's `reset_scan`), so every gradient here checks
+    it against the reference's."""
     require(name)
     fw = adapters.get(name)
     L, T = PACK_LENGTHS, 40
@@ -368,21 +369,27 @@ def test_concat_rows_is_exact_on_a_packed_batch(name, cell):
     assert touching.any() and p.rows < L.size / 2
 
 
+@pytest.mark.parametrize("name", ["tensorflow", "jax"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_tensorflow_concat_rows_without_its_reset_is_caught(cell, monkeypatch):
-    """TF's `_reset_scan` with its reset dropped (the carry passes from one sequence into the next, and the
-    cotangent back) fails the reference on outputs and h_n."""
-    require("tensorflow")
-    import adapters.tensorflow.rnn as tf_rnn
-
-    fw = type(adapters.get("tensorflow"))()  # a fresh adapter: traced functions are cached per adapter
+def test_concat_rows_without_its_reset_is_caught(name, cell, monkeypatch):
+    """The grid's scan (TF's `_reset_scan`, JAX's `reset_scan`, each with a written-out gradient) with its reset
+    dropped (the carry passes from one sequence into the next, and the cotangent back) fails the reference on
+    outputs and h_n."""
+    require(name)
+    fw = type(adapters.get(name))()  # a fresh adapter: traced functions are cached per adapter
     spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=1, bidirectional=True)
-    real = tf_rnn._reset_scan
+    if name == "tensorflow":
+        import adapters.tensorflow.rnn as module
 
-    def no_reset(tf, cell, xw, w_hh, b_hh, keep):
-        return real(tf, cell, xw, w_hh, b_hh, tf.ones_like(keep))
+        real = module._reset_scan
+        monkeypatch.setattr(module, "_reset_scan", lambda tf, cell, xw, w_hh, b_hh, keep:
+                            real(tf, cell, xw, w_hh, b_hh, tf.ones_like(keep)))
+    else:
+        import adapters.jax.rnn as module
 
-    monkeypatch.setattr(tf_rnn, "_reset_scan", no_reset)
+        real = module.reset_scan
+        monkeypatch.setattr(module, "reset_scan", lambda jax, cell, unroll=1: lambda xw, w_hh, b_hh, keep:
+                            real(jax, cell, unroll)(xw, w_hh, b_hh, jax.numpy.ones_like(keep)))
     bad, _ = against_reference(fw, spec, PACK_LENGTHS, 40, side="right", seed=2, strategy="concat_rows")
     assert {"outputs", "h_n"} <= set(bad), bad
 
@@ -416,20 +423,25 @@ def test_concat_rows_packs_every_case(name, cell, side, layers, bi, dtype):
     assert out.kernel == f"xla-scan rows[{p.rows}x{p.steps}]" and p.rows < L.size / 2, out.kernel
 
 
-@pytest.mark.parametrize("name,plain", [("tensorflow", "keras-while"), ("jax", "xla-scan")])
+@pytest.mark.parametrize("name", ["tensorflow", "jax"])
 @pytest.mark.parametrize("lengths,T,side", [([0, 0, 0], 4, "right"), ([0, 0], 0, "right"), ([5, 0, 1], 5, "right"),
                                              ([5, 5, 5], 5, "right"), ([5, 5, 5], 5, "left")],
                          ids=["all-empty", "T0", "one-row-each", "full-right", "full-left"])
-def test_concat_rows_edge_batches(name, plain, lengths, T, side):
-    """Degenerate batches; where packing leaves one sequence per row, the plain padded call runs the batch
-    (TF: saturated_gate's, JAX: the masked scan's; kernel suffix rows[B x T])."""
+def test_concat_rows_edge_batches(name, lengths, T, side):
+    """Degenerate batches (LSTM). Where packing leaves one sequence per row, TF runs the plain padded call
+    (saturated_gate's, kernel "keras-while rows[B x T]") while JAX keeps its grid (its written-out gradient makes
+    the grid at least as fast as the masked scan on equal lengths); where nothing runs, JAX runs the masked scan."""
     require(name)
     fw = adapters.get(name)
     spec = RnnSpec("lstm", input_size=2, hidden_size=3, bidirectional=True)
     bad, out = against_reference(fw, spec, np.array(lengths), T, side=side, seed=2, strategy="concat_rows")
     assert not bad, bad
-    if T and any(lengths):
-        assert out.kernel == f"{plain} rows[{len(lengths)}x{T}]", out.kernel
+    p = pack_rows(np.array(lengths), T, gap=0)
+    if name == "jax":
+        expected = f"xla-scan rows[{p.rows}x{p.steps}]" if p is not None else f"xla-scan rows[{len(lengths)}x{T}]"
+        assert out.kernel == expected, out.kernel
+    elif T and any(lengths):
+        assert out.kernel == f"keras-while rows[{len(lengths)}x{T}]", out.kernel
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -44,12 +44,18 @@ once per new bucket shape, a bounded set):
   count on a quarter ladder), one scan per direction over the whole grid whose carry is set to 0 (`jnp.where`) at
   each sequence's first slot, so nothing passes between sequences, forward or backward; h (and c) recorded at every
   slot, each sequence's final state read at its last slot; the reverse direction over the mirrored layout (each
-  sequence reversed within its own slots). Every cell, the tanh RNN too. Where time_sliced runs every step of the
+  sequence reversed within its own slots). Every cell, the tanh RNN too. Its gradient is written out
+  (`reset_scan`, `jax.custom_vjp`): a reverse scan over the saved gate activations, W_hh's and b_hh's gradients
+  one product and one sum after the loop instead of one small product per step inside it, and the slot moves'
+  gradients are the inverse gathers (`moved_rows`), not scatter-adds. Where time_sliced runs every step of the
   longest row with the rows still running, packing runs the same steps for ~B/3 rows (lognormal) or ~B/8 (zipf),
-  none of them idle: B=64 T=128 H=128 LSTM forward + backward on XLA:CPU, side by side with "scan", 2.9x
-  (lognormal, 20x128 grid) and 8.4x (zipf, 8x96) where time_sliced gave 2.2x / 6.1x. The slot maps are arguments
-  of the jitted function: one compile per grid shape (`rnn_concat_grids()`); where packing leaves one sequence per
-  row, "scan"'s own call runs (kernel "xla-scan rows[BxT]"). Kernel "xla-scan rows[<rows>x<steps>]".
+  none of them idle: B=64 T=128 H=128 LSTM forward + backward on XLA:CPU (2 cores), against the padded baseline,
+  4.75x (lognormal, 20x128 grid; side by side 4.90x) and 13.8x (zipf, 8x96; 13.0x), where JAX's own transpose of
+  the scan gave 3.76x / 4.06x and 6.64x / 7.11x in the same session. The slot maps are arguments of the jitted
+  function: one compile per grid shape (`rnn_concat_grids()`). Where packing leaves one sequence per row (equal
+  lengths) the grid still runs: with the written-out gradient it took 1.00x (LSTM), 0.98x (GRU) and 0.74x (tanh
+  RNN) "scan"'s time there; only where nothing runs does "scan"'s own call run (kernel "xla-scan rows[BxT]").
+  Kernel "xla-scan rows[<rows>x<steps>]".
 - "bucketed", "time_sliced" and "concat_rows" unroll their scans per device (`UNROLL`): 1 on the CPU, 8 on a GPU,
   where a step is latency-bound (their kernel names then read "xla-scan unroll8 ...").
 - "cudnn_lstm" (GPU, LSTM, float32): `jax.experimental.rnn.lstm`, JAX's cuDNN LSTM with seq_lengths, every layer
@@ -342,13 +348,13 @@ class JaxRnn:
     # -- "concat_rows": several sequences end to end per row, the carry reset at each sequence's first step -----
     def _concat(self, spec, params, x, lengths, cotangents, side, device):
         """Pack on the host (remembered per batch), run the grid's jitted function with the slot maps as arguments
-        (one compile per grid shape, `rnn_concat_grids()`). Where packing leaves one sequence per row (or nothing
-        runs), the masked scan's own call runs the batch."""
+        (one compile per grid shape, `rnn_concat_grids()`), one sequence per row included. Where nothing runs, the
+        masked scan's own call runs the batch."""
         lengths = np.asarray(lengths, dtype=np.int64)
         x = self.asarray(x, device)
         B, T = x.shape[:2]
         pack = remembered_pack(lengths, T, gap=0)  # no separator: the scan resets its carry itself
-        if pack is None or pack.used >= np.count_nonzero(lengths):
+        if pack is None:
             return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
                                     f"{_scan_name(_unroll(device))} rows[{B}x{T}]")
         vjp, grid, unroll = cotangents is not None, (pack.rows, pack.steps), _unroll(device)
@@ -379,24 +385,23 @@ class JaxRnn:
         if side == "left":
             x = self.realign(x, lengths, to="right")
 
-        def move(a, index):  # rows of a [N, F] by index, 0 where index < 0
-            return jnp.where((index >= 0)[:, None], jnp.take(a, jnp.maximum(index, 0), axis=0), 0)
+        move = moved_rows(self.jax)  # move(a, index, inverse): rows of a [N, F] by index, 0 where index < 0
 
         def grid_tm(a):  # slots [S, F] -> time-major grid [steps, rows, F]
             return jnp.swapaxes(a.reshape(rows, steps, -1), 0, 1)
 
         keep = grid_tm((src < 0) | (src % T != 0))[..., 0]  # False at each sequence's first slot: the reset
-        layer_in, finals = move(x.reshape(B * T, -1), src), []
+        layer_in, finals = move(x.reshape(B * T, -1), src, back), []
         for layer in params:
             outs = []
             for d, p in enumerate(layer):
-                history = self._reset_scan(spec.cell, p, grid_tm(move(layer_in, mirror) if d else layer_in), keep,
-                                           unroll)
+                seq = move(layer_in, mirror, mirror) if d else layer_in  # the mirror is its own inverse
+                history = self._reset_scan(spec.cell, p, grid_tm(seq), keep, unroll)
                 flat = [jnp.swapaxes(s, 0, 1).reshape(rows * steps, -1) for s in history]  # back to slot order
                 finals.append(tuple(jnp.take(s, jnp.maximum(last, 0), axis=0) for s in flat))
-                outs.append(move(flat[0], mirror) if d else flat[0])
+                outs.append(move(flat[0], mirror, mirror) if d else flat[0])
             layer_in = jnp.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
-        out = move(layer_in, back).reshape(B, T, -1)
+        out = move(layer_in, back, src).reshape(B, T, -1)
         if side == "left":
             out = self.realign(out, lengths, to="left")
         live = (lengths > 0)[None, :, None]  # an empty row's state is 0, not the slot it was pointed at
@@ -406,18 +411,11 @@ class JaxRnn:
 
     def _reset_scan(self, cell: str, p: dict, x, keep, unroll: int = 1) -> tuple:
         """One direction over a time-major grid x [steps, rows, in]: the carry replaced by 0 where `keep` [steps,
-        rows] is False, then one cell step; returns the carry at every slot ((h,) or (h, c), [steps, rows, H])."""
-        jnp = self.jnp
-        step_fn = self._cell(cell, p)
-
-        def step(carry, inputs):
-            xt, kt = inputs
-            new = step_fn(tuple(jnp.where(kt[:, None], c, 0) for c in carry), xt)
-            return new, new
-
+        rows] is False, then one cell step; returns the carry at every slot ((h,) or (h, c), [steps, rows, H]).
+        The input projection of every slot is one product before the loop; the loop and its gradient are
+        `reset_scan`'s (written out)."""
         proj = x @ p["w_ih"].T + p["b_ih"]
-        _, history = self.lax.scan(step, self._zero_state(cell, x, p), (proj, keep), unroll=unroll)
-        return history
+        return reset_scan(self.jax, cell, unroll)(proj, p["w_hh"], p["b_hh"], keep)
 
     def _network(self, spec: RnnSpec, algo: tuple, side: str, params, x, lengths):
         """(outputs [B,T,D*H], h_n, c_n) of the stacked, possibly bidirectional network; traced, never eager."""
@@ -545,6 +543,151 @@ class JaxRnn:
         return {"rnn": rnn, "lstm": lstm, "gru": gru}[cell]
 
 
+_MOVES: dict = {}
+
+
+def moved_rows(jax):
+    """move(a, index, inverse): row j = row index[j] of `a` [N, F], or 0 where index[j] < 0, for a partial
+    permutation (each row of `a` used at most once: the slot maps of "concat_rows") whose inverse is `inverse`. Its
+    gradient is the inverse gather (`jax.custom_vjp`), a dense pass, where `jnp.take`'s transpose is a scatter-add
+    (serial on XLA:CPU)."""
+    if id(jax) not in _MOVES:
+        jnp = jax.numpy
+
+        def take(a, index):
+            return jnp.where((index >= 0)[:, None], jnp.take(a, jnp.maximum(index, 0), axis=0), 0)
+
+        @jax.custom_vjp
+        def move(a, index, inverse):
+            return take(a, index)
+
+        move.defvjp(lambda a, index, inverse: (take(a, index), (index, inverse)),
+                    lambda res, ct: (take(ct, res[1]), None, None))
+        _MOVES[id(jax)] = move
+    return _MOVES[id(jax)]
+
+
+_RESET_SCANS: dict = {}
+
+
+def reset_scan(jax, cell: str, unroll: int = 1):
+    """f(xw, w_hh, b_hh, keep) -> (h,) or (h, c) at every slot of a time-major grid, [steps, rows, H]: xw = W_ih x +
+    b_ih [steps, rows, G*H] (PyTorch gate order and GRU formula), the carry replaced by 0 wherever `keep` [steps,
+    rows] is False (each sequence's first slot of "concat_rows"), then one cell step.
+
+    Its gradient is written out (`jax.custom_vjp`, one function per cell and unroll): the forward scan keeps each
+    step's gate activations, a reverse scan turns the cotangents of h (and c) into those of the step's
+    pre-activations, and W_hh's and b_hh's gradients are one product and one sum over all slots after it. JAX's own
+    transpose of the scan adds each step's W_hh gradient inside the loop (one more product per step, on a few
+    rows); written out, the LSTM's forward + backward over a 20 x 128 grid (H=128, XLA:CPU, 2 cores) took 7.7 ms
+    against 10.8. A reset passes nothing back: the previous state's cotangent is 0 where `keep` is False, as the
+    forward's `jnp.where` gave it no path."""
+    key = (id(jax), cell, unroll)
+    if key not in _RESET_SCANS:
+        _RESET_SCANS[key] = _build_reset_scan(jax, cell, unroll)
+    return _RESET_SCANS[key]
+
+
+def _build_reset_scan(jax, cell: str, unroll: int):
+    jnp, lax, sigmoid = jax.numpy, jax.lax, jax.nn.sigmoid
+
+    def shifted(seq, keep):  # the state each step started from: the previous slot's, 0 at a reset and at slot 0
+        return jnp.where(keep[..., None], jnp.concatenate([jnp.zeros_like(seq[:1]), seq[:-1]]), 0)
+
+    def forward(xw, w_hh, b_hh, keep, save: bool):
+        """(h (and c) at every slot, what the backward pass needs if `save`)."""
+        u, zero = w_hh.T, jnp.zeros((xw.shape[1], w_hh.shape[1]), xw.dtype)
+
+        def lstm(carry, inputs):
+            x_t, k = inputs
+            h, c = (jnp.where(k[:, None], s, 0) for s in carry)
+            i, f, g, o = jnp.split(x_t + h @ u + b_hh, 4, axis=-1)
+            i, f, g, o = sigmoid(i), sigmoid(f), jnp.tanh(g), sigmoid(o)
+            c = f * c + i * g
+            tc = jnp.tanh(c)
+            h = o * tc
+            return (h, c), ((h, c, tc, jnp.concatenate([i, f, g, o], -1)) if save else (h, c))
+
+        def gru(carry, inputs):
+            x_t, k = inputs
+            h = jnp.where(k[:, None], carry[0], 0)
+            xr, xz, xn = jnp.split(x_t, 3, axis=-1)
+            hr, hz, hn = jnp.split(h @ u + b_hh, 3, axis=-1)
+            r, z = sigmoid(xr + hr), sigmoid(xz + hz)
+            n = jnp.tanh(xn + r * hn)
+            h = (1 - z) * n + z * h
+            return (h,), ((h, jnp.concatenate([r, z, n, hn], -1)) if save else (h,))
+
+        def rnn(carry, inputs):
+            x_t, k = inputs
+            h = jnp.tanh(x_t + jnp.where(k[:, None], carry[0], 0) @ u + b_hh)
+            return (h,), (h,)
+
+        step = {"lstm": lstm, "gru": gru, "rnn": rnn}[cell]
+        init = (zero, zero) if cell == "lstm" else (zero,)
+        _, ys = lax.scan(step, init, (xw, keep), unroll=unroll)
+        return ys
+
+    def backward(res, cot):
+        """(d xw, d W_hh, d b_hh, None): a reverse scan gives each slot's pre-activation cotangent (and that of
+        W_hh h + b_hh, which differs for the GRU's n gate); the parameters' gradients are summed over slots after."""
+        w_hh, keep, saved = res
+        zero = jnp.zeros(cot[0].shape[1:], cot[0].dtype)
+        if cell == "lstm":
+            hs, cs, tcs, gates = saved
+
+            def back(carry, inputs):
+                dh_t, dc_t, tc, a, c_prev, k = inputs
+                i, f, g, o = jnp.split(a, 4, axis=-1)
+                dh = dh_t + carry[0]
+                dc = dc_t + carry[1] + dh * o * (1 - tc * tc)
+                dz = jnp.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
+                                      dh * tc * o * (1 - o)], -1)
+                return (jnp.where(k[:, None], dz @ w_hh, 0), jnp.where(k[:, None], dc * f, 0)), dz
+
+            _, dxw = lax.scan(back, (zero, zero), (*cot, tcs, gates, shifted(cs, keep), keep), reverse=True,
+                              unroll=unroll)
+            dhw = dxw
+        elif cell == "gru":
+            hs, gates = saved
+
+            def back(carry, inputs):
+                dh_t, a, h_prev, k = inputs
+                r, z, n, hn = jnp.split(a, 4, axis=-1)
+                dh = dh_t + carry
+                dn = dh * (1 - z) * (1 - n * n)
+                dr = dn * hn * r * (1 - r)
+                dz = dh * (h_prev - n) * z * (1 - z)
+                dhw = jnp.concatenate([dr, dz, dn * r], -1)
+                return jnp.where(k[:, None], dhw @ w_hh + dh * z, 0), (jnp.concatenate([dr, dz, dn], -1), dhw)
+
+            _, (dxw, dhw) = lax.scan(back, zero, (cot[0], gates, shifted(hs, keep), keep), reverse=True,
+                                     unroll=unroll)
+        else:
+            (hs,) = saved
+
+            def back(carry, inputs):
+                dh_t, h, k = inputs
+                dz = (dh_t + carry) * (1 - h * h)
+                return jnp.where(k[:, None], dz @ w_hh, 0), dz
+
+            _, dxw = lax.scan(back, zero, (cot[0], hs, keep), reverse=True, unroll=unroll)
+            dhw = dxw
+        h_prev = shifted(hs, keep)
+        return dxw, jnp.einsum("srg,srh->gh", dhw, h_prev), dhw.sum((0, 1)), None
+
+    @jax.custom_vjp
+    def run(xw, w_hh, b_hh, keep):
+        return forward(xw, w_hh, b_hh, keep, save=False)
+
+    def run_fwd(xw, w_hh, b_hh, keep):
+        saved = forward(xw, w_hh, b_hh, keep, save=True)
+        return saved[:2] if cell == "lstm" else saved[:1], (w_hh, keep, saved)
+
+    run.defvjp(run_fwd, backward)
+    return run
+
+
 #: cost model of "bucketed" on XLA:CPU (LSTM, H=128), in row-steps (see `adapters.spec.plan_buckets`): ~20 us per
 #: row-step, ~40 us per step, ~1 ms per call.
 STEP_COST, CALL_COST = 2.0, 64.0
@@ -556,8 +699,9 @@ SLICE_STEP_COST, SLICE_CALL_COST, SLICE_MAX_SEGMENTS = 3.0, 16.0, 8
 #: lax.scan's unroll in "bucketed", "time_sliced" and "concat_rows" (their fallbacks to one masked scan included),
 #: per device. GPU: an RNN step there is latency-bound, and on an H200 (JAX 0.11.2; B=64 T=128 H=128 LSTM forward +
 #: backward) scan_unroll8 took 3.86 ms against scan's 6.38, while these three, at unroll 1, took 1.72-1.86x
-#: scan_unroll8's time on equal lengths (their plain-scan fallback): 8 there (not yet timed on a GPU). CPU: unroll 8
-#: made concat_rows 1.2-1.4x and time_sliced 1.1-1.4x slower on lognormal and zipf here (2 cores): 1.
+#: scan_unroll8's time on equal lengths (their plain-scan fallback): 8 there (not yet timed on a GPU, nor is
+#: concat_rows' grid with its written-out gradient, which now runs equal lengths too). CPU: unroll 8 made
+#: concat_rows 1.2-1.4x and time_sliced 1.1-1.4x slower on lognormal and zipf here (2 cores): 1.
 UNROLL = {"cpu": 1, "gpu": 8}
 
 
