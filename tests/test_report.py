@@ -311,17 +311,21 @@ def test_no_configuration_column_where_each_op_has_one_configuration():
 
 def test_summary_tells_configurations_and_devices_apart():
     # an LSTM and a GRU on the same profile are two summary lines, each naming its cell (one line named neither,
-    # and read as the same framework recommended twice); a strategy failing on the GPU only is failing there only
+    # and read as the same framework recommended twice); a strategy failing on the GPU only is failing there only,
+    # named with the commit its failing records came from and their first error
     recs = [_bench("torch", "sliced", "equal", 10.0), _bench("torch", "sliced", "lognormal", 4.0),
             _bench("torch", "sliced", "equal", 7.5, cell="gru"),
             _bench("torch", "sliced", "lognormal", 4.5, cell="gru"),
-            _checked("torch", "sliced"), _checked("torch", "sliced", device="gpu", ok=False)]
+            _checked("torch", "sliced"),
+            {**_checked("torch", "sliced", device="gpu", ok=False), "commit": "abc1234",
+             "error": "InductorError: NYI below 16\n  target: flex_attention"}]
     df, check = report.bench_frame(recs), report.frame(recs, "check")
     text = " ".join(b for kind, b in report.sections.summary_section(check, df).blocks if kind == "p")
     assert "on cpu (cell lstm), lognormal lengths (50% padding): torch: sliced (2.50x the padded baseline" in text
     assert "on cpu (cell gru), lognormal lengths (50% padding): torch: sliced (1.67x the padded baseline" in text
     assert "1 of 2 checked ops and strategies (each framework and device apart)" in text
-    assert "FAILING: torch/rnn/sliced on gpu." in text
+    # the failing records' commit and first error line: committed GPU records may predate a fix
+    assert "FAILING: torch/rnn/sliced on gpu (at abc1234: InductorError: NYI below 16)." in text
 
 
 def test_a_strategy_whose_check_was_cut_off_is_never_called_exact(tmp_path, monkeypatch):

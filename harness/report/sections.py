@@ -343,7 +343,8 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
     if not check.empty:
         st = check[check["kind"].isin(["op", "strategy"])]
         per = st.groupby(["framework", "op", "name", "device"])["equivalent"].all()
-        failing = ", ".join(f"{fw}/{op}/{name} on {dev}" for fw, op, name, dev in per[~per].index)
+        failing = ", ".join(f"{fw}/{op}/{name} on {dev}" + _failed_where(st, fw, op, name, dev)
+                            for fw, op, name, dev in per[~per].index)
         s.p(f"{int(per.sum())} of {len(per)} checked ops and strategies (each framework and device apart) are proven "
             f"exact against the float64 reference{'' if per.all() else ' — FAILING: ' + failing}.")
         wrong = check[check["kind"].isin(["idiom", "native"]) & ~check["equivalent"].astype(bool)]
@@ -367,3 +368,16 @@ def _best_policies(df: pd.DataFrame) -> dict:
     for (device, profile, fw), g in ep.groupby(["device", "profile", "framework"]):
         out[(device, profile, fw)] = g.loc[g["first_call_s"].idxmin(), "policy"]
     return out
+
+
+def _failed_where(check: pd.DataFrame, fw: str, op: str, name: str, device: str) -> str:
+    """The note after a failing check cell's name, " (at <commit>: <first error line>)": the commits its failing
+    records came from (committed records may predate a fix) and the first error they raised, cut to 100
+    characters."""
+    bad = check[(check["framework"] == fw) & (check["op"] == op) & (check["name"] == name)
+                & (check["device"] == device) & ~check["equivalent"].astype(bool)]
+    commits = sorted({str(c) for c in bad.get("commit", pd.Series(dtype=object)).dropna()})
+    errors = [str(e).splitlines()[0] for e in bad.get("error", pd.Series(dtype=object)).dropna() if str(e).strip()]
+    cut = [e if len(e) <= 100 else e[:100].rstrip() + "..." for e in errors[:1]]
+    what = ([f"at {', '.join(commits)}"] if commits else []) + cut
+    return f" ({': '.join(what)})" if what else ""
