@@ -467,11 +467,13 @@ def test_concat_rows_grids_stay_on_the_ladders(name):
 @pytest.mark.parametrize("strategy,lengths,T,kernel", [
     ("bucketed", SPLIT_LENGTHS, SPLIT_T, "bucketed["), ("time_sliced", SPLIT_LENGTHS, SPLIT_T, "sliced["),
     ("concat_rows", PACK_LENGTHS, 40, "rows["), ("concat_rows", np.array([5, 5, 5]), 5, "rows[3x5]")])
-@pytest.mark.parametrize("cell,side,bi,dtype", [("lstm", "left", True, "float32"), ("gru", "right", False, "float64")])
+@pytest.mark.parametrize("cell,side,bi,dtype", [("lstm", "left", True, "float32"), ("gru", "right", False, "float64"),
+                                                ("rnn", "right", True, "float32")])
 def test_jax_fast_strategies_unrolled_as_on_a_gpu(strategy, lengths, T, kernel, cell, side, bi, dtype, monkeypatch):
-    """On a GPU, JAX's bucketed, time_sliced and concat_rows (and their one-scan fallback, the last row) unroll their
-    scans 8 steps (`UNROLL`): run that code here, on the CPU, with the GPU's unroll: exact, and the kernel says
-    unroll8. (A fresh adapter: compiled functions of the default unroll are cached per adapter.)"""
+    """On a GPU, JAX's bucketed, time_sliced and concat_rows unroll their scans 8 steps (`UNROLL`; concat_rows'
+    written-out gradient's reverse scan too, and its grid of one sequence per row, the last row): run that code
+    here, on the CPU, with the GPU's unroll: exact, and the kernel says unroll8. (A fresh adapter: compiled
+    functions of the default unroll are cached per adapter.)"""
     require("jax")
     jr = importlib.import_module("adapters.jax.rnn")
     monkeypatch.setitem(jr.UNROLL, "cpu", 8)
