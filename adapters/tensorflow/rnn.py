@@ -455,7 +455,17 @@ def _reset_scan(tf: Any, cell: str, xw: Any, w_hh: Any, b_hh: Any, keep: Any) ->
     return tuple(out) if cell == "lstm" else (out,)
 
 
-class _GridPlan:
+class _CanonicalLayout:
+    """A network that takes the canonical (PyTorch-layout) parameters as they are: nothing to convert either way."""
+
+    def sources(self, params: list) -> list:
+        return params
+
+    def to_canonical(self, grads: list) -> list:
+        return grads
+
+
+class _GridPlan(_CanonicalLayout):
     """One grid shape (rows x steps) of "concat_rows" (what one XLA-compiled tf.function traces). The batch's slot
     maps (`RowPack`, as tensors) are arguments of the traced function, set here while it traces, so one trace
     serves every batch that packs into the same grid. Parameters stay in PyTorch's layout (no Keras layer)."""
@@ -464,12 +474,6 @@ class _GridPlan:
         self.tf, self.spec, self.rows, self.steps = tf, spec, rows, steps
         self.kernel_fallback = f"xla-scan rows[{rows}x{steps}]"
         self.maps: dict = {}
-
-    def sources(self, params: list) -> list:
-        return params
-
-    def to_canonical(self, grads: list) -> list:
-        return grads
 
     def forward(self, x: Any, lengths: Any, valid: Any, params: list) -> tuple[Any, list, list]:
         """x right-aligned and zeroed at padding -> (outputs zeroed at padding, [h per layer*dir], [c ...]). The
@@ -501,19 +505,13 @@ class _GridPlan:
         return tf.reshape(_moved_rows(tf, seq, m["back"], m["src"]), [B, T, -1]), hs, cs
 
 
-class _ScanNet:
+class _ScanNet(_CanonicalLayout):
     """The cell math in `tf.scan` with a masked carry; both directions of a layer share one scan."""
 
     kernel_fallback = "tf-while"
 
     def __init__(self, adapter: Any, spec: RnnSpec) -> None:
         self.adapter, self.tf, self.spec = adapter, adapter.tf, spec
-
-    def sources(self, params: list) -> list:
-        return params
-
-    def to_canonical(self, grads: list) -> list:
-        return grads
 
     def forward(self, x: Any, lengths: Any, valid: Any, params: list) -> tuple[Any, list, list]:
         tf, reverse = self.tf, self.adapter.reverse_within  # per-sequence reversal; its own inverse
