@@ -67,7 +67,7 @@ result is later masked (which would poison gradients), and padded outputs are se
 """
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 
@@ -519,57 +519,62 @@ class JaxRnn:
         return (zero, zero) if cell == "lstm" else (zero,)
 
     def _cell(self, cell: str, p: dict):
-        """step(carry, projected_input) -> new carry tuple (h first), PyTorch gate order and GRU formula."""
-        jnp, sigmoid = self.jnp, self.jax.nn.sigmoid
-        w_hh_t, b_hh = p["w_hh"].T, p["b_hh"]
-
-        def rnn(carry, xt):
-            return (jnp.tanh(xt + carry[0] @ w_hh_t + b_hh),)
-
-        def lstm(carry, xt):
-            h, c = carry
-            i, f, g, o = jnp.split(xt + h @ w_hh_t + b_hh, 4, axis=-1)
-            c = sigmoid(f) * c + sigmoid(i) * jnp.tanh(g)
-            return sigmoid(o) * jnp.tanh(c), c
-
-        def gru(carry, xt):
-            (h,) = carry
-            x_r, x_z, x_n = jnp.split(xt, 3, axis=-1)
-            h_r, h_z, h_n = jnp.split(h @ w_hh_t + b_hh, 3, axis=-1)
-            r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
-            n = jnp.tanh(x_n + r * h_n)
-            return ((1 - z) * n + z * h,)
-
-        return {"rnn": rnn, "lstm": lstm, "gru": gru}[cell]
+        """step(carry, projected_input) -> new carry tuple (h first): `cell_step`'s, without what its gradient
+        needs."""
+        step = cell_step(self.jax, cell, p["w_hh"], p["b_hh"])
+        return lambda carry, xt: step(carry, xt)[0]
 
 
-_MOVES: dict = {}
-
-
+@cache
 def moved_rows(jax):
     """move(a, index, inverse): row j = row index[j] of `a` [N, F], or 0 where index[j] < 0, for a partial
     permutation (each row of `a` used at most once: the slot maps of "concat_rows") whose inverse is `inverse`. Its
     gradient is the inverse gather (`jax.custom_vjp`), a dense pass, where `jnp.take`'s transpose is a scatter-add
     (serial on XLA:CPU)."""
-    if id(jax) not in _MOVES:
-        jnp = jax.numpy
+    jnp = jax.numpy
 
-        def take(a, index):
-            return jnp.where((index >= 0)[:, None], jnp.take(a, jnp.maximum(index, 0), axis=0), 0)
+    def take(a, index):
+        return jnp.where((index >= 0)[:, None], jnp.take(a, jnp.maximum(index, 0), axis=0), 0)
 
-        @jax.custom_vjp
-        def move(a, index, inverse):
-            return take(a, index)
+    @jax.custom_vjp
+    def move(a, index, inverse):
+        return take(a, index)
 
-        move.defvjp(lambda a, index, inverse: (take(a, index), (index, inverse)),
-                    lambda res, ct: (take(ct, res[1]), None, None))
-        _MOVES[id(jax)] = move
-    return _MOVES[id(jax)]
+    move.defvjp(lambda a, index, inverse: (take(a, index), (index, inverse)),
+                lambda res, ct: (take(ct, res[1]), None, None))
+    return move
 
 
-_RESET_SCANS: dict = {}
+def cell_step(jax, cell: str, w_hh, b_hh):
+    """step(carry, xw_t) -> (new carry (h first), what the written-out gradient needs: LSTM (tanh c, [i, f, g, o]),
+    GRU ([r, z, n, W_hn h + b_hn],), tanh RNN ()), with xw_t = W_ih x_t + b_ih; PyTorch gate order and GRU formula.
+    The one cell step of every JAX scan here (the masked ones drop the second part)."""
+    jnp, sigmoid = jax.numpy, jax.nn.sigmoid
+    u = w_hh.T
+
+    def lstm(carry, x_t):
+        h, c = carry
+        i, f, g, o = jnp.split(x_t + h @ u + b_hh, 4, axis=-1)
+        i, f, g, o = sigmoid(i), sigmoid(f), jnp.tanh(g), sigmoid(o)
+        c = f * c + i * g
+        tc = jnp.tanh(c)
+        return (o * tc, c), (tc, jnp.concatenate([i, f, g, o], -1))
+
+    def gru(carry, x_t):
+        (h,) = carry
+        xr, xz, xn = jnp.split(x_t, 3, axis=-1)
+        hr, hz, hn = jnp.split(h @ u + b_hh, 3, axis=-1)
+        r, z = sigmoid(xr + hr), sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * hn)
+        return ((1 - z) * n + z * h,), (jnp.concatenate([r, z, n, hn], -1),)
+
+    def rnn(carry, x_t):
+        return (jnp.tanh(x_t + carry[0] @ u + b_hh),), ()
+
+    return {"lstm": lstm, "gru": gru, "rnn": rnn}[cell]
 
 
+@cache
 def reset_scan(jax, cell: str, unroll: int = 1):
     """f(xw, w_hh, b_hh, keep) -> (h,) or (h, c) at every slot of a time-major grid, [steps, rows, H]: xw = W_ih x +
     b_ih [steps, rows, G*H] (PyTorch gate order and GRU formula), the carry replaced by 0 wherever `keep` [steps,
@@ -582,48 +587,20 @@ def reset_scan(jax, cell: str, unroll: int = 1):
     rows); written out, the LSTM's forward + backward over a 20 x 128 grid (H=128, XLA:CPU, 2 cores) took 7.7 ms
     against 10.8. A reset passes nothing back: the previous state's cotangent is 0 where `keep` is False, as the
     forward's `jnp.where` gave it no path."""
-    key = (id(jax), cell, unroll)
-    if key not in _RESET_SCANS:
-        _RESET_SCANS[key] = _build_reset_scan(jax, cell, unroll)
-    return _RESET_SCANS[key]
-
-
-def _build_reset_scan(jax, cell: str, unroll: int):
-    jnp, lax, sigmoid = jax.numpy, jax.lax, jax.nn.sigmoid
+    jnp, lax = jax.numpy, jax.lax
 
     def shifted(seq, keep):  # the state each step started from: the previous slot's, 0 at a reset and at slot 0
         return jnp.where(keep[..., None], jnp.concatenate([jnp.zeros_like(seq[:1]), seq[:-1]]), 0)
 
     def forward(xw, w_hh, b_hh, keep, save: bool):
         """(h (and c) at every slot, what the backward pass needs if `save`)."""
-        u, zero = w_hh.T, jnp.zeros((xw.shape[1], w_hh.shape[1]), xw.dtype)
+        zero, cell_fn = jnp.zeros((xw.shape[1], w_hh.shape[1]), xw.dtype), cell_step(jax, cell, w_hh, b_hh)
 
-        def lstm(carry, inputs):
+        def step(carry, inputs):
             x_t, k = inputs
-            h, c = (jnp.where(k[:, None], s, 0) for s in carry)
-            i, f, g, o = jnp.split(x_t + h @ u + b_hh, 4, axis=-1)
-            i, f, g, o = sigmoid(i), sigmoid(f), jnp.tanh(g), sigmoid(o)
-            c = f * c + i * g
-            tc = jnp.tanh(c)
-            h = o * tc
-            return (h, c), ((h, c, tc, jnp.concatenate([i, f, g, o], -1)) if save else (h, c))
+            new, needed = cell_fn(tuple(jnp.where(k[:, None], s, 0) for s in carry), x_t)
+            return new, ((*new, *needed) if save else new)
 
-        def gru(carry, inputs):
-            x_t, k = inputs
-            h = jnp.where(k[:, None], carry[0], 0)
-            xr, xz, xn = jnp.split(x_t, 3, axis=-1)
-            hr, hz, hn = jnp.split(h @ u + b_hh, 3, axis=-1)
-            r, z = sigmoid(xr + hr), sigmoid(xz + hz)
-            n = jnp.tanh(xn + r * hn)
-            h = (1 - z) * n + z * h
-            return (h,), ((h, jnp.concatenate([r, z, n, hn], -1)) if save else (h,))
-
-        def rnn(carry, inputs):
-            x_t, k = inputs
-            h = jnp.tanh(x_t + jnp.where(k[:, None], carry[0], 0) @ u + b_hh)
-            return (h,), (h,)
-
-        step = {"lstm": lstm, "gru": gru, "rnn": rnn}[cell]
         init = (zero, zero) if cell == "lstm" else (zero,)
         _, ys = lax.scan(step, init, (xw, keep), unroll=unroll)
         return ys
