@@ -328,6 +328,30 @@ def test_summary_tells_configurations_and_devices_apart():
     assert "FAILING: torch/rnn/sliced on gpu (at abc1234: InductorError: NYI below 16)." in text
 
 
+def test_summary_says_when_a_device_was_timed_and_what_it_was_not_timed_on():
+    # GPU records committed from a lent machine at an older commit: the summary line says so, and names each
+    # framework's strategies timed on the CPU at that point but not on the GPU (not those a precondition excludes
+    # there: a GPU-only strategy is not "missing" on the CPU)
+    old = dict(commit="0ld0000", time=1.0)
+    recs = [_bench("torch", "sliced", "equal", 10.0, commit="n3w1111"),
+            _bench("torch", "sliced", "lognormal", 4.0, commit="n3w1111"),
+            _bench("torch", "concat_rows", "lognormal", 3.0, commit="n3w1111"),
+            {**_bench("torch", "graph", "lognormal", 1.0, commit="n3w1111"), "status": "unsupported"},
+            {**_bench("torch", "sliced", "equal", 2.0, device="gpu"), **old},
+            {**_bench("torch", "sliced", "lognormal", 1.0, device="gpu"), **old},
+            {**_bench("torch", "graph", "lognormal", 0.5, device="gpu"), **old},
+            _checked("torch", "sliced"), _checked("torch", "concat_rows"), _checked("torch", "graph"),
+            _checked("torch", "sliced", device="gpu"), _checked("torch", "graph", device="gpu")]
+    df, check = report.bench_frame(recs), report.frame(recs, "check")
+    lines = [b for kind, b in report.sections.summary_section(check, df).blocks if kind == "p" and "RNN" in b]
+    gpu = [b for b in lines if " on gpu" in b]
+    cpu = [b for b in lines if " on cpu" in b]
+    assert len(gpu) == 1 and len(cpu) == 1, lines
+    assert gpu[0].endswith("Timed on gpu at 0ld0000 (the newest results: n3w1111); not timed on gpu: torch "
+                           "concat_rows."), gpu[0]
+    assert cpu[0].endswith("torch: concat_rows (3.33x the padded baseline, 1.67 of the ideal 2.0x)."), cpu[0]
+
+
 def test_a_strategy_whose_check_was_cut_off_is_never_called_exact(tmp_path, monkeypatch):
     # an H200 check killed at its time limit had run 128 of each JAX RNN strategy's 152 cells, all passing: the
     # report called them exact. Now the worker marks each family done; one cut off inside it is "incomplete".

@@ -339,7 +339,8 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
                              + ")")
             what = ", ".join(f"{k} {v}" for k, v in conf.items() if pd.notna(v))
             s.p(f"{head['op'].iloc[0]} on {device}{' (' + what + ')' if what else ''}, {profile} lengths "
-                f"({g['padding'].iloc[0]:.0%} padding): " + "; ".join(parts) + ".")
+                f"({g['padding'].iloc[0]:.0%} padding): " + "; ".join(parts) + "."
+                + _coverage(df, head["op"].iloc[0], device, conf, profile))
     if not check.empty:
         st = check[check["kind"].isin(["op", "strategy"])]
         per = st.groupby(["framework", "op", "name", "device"])["equivalent"].all()
@@ -360,6 +361,41 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
     if len(s.blocks) == 0:
         s.p("Nothing measured or checked yet.")
     return s
+
+
+def _coverage(df: pd.DataFrame, title: str, device: str, conf: dict, profile: str) -> str:
+    """What a summary line's figures leave out, as " Timed on <device> at <commits> (the newest results: <commit>);
+    not timed there: <framework> <strategies>; ...": the commits of this device's records when none is the newest
+    record's (records committed from a lent GPU may predate strategies added since), and for each framework timed
+    on this device, its strategies timed at this point (op, configuration but host, profile, headline B and T) on
+    another device but neither timed nor excluded by their precondition on this one. Empty when this device's
+    records are current and complete."""
+    def at_point(d: pd.DataFrame) -> pd.DataFrame:
+        d = d[d["op"].isin([op for op, t in OP_TITLES.items() if t == title]) & (d["profile"] == profile)]
+        for k, v in conf.items():
+            if k != "host" and k in d.columns:
+                d = d[d[k].isna()] if pd.isna(v) else d[d[k] == v]
+        return d
+
+    d = at_point(headline(ok(df)))
+    newest = ok(df).sort_values("time")["commit"].dropna() if "commit" in df.columns else pd.Series(dtype=object)
+    here = d[d["device"] == device]
+    if here.empty or newest.empty:
+        return ""
+    notes, commits = [], sorted(set(here["commit"].dropna().astype(str)))
+    if commits and str(newest.iloc[-1]) not in commits:
+        notes.append(f"timed on {device} at {', '.join(commits)} (the newest results: {newest.iloc[-1]})")
+    excluded = at_point(df[(df["status"] == "unsupported") & (df["device"] == device)])
+    missing = []
+    for fw, g in d.groupby("framework", sort=True):
+        mine = g[g["device"] == device]
+        gone = set(g["strategy"]) - set(mine["strategy"]) - set(excluded[excluded["framework"] == fw]["strategy"])
+        if len(mine) and gone:
+            missing.append(f"{fw} {', '.join(sorted(gone))}")
+    if missing:
+        notes.append(f"not timed on {device}: " + "; ".join(missing))
+    text = "; ".join(notes)
+    return f" {text[0].upper()}{text[1:]}." if text else ""
 
 
 def _best_policies(df: pd.DataFrame) -> dict:
