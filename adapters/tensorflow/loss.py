@@ -7,12 +7,19 @@ Strategies (all exact; the default for a kind is the first that supports it):
   `keras.losses.BinaryCrossentropy(from_logits=True)` with `reduction="sum"` and the reduction weights given as
   `sample_weight`. The loss object is built with the logits' dtype (Keras would otherwise compute in floatx,
   float32), and BCE labels get a trailing axis of 1 so that Keras's mean over the last axis is the identity.
+- "valid_only" (both): the valid steps' rows gathered first (host positions), then the same `tf.nn` primitive on
+  those rows only: no work on padding. The gather's gradient (`tf.custom_gradient`) is the inverse gather, each
+  valid step reading its row's cotangent and a padded step a zero row, one dense pass where `tf.gather`'s own
+  gradient is IndexedSlices summed into a dense tensor (none without padding). Padding is never read, so nothing
+  needs sanitising.
 Padded logits and targets are replaced with `tf.where` first: `sparse_softmax_cross_entropy_with_logits` raises on
 an out-of-range label on CPU (NaN on GPU), and NaN in padding must never reach a gradient. The reduction is one
 weighted sum with host-built weights (`adapters.base.loss_weights`), so an empty batch gives exactly 0.
 Gradients come from `tf.GradientTape`, eagerly.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from adapters.base import loss_weights
 from adapters.spec import Strategy, computes_only, strategy_table, valid_mask
@@ -68,6 +75,43 @@ class TensorflowLoss:
             return loss, tape.gradient(loss, x)
 
 
+    def _valid_only_run(self, logits, targets, lengths, kind, reduction, side, device, grad: bool):
+        tf = self.tf
+        x = self.asarray(logits, device)
+        (B, T), F = x.shape[:2], int(np.prod(x.shape[2:], dtype=np.int64))  # F 1: a BCE without a label axis
+        at = np.flatnonzero(valid_mask(lengths, T, side).reshape(-1))  # the valid steps, row-major
+        inverse = np.full(B * T, at.size)  # each step's row among them; padding: the zero row appended last
+        inverse[at] = np.arange(at.size)
+        w = loss_weights(lengths, T, side, reduction, x.dtype.name).reshape(-1)[at]
+        with tf.device(self._dev(device)):
+            full = at.size == B * T  # no padding: no gathers
+            z = tf.reshape(self.asarray(targets, device), (-1,) if kind == "softmax_ce" else (-1, F))
+            z = z if full else tf.gather(z, at)
+
+            @tf.custom_gradient
+            def take(flat):
+                def back(g):
+                    return tf.gather(tf.concat([g, tf.zeros((1, F), g.dtype)], 0), inverse)
+                return tf.gather(flat, at), back
+
+            def loss_of(x):
+                flat = tf.reshape(x, (-1, F))
+                rows = flat if full else take(flat)
+                if kind == "softmax_ce":
+                    per = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=z, logits=rows)
+                else:
+                    per = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(z, x.dtype),
+                                                                                logits=rows), -1)
+                return tf.reduce_sum(per * w)
+
+            if not grad:
+                return loss_of(x)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = loss_of(x)
+            return loss, tape.gradient(loss, x)
+
+
 def _unit(name, how, supports, kernel, doc):
     fwd = lambda fw, *a: fw._loss_run(how, *a, grad=False)
     vjp = lambda fw, *a: fw._loss_run(how, *a, grad=True)
@@ -81,6 +125,12 @@ STRATEGIES = strategy_table(
           "tf.nn.sigmoid_cross_entropy_with_logits", "tf.nn primitive on the padded batch, weighted sum"),
     _unit("keras", TensorflowLoss._keras_loss, lambda fw, **spec: None, "keras.losses (reduction='sum')",
           "Keras loss object, the reduction weights as sample_weight, reduction='sum'"),
+    Strategy("valid_only", lambda fw, *a: fw._valid_only_run(*a, grad=False),
+             lambda fw, *a: fw._valid_only_run(*a, grad=True), supports=lambda fw, **spec: None,
+             kernel="valid rows gathered (none without padding) + tf.nn.sparse_softmax_cross_entropy_with_logits | "
+                    "tf.nn.sigmoid_cross_entropy_with_logits",
+             doc="the valid steps' rows gathered, the tf.nn primitive on them only, the gather's gradient the "
+                 "inverse gather, weighted sum"),
 )
 
 

@@ -96,7 +96,8 @@ def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -
 
 
 def strategy_cell(fw, ref, strategy, kind, label_axis, reduction, dtype, side, device) -> dict[str, tuple]:
-    """quantity -> (equivalent, max_abs_err) of one strategy on the dirty gate case and the all-empty batch."""
+    """quantity -> (equivalent, max_abs_err) of one strategy on the dirty gate case, the same batch without
+    padding (every row full: strategies that skip padding may take another path there) and the all-empty batch."""
     kw = dict(kind=kind, reduction=reduction, side=side, strategy=strategy, device=device)
     x, z, L = loss_case(kind, side, dtype, label_axis=label_axis)
     want_loss, want_grad = _ref(ref, x, z, L, kind, reduction, side)
@@ -111,6 +112,11 @@ def strategy_cell(fw, ref, strategy, kind, label_axis, reduction, dtype, side, d
     res["padding_bit_identical"] = (same, 0.0 if same else float("inf"))
     fwd = fw.to_numpy(fw.masked_loss(fw.asarray(x, device), fw.asarray(z, device), L, **kw))
     res["forward_only"] = close(fwd, want_loss, tol)
+    xf, zf, Lf = loss_case(kind, side, dtype, lengths=np.full(L.size, T), label_axis=label_axis)  # no padding
+    want_full = _ref(ref, xf, zf, Lf, kind, reduction, side)
+    got_full = [fw.to_numpy(a) for a in fw.masked_loss_vjp(fw.asarray(xf, device), fw.asarray(zf, device), Lf, **kw)]
+    full = [close(g, w, tol) for g, w in zip(got_full, want_full, strict=True)]
+    res["no_padding"] = (all(ok for ok, _ in full), max(err for _, err in full))
     e_loss, e_grad = (fw.to_numpy(a) for a in fw.masked_loss_vjp(fw.asarray(x, device), fw.asarray(z, device),
                                                                  np.zeros_like(L), **kw))
     empty_ok = exact(e_loss, np.zeros((), e_loss.dtype))["equivalent"] and not np.any(e_grad) \
