@@ -143,7 +143,7 @@ def test_row_gather_both_paths_and_their_backward(fw, holes):
     fwd, bwd = torch_rnn.gather_plans(torch, m, n_src, "cpu")
     assert (fwd.index is None) == (2 * holes > n_dst)  # dense unless most destination rows are padding
     leaf = torch.tensor(src, requires_grad=True)
-    got = torch_rnn._row_gather(torch)(leaf, fwd, bwd)
+    got = torch_rnn.row_gather(torch)(leaf, fwd, bwd)
     want = np.zeros((n_dst, F))
     want[m >= 0] = src[m[m >= 0]]
     np.testing.assert_array_equal(got.detach().numpy(), want)

@@ -3,8 +3,10 @@
 Strategies (all exact; the default for a kind is the first that supports it):
 - "cross_entropy" (softmax_ce): `F.cross_entropy(..., ignore_index=-100, reduction="none")` on the padded batch.
 - "bce_with_logits" (sigmoid_bce): `F.binary_cross_entropy_with_logits(..., reduction="none")` on the padded batch.
-- "valid_only" (both): boolean-index the valid steps first (`x[valid]` -> [N, C]) and run the same primitive on
-  them only: no work on padding, and the indexing's backward scatters exactly 0 to padded steps.
+- "valid_only" (both): the valid steps' rows gathered first (host positions, `adapters.torch.rnn.row_gather`) and
+  the same primitive run on them only: no work on padding; the gather's backward is the inverse gather, padded steps
+  exactly 0. Boolean indexing (`x[valid]`) did the same at twice the time (its backward an accumulating index_put):
+  lognormal CE 16.2 vs 7.6 ms here, padded 12.0. A batch without padding runs ungathered.
 Padded logits and targets are replaced with `torch.where` *before* the primitive, so NaN/inf there never reaches a
 product whose result is later masked (which would poison the gradient: 0 * NaN = NaN). The reduction is one
 weighted sum with host-built weights (`adapters.base.loss_weights`: 1, 1/N or 1/(n_b * rows), 0 at padding), so
@@ -14,8 +16,11 @@ Native behaviours (`NATIVES`): the primitives called the obvious way, judged by 
 """
 from __future__ import annotations
 
+import numpy as np
+
 from adapters.base import loss_weights
 from adapters.spec import Strategy, computes_only, strategy_table, valid_mask
+from adapters.torch.rnn import gather_plans, row_gather
 
 IGNORE = -100  # PyTorch's default ignore_index
 
@@ -51,7 +56,14 @@ class TorchLoss:
         return (self._per_step(kind, self.torch.where(keep, x, 0), z, x.ndim == 3) * w).sum()
 
     def _valid_only_loss(self, x, z, valid, w, kind):
-        return (self._per_step(kind, x[valid], z[valid], x.ndim == 3) * w[valid]).sum()
+        mask = valid.cpu().numpy().reshape(-1)
+        if mask.all():  # no padding: nothing to skip, and gathering every row costs (CE: 1.4x here)
+            return self._padded_loss(x, z, valid, w, kind)
+        at = np.flatnonzero(mask)
+        index = self.torch.as_tensor(at, device=x.device)
+        rows = row_gather(self.torch)(x.reshape(mask.size, -1), *gather_plans(self.torch, at, mask.size, x.device))
+        take = lambda a: a.reshape(mask.size, *a.shape[2:]).index_select(0, index)  # noqa: E731
+        return (self._per_step(kind, rows.reshape(at.size, *x.shape[2:]), take(z), x.ndim == 3) * take(w)).sum()
 
     def _loss_run(self, how, logits, targets, lengths, kind, reduction, side, device, grad: bool):
         x, z, valid, w = self._loss_inputs(logits, targets, lengths, kind, reduction, side, device)
@@ -75,8 +87,10 @@ STRATEGIES = strategy_table(
           "F.cross_entropy(ignore_index, reduction='none') on the padded batch, weighted sum"),
     _unit("bce_with_logits", TorchLoss._padded_loss, computes_only("sigmoid_bce"), "F.binary_cross_entropy_with_logits",
           "F.binary_cross_entropy_with_logits(reduction='none') on the padded batch, weighted sum"),
-    _unit("valid_only", TorchLoss._valid_only_loss, lambda fw, **spec: None, "x[valid] + F.*_with_logits",
-          "the primitive on the valid steps only (boolean indexing), weighted sum"),
+    _unit("valid_only", TorchLoss._valid_only_loss, lambda fw, **spec: None,
+          "valid rows gathered (none without padding) + F.cross_entropy | F.binary_cross_entropy_with_logits",
+          "the valid steps' rows gathered, the primitive on them only, the gather's gradient the inverse gather, "
+          "weighted sum"),
 )
 
 

@@ -266,14 +266,14 @@ def _layouts(lengths: np.ndarray, T: int) -> dict[str, Any]:
 
 
 class GatherPlan(collections.namedtuple("GatherPlan", "rows dst size index holes")):
-    """One direction of a row map for `_row_gather`, as device tensors: destination row j = source row
+    """One direction of a row map for `row_gather`, as device tensors: destination row j = source row
     `index[j]`; `size` destination rows. Sparse (`index` None: most destination rows are padding): zeros, then
     the source `rows` copied to the destination `dst` rows. Dense (`rows` and `dst` None): one index_select by
     `index` (padding rows clamped to source row 0), then the `holes` (padding rows, None if none) set to 0."""
 
 
 def gather_plans(torch, idx: np.ndarray, n_src: int, device) -> tuple[GatherPlan, GatherPlan]:
-    """(forward, backward) `GatherPlan`s of a row map for `_row_gather`, the backward one from the inverse map.
+    """(forward, backward) `GatherPlan`s of a row map for `row_gather`, the backward one from the inverse map.
     Dense where at most half the destination rows are padding (one pass over the destination, no zero fill of
     what is then overwritten), sparse otherwise (a zero fill is cheaper than gathering padding)."""
     plans, as_t = [], lambda a: torch.as_tensor(a, device=device)
@@ -290,7 +290,7 @@ def gather_plans(torch, idx: np.ndarray, n_src: int, device) -> tuple[GatherPlan
 
 
 @functools.cache
-def _row_gather(torch):
+def row_gather(torch):
     """`gather(src [N, F], forward plan, backward plan) -> [M, F]`: the destination rows a row map names, copied
     from src, all others 0, for a map that uses each source row at most once (a partial permutation). Its
     backward is the inverse gather: one pass or zeros plus one copy of the rows that moved, instead of the
@@ -369,7 +369,7 @@ class ConcatSetup(collections.namedtuple("ConcatSetup", "rows steps x keep mirro
     the gather of the [B * T] outputs (the reverse direction's, and `mirror`, only when there is one); `last` /
     `readout` the slot of each row's last step / of its LSTM read-out (0 for an empty row); `indicator` the
     [slots, k] indicator inputs (LSTM hold, read-out, reset; GRU reset). Each a (forward, backward) pair of
-    `GatherPlan`s for `_row_gather`."""
+    `GatherPlan`s for `row_gather`."""
 
 
 def concat_layout(lengths: np.ndarray, cell: str, T: int) -> dict[str, Any] | None:
@@ -668,7 +668,7 @@ class TorchRnn:
         packing. Layouts change by row gathers that write padding as 0 (NaN in padded x never reaches a matmul;
         the indicator alone drives the gate) and whose backward is the inverse gather."""
         torch, (B, T) = self.torch, x.shape[:2]
-        gather = _row_gather(torch)
+        gather = row_gather(torch)
         dev = x.device
         plans, pad_col, live = _saturated_setup(lengths, T, torch, dev, x.dtype)
         inp, hs, cs = x, [], []
@@ -726,7 +726,7 @@ class TorchRnn:
         pass (padding and 0-length rows written as 0); gathers of a partial permutation, so autograd moves
         gradients back by the inverse gather, exactly, and x's gradient is assembled once, not per bucket."""
         torch, (B, T) = self.torch, x.shape[:2]
-        gather, dev = _row_gather(torch), x.device
+        gather, dev = row_gather(torch), x.device
         groups = _bucket_plan(lengths, spec.cell, dev.type == "cuda")
         if len(groups) == 1 and groups[0].size == B:  # one bucket of every row: no reordering, only the trim
             t = int(lengths.max())
@@ -775,7 +775,7 @@ class TorchRnn:
         those steps freezes c (input gate shut, forget gate open: c_t = 1 * c_{t-1} + 0 * g exactly), so c_n is
         the segment's final c. Nothing after a row's end reaches a kept value, so no gradient flows there."""
         torch, (B, T) = self.torch, x.shape[:2]
-        gather = _row_gather(torch)
+        gather = row_gather(torch)
         segments, plans, lasts, ended, by_row, batch_first = _sliced_setup(lengths, spec.cell, T, spec.num_directions,
                                                                            torch, x.device, x.dtype)
         run_on, n0 = ended is not None, segments[0].rows
@@ -850,7 +850,7 @@ class TorchRnn:
         setup = _concat_setup(lengths, spec.cell, T, spec.num_directions, torch, x.device, x.dtype)
         if setup is None:
             return self._run_saturated(spec, weights, x, lengths)
-        gather = _row_gather(torch)
+        gather = row_gather(torch)
         flat = x.reshape(B * T, x.shape[2])
         seqs = [gather(flat, *plan) for plan in setup.x]
         hs, cs = [], []
@@ -885,7 +885,7 @@ class TorchRnn:
             return torch._VF.gru(inp, h0, weights, True, 1, 0.0, train, False, False)[0].reshape(-1, H), None
         out = torch._VF.lstm(inp, (h0, h0), weights, True, 1, 0.0, train, False, False)[0].reshape(-1, H)
         f = torch.sigmoid(w_ih[H:2 * H, -2] + p["b_ih"][H:2 * H] + p["b_hh"][H:2 * H])  # the read-out's forget gate
-        return out, torch.atanh(_row_gather(torch)(out, *setup.readout)) / f
+        return out, torch.atanh(row_gather(torch)(out, *setup.readout)) / f
 
     def _concat_kernel(self, spec, x, lengths) -> str:
         """"rows[<rows>x<steps>]x <fused kernel>" (the grid one call ran on; B x T where nothing packed)."""
