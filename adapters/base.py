@@ -754,3 +754,19 @@ def loss_weights(lengths: np.ndarray, maxlen: int, side: str, reduction: str, dt
     else:
         per_row = 1.0 / (np.maximum(n, 1.0) * max(int(np.count_nonzero(lengths)), 1))
     return np.where(valid_mask(lengths, maxlen, side), per_row[:, None], 0.0).astype(dtype)
+def valid_steps(lengths: np.ndarray, maxlen: int, side: str, reduction: str,
+                dtype: str = "float64") -> tuple[np.ndarray, np.ndarray]:
+    """The valid steps of a [B, maxlen] batch as flat (row * maxlen + step) positions, row-major, and their
+    `loss_weights`: what the "valid_only" loss strategies gather and weigh."""
+    at = np.flatnonzero(valid_mask(lengths, maxlen, side).reshape(-1))
+    return at, loss_weights(lengths, maxlen, side, reduction, dtype).reshape(-1)[at]
+
+
+def valid_only_unit(kernel: str, doc: str) -> Strategy:
+    """The "valid_only" loss unit of a framework whose adapter has `_valid_only_run(logits, targets, lengths, kind,
+    reduction, side, device, grad)` (TensorFlow, JAX; torch's runs through its own `_loss_run`)."""
+    return Strategy("valid_only", lambda fw, *a: fw._valid_only_run(*a, grad=False),
+                    lambda fw, *a: fw._valid_only_run(*a, grad=True), supports=lambda fw, **spec: None,
+                    kernel=kernel, doc=doc)
+
+

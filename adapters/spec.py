@@ -258,6 +258,14 @@ def shape_ladder(limit: int, halves: bool = True, quarters: bool = False) -> np.
     return np.array(sorted(ladder), dtype=np.int64)
 
 
+def inverse_map(idx: np.ndarray, n_src: int) -> np.ndarray:
+    """The inverse of a row map that uses each source row at most once: where each source row went, or -1."""
+    inv = np.full(n_src, -1, dtype=np.int64)
+    used = idx >= 0
+    inv[idx[used]] = np.flatnonzero(used)
+    return inv
+
+
 def round_up(values, ladder: np.ndarray) -> np.ndarray:
     """Each value rounded up to the smallest ladder entry >= it (values <= ladder[-1])."""
     return ladder[np.searchsorted(ladder, np.asarray(values), side="left")]

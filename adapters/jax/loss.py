@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapters.base import loss_weights
+from adapters.base import loss_weights, valid_only_unit, valid_steps
 from adapters.jax.rnn import moved_rows
-from adapters.spec import Strategy, computes_only, shape_ladder, strategy_table, valid_mask
+from adapters.spec import Strategy, computes_only, inverse_map, round_up, shape_ladder, strategy_table, valid_mask
 
 
 class JaxLoss:
@@ -91,19 +91,17 @@ class JaxLoss:
 
     def _valid_only_run(self, logits, targets, lengths, kind, reduction, side, device, grad: bool):
         x = self.asarray(logits, device)
+        B, T = x.shape[:2]
+        at, w_at = valid_steps(lengths, T, side, reduction, x.dtype.name)
+        if at.size == B * T:  # no padding: nothing to skip, and XLA's gather of every row costs (CE: 3.6x)
+            return self._loss_run("optax", JaxLoss._optax_per_step, x, targets, lengths, kind, reduction, side,
+                                  device, grad)
         z = self.asarray(targets, device)
         z = z if kind == "softmax_ce" else z.astype(x.dtype)
-        B, T = x.shape[:2]
-        at = np.flatnonzero(valid_mask(lengths, T, side).reshape(-1))  # the valid steps, row-major
-        if at.size == B * T:  # no padding: nothing to skip, and XLA's gather of every row costs (CE: 3.6x)
-            return self._loss_run("optax", JaxLoss._optax_per_step, logits, targets, lengths, kind, reduction, side,
-                                  device, grad)
-        ladder = shape_ladder(max(B * T, 1))
-        n = int(ladder[np.searchsorted(ladder, max(at.size, 1))])
-        index, inverse, w = np.full(n, -1), np.full(B * T, -1), np.zeros(n, x.dtype.name)
-        index[:at.size], inverse[at] = at, np.arange(at.size)
-        w[:at.size] = loss_weights(lengths, T, side, reduction, x.dtype.name).reshape(-1)[at]
-        args = [self.asarray(a, device) for a in (index, inverse, w)]
+        n = int(round_up(max(at.size, 1), shape_ladder(max(B * T, 1))))  # the row count on the ladder
+        index, w = np.full(n, -1), np.zeros(n, x.dtype.name)
+        index[:at.size], w[:at.size] = at, w_at
+        args = [self.asarray(a, device) for a in (index, inverse_map(at, B * T), w)]
         return self._keep(self._valid_only_fn(kind, grad)(x, z, *args))
 
 
@@ -119,12 +117,10 @@ STRATEGIES = strategy_table(
           "optax losses (where=valid for softmax CE), weighted sum, jitted"),
     _unit("log_softmax", JaxLoss._log_softmax_per_step, computes_only("softmax_ce"), "jax.nn.log_softmax",
           "-take_along_axis(jax.nn.log_softmax(x)), weighted sum, jitted"),
-    Strategy("valid_only", lambda fw, *a: fw._valid_only_run(*a, grad=False),
-             lambda fw, *a: fw._valid_only_run(*a, grad=True), supports=lambda fw, **spec: None,
-             kernel="valid rows gathered (none without padding) + "
+    valid_only_unit("valid rows gathered (none without padding) + "
                     "optax.softmax_cross_entropy_with_integer_labels | optax.sigmoid_binary_cross_entropy",
-             doc="the valid steps' rows gathered (count on the shape ladder), optax losses on them only, the "
-                 "gather's gradient the inverse gather, weighted sum, jitted"),
+                    "the valid steps' rows gathered (count on the shape ladder), optax losses on them only, the "
+                    "gather's gradient the inverse gather, weighted sum, jitted"),
 )
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapters.base import loss_weights
-from adapters.spec import Strategy, computes_only, strategy_table, valid_mask
+from adapters.base import loss_weights, valid_only_unit, valid_steps
+from adapters.spec import Strategy, computes_only, inverse_map, strategy_table, valid_mask
 
 
 class TensorflowLoss:
@@ -79,12 +79,12 @@ class TensorflowLoss:
         tf = self.tf
         x = self.asarray(logits, device)
         (B, T), F = x.shape[:2], int(np.prod(x.shape[2:], dtype=np.int64))  # F 1: a BCE without a label axis
-        at = np.flatnonzero(valid_mask(lengths, T, side).reshape(-1))  # the valid steps, row-major
-        inverse = np.full(B * T, at.size)  # each step's row among them; padding: the zero row appended last
-        inverse[at] = np.arange(at.size)
-        w = loss_weights(lengths, T, side, reduction, x.dtype.name).reshape(-1)[at]
+        at, w = valid_steps(lengths, T, side, reduction, x.dtype.name)
+        full = at.size == B * T  # no padding: no gathers
+        if not full:  # each step's row among the valid ones; padding: the zero row appended last
+            inverse = inverse_map(at, B * T)
+            inverse[inverse < 0] = at.size
         with tf.device(self._dev(device)):
-            full = at.size == B * T  # no padding: no gathers
             z = tf.reshape(self.asarray(targets, device), (-1,) if kind == "softmax_ce" else (-1, F))
             z = z if full else tf.gather(z, at)
 
@@ -125,12 +125,10 @@ STRATEGIES = strategy_table(
           "tf.nn.sigmoid_cross_entropy_with_logits", "tf.nn primitive on the padded batch, weighted sum"),
     _unit("keras", TensorflowLoss._keras_loss, lambda fw, **spec: None, "keras.losses (reduction='sum')",
           "Keras loss object, the reduction weights as sample_weight, reduction='sum'"),
-    Strategy("valid_only", lambda fw, *a: fw._valid_only_run(*a, grad=False),
-             lambda fw, *a: fw._valid_only_run(*a, grad=True), supports=lambda fw, **spec: None,
-             kernel="valid rows gathered (none without padding) + tf.nn.sparse_softmax_cross_entropy_with_logits | "
-                    "tf.nn.sigmoid_cross_entropy_with_logits",
-             doc="the valid steps' rows gathered, the tf.nn primitive on them only, the gather's gradient the "
-                 "inverse gather, weighted sum"),
+    valid_only_unit("valid rows gathered (none without padding) + tf.nn.sparse_softmax_cross_entropy_with_logits"
+                    " | tf.nn.sigmoid_cross_entropy_with_logits",
+                    "the valid steps' rows gathered, the tf.nn primitive on them only, the gather's gradient the "
+                    "inverse gather, weighted sum"),
 )
 
 

@@ -37,6 +37,7 @@ from adapters.spec import (
     cheapest_cuts,
     cut_points,
     gated_only,
+    inverse_map,
     map_params,
     memo_by_lengths,
     pack_rows,
@@ -179,14 +180,6 @@ def _bucket_plan(lengths: np.ndarray, cell: str, cuda: bool) -> tuple:
 def row_map(src_rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Flat source-row index of each destination row, -1 where the destination is padding (filled with 0)."""
     return np.where(valid, src_rows, -1).reshape(-1).astype(np.int64)
-
-
-def inverse_map(idx: np.ndarray, n_src: int) -> np.ndarray:
-    """The inverse of a row map that uses each source row at most once: where each source row went, or -1."""
-    inv = np.full(n_src, -1, dtype=np.int64)
-    used = idx >= 0
-    inv[idx[used]] = np.flatnonzero(used)
-    return inv
 
 
 def _sliced_setup_of(lengths: np.ndarray, cell: str, T: int, directions: int, torch, device, dtype) -> tuple:

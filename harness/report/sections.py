@@ -377,8 +377,9 @@ def _coverage(df: pd.DataFrame, title: str, device: str, conf: dict, profile: st
                 d = d[d[k].isna()] if pd.isna(v) else d[d[k] == v]
         return d
 
-    d = at_point(headline(ok(df)))
-    newest = ok(df).sort_values("time")["commit"].dropna() if "commit" in df.columns else pd.Series(dtype=object)
+    measured = ok(df)
+    d = at_point(headline(measured))
+    newest = measured.sort_values("time")["commit"].dropna() if "commit" in df.columns else pd.Series(dtype=object)
     here = d[d["device"] == device]
     if here.empty or newest.empty:
         return ""
