@@ -48,13 +48,29 @@ def _crop(x, T: int, steps: int, side: str):
     return x[:, :steps] if side == "right" else x[:, T - steps:]
 
 
-def _run(a, cost: dict, prefer: tuple[str, ...], q, k, v, ql, kvl, cot, causal, side, scale,
+def bucket_rows(b, ql: np.ndarray, kvl: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A bucket's original rows padded to its batch with copies of its first row, and their (query, key) lengths,
+    0 for the padding copies (so they do no work and read nothing)."""
+    n = b.rows.size
+    rows = np.concatenate([b.rows, np.full(b.batch - n, b.rows[0])])
+    return rows, [np.where(np.arange(b.batch) < n, x[rows], 0) for x in (ql, kvl)]
+
+
+def window_index(rows: np.ndarray, T: int, steps: int, side: str) -> np.ndarray:
+    """int64 [rows * steps]: the flat positions in a [B * T, ...] view of each row's `steps` steps on its valid
+    side (the trimmed window `_crop` takes), row after row."""
+    start = 0 if side == "right" else T - steps
+    return (rows[:, None] * T + start + np.arange(steps)[None, :]).reshape(-1).astype(np.int64)
+
+
+def _run(a, cost: dict, prefer: tuple[str, ...], graph, q, k, v, ql, kvl, cot, causal, side, scale,
          device) -> tuple[AttnOut, dict | None]:
     ql, kvl = np.asarray(ql), np.asarray(kvl)
     B, Tq, Tk = q.shape[0], q.shape[1], k.shape[1]
     spec = attention_spec(device, a.dtype_name(q), causal, q.shape[2], k.shape[2], side, ql, kvl, Tq, Tk,
                           q.shape[3])
-    inner = a.strategy_table("attention")[inner_strategy(a, prefer, **spec)]
+    inner_name = inner_strategy(a, prefer, **spec)
+    inner = a.strategy_table("attention")[inner_name]
     plan = plan_attention(ql, kvl, Tq, Tk, **cost_for(cost, device))
 
     def call(q, k, v, ql, kvl, cot):
@@ -67,11 +83,11 @@ def _run(a, cost: dict, prefer: tuple[str, ...], q, k, v, ql, kvl, cot, causal, 
     if not plan or (len(plan) == 1 and plan[0].rows.size == B and (plan[0].q_steps, plan[0].kv_steps) == (Tq, Tk)):
         out, grads = call(q, k, v, ql, kvl, cot)  # nothing to trim (or no work at all): the inner call as it is
         return AttnOut(out.outputs, f"{out.kernel} bucketed[1]"), grads
+    if graph is not None:
+        return graph(a, inner_name, plan, q, k, v, ql, kvl, cot, causal, side, scale, device)
     parts = []
     for b in plan:
-        n = b.rows.size
-        rows = np.concatenate([b.rows, np.full(b.batch - n, b.rows[0])])  # padded with empty copies of a row
-        lens = [np.where(np.arange(b.batch) < n, x[rows], 0) for x in (ql, kvl)]
+        rows, lens = bucket_rows(b, ql, kvl)
         take = lambda x, T, s: a._take_rows(_crop(x, T, s, side), rows)  # noqa: E731 - trim, then copy
         parts.append(call(take(q, Tq, b.q_steps), take(k, Tk, b.kv_steps), take(v, Tk, b.kv_steps), *lens,
                           None if cot is None else take(cot, Tq, b.q_steps)))
@@ -90,18 +106,22 @@ def cost_for(cost: dict, device: str) -> dict:
     return cost.get(device, cost["cpu"])
 
 
-def bucketed_unit(cost: dict, prefer: tuple[str, ...] = ()) -> Strategy:
+def bucketed_unit(cost: dict, prefer: tuple[str, ...] = (), graph=None) -> Strategy:
     """The framework's "bucketed" attention unit, planned with its cost model `cost` (`plan_attention`'s keywords:
     call_cost and token_cost in (row, query, key) scores, ladders for compiled frameworks), one per device
     ({"cpu": ..., "gpu": ...}; a device it lacks takes the CPU's). The dicts are read at every call, so they are
     the framework module's one place for these numbers (and tests may change them).
-    `prefer`: strategies the buckets run, where their precondition holds, instead of the framework's default."""
+    `prefer`: strategies the buckets run, where their precondition holds, instead of the framework's default.
+    `graph`: where a framework runs every bucket in one compiled call, `graph(a, inner, plan, q, k, v, ql, kvl, cot,
+    causal, side, scale, device) -> (AttnOut, grads or None)` (inner: the strategy name the buckets run), used
+    whenever the plan trims; it does the same takes and gathers back (`bucket_rows`, `window_index`,
+    `attention_unbucket_index`) inside the call."""
 
     def forward(a, q, k, v, ql, kvl, causal, side, scale, device):
-        return _run(a, cost, prefer, q, k, v, ql, kvl, None, causal, side, scale, device)[0]
+        return _run(a, cost, prefer, graph, q, k, v, ql, kvl, None, causal, side, scale, device)[0]
 
     def vjp(a, q, k, v, ql, kvl, cot, causal, side, scale, device):
-        return _run(a, cost, prefer, q, k, v, ql, kvl, cot, causal, side, scale, device)
+        return _run(a, cost, prefer, graph, q, k, v, ql, kvl, cot, causal, side, scale, device)
 
     def supports(a, **spec: Any) -> str | None:
         return None if inner_strategy(a, prefer, **spec) else f"no other {a.name} attention strategy runs for {spec}"
