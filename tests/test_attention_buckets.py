@@ -195,18 +195,24 @@ def test_bucketed_sizes_and_lengths(fw, free_calls, batch, kv, heads, dh, causal
 
 
 @pytest.mark.parametrize("fw", framework_params(("jax",)), indirect=True)
-def test_compiled_shapes_stay_on_the_ladders(fw, device):
-    """A second batch whose buckets round to the same ladder shapes compiles nothing new."""
+def test_compiled_shapes_stay_on_the_ladders(fw, device, ref):
+    """A second batch whose buckets round to the same ladder shapes compiles nothing new; a bucket padded to its
+    ladder batch with copies of a row (5 rows -> 6) leaves that row's results as they are (both batches exact)."""
     T = 64
     first, second = np.array([64, 40, 30, 9, 5, 3, 2, 1]), np.array([3, 61, 1, 29, 39, 6, 10, 2])
-    shapes = [[(b.batch, b.q_steps, b.kv_steps) for b in plan_attention(x, x, T, T, **cost_of(fw, device))]
-              for x in (first, second)]
+    plans = [plan_attention(x, x, T, T, **cost_of(fw, device)) for x in (first, second)]
+    shapes = [[(b.batch, b.q_steps, b.kv_steps) for b in plan] for plan in plans]
     assert shapes[0] == shapes[1] and len(shapes[0]) > 1, f"the two batches must plan alike: {shapes}"
+    assert any(b.batch > b.rows.size for b in plans[0]), "a bucket must be padded with copies of a row"
 
     def run(lengths):
-        q, k, v, cot = fam.qkv(lengths, lengths, T, T, 2, 2, 4, side="right", seed=1)
-        out, _ = fw.attention_vjp(*(fw.asarray(x, device) for x in (q, k, v)), lengths, None, cot,
-                                  strategy="bucketed", device=device)
+        q, k, v, cot = fam.qkv(lengths, lengths, T, T, 2, 2, 4, side="right", fill=np.nan, seed=1)
+        out, grads = fw.attention_vjp(*(fw.asarray(x, device) for x in (q, k, v)), lengths, None, cot,
+                                      strategy="bucketed", device=device)
+        want_out, want_grads = fam.reference(ref, q, k, v, lengths, None, cot, causal=False, side="right")
+        valid = valid_mask(lengths, T, "right")
+        res = fam.compare_attention(fw, out, grads, want_out, want_grads, valid, valid, tolerance("float32", device))
+        assert all(ok for ok, _ in res.values()), f"{out.kernel} {lengths}: {res}"
         return out.kernel
 
     kernel = run(first)
