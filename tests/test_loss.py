@@ -167,3 +167,27 @@ def test_expand_keeps_supported_strategies_only():
                 profile="equal", seed=0)
     cases = fam.expand(base, {}, adapters.declared_strategies("torch", "loss"))
     assert [c["strategy"] for c in cases] == ["bce_with_logits", "valid_only"]
+
+
+def test_torch_valid_only_plans_from_the_host_mask(device):
+    """torch's `valid_only` takes its positions from the mask built on the host, never by reading the device's
+    mask back (on a GPU that read-back is a sync per call): with padding, a device mask that cannot be read still
+    gives the gathered loss, equal to the padded strategy's."""
+    from tests.conftest import require
+
+    require("torch")
+    fw = on_device(adapters.get("torch"), device)
+    lengths = np.array([3, 0, 5, 1])
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((4, 5, 7)).astype("float32")
+    targets = rng.integers(0, 7, size=(4, 5))
+    x, z, valid, w, host_valid = fw._loss_inputs(logits, targets, lengths, "softmax_ce", "token_mean", "right",
+                                                 device)
+
+    class Unreadable:
+        def __getattr__(self, name):
+            raise AssertionError(f"valid_only read the device mask ({name})")
+
+    got = fw._valid_only_loss(x, z, Unreadable(), w, "softmax_ce", host_valid)
+    want = fw._padded_loss(x, z, valid, w, "softmax_ce")
+    assert abs(float(got) - float(want)) <= 1e-6 * max(1.0, abs(float(want))), (float(got), float(want))

@@ -31,7 +31,8 @@ class TorchLoss:
     """The masked-loss machinery of the torch adapter (mixed into `TorchAdapter`)."""
 
     def _loss_inputs(self, logits, targets, lengths, kind, reduction, side, device):
-        """Native (logits, targets with padding sanitised, valid mask, weights); logits untouched."""
+        """Native (logits, targets with padding sanitised, valid mask, weights) and the valid mask on the host;
+        logits untouched."""
         torch = self.torch
         x = self.asarray(logits, device)
         valid_np = valid_mask(lengths, x.shape[1], side)
@@ -40,7 +41,7 @@ class TorchLoss:
         z = torch.where(valid, z.long(), IGNORE) if kind == "softmax_ce" else \
             torch.where(valid.view(*valid.shape, *([1] * (z.ndim - 2))), z.to(x.dtype), 0)
         w = torch.as_tensor(loss_weights(lengths, x.shape[1], side, reduction), device=x.device).to(x.dtype)
-        return x, z, valid, w
+        return x, z, valid, w, valid_np
 
     def _per_step(self, kind, x, z, label_axis: bool):
         """Per-step loss of (already sanitised) logits: CE per step, or BCE summed over a step's C labels."""
@@ -51,12 +52,12 @@ class TorchLoss:
         loss = F.binary_cross_entropy_with_logits(x, z, reduction="none")
         return loss.sum(-1) if label_axis else loss
 
-    def _padded_loss(self, x, z, valid, w, kind):
+    def _padded_loss(self, x, z, valid, w, kind, host_valid=None):
         keep = valid.view(*valid.shape, *([1] * (x.ndim - 2)))
         return (self._per_step(kind, self.torch.where(keep, x, 0), z, x.ndim == 3) * w).sum()
 
-    def _valid_only_loss(self, x, z, valid, w, kind):
-        mask = valid.cpu().numpy().reshape(-1)
+    def _valid_only_loss(self, x, z, valid, w, kind, host_valid):
+        mask = host_valid.reshape(-1)  # the host's own mask: no read-back (a GPU sync) of the device's
         if mask.all():  # no padding: nothing to skip, and gathering every row costs (CE: 1.4x here)
             return self._padded_loss(x, z, valid, w, kind)
         at = np.flatnonzero(mask)
@@ -66,12 +67,12 @@ class TorchLoss:
         return (self._per_step(kind, rows.reshape(at.size, *x.shape[2:]), take(z), x.ndim == 3) * take(w)).sum()
 
     def _loss_run(self, how, logits, targets, lengths, kind, reduction, side, device, grad: bool):
-        x, z, valid, w = self._loss_inputs(logits, targets, lengths, kind, reduction, side, device)
+        x, z, valid, w, host_valid = self._loss_inputs(logits, targets, lengths, kind, reduction, side, device)
         if not grad:
             with self.torch.no_grad():
-                return how(self, x, z, valid, w, kind)
+                return how(self, x, z, valid, w, kind, host_valid)
         x = x.detach().requires_grad_(True)
-        loss = how(self, x, z, valid, w, kind)
+        loss = how(self, x, z, valid, w, kind, host_valid)
         (g,) = self.torch.autograd.grad(loss, [x])
         return loss.detach(), g
 
