@@ -410,3 +410,29 @@ def test_recommendation_shows_the_gain_over_the_framework_default():
     df, check = report.bench_frame(recs), report.frame(recs, "check")
     text = " ".join(b for kind, b in report.sections.summary_section(check, df).blocks if kind == "p")
     assert "torch: sliced (2.50x the padded baseline, 3.00x the framework's default strategy" in text
+
+
+def test_summary_gives_every_other_op_in_one_table():
+    # the RNN lines are the headline; a loss (or attention, embedding) measured too gets a row per device and
+    # profile: each framework's fastest exact strategy, its speedup (side by side where timed, else the sweep's)
+    # and that speedup's fraction of the ideal, and the framework that took the least time
+    def loss(fw, strategy, profile, ms):
+        r = _bench(fw, strategy, profile, ms)
+        return {**r, "op": "loss_softmax_ce", "cell": None, "hidden": None, "num_layers": None,
+                "bidirectional": None, "key": r["key"] + "|loss"}
+
+    recs = [_bench("torch", "sliced", "equal", 10.0), _bench("torch", "sliced", "lognormal", 4.0),
+            _checked("torch", "sliced"), loss("torch", "ce", "equal", 2.0), loss("torch", "ce", "lognormal", 1.6),
+            loss("torch", "valid", "lognormal", 1.25), loss("jax", "optax", "equal", 3.0),
+            loss("jax", "optax", "lognormal", 2.0), {**_checked("torch", "ce"), "op": "loss"},
+            {**_checked("torch", "valid"), "op": "loss"}, {**_checked("jax", "optax"), "op": "loss"}]
+    df, check = report.bench_frame(recs), report.frame(recs, "check")
+    blocks = report.sections.summary_section(check, df).blocks
+    tables = [b[0] for kind, b in blocks if kind == "table" and "lengths" in b[0].columns]
+    assert len(tables) == 1, blocks
+    t = tables[0]
+    assert list(t["op"]) == [OP_TITLES["loss_softmax_ce"]] and list(t["lengths"]) == ["lognormal (50% padding)"], t
+    row = t.iloc[0]
+    assert row["torch"] == "valid 1.60x (0.80 of the ideal 2.0x)", row["torch"]
+    assert row["jax"] == "optax 1.50x (0.75 of the ideal 2.0x)", row["jax"]
+    assert row["fastest in time"] == "torch", row

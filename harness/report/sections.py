@@ -341,6 +341,13 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
             s.p(f"{head['op'].iloc[0]} on {device}{' (' + what + ')' if what else ''}, {profile} lengths "
                 f"({g['padding'].iloc[0]:.0%} padding): " + "; ".join(parts) + "."
                 + _coverage(df, head["op"].iloc[0], device, conf, profile))
+        others = _other_ops(rec[rec["op"] != head["op"].iloc[0]])
+        if not others.empty:
+            s.p("Every other op: each framework's fastest exact strategy per device and length distribution, its "
+                "speedup over its own padded baseline (timed side by side where it was, else across the sweep) and "
+                "that speedup's fraction of the ideal; last, the framework whose strategy took the least time "
+                "(details in 'Recommendation'):")
+            s.table(others, fold=False)
     if not check.empty:
         st = check[check["kind"].isin(["op", "strategy"])]
         per = st.groupby(["framework", "op", "name", "device"])["equivalent"].all()
@@ -361,6 +368,31 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
     if len(s.blocks) == 0:
         s.p("Nothing measured or checked yet.")
     return s
+
+
+def _other_ops(rec: pd.DataFrame) -> pd.DataFrame:
+    """One row per (op, configuration, device, profile) with padding, one column per framework: "<strategy> <x>x
+    (<fraction> of the ideal <ideal>x)", x its speedup over its own padded baseline, side by side where timed so
+    (marked so), else across the sweep, and the fraction that x over the ideal x; and the framework whose strategy
+    took the least time."""
+    rec = rec[rec["profile"] != "equal"]
+    if rec.empty:
+        return pd.DataFrame()
+    cfg = [c for c in CONFIG if c in rec.columns]
+    rows = []
+    for key, g in rec.groupby(["op", *cfg, "device", "profile"], dropna=False, sort=False):
+        conf = ", ".join(f"{k} {v}" for k, v in zip(cfg, key[1:-2], strict=True) if pd.notna(v) and v != "-")
+        row = {"op": key[0] + (f" ({conf})" if conf else ""), "device": key[-2],
+               "lengths": f"{key[-1]} ({g['padding'].iloc[0]:.0%} padding)"}
+        for _, r in g.sort_values("framework").iterrows():
+            paired = pd.notna(r["x side by side"])
+            x = r["x side by side"] if paired else r["x vs padded baseline"]
+            ideal = (f" ({x / r['ideal x']:.2f} of the ideal {r['ideal x']:.1f}x)" if pd.notna(r["ideal x"]) else "")
+            row[r["framework"]] = f"{r['fastest exact strategy']} {x:.2f}x{' side by side' if paired else ''}{ideal}"
+        best = g[g["overall best"].astype(bool)]["framework"]
+        row["fastest in time"] = ", ".join(best) if len(best) else "-"
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("-")
 
 
 def _coverage(df: pd.DataFrame, title: str, device: str, conf: dict, profile: str) -> str:
