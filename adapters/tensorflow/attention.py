@@ -82,7 +82,6 @@ class TensorflowAttention:
 
         return forward_vjp if vjp else forward
 
-
     def _attn_buckets(self, inner: str, plan, q, k, v, ql, kvl, cot, causal, side, scale, device):
         """Every bucket of a "bucketed" plan in one `tf.function`: the takes, each bucket's skeleton (and its
         gradient tape), the gathers back. Its signature leaves batch and time axes unknown, so one trace serves
