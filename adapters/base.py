@@ -754,6 +754,8 @@ def loss_weights(lengths: np.ndarray, maxlen: int, side: str, reduction: str, dt
     else:
         per_row = 1.0 / (np.maximum(n, 1.0) * max(int(np.count_nonzero(lengths)), 1))
     return np.where(valid_mask(lengths, maxlen, side), per_row[:, None], 0.0).astype(dtype)
+
+
 def valid_steps(lengths: np.ndarray, maxlen: int, side: str, reduction: str,
                 dtype: str = "float64") -> tuple[np.ndarray, np.ndarray]:
     """The valid steps of a [B, maxlen] batch as flat (row * maxlen + step) positions, row-major, and their
@@ -768,5 +770,3 @@ def valid_only_unit(kernel: str, doc: str) -> Strategy:
     return Strategy("valid_only", lambda fw, *a: fw._valid_only_run(*a, grad=False),
                     lambda fw, *a: fw._valid_only_run(*a, grad=True), supports=lambda fw, **spec: None,
                     kernel=kernel, doc=doc)
-
-

@@ -122,8 +122,8 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
         return self.tf.gather(x, index)
 
     def _regather(self, parts, index, shape):
-        tf = self.tf
-        flat = [tf.reshape(p, (-1, *shape[2:])) for p in parts]
+        tf = self.tf  # `shape` may be a tensor (inside a graph whose batch and time are of unknown length)
+        flat = [tf.reshape(p, (-1, *p.shape[2:])) for p in parts]
         flat.append(tf.zeros_like(flat[0][:1]))
         return tf.reshape(tf.gather(tf.concat(flat, 0), index), shape)
 

@@ -126,10 +126,7 @@ class TensorflowAttention:
         signature = [spec(None, None, Hq, D), spec(None, None, Hkv, D), spec(None, None, Hkv, D)]
         signature += [spec(None, None, Hq, D)] * vjp + per_bucket * n_buckets + [index] * (1 + vjp)
 
-        def gather_back(parts, index, like):
-            flat = [tf.reshape(p, (-1, *like.shape[2:])) for p in parts]
-            flat.append(tf.zeros_like(flat[0][:1]))
-            return tf.reshape(tf.gather(tf.concat(flat, 0), index), tf.shape(like))
+        gather_back = lambda parts, index, like: self._regather(parts, index, tf.shape(like))  # noqa: E731
 
         def run(q, k, v, *rest):
             self._traces += 1  # Python body: runs only while tracing
