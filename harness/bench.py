@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 from adapters.spec import Unsupported
 from harness import memory, records, results, timing
-from harness.axes import case_key
-from harness.families import family_of
+from harness.axes import HEADLINE, case_key
+from harness.families import family_of, recommended_ops
 from harness.families.base import Prepared
 from harness.proc import die_with_parent, spawn
 
@@ -68,6 +68,7 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
     t = timing.measure(p.call, compile_count=adapter.compile_count)
     device_peak = adapter.peak_memory(device) if own_peak else None
     rss_peak = memory.peak_rss_above_baseline(p.call) if device == "cpu" else None
+    stream = stream_compiles(adapter, case) if streams(adapter, case) else {}
     rate = floor_rates.get("copy_bytes_per_s" if p.floor == "copy" else "gemm_flop_per_s")
     floor_s = p.work / rate if rate else None
     med = t.median_s
@@ -84,11 +85,48 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
         "floor": p.floor, "work": p.work, "floor_s": floor_s, "fraction_of_floor": floor_s / med if floor_s else None,
         "device_peak_bytes": device_peak, "peak_rss_bytes": rss_peak,
         "peak_bytes": device_peak if device != "cpu" else rss_peak,
+        **stream,
         "memory_method": "RSS high-water mark above baseline" if device == "cpu" else
         "allocator peak (reset per case)" if adapter.peak_resettable else
         "allocator peak (fresh process per case)" if own_peak else
         "not recorded (the allocator's peak cannot be reset and this worker ran other device work first)",
     }
+
+
+#: fresh batches of a case's length distribution that `stream_compiles` runs after timing the case (each costs
+#: two calls and its compiles: `make demo` on 2 cores pays ~1.5 min for 3 at the headline point)
+STREAM_BATCHES = 3
+
+
+def streams(adapter, case: dict) -> bool:
+    """Whether `stream_compiles` runs for `case`: a strategy case of a framework that compiles (it has compiled
+    something by now), at the headline batch and length (`axes.HEADLINE`: what the compile-aware ranking reads),
+    on lengths that change from batch to batch (not `equal`)."""
+    return (case["op"] in recommended_ops() and case["profile"] != "equal" and STREAM_BATCHES > 0
+            and (case["batch"], case["max_len"]) == (HEADLINE["batch"], HEADLINE["max_len"])
+            and adapter.compile_count() > 0)
+
+
+def stream_compiles(adapter, case: dict, batches: int | None = None) -> dict:
+    """What new lengths cost in compiles: a jitted padded strategy compiles once per padded shape, but a strategy
+    whose plan follows the lengths (bucketed, concat_rows, ...) may compile new shapes for a new batch. With every
+    compiled function forgotten (what a fresh process has), the case's own batch runs once (its shapes, as the
+    case's compile figure counts them), then `batches` fresh batches of the same length distribution (the case's
+    seed + 1, + 2, ...): the compiles they add and their seconds (each compiling batch's first call minus its
+    second). Record fields stream_batches, stream_compiles, stream_compile_s."""
+    batches = STREAM_BATCHES if batches is None else batches
+    adapter.clear_compiled()
+    prepare(adapter, case)
+    before, seconds = adapter.compile_count(), 0.0
+    for i in range(1, batches + 1):
+        c0 = adapter.compile_count()
+        p = prepare(adapter, {**case, "seed": case.get("seed", 0) + i})
+        if adapter.compile_count() > c0:
+            t = time.perf_counter()
+            p.call()
+            seconds += max(p.first_call_s - (time.perf_counter() - t), 0.0)
+    return {"stream_batches": batches, "stream_compiles": adapter.compile_count() - before,
+            "stream_compile_s": seconds}
 
 
 # -- worker (one framework, in its own process) ---------------------------------------------------------------

@@ -47,7 +47,7 @@ SOURCES: dict[str, tuple[dict, dict]] = {
                "floor_s": FLOAT, "fraction_of_floor": FLOAT, "ideal_share": FLOAT, "device_peak_bytes": INT,
                "peak_rss_bytes": INT, "peak_bytes": INT, "memory_method": STR, "floor_copy_bytes_per_s": FLOAT,
                "floor_gemm_flop_per_s": FLOAT, "floor_source": STR, "lengths_file": STR, "lengths_column": STR,
-               "lengths_kind": STR}),
+               "lengths_kind": STR, "stream_batches": INT, "stream_compiles": INT, "stream_compile_s": FLOAT}),
     "floors": ({"device": STR, "copy_bytes_per_s": FLOAT, "gemm_flop_per_s": FLOAT},
                {"framework": STR, "version": STR}),
     "overhead": ({"framework": STR, "strategy": STR, "op": STR, "device": STR, "raw_median_s": FLOAT,

@@ -91,3 +91,19 @@ def test_the_recorded_commit_says_when_the_files_differ_from_it(tmp_path, monkey
         records.commit.cache_clear()
         assert records.commit() == want
     records.commit.cache_clear()
+
+
+@pytest.mark.parametrize("name", framework_params(["jax"]))
+def test_new_batches_compile_only_where_the_plan_follows_the_lengths(name):
+    """`stream_compiles` counts what fresh batches of the same lengths add: nothing for a padded strategy (one
+    shape whatever the lengths), some for bucketed attention (its buckets' shapes follow the lengths); the same
+    counts from a warm process (it forgets what was compiled, then compiles the case's own batch uncounted)."""
+    adapter = adapters.get(name)
+    case = dict(op="attention_forward_backward", framework=name, device="cpu", dtype="float32", batch=16,
+                max_len=32, profile="lognormal", seed=0, heads=2, kv_heads=1, head_dim=8, causal=False)
+    padded = bench.stream_compiles(adapter, {**case, "strategy": "xla_dpa"}, batches=3)
+    assert padded == {"stream_batches": 3, "stream_compiles": 0, "stream_compile_s": 0.0}
+    first = bench.stream_compiles(adapter, {**case, "strategy": "bucketed"}, batches=3)
+    again = bench.stream_compiles(adapter, {**case, "strategy": "bucketed"}, batches=3)
+    assert first["stream_compiles"] > 0 and first["stream_compile_s"] > 0, first
+    assert again["stream_compiles"] == first["stream_compiles"], (first, again)

@@ -288,6 +288,40 @@ def test_break_even_is_the_first_call_count_where_the_warm_strategy_is_cheaper()
     assert ca.loc["equal", "break-even calls"] == "jax:scan is cheaper from 101 calls on than torch:packed"
 
 
+def test_compiles_that_new_batches_bring_are_charged_per_call_up_to_the_batches_measured():
+    # bucketed: 1 s compile, 4 ms warm, and 3 fresh batches compiled 3 s more (1 s a batch); scan: 10 ms, none.
+    # n <= 4: bucketed costs 1 + (n - 1) + 0.004 n, scan 0.010 n; past 4 calls bucketed adds nothing but its warm
+    # time: d(4) = 4.016 - 0.04 = 3.976 s, gone after 3.976 / 0.006 = 662.7 more calls: at 666 calls 6.664 s
+    # against 6.660 s, at 667 6.668 against 6.670: bucketed is cheaper from 667 calls on (charging the first
+    # compile only: 1 / 0.006 = 166.7, from 167)
+    recs = [_bench("jax", "scan", "lognormal", 10.0, compile_s=0.0, stream_batches=3, stream_compiles=0,
+                   stream_compile_s=0.0),
+            _bench("jax", "bucketed", "lognormal", 4.0, compile_s=1.0, stream_batches=3, stream_compiles=6,
+                   stream_compile_s=3.0),
+            _checked("jax", "scan"), _checked("jax", "bucketed")]
+    ca = _tables(recs)[1].set_index("profile")
+    assert ca.loc["lognormal", "best for 100 call(s)"] == "jax:scan"  # 4.4 s against 1.0 s
+    assert ca.loc["lognormal", "best for 10,000 call(s)"] == "jax:bucketed"  # 44 s against 100 s
+    assert ca.loc["lognormal", "break-even calls"] == "jax:bucketed is cheaper from 667 calls on than jax:scan"
+    # records without the measurement (eager frameworks, older files) charge the first compile only
+    old = [{k: v for k, v in r.items() if not k.startswith("stream_")} for r in recs]
+    ca = _tables(old)[1].set_index("profile")
+    assert ca.loc["lognormal", "break-even calls"] == "jax:bucketed is cheaper from 167 calls on than jax:scan"
+
+
+def test_the_compile_section_lists_the_strategies_that_compile_for_new_batches(tmp_path):
+    recs = [_bench("jax", "scan", "lognormal", 10.0, stream_batches=3, stream_compiles=0, stream_compile_s=0.0),
+            _bench("jax", "bucketed", "lognormal", 4.0, compile_s=1.0, stream_batches=3, stream_compiles=6,
+                   stream_compile_s=3.0)]
+    from harness.report.render import render
+
+    render([report.sections.compile_section(report.bench_frame(recs), tmp_path)], tmp_path, "t")
+    md = (tmp_path / "report.md").read_text()
+    row = next(line for line in md.splitlines() if "jax:bucketed | lognormal" in line)
+    assert row.split(" | ")[-5:] == ["3", "6", "3", "4", "750 |"], row  # batches, compiles, s, warm ms, calls
+    assert "jax:scan | lognormal" not in md and "1 compiled nothing for their fresh batches (jax:scan)" in md
+
+
 def test_a_retraced_timing_is_never_recommended():
     recs = [_bench("jax", "scan", "equal", 10.0), _bench("jax", "scan", "lognormal", 8.0),
             _bench("jax", "bucketed", "lognormal", 4.0, retraced=True), _checked("jax", "scan"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from harness.families import OP_TITLES, check_family, family_of, recommended_ops
@@ -230,14 +231,17 @@ CALLS = (1, 100, 10_000)
 
 def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
     """Per op x device x configuration x profile (headline B, T): the fastest exact strategy when the cost of n
-    calls is compile + n x warm time, for n in CALLS; and the break-even: the first number of calls at which the
-    fastest warm strategy is cheaper than the strategy that is fastest for a single call (compile included).
+    calls, each on a new batch of the profile's lengths, is `calls_cost` (compile + the compiles new batches bring
+    + n x warm time), for n in CALLS; and the break-even: the first number of calls at which the fastest warm
+    strategy is cheaper than the strategy that is fastest for a single call (compiles included).
 
     A bench record has no compile time (`compile_s` missing) where an earlier case of its worker had compiled the
     shape already (the same strategy on another profile of the same B and T): a fresh process pays that compile, so
     the largest compile time recorded for the same framework, strategy, device, B, T and configuration stands in.
     A strategy with no compile time recorded anywhere is left out (its cost of n calls is unknown), as are retraced
-    timings (not a warm time)."""
+    timings (not a warm time). The compiles of new batches (`stream_compile_s` over `stream_batches` fresh batches,
+    `harness.bench.stream_compiles`) count 0 where they were not measured (eager frameworks, equal lengths, records
+    older than the measurement)."""
     data = headline(ok(df)[ok(df)["op"].isin(recommended_ops())])
     if data.empty:
         return pd.DataFrame()
@@ -245,25 +249,44 @@ def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
     data = data[exact & ~data["retraced"].eq(True)]
     same = ["framework", "strategy", "op", "device", "batch", "max_len", *CONFIG]
     known = data["compile_s"].astype(float)
+    fresh = data.reindex(columns=["stream_batches", "stream_compile_s"]).astype(float)
     data = data.assign(compile=known.fillna(known.groupby([data[c].astype(str) for c in same]).transform("max")),
-                       impl=data["framework"] + ":" + data["strategy"])
+                       per_batch=(fresh["stream_compile_s"] / fresh["stream_batches"]).fillna(0.0),
+                       batches=fresh["stream_batches"].fillna(0.0), impl=data["framework"] + ":" + data["strategy"])
     data = data[data["compile"].notna()]
     varying, rows = _varying(data), []
     for (op, device, *_, profile), g in data.groupby(["op", "device", *CONFIG, "profile"], dropna=False):
         row = {"op": OP_TITLES.get(op, op), "device": device, **{c: g[c].iloc[0] for c in varying},
                "profile": profile}
         for n in CALLS:
-            cost = g["compile"] + n * g["median_s"]
-            row[f"best for {n:,} call(s)"] = g.loc[cost.idxmin(), "impl"]
-        first, warm = g.loc[(g["compile"] + g["median_s"]).idxmin()], g.loc[g["median_s"].idxmin()]
-        if first["impl"] == warm["impl"] or warm["median_s"] >= first["median_s"]:
-            row["break-even calls"] = "-"
-        else:  # warm is cheaper for n calls exactly when n > n_star: from floor(n_star) + 1 calls on
-            n_star = (warm["compile"] - first["compile"]) / (first["median_s"] - warm["median_s"])
-            row["break-even calls"] = f"{warm['impl']} is cheaper from {math.floor(n_star) + 1:,} calls on " \
-                                      f"than {first['impl']}"
+            row[f"best for {n:,} call(s)"] = g.loc[calls_cost(g, n).idxmin(), "impl"]
+        first, warm = g.loc[calls_cost(g, 1).idxmin()], g.loc[g["median_s"].idxmin()]
+        n_star = None if first["impl"] == warm["impl"] else break_even(first, warm)
+        row["break-even calls"] = "-" if n_star is None else \
+            f"{warm['impl']} is cheaper from {n_star:,} calls on than {first['impl']}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def calls_cost(r, n: int):
+    """Seconds of n calls on n batches of new lengths (a row or a frame of `compile_aware_table`'s data): the
+    first call's compile, the compiles each further batch brought as measured over `batches` fresh batches (pro
+    rata, for at most that many: shapes new batches compile past them are not counted), and n warm calls."""
+    return r["compile"] + r["per_batch"] * np.minimum(n - 1, r["batches"]) + n * r["median_s"]
+
+
+def break_even(first, warm) -> int | None:
+    """The first number of calls from which `warm` costs less than `first` (`calls_cost`), or None: their cost
+    difference is linear in n up to the larger measured stream, and linear again past it."""
+    if warm["median_s"] >= first["median_s"]:
+        return None
+    knee = int(max(first["batches"], warm["batches"])) + 1
+    for n in range(1, knee + 1):
+        if calls_cost(warm, n) < calls_cost(first, n):
+            return n
+    # past the knee: d(n) = d(knee) + (n - knee) x (warm - first median) < 0
+    d = calls_cost(warm, knee) - calls_cost(first, knee)
+    return knee + math.floor(d / (first["median_s"] - warm["median_s"])) + 1
 
 
 def verdict_matrix(check: pd.DataFrame, ops: list[str] | None = None) -> pd.DataFrame:
