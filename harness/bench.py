@@ -14,6 +14,7 @@ from there.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -94,15 +95,21 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
 
 
 #: fresh batches of a case's length distribution that `stream_compiles` runs after timing the case (each costs
-#: two calls and its compiles: `make demo` on 2 cores pays ~1.5 min for 3 at the headline point)
+#: two calls and its compiles: `make demo` on 2 cores pays ~1.5 min for 3 at the headline point); the environment
+#: variable overrides it for a whole sweep (its workers inherit it; 0 turns it off: scripts/gpu-check.sh does)
 STREAM_BATCHES = 3
+STREAM_ENV = "VARLEN_STREAM_BATCHES"
+
+
+def stream_batches() -> int:
+    return int(os.environ.get(STREAM_ENV, STREAM_BATCHES))
 
 
 def streams(adapter, case: dict) -> bool:
     """Whether `stream_compiles` runs for `case`: a strategy case of a framework that compiles (it has compiled
     something by now), at the headline batch and length (`axes.HEADLINE`: what the compile-aware ranking reads),
     on lengths that change from batch to batch (not `equal`)."""
-    return (case["op"] in recommended_ops() and case["profile"] != "equal" and STREAM_BATCHES > 0
+    return (case["op"] in recommended_ops() and case["profile"] != "equal" and stream_batches() > 0
             and (case["batch"], case["max_len"]) == (HEADLINE["batch"], HEADLINE["max_len"])
             and adapter.compile_count() > 0)
 
@@ -114,7 +121,7 @@ def stream_compiles(adapter, case: dict, batches: int | None = None) -> dict:
     case's compile figure counts them), then `batches` fresh batches of the same length distribution (the case's
     seed + 1, + 2, ...): the compiles they add and their seconds (each compiling batch's first call minus its
     second). Record fields stream_batches, stream_compiles, stream_compile_s."""
-    batches = STREAM_BATCHES if batches is None else batches
+    batches = stream_batches() if batches is None else batches
     adapter.clear_compiled()
     prepare(adapter, case)
     before, seconds = adapter.compile_count(), 0.0

@@ -29,7 +29,10 @@ budget=${VARLEN_GPU_CHECK_BUDGET_S:-540}
 min_phase=30
 fws=(--framework torch --framework jax)
 # --shared-worker: JAX's GPU cases in one process, not a fresh one each (their peak memory is then not recorded)
-bench=("$py" -m harness.cli bench --device "$dev" --shared-worker --timeout 120 --out "$out/bench.jsonl")
+# VARLEN_STREAM_BATCHES=0: no fresh batches after each case to count the compiles new lengths bring (the minutes
+# go to timing; JAX's GPU compiles take seconds each)
+bench=(env VARLEN_STREAM_BATCHES=0 "$py" -m harness.cli bench --device "$dev" --shared-worker --timeout 120
+       --out "$out/bench.jsonl")
 profiles=(--profile equal --profile lognormal --profile zipf)
 
 phase() {  # phase LIMIT_S NAME COMMAND...: run it under min(LIMIT_S, budget left), append its output to the log

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 
@@ -107,3 +108,16 @@ def test_new_batches_compile_only_where_the_plan_follows_the_lengths(name):
     again = bench.stream_compiles(adapter, {**case, "strategy": "bucketed"}, batches=3)
     assert first["stream_compiles"] > 0 and first["stream_compile_s"] > 0, first
     assert again["stream_compiles"] == first["stream_compiles"], (first, again)
+
+
+def test_fresh_batches_run_for_compiled_ragged_headline_cases_unless_turned_off(monkeypatch):
+    compiled, eager = types.SimpleNamespace(compile_count=lambda: 3), types.SimpleNamespace(compile_count=lambda: 0)
+    case = dict(op="attention_forward_backward", profile="lognormal", batch=axes.HEADLINE["batch"],
+                max_len=axes.HEADLINE["max_len"])
+    monkeypatch.delenv(bench.STREAM_ENV, raising=False)
+    assert bench.streams(compiled, case)
+    for other in ({"profile": "equal"}, {"batch": 8}, {"max_len": 512}, {"op": "rnn_epoch"}):
+        assert not bench.streams(compiled, {**case, **other}), other
+    assert not bench.streams(eager, case)
+    monkeypatch.setenv(bench.STREAM_ENV, "0")
+    assert not bench.streams(compiled, case)
