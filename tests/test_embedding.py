@@ -208,3 +208,32 @@ def test_check_records_validate(ref):
     for r in recs:
         records.make(**r)
 
+
+
+def test_jax_segment_compiles_only_when_the_token_count_crosses_a_rung(ref):
+    """JAX's segment strategy packs the valid tokens to a count on a ladder (`shape_ladder`, quarters): batches
+    whose totals share a rung (41, 44 and 47 tokens: 48) reuse one compiled function per variant, exact each time
+    with garbage padded ids; 49 tokens (rung 56) compiles once more."""
+    require("jax")
+    fw = adapters.get("jax")
+    T, table = 16, fam.table_for()
+    tol = tolerance("float64", "cpu")
+
+    def run_all(lengths):
+        lengths = np.asarray(lengths)
+        tokens, cot = fam.tokens_for(lengths, T, "right"), fam.cotangents_for(lengths.size, T)
+        for op, mode in (("embed", None), ("embedding_bag", "mean")):
+            kw = dict(side="right", strategy="segment", device="cpu")
+            got = fam.run_vjp(fw, op, mode, tokens, table, lengths, cot, **kw)
+            want = fam.run_vjp(ref, op, mode, tokens, table, lengths, cot, side="right")
+            for g, w in zip(got, want, strict=True):
+                ok, err = close(g, w, tol)
+                assert ok, f"{op} {mode} lengths {lengths.tolist()}: off by {err}"
+
+    run_all([16, 9, 4, 0, 12])  # 41 tokens
+    before = fw.compile_count()
+    run_all([15, 10, 6, 1, 12])  # 44
+    run_all([16, 16, 3, 0, 12])  # 47
+    assert fw.compile_count() == before, "a token count on the same rung compiled again"
+    run_all([16, 16, 5, 0, 12])  # 49
+    assert fw.compile_count() == before + 2, "a new rung compiles once per variant"
