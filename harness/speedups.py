@@ -88,5 +88,8 @@ def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) ->
                        f"on equal lengths, {base['median_s'] * 1e3:.1f} ms), ideal {ideal:.2f}x "
                        f"({x / ideal:.2f} of it)"
                        + (f"; side by side {p['ratio']:.2f}x (rounds {p['ratio_p25']:.2f}-{p['ratio_p75']:.2f}, "
-                          f"{p['ratio'] / ideal:.2f} of the ideal)" if p else ""))
+                          f"{p['ratio'] / ideal:.2f} of the ideal)" if p else "")
+                       + (f"; new batches compiled {best['stream_compiles']} shapes over {best['stream_batches']} "
+                          f"({best['stream_compile_s']:.1f} s: {best['stream_compile_s'] / best['median_s']:.0f} "
+                          f"warm calls)" if best.get("stream_compiles") else ""))
     return out

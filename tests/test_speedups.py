@@ -31,3 +31,13 @@ def test_records_of_different_hosts_are_never_divided_by_each_other():
     out = [line for line in speedups.lines(recs, ("rnn_forward_backward",)) if "zipf" in line]
     assert len(out) == 2 and all("2.00x the padded baseline" in line for line in out), out
     assert " on fast " in out[0] and " on slow " in out[1]
+
+
+def test_a_winner_that_compiles_for_new_batches_says_so():
+    recs = [rec("equal", "a", 0.010), rec("zipf", "b", 0.002, share=0.25, padding=0.75, stream_batches=3,
+                                         stream_compiles=7, stream_compile_s=3.0),
+            rec("lognormal", "a", 0.005, share=0.5, padding=0.5, stream_batches=3, stream_compiles=0,
+                stream_compile_s=0.0)]
+    out = {line.split()[7]: line for line in speedups.lines(recs, ("rnn_forward_backward",))}
+    assert out["zipf"].endswith("; new batches compiled 7 shapes over 3 (3.0 s: 1500 warm calls)"), out["zipf"]
+    assert "new batches" not in out["lognormal"] + out["equal"]
