@@ -69,7 +69,12 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
     t = timing.measure(p.call, compile_count=adapter.compile_count)
     device_peak = adapter.peak_memory(device) if own_peak else None
     rss_peak = memory.peak_rss_above_baseline(p.call) if device == "cpu" else None
-    stream = stream_compiles(adapter, case) if streams(adapter, case) else {}
+    stream = {}
+    if streams(adapter, case):
+        try:
+            stream = stream_compiles(adapter, case)
+        except Exception as e:  # noqa: BLE001 - the case's own measurement stands; the stream says why it has none
+            stream = {"stream_error": f"{type(e).__name__}: {e}"[:300]}
     rate = floor_rates.get("copy_bytes_per_s" if p.floor == "copy" else "gemm_flop_per_s")
     floor_s = p.work / rate if rate else None
     med = t.median_s

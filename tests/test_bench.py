@@ -121,3 +121,22 @@ def test_fresh_batches_run_for_compiled_ragged_headline_cases_unless_turned_off(
     assert not bench.streams(eager, case)
     monkeypatch.setenv(bench.STREAM_ENV, "0")
     assert not bench.streams(compiled, case)
+
+
+def test_a_failing_fresh_batch_keeps_the_case_measured(monkeypatch):
+    """The fresh batches run after the case is timed: if one fails, the record keeps the case's measurement and
+    says why it has no stream figures."""
+    name = next(n for n in ("jax", "tensorflow") if n in adapters.available())
+    case = dict(op="loss_softmax_ce", framework=name, strategy="valid_only", device="cpu", dtype="float32",
+                batch=axes.HEADLINE["batch"], max_len=axes.HEADLINE["max_len"], profile="lognormal", seed=0,
+                classes=16)
+
+    def broken(adapter, case, batches=None):
+        raise MemoryError("fresh batch 2")
+
+    monkeypatch.setattr(bench, "stream_compiles", broken)
+    adapter = adapters.get(name)
+    bench.prepare(adapter, {**case, "profile": "equal"})  # something compiled: the stream is due
+    rec = bench.measure_case(adapter, case, FLOORS)
+    assert rec["status"] == "ok" and rec["median_s"] > 0 and "stream_compiles" not in rec
+    assert rec["stream_error"] == "MemoryError: fresh batch 2"
