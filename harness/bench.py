@@ -100,14 +100,19 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
 
 
 #: fresh batches of a case's length distribution that `stream_compiles` runs after timing the case (each costs
-#: two calls and its compiles: `make demo` on 2 cores pays ~1.5 min for 3 at the headline point); the environment
+#: two calls and its compiles: `make demo`'s bench on 2 cores took ~3.5 min longer with 3); the environment
 #: variable overrides it for a whole sweep (its workers inherit it; 0 turns it off: scripts/gpu-check.sh does)
 STREAM_BATCHES = 3
 STREAM_ENV = "VARLEN_STREAM_BATCHES"
 
 
 def stream_batches() -> int:
-    return int(os.environ.get(STREAM_ENV, STREAM_BATCHES))
+    """How many fresh batches (`STREAM_ENV`, else `STREAM_BATCHES`); ValueError naming the variable when it is
+    not a whole number >= 0 (`varlen bench` checks it before any work starts)."""
+    raw = os.environ.get(STREAM_ENV, str(STREAM_BATCHES))
+    if not raw.strip().isdigit():
+        raise ValueError(f"{STREAM_ENV}={raw!r}: give a whole number of fresh batches >= 0 (0: none)")
+    return int(raw)
 
 
 def streams(adapter, case: dict) -> bool:

@@ -175,6 +175,10 @@ def cmd_bench(args) -> int:
 
     if args.cluster and not cluster.available():
         raise Usage("--cluster needs Dask's distributed: pip install 'varlen[cluster]'")
+    try:
+        bench.stream_batches()
+    except ValueError as e:
+        raise Usage(str(e)) from None
     frameworks = _frameworks(args.framework)
     devices = tuple(dict.fromkeys(args.device or ["cpu"]))
     declared = {f: {fam: adapters.declared_strategies(f, fam) for fam in adapters.STRATEGY_FAMILIES}

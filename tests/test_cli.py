@@ -45,6 +45,16 @@ def test_bad_usage_exits_2_and_leaves_the_results_file_alone(tmp_path, args):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("value", ["three", "-1", ""])
+def test_a_bad_fresh_batch_count_is_a_usage_error_naming_the_variable(tmp_path, value):
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--framework", "torch", "--op", "mask",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "VARLEN_STREAM_BATCHES": value})
+    assert proc.returncode == 2 and f"VARLEN_STREAM_BATCHES={value!r}" in proc.stderr, proc.stderr
+    assert not out.exists(), "no work may start on a usage error"
+
+
 def test_device_gpu_without_a_gpu_is_a_usage_error_naming_what_each_framework_sees(tmp_path):
     import adapters
 
