@@ -303,6 +303,9 @@ def test_compiles_that_new_batches_bring_are_charged_per_call_up_to_the_batches_
     assert ca.loc["lognormal", "best for 100 call(s)"] == "jax:scan"  # 4.4 s against 1.0 s
     assert ca.loc["lognormal", "best for 10,000 call(s)"] == "jax:bucketed"  # 44 s against 100 s
     assert ca.loc["lognormal", "break-even calls"] == "jax:bucketed is cheaper from 667 calls on than jax:scan"
+    # the recommendation (and the summary, which reads it) says what new batches compiled
+    t = _tables(recs)[0].set_index("fastest exact strategy")
+    assert t.loc["bucketed", "new batches compiled"] == "6 shapes over 3"
     # records without the measurement (eager frameworks, older files) charge the first compile only
     old = [{k: v for k, v in r.items() if not k.startswith("stream_")} for r in recs]
     ca = _tables(old)[1].set_index("profile")

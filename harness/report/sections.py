@@ -363,6 +363,8 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
                              f"{r['fraction of ideal']:.2f} of the ideal {r['ideal x']:.1f}x"
                              + (f"; {r['cost on equal lengths']:.2f}x the baseline's time on equal lengths"
                                 if pd.notna(r["cost on equal lengths"]) and r["cost on equal lengths"] != 1 else "")
+                             + (f"; new batches compiled {r['new batches compiled']}"
+                                if r["new batches compiled"] else "")
                              + ")")
             what = ", ".join(f"{k} {v}" for k, v in conf.items() if pd.notna(v))
             s.p(f"{head['op'].iloc[0]} on {device}{' (' + what + ')' if what else ''}, {profile} lengths "
@@ -415,7 +417,9 @@ def _other_ops(rec: pd.DataFrame) -> pd.DataFrame:
             paired = pd.notna(r["x side by side"])
             x = r["x side by side"] if paired else r["x vs padded baseline"]
             ideal = (f" ({x / r['ideal x']:.2f} of the ideal {r['ideal x']:.1f}x)" if pd.notna(r["ideal x"]) else "")
-            row[r["framework"]] = f"{r['fastest exact strategy']} {x:.2f}x{' side by side' if paired else ''}{ideal}"
+            fresh = f"; new batches compiled {r['new batches compiled']}" if r["new batches compiled"] else ""
+            row[r["framework"]] = (f"{r['fastest exact strategy']} {x:.2f}x{' side by side' if paired else ''}{ideal}"
+                                   f"{fresh}")
         best = g[g["overall best"].astype(bool)]["framework"]
         row["fastest in time"] = ", ".join(best) if len(best) else "-"
         rows.append(row)

@@ -197,6 +197,7 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                              "ideal x": round(1 / r["ideal_share"], 2) if r["ideal_share"] else float("nan"),
                              "fraction of ideal": round(ideal / r["median_s"], 2),
                              "cost on equal lengths": equal_cost(side, r, op, device, base_strategy),
+                             "new batches compiled": fresh_compiles(r),
                              "overall best": r["framework"] == winner["framework"]})
     why = {"unchecked": "unchecked on this device (no check records)",
            "incomplete": "check cut off on this device before their family was done"}
@@ -207,8 +208,17 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                      "kernel": "", "valid Mtok/s": float("nan"), "x vs padded baseline": float("nan"),
                      "x side by side": float("nan"), "x vs default": float("nan"), "ideal x": float("nan"),
                      "fraction of ideal": float("nan"), "cost on equal lengths": float("nan"),
-                     "overall best": False})
+                     "new batches compiled": "", "overall best": False})
     return pd.DataFrame(rows)
+
+
+def fresh_compiles(r) -> str:
+    """"<n> shapes over <k>": what fresh batches of the profile compiled after the case (`stream_compiles`), or ""
+    where none were measured or they compiled nothing."""
+    n, k = r.get("stream_compiles"), r.get("stream_batches")
+    if pd.isna(n) or pd.isna(k) or n <= 0:
+        return ""
+    return f"{int(n)} shape{'s' if n > 1 else ''} over {int(k)}"
 
 
 def setup_floor_rows(records: list[dict]) -> pd.DataFrame:
