@@ -89,7 +89,13 @@ def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) ->
                        f"({x / ideal:.2f} of it)"
                        + (f"; side by side {p['ratio']:.2f}x (rounds {p['ratio_p25']:.2f}-{p['ratio_p75']:.2f}, "
                           f"{p['ratio'] / ideal:.2f} of the ideal)" if p else "")
-                       + (f"; new batches compiled {best['stream_compiles']} shapes over {best['stream_batches']} "
+                       + (f"; new batches compiled {compiled_shapes(best['stream_compiles'], best['stream_batches'])} "
                           f"({best['stream_compile_s']:.1f} s: {best['stream_compile_s'] / best['median_s']:.0f} "
                           f"warm calls)" if best.get("stream_compiles") else ""))
     return out
+
+
+def compiled_shapes(n: int, batches: int) -> str:
+    """"<n> shape(s) over <batches>": what fresh batches compiled (`harness.bench.stream_compiles`), as the bench
+    lines and the report say it."""
+    return f"{int(n)} shape{'s' if n != 1 else ''} over {int(batches)}"

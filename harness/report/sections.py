@@ -363,9 +363,7 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
                              f"{r['fraction of ideal']:.2f} of the ideal {r['ideal x']:.1f}x"
                              + (f"; {r['cost on equal lengths']:.2f}x the baseline's time on equal lengths"
                                 if pd.notna(r["cost on equal lengths"]) and r["cost on equal lengths"] != 1 else "")
-                             + (f"; new batches compiled {r['new batches compiled']}"
-                                if r["new batches compiled"] else "")
-                             + ")")
+                             + _fresh(r) + ")")
             what = ", ".join(f"{k} {v}" for k, v in conf.items() if pd.notna(v))
             s.p(f"{head['op'].iloc[0]} on {device}{' (' + what + ')' if what else ''}, {profile} lengths "
                 f"({g['padding'].iloc[0]:.0%} padding): " + "; ".join(parts) + "."
@@ -399,6 +397,11 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
     return s
 
 
+def _fresh(r) -> str:
+    """A recommendation row's "; new batches compiled <n> shapes over <k>", or "" where they compiled nothing."""
+    return f"; new batches compiled {r['new batches compiled']}" if r["new batches compiled"] else ""
+
+
 def _other_ops(rec: pd.DataFrame) -> pd.DataFrame:
     """One row per (op, configuration, device, profile) with padding, one column per framework: "<strategy> <x>x
     (<fraction> of the ideal <ideal>x)", x its speedup over its own padded baseline, side by side where timed so
@@ -417,9 +420,8 @@ def _other_ops(rec: pd.DataFrame) -> pd.DataFrame:
             paired = pd.notna(r["x side by side"])
             x = r["x side by side"] if paired else r["x vs padded baseline"]
             ideal = (f" ({x / r['ideal x']:.2f} of the ideal {r['ideal x']:.1f}x)" if pd.notna(r["ideal x"]) else "")
-            fresh = f"; new batches compiled {r['new batches compiled']}" if r["new batches compiled"] else ""
             row[r["framework"]] = (f"{r['fastest exact strategy']} {x:.2f}x{' side by side' if paired else ''}{ideal}"
-                                   f"{fresh}")
+                                   f"{_fresh(r)}")
         best = g[g["overall best"].astype(bool)]["framework"]
         row["fastest in time"] = ", ".join(best) if len(best) else "-"
         rows.append(row)

@@ -9,7 +9,7 @@ import pandas as pd
 from harness.families import OP_TITLES, check_family, family_of, recommended_ops
 from harness.records import COMMON_OPTIONAL, COMMON_REQUIRED, SOURCES
 from harness.report.render import fmt
-from harness.speedups import SHAPE
+from harness.speedups import SHAPE, compiled_shapes
 
 
 def frame(records: list[dict], source: str) -> pd.DataFrame:
@@ -216,9 +216,7 @@ def fresh_compiles(r) -> str:
     """"<n> shapes over <k>": what fresh batches of the profile compiled after the case (`stream_compiles`), or ""
     where none were measured or they compiled nothing."""
     n, k = r.get("stream_compiles"), r.get("stream_batches")
-    if pd.isna(n) or pd.isna(k) or n <= 0:
-        return ""
-    return f"{int(n)} shape{'s' if n > 1 else ''} over {int(k)}"
+    return "" if pd.isna(n) or pd.isna(k) or n <= 0 else compiled_shapes(n, k)
 
 
 def setup_floor_rows(records: list[dict]) -> pd.DataFrame:
