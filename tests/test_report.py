@@ -288,6 +288,21 @@ def test_break_even_is_the_first_call_count_where_the_warm_strategy_is_cheaper()
     assert ca.loc["equal", "break-even calls"] == "jax:scan is cheaper from 101 calls on than torch:packed"
 
 
+def test_break_even_names_every_hand_over_as_the_calls_grow():
+    # torch:a eager 10 ms; jax:b 1.0005 s compile + 5 ms; tensorflow:c 5.0015 s + 4 ms. By hand: b beats a from
+    # 1.0005 / 0.005 = 200.1 -> 201 calls; c beats b from 4.001 / 0.001 = 4001 -> 4002 calls. c beats a from
+    # 5.0015 / 0.006 = 833.6 -> 834 calls, but b is cheaper than both there: "c is cheaper than a from 834" is true
+    # and misleading (the 100-call and 10,000-call columns say a and c; b in between is what a reader must know)
+    recs = [_bench("torch", "a", "lognormal", 10.0), _bench("jax", "b", "lognormal", 5.0, compile_s=1.0005),
+            _bench("tensorflow", "c", "lognormal", 4.0, compile_s=5.0015),
+            *(_checked(fw, s) for fw, s in (("torch", "a"), ("jax", "b"), ("tensorflow", "c")))]
+    ca = _tables(recs)[1].set_index("profile")
+    assert ca.loc["lognormal", "best for 100 call(s)"] == "torch:a"
+    assert ca.loc["lognormal", "best for 10,000 call(s)"] == "tensorflow:c"
+    assert ca.loc["lognormal", "break-even calls"] == \
+        "jax:b is cheaper from 201 calls on than torch:a, then tensorflow:c from 4,002 calls on"
+
+
 def test_compiles_that_new_batches_bring_are_charged_per_call_up_to_the_batches_measured():
     # bucketed: 1 s compile, 4 ms warm, and 3 fresh batches compiled 3 s more (1 s a batch); scan: 10 ms, none.
     # n <= 4: bucketed costs 1 + (n - 1) + 0.004 n, scan 0.010 n; past 4 calls bucketed adds nothing but its warm

@@ -314,8 +314,8 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.Dat
             "strategies pay their jit / tf.function compile, torch's graph_loop its CUDA-graph capture, once per "
             "shape; the compiles per new batch are those measured over a few fresh batches ('Compile time'), "
             "charged for as many calls, so a strategy whose shapes keep growing past them costs at least this), "
-            "and the first number of calls from which the fastest warm strategy is cheaper than the one that is "
-            "fastest for a single call.")
+            "and the break-evens: the strategy that is cheapest for a single call, then each one that takes over as "
+            "the calls grow, from the number of calls where it becomes the cheapest.")
         s.table(ca)
     return s
 

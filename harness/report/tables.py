@@ -240,8 +240,10 @@ CALLS = (1, 100, 10_000)
 def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
     """Per op x device x configuration x profile (headline B, T): the fastest exact strategy when the cost of n
     calls, each on a new batch of the profile's lengths, is `calls_cost` (compile + the compiles new batches bring
-    + n x warm time), for n in CALLS; and the break-even: the first number of calls at which the fastest warm
-    strategy is cheaper than the strategy that is fastest for a single call (compiles included).
+    + n x warm time), for n in CALLS; and the break-evens: the strategy that is cheapest for a single call
+    (compiles included), then each strategy that takes its place as the calls grow, with the number of calls from
+    which it is the cheapest (`cheapest_from`: every hand-over, not only the one to the fastest warm strategy, so
+    the column agrees with the "best for n calls" columns between them).
 
     A bench record has no compile time (`compile_s` missing) where an earlier case of its worker had compiled the
     shape already (the same strategy on another profile of the same B and T): a fresh process pays that compile, so
@@ -268,10 +270,7 @@ def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
                "profile": profile}
         for n in CALLS:
             row[f"best for {n:,} call(s)"] = g.loc[calls_cost(g, n).idxmin(), "impl"]
-        first, warm = g.loc[calls_cost(g, 1).idxmin()], g.loc[g["median_s"].idxmin()]
-        n_star = None if first["impl"] == warm["impl"] else break_even(first, warm)
-        row["break-even calls"] = "-" if n_star is None else \
-            f"{warm['impl']} is cheaper from {n_star:,} calls on than {first['impl']}"
+        row["break-even calls"] = hand_overs(g)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -283,18 +282,39 @@ def calls_cost(r, n: int):
     return r["compile"] + r["per_batch"] * np.minimum(n - 1, r["batches"]) + n * r["median_s"]
 
 
-def break_even(first, warm) -> int | None:
-    """The first number of calls from which `warm` costs less than `first` (`calls_cost`), or None: their cost
-    difference is linear in n up to the larger measured stream, and linear again past it."""
-    if warm["median_s"] >= first["median_s"]:
-        return None
-    knee = int(max(first["batches"], warm["batches"])) + 1
-    for n in range(1, knee + 1):
-        if calls_cost(warm, n) < calls_cost(first, n):
-            return n
-    # past the knee: d(n) = d(knee) + (n - knee) x (warm - first median) < 0
-    d = calls_cost(warm, knee) - calls_cost(first, knee)
-    return knee + math.floor(d / (first["median_s"] - warm["median_s"])) + 1
+def cheapest_from(g: pd.DataFrame) -> list[tuple[int, str]]:
+    """The lower envelope of the strategies' `calls_cost` over n = 1, 2, ...: [(n, impl), ...], the strategy
+    (`impl`) that is cheapest from n calls on until the next entry's n (ties: the first row, as `idxmin` picks).
+    Every cost is linear in n past the knee (the most fresh batches measured, + 1), so the cheapest can change only
+    at a call count up to the knee or next to a crossing of two of those lines: those are the only counts looked
+    at, whatever n the hand-overs take."""
+    knee = int(g["batches"].max()) + 1
+    at_knee = calls_cost(g, knee).to_numpy(float)
+    slope = g["median_s"].to_numpy(float)
+    ns = set(range(1, knee + 1))
+    for i in range(len(g)):
+        for j in range(len(g)):
+            if slope[i] < slope[j] and at_knee[i] > at_knee[j]:  # i (faster warm) catches up with j past the knee
+                x = knee + (at_knee[i] - at_knee[j]) / (slope[j] - slope[i])
+                if math.isfinite(x):
+                    ns.update((math.floor(x), math.floor(x) + 1))
+    schedule: list[tuple[int, str]] = []
+    for n in sorted(ns):
+        impl = g.loc[calls_cost(g, n).idxmin(), "impl"]
+        if not schedule or schedule[-1][1] != impl:
+            schedule.append((n, impl))
+    return schedule
+
+
+def hand_overs(g: pd.DataFrame) -> str:
+    """The 'break-even calls' cell: '-' where one strategy is the cheapest for any number of calls, else "B is
+    cheaper from n calls on than A", then ", then C from m calls on" for each further hand-over."""
+    (_, first), *later = cheapest_from(g)
+    if not later:
+        return "-"
+    (n, impl), *rest = later
+    return "".join([f"{impl} is cheaper from {n:,} calls on than {first}",
+                    *(f", then {impl} from {n:,} calls on" for n, impl in rest)])
 
 
 def verdict_matrix(check: pd.DataFrame, ops: list[str] | None = None) -> pd.DataFrame:
