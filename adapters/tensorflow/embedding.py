@@ -1,4 +1,4 @@
-"""TensorFlow / Keras 3 embeddings: `tf.gather` with a mask, `tf.RaggedTensor`, and the Keras `Embedding` layer.
+"""TensorFlow / Keras 3 embeddings: `tf.gather` with a mask, `tf.RaggedTensor`, segment ops, the Keras `Embedding`.
 
 Strategies (all exact, eager; gradients from `tf.GradientTape` with the cotangent as `output_gradients`, the
 IndexedSlices densified; padded ids become 0 before any lookup, since `tf.gather` raises on an out-of-range id on
@@ -8,6 +8,13 @@ CPU and returns zeros on GPU):
 - "ragged": the valid ids as a `tf.RaggedTensor` (row lengths = lengths), `tf.gather` on it, then `to_tensor`
   (left padding realigned) or a ragged reduction. A ragged mean of an empty row is 0/0 and a ragged max is the
   dtype's lowest value, so the mean divides by max(n, 1) and every bag of an empty row is selected to 0.
+- "segment": the valid ids packed row after row (flat positions and sorted row ids from the host lengths), only
+  they are looked up (`tf.gather`); embed scatters them into a zero [B*T, E] output (`tf.scatter_nd`, whose
+  gradient gathers the valid rows of the cotangent back), bags reduce with `tf.math.segment_sum` / `segment_max`
+  (an empty segment gives 0; trailing empty rows are padded on). Against the plain lookup of a batch without
+  padding (forward + backward, B=64 T=128 V=32768 E=256, one process): embed 1.96x (lognormal) / 2.62x (zipf),
+  bag mean 2.30x / 2.63x, where "ragged" runs 0.81x / 0.87x and 0.96x / 1.07x (its ragged gather and
+  conversions) and the masked "gather" 0.74-0.80x.
 - "keras_embedding": `keras.layers.Embedding` (no mask_zero) holding the table, then the same mask as "gather".
   Exact because the layer is `ops.take` of its weights; each call assigns the table into the layer's variable
   (one V x E copy), which is what a user holding weights outside the layer pays too.
@@ -117,6 +124,29 @@ class _Ragged(_Impl):
         return tf.where((n > 0)[:, None], red, tf.zeros_like(red))
 
 
+class _Segment(_Impl):
+    """The valid ids packed row after row (host positions): only valid tokens are looked up, then scattered into
+    a zero output or reduced by sorted segment ops."""
+
+    def __init__(self) -> None:
+        super().__init__(_gather)
+
+    def run(self, a, op, ids, source, n, lengths, side, mode, device):
+        tf = a.tf
+        B, T = ids.shape
+        if no_padding(lengths, T):
+            return super().run(a, op, ids, source, n, lengths, side, mode, device)
+        flat = np.flatnonzero(valid_mask(lengths, T, side))
+        e = tf.gather(source, tf.gather(tf.reshape(ids, [-1]), flat))
+        E = source.shape[1]
+        if op == "embed":
+            return tf.reshape(tf.scatter_nd(flat[:, None], e, [B * T, E]), [B, T, E])
+        rows = flat // max(T, 1)  # sorted: an empty row in between gets 0, trailing ones are padded on
+        red = (tf.math.segment_max if mode == "max" else tf.math.segment_sum)(e, rows)
+        red = tf.pad(red, [[0, B - red.shape[0]], [0, 0]])
+        return red / tf.cast(tf.maximum(n, 1), red.dtype)[:, None] if mode == "mean" else red
+
+
 def _unit(name: str, impl: _Impl, kernel: str, doc: str) -> Strategy:
     return Strategy(name, lambda a, *args: a._emb_run(impl, *args), lambda a, op, t, w, n, cot, *rest:
                     a._emb_run(impl, op, t, w, n, *rest, cot=cot), doc=doc, kernel=kernel)
@@ -126,6 +156,8 @@ STRATEGIES = strategy_table(
     _unit("gather", _Impl(_gather), "tf.gather",
           "tf.gather on where(valid, ids, 0), padded steps selected to 0"),
     _unit("ragged", _Ragged(), "tf.RaggedTensor", "tf.gather on a RaggedTensor of the valid ids, ragged reductions"),
+    _unit("segment", _Segment(), "tf.math.segment_sum | tf.scatter_nd",
+          "tf.gather of the valid ids only, tf.scatter_nd into a zero output or sorted segment reductions"),
     _unit("keras_embedding", _Impl(_keras_lookup, _keras_source), "keras.layers.Embedding",
           "keras.layers.Embedding (no mask_zero) holding the table, padded steps selected to 0"),
 )

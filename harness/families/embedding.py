@@ -30,9 +30,11 @@ VARIANTS = (("embed", None), ("embedding_bag", "sum"), ("embedding_bag", "mean")
 #: the `op` of this family's check records (one per contract op and bag mode)
 CHECK_OPS = ("embed", "embedding_bag_sum", "embedding_bag_mean", "embedding_bag_max", "embed+rnn")
 
-# The gate batch: unsorted, a zero-length row, every row padded; or every row empty; or no padding at all (where
-# the strategies skip their masks).
-CASES = {"zero_length": ((4, 0, 1, 3, 4), 5), "all_empty": ((0, 0, 0), 4), "no_padding": ((4, 4, 4), 4)}
+# The gate batch: unsorted, a zero-length row, every row padded; or every row empty; or the last row empty (packed
+# strategies whose reductions end at the last valid token); or no padding at all (where the strategies skip their
+# masks).
+CASES = {"zero_length": ((4, 0, 1, 3, 4), 5), "all_empty": ((0, 0, 0), 4), "last_empty": ((2, 4, 0), 4),
+         "no_padding": ((4, 4, 4), 4)}
 V, E = 9, 3  # row V-1 of the gate table is NaN and never a valid id: only an unsanitised padded id can reach it
 GARBAGE = (-1, V, 10**6, -(2**40))  # padded ids: negative, one past the table, far out of range
 
