@@ -80,14 +80,10 @@ class _Take:
         return jnp.where(valid[..., None], e, 0) if op == "embed" else a._emb_reduce(e, valid, n, mode)
 
 
-class _Plain:
+class _Plain(_Take):
     """What every strategy runs on a batch without padding: `jnp.take` of the ids as they are, plain reductions."""
 
     name = "plain"
-
-    @staticmethod
-    def extra(lengths, T, side) -> tuple:
-        return ()
 
     @staticmethod
     def run(a, op, mode, side, ids, table, n):
