@@ -14,7 +14,8 @@ Strategies (all exact; the default for a kind is the first that supports it):
   needs sanitising.
 Padded logits and targets are replaced with `tf.where` first: `sparse_softmax_cross_entropy_with_logits` raises on
 an out-of-range label on CPU (NaN on GPU), and NaN in padding must never reach a gradient. The reduction is one
-weighted sum with host-built weights (`adapters.base.loss_weights`), so an empty batch gives exactly 0.
+weighted sum with host-built weights (`adapters.base.loss_weights`), so an empty batch gives exactly 0. A batch
+without padding has nothing to replace: the primitives run on the logits as they are.
 Gradients come from `tf.GradientTape`, eagerly.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from adapters.base import loss_weights, valid_only_unit, valid_steps
-from adapters.spec import Strategy, computes_only, inverse_map, strategy_table, valid_mask
+from adapters.spec import Strategy, computes_only, inverse_map, no_padding, strategy_table, valid_mask
 
 
 class TensorflowLoss:
@@ -66,12 +67,14 @@ class TensorflowLoss:
     def _loss_run(self, how, logits, targets, lengths, kind, reduction, side, device, grad: bool):
         tf = self.tf
         x, valid, z, w = self._loss_inputs(logits, targets, lengths, kind, reduction, side, device)
+        plain = no_padding(lengths, x.shape[1])  # nothing to replace
         with tf.device(self._dev(device)):
+            clean = lambda x: x if plain else tf.where(valid, x, tf.zeros((), x.dtype))  # noqa: E731
             if not grad:
-                return how(self, kind, tf.where(valid, x, tf.zeros((), x.dtype)), z, w)
+                return how(self, kind, clean(x), z, w)
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                loss = how(self, kind, tf.where(valid, x, tf.zeros((), x.dtype)), z, w)
+                loss = how(self, kind, clean(x), z, w)
             return loss, tape.gradient(loss, x)
 
 
