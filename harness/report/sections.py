@@ -304,8 +304,9 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.Dat
         "ideal' = the ideal time over this time. For torch RNNs the baseline is one fused "
         "padded call (oneDNN on CPU, cuDNN on GPU: 'time_sliced' on equal lengths runs exactly that call, kernel "
         "'sliced[1]x ...'), so on a GPU, where an RNN step is latency-bound, it is also the practical floor: the "
-        "time of the inexact padded cuDNN call a user gives up for correctness. For embeddings it is the plain "
-        "lookup (a batch without padding needs no mask, so every embedding strategy runs that). Frameworks "
+        "time of the inexact padded cuDNN call a user gives up for correctness. For embeddings and losses it is the "
+        "plain lookup and the loss primitive on the logits as they are (a batch without padding needs no mask, so "
+        "every strategy of those families runs that). Frameworks "
         "benchmarked but never "
         "checked are listed as unchecked and never recommended.")
     s.table(t)
