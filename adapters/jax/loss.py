@@ -15,7 +15,7 @@ A batch without padding runs each strategy's loss with no mask at all (optax's `
 cost 1.7x the plain CE forward + backward here, C=1024): that is also what the padded baseline measures.
 Padded labels are replaced with 0 before any gather. The reduction is one weighted sum with host-built weights
 (`adapters.base.loss_weights`) passed as an argument, so new lengths never retrace; an empty batch gives 0.
-optax is imported on first use, never at module level. One `jax.jit` per (strategy, kind, vjp).
+optax is imported on first use, never at module level. One `jax.jit` per (strategy, kind, vjp, batch padded or not).
 """
 from __future__ import annotations
 
