@@ -71,25 +71,29 @@ class TensorflowEmbedding:
         return total / tf.cast(tf.maximum(n, 1), e.dtype)[:, None] if mode == "mean" else total
 
 
-class _Impl:
-    """One TF strategy: what the tape watches (`source`) and how the op runs on it (`run`)."""
+def _gather(a, ids, w, device):
+    return a.tf.gather(w, ids)
 
-    def __init__(self, lookup, source=None) -> None:
+
+class _Impl:
+    """One TF strategy: what the tape watches (`source`) and how the op runs on it (`run`): the plain `lookup` and
+    reductions on a batch without padding, else `padded` (the mask; the packed strategies override it)."""
+
+    def __init__(self, lookup=_gather, source=None) -> None:
         self.lookup = lookup
         self.source = source or (lambda a, w, device: w)
 
     def run(self, a, op, ids, source, n, lengths, side, mode, device):
-        tf = a.tf
         if no_padding(lengths, ids.shape[1]):  # every step valid: no mask to apply
             e = self.lookup(a, ids, source, device)
             return e if op == "embed" else a._emb_reduce(e, None, n, mode)
+        return self.padded(a, op, ids, source, n, lengths, side, mode, device)
+
+    def padded(self, a, op, ids, source, n, lengths, side, mode, device):
+        tf = a.tf
         valid = a.valid(n, ids.shape[1], side)
         e = self.lookup(a, tf.where(valid, ids, tf.zeros_like(ids)), source, device)
         return tf.where(valid[..., None], e, tf.zeros_like(e)) if op == "embed" else a._emb_reduce(e, valid, n, mode)
-
-
-def _gather(a, ids, w, device):
-    return a.tf.gather(w, ids)
 
 
 def _keras_source(a, w, device):
@@ -105,14 +109,9 @@ def _keras_lookup(a, ids, variable, device):
 class _Ragged(_Impl):
     """The valid ids as a RaggedTensor: only valid tokens are ever looked up."""
 
-    def __init__(self) -> None:
-        super().__init__(_gather)
-
-    def run(self, a, op, ids, source, n, lengths, side, mode, device):
+    def padded(self, a, op, ids, source, n, lengths, side, mode, device):
         tf = a.tf
         B, T = ids.shape
-        if no_padding(lengths, T):  # the ragged batch is the dense one: gathered as it is
-            return super().run(a, op, ids, source, n, lengths, side, mode, device)
         flat = tf.gather(tf.reshape(ids, [-1]), np.flatnonzero(valid_mask(lengths, T, side)))
         e = tf.gather(source, tf.RaggedTensor.from_row_lengths(flat, n))
         if op == "embed":
@@ -128,14 +127,9 @@ class _Segment(_Impl):
     """The valid ids packed row after row (host positions): only valid tokens are looked up, then scattered into
     a zero output or reduced by sorted segment ops."""
 
-    def __init__(self) -> None:
-        super().__init__(_gather)
-
-    def run(self, a, op, ids, source, n, lengths, side, mode, device):
+    def padded(self, a, op, ids, source, n, lengths, side, mode, device):
         tf = a.tf
         B, T = ids.shape
-        if no_padding(lengths, T):
-            return super().run(a, op, ids, source, n, lengths, side, mode, device)
         flat = np.flatnonzero(valid_mask(lengths, T, side))
         e = tf.gather(source, tf.gather(tf.reshape(ids, [-1]), flat))
         E = source.shape[1]
@@ -153,7 +147,7 @@ def _unit(name: str, impl: _Impl, kernel: str, doc: str) -> Strategy:
 
 
 STRATEGIES = strategy_table(
-    _unit("gather", _Impl(_gather), "tf.gather",
+    _unit("gather", _Impl(), "tf.gather",
           "tf.gather on where(valid, ids, 0), padded steps selected to 0"),
     _unit("ragged", _Ragged(), "tf.RaggedTensor", "tf.gather on a RaggedTensor of the valid ids, ragged reductions"),
     _unit("segment", _Segment(), "tf.math.segment_sum | tf.scatter_nd",

@@ -67,10 +67,15 @@ class TorchEmbedding:
         return total / n.clamp(min=1)[:, None].to(e.dtype) if mode == "mean" else total
 
 
+def _plain(a, op, ids, table, n, mode):
+    """A batch without padding: the ids looked up as they are, bags reduced plainly (no mask to apply)."""
+    e = a.torch.nn.functional.embedding(ids, table)
+    return e if op == "embed" else a._emb_reduce(e, None, n, mode)
+
+
 def _lookup(a, op, ids, table, valid, n, lengths, side, mode):
-    if no_padding(lengths, ids.shape[1]):  # every step valid: no mask to apply
-        e = a.torch.nn.functional.embedding(ids, table)
-        return e if op == "embed" else a._emb_reduce(e, None, n, mode)
+    if no_padding(lengths, ids.shape[1]):
+        return _plain(a, op, ids, table, n, mode)
     e = a.torch.nn.functional.embedding(a.torch.where(valid, ids, 0), table)
     return a.torch.where(valid[..., None], e, 0.0) if op == "embed" else a._emb_reduce(e, valid, n, mode)
 
@@ -85,7 +90,7 @@ def _bag(a, op, ids, table, valid, n, lengths, side, mode):
 
 def _packed(a, op, ids, table, valid, n, lengths, side, mode):
     if no_padding(lengths, ids.shape[1]):
-        return _lookup(a, op, ids, table, valid, n, lengths, side, mode)
+        return _plain(a, op, ids, table, n, mode)
     B, T = ids.shape
     flat = a.torch.as_tensor(np.flatnonzero(valid_mask(lengths, T, side)), device=ids.device)
     e = a.torch.nn.functional.embedding(ids.reshape(-1)[flat], table)
