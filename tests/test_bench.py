@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import types
 
+import numpy as np
 import pytest
 
 import adapters
@@ -56,6 +57,24 @@ def test_measure_case_record_is_consistent():
     assert math.isclose(rec["fraction_of_floor"], rec["work"] / FLOORS["gemm_flop_per_s"] / med)
     assert rec["compile_s"] >= 0 and rec["first_call_s"] >= rec["compile_s"]
     assert rec["peak_rss_bytes"] is None or rec["peak_rss_bytes"] >= 0
+
+
+def test_floor_primitives_copy_and_multiply_call_after_call(fw, device):
+    """The floors' copy returns x's values however often it runs (torch and JAX write into a buffer kept between
+    calls, JAX's donated back to it each time) and the product is a @ b: the rates measure real work."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    a, b = rng.standard_normal((4, 4)).astype(np.float32), rng.standard_normal((4, 4)).astype(np.float32)
+    native = fw.asarray(x, device)
+    copies = [fw.to_numpy(fw._copy(native)) for _ in range(3)]  # each read before the next call
+    for y in copies:
+        assert np.array_equal(y, x)
+    assert np.array_equal(fw.to_numpy(native), x), "the copy must leave its source as it was"
+    other = fw.asarray(2 * x[:2], device)  # a new shape: a new buffer
+    assert np.array_equal(fw.to_numpy(fw._copy(other)), 2 * x[:2])
+    assert np.allclose(fw.to_numpy(fw._matmul(fw.asarray(a, device), fw.asarray(b, device))), a @ b, rtol=1e-5)
+    rates = fw.floors(device, copy_bytes=2**20, gemm_n=64, repeats=2)
+    assert rates["copy_bytes_per_s"] > 0 and rates["gemm_flop_per_s"] > 0
 
 
 def test_two_cases_of_very_different_size_report_very_different_peaks():

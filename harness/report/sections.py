@@ -10,9 +10,12 @@ from harness.report.figures import errbar, legend_below, new_fig, plain_log_x, s
 from harness.report.render import Section
 from harness.report.tables import (
     CONFIG,
+    FLOOR_RATES,
     compile_aware_table,
     frame,
     headline,
+    machine_floors,
+    machine_fraction,
     ok,
     recommendation_table,
     setup_floor_rows,
@@ -38,7 +41,8 @@ def setup_section(records: list[dict], bench: pd.DataFrame) -> Section:
     fl = setup_floor_rows(records)
     if not fl.empty:
         s.p("Floors, measured by each worker with its own framework on the device it benchmarks (a 256 MiB "
-            "array copy counting bytes read + written; a 2048^3 float32 matrix product, TF32 off):")
+            "array copy counting bytes read + written; a 2048^3 float32 matrix product, TF32 off); the best of a "
+            "machine and device is its floor ('Fraction of the machine's floor'):")
         s.table(fl)
     return s
 
@@ -265,7 +269,9 @@ def compile_section(df: pd.DataFrame, out: Path) -> Section:
 
 def floor_section(df: pd.DataFrame, records: list[dict], out: Path) -> Section:
     s = Section("Fraction of the machine's floor")
-    done = ok(df).dropna(subset=["fraction_of_floor"])
+    floors = machine_floors(records)
+    done = ok(df)
+    done = done.assign(fraction_of_floor=machine_fraction(done, floors)).dropna(subset=["fraction_of_floor"])
     if done.empty:
         return s.p("No floors measured.")
     head = headline(done)
@@ -275,9 +281,17 @@ def floor_section(df: pd.DataFrame, records: list[dict], out: Path) -> Section:
     best = best[["device", "op", "framework", "strategy", "profile", "fraction_of_floor", "floor", "kernel"]]
     s.p("Floor time = ideal bytes / measured copy bandwidth (memory-bound ops) or matrix-product FLOPs on valid "
         "tokens / measured float32 GEMM rate (RNNs, attention); fraction = floor time / measured time, for the "
-        "best strategy of each framework (its best profile). The floors are measured by each worker with its own "
-        "framework on the device it benchmarks (the GPU's bandwidth and GEMM rate on a GPU); a fused kernel can "
-        "beat a plain GEMM and so go above 1.")
+        "best strategy of each framework (its best profile). Each worker measures the floors with its own "
+        "framework on the device it benchmarks ('Setup' lists them); a machine's floor is the best rate any of "
+        "them reached there, since one framework's primitive can fall far short of the machine (below). A fused "
+        "kernel can still beat a plain GEMM and so go above 1.")
+    used = floors.dropna(subset=list(FLOOR_RATES.values()), how="all")
+    if not used.empty:
+        s.table(pd.DataFrame({
+            "machine": used["host"].astype(str) + " (" + used["cpu"].astype(str) + ", "
+            + used["cores"].astype(str) + " cores)", "device": used["device"],
+            "copy GB/s": (used["copy_bytes_per_s"] / 1e9).round(1), "copy measured with": used["copy_by"],
+            "GEMM GFLOP/s": (used["gemm_flop_per_s"] / 1e9).round(0), "GEMM measured with": used["gemm_by"]}))
     fig, axes = new_fig(1, w=9)
     ax = axes[0]
     labels = best["op"].map(OP_TITLES) + " / " + best["framework"] + " (" + best["device"] + ")"

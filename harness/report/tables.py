@@ -230,8 +230,67 @@ def setup_floor_rows(records: list[dict]) -> pd.DataFrame:
     return fl[["host", "device", "measured with", "date", "copy GB/s", "GEMM GFLOP/s (float32)"]]
 
 
-__all__ = ["bench_frame", "equivalence_table", "failures_table", "fmt", "frame", "headline", "ok",
-           "recommendation_table", "setup_floor_rows", "strategy_status"]
+#: a bench record's floor kind -> the rate it is measured against
+FLOOR_RATES = {"copy": "copy_bytes_per_s", "gemm": "gemm_flop_per_s"}
+#: what names a machine and its device in the records (host names alone repeat: every VM here is "vm")
+MACHINE = ["host", "cpu", "cores", "device"]
+
+
+def machine_floors(records: list[dict]) -> pd.DataFrame:
+    """Per machine and device (`MACHINE`): the best copy bandwidth and float32 GEMM rate any worker measured there
+    with its own framework (NumPy for `harness.floors`), and who measured each ("<kind>_by"): the machine's floors.
+    One framework's primitive can fall far short of the machine (torch's GEMM on an AMD CPU, a copy that pays
+    page faults), and a fraction of that framework's own floor then reads above 1 for no kernel's merit."""
+    fl = frame(records, "floors")
+    cols = [*MACHINE, *FLOOR_RATES.values(), *(f"{k}_by" for k in FLOOR_RATES)]
+    fl = fl.dropna(subset=list(FLOOR_RATES.values()), how="all")
+    if fl.empty:
+        return pd.DataFrame(columns=cols)
+    fl["by"] = fl["framework"].astype(object).where(fl["framework"].notna(), "numpy")
+    rows = []
+    for key, g in fl.groupby(MACHINE, dropna=False):
+        row = dict(zip(MACHINE, key))
+        for kind, col in FLOOR_RATES.items():
+            rates = g[col].dropna()
+            row[col] = rates.max() if not rates.empty else np.nan
+            row[f"{kind}_by"] = g.loc[rates.idxmax(), "by"] if not rates.empty else ""
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def machine_keys(df: pd.DataFrame) -> pd.Series:
+    """Each row's machine and device (`MACHINE`) as one hashable key, the same for 2 and 2.0 cores or a missing
+    value on either side."""
+    cores = pd.to_numeric(frame_col(df, "cores"), errors="coerce")
+    parts = [frame_col(df, c).astype(object).where(frame_col(df, c).notna(), "") for c in ("host", "cpu", "device")]
+    return pd.Series(list(zip(parts[0], parts[1], cores.fillna(-1).astype(int), parts[2])), index=df.index,
+                     dtype=object)
+
+
+def frame_col(df: pd.DataFrame, col: str) -> pd.Series:
+    """df[col], or a column of missing values where df has none."""
+    return df[col] if col in df.columns else pd.Series(np.nan, index=df.index)
+
+
+def machine_fraction(df: pd.DataFrame, floors: pd.DataFrame) -> pd.Series:
+    """Each bench row's fraction of its machine's floor: work / the machine's rate for its floor kind (the best of
+    `machine_floors` and the rate the row's own worker measured) / its median time. A row without `work` (older
+    records) keeps the fraction its worker stored; one without any rate gets none."""
+    rows = df.reset_index(drop=True)
+    at_machine = machine_keys(rows)
+    number = lambda col: pd.to_numeric(frame_col(rows, col), errors="coerce")  # noqa: E731
+    rate = pd.Series(np.nan, index=rows.index)
+    for kind, col in FLOOR_RATES.items():
+        best = at_machine.map(dict(zip(machine_keys(floors), floors[col]))).astype(float)
+        rate = rate.where(rows["floor"] != kind, np.fmax(best, number(f"floor_{col}")))
+    work = number("work")
+    fraction = (work / rate / number("median_s")).where(work.notna(), number("fraction_of_floor"))
+    return pd.Series(fraction.to_numpy(dtype=float), index=df.index)
+
+
+__all__ = ["FLOOR_RATES", "MACHINE", "bench_frame", "equivalence_table", "failures_table", "fmt", "frame",
+           "headline", "machine_floors", "machine_fraction", "ok", "recommendation_table", "setup_floor_rows",
+           "strategy_status"]
 
 
 CALLS = (1, 100, 10_000)
