@@ -34,6 +34,7 @@ from adapters.spec import (
     check_choice,
     check_lengths,
     check_maxlen,
+    kernel_fields,
     valid_mask,
 )
 
@@ -173,9 +174,10 @@ class Adapter(abc.ABC):
         check_choice(f"{self.name} {family} native behaviour", name, list(table))
         return table[name](self, **inputs)
 
-    def strategy_kernel(self, family: str, strategy: str) -> str:
-        """The static kernel name a strategy declares ("" if its results carry it)."""
-        return self.strategy_table(family)[strategy].kernel
+    def strategy_kernel(self, family: str, strategy: str, kind: str | None = None) -> str:
+        """The static kernel name a strategy declares ("" if its results carry it); for a loss, the one that runs
+        for `kind`."""
+        return self.strategy_table(family)[strategy].kernel_for(kind)
 
     def rnn_strategies(self, cell: str) -> list[str]:
         """The exact RNN strategies this adapter offers for `cell`, default first."""
@@ -764,9 +766,10 @@ def valid_steps(lengths: np.ndarray, maxlen: int, side: str, reduction: str,
     return at, loss_weights(lengths, maxlen, side, reduction, dtype).reshape(-1)[at]
 
 
-def valid_only_unit(kernel: str, doc: str) -> Strategy:
+def valid_only_unit(kernel: str | dict[str, str], doc: str) -> Strategy:
     """The "valid_only" loss unit of a framework whose adapter has `_valid_only_run(logits, targets, lengths, kind,
-    reduction, side, device, grad)` (TensorFlow, JAX; torch's runs through its own `_loss_run`)."""
+    reduction, side, device, grad)` (TensorFlow, JAX; torch's runs through its own `_loss_run`); `kernel` per kind
+    as for `adapters.spec.kernel_fields`."""
     return Strategy("valid_only", lambda fw, *a: fw._valid_only_run(*a, grad=False),
                     lambda fw, *a: fw._valid_only_run(*a, grad=True), supports=lambda fw, **spec: None,
-                    kernel=kernel, doc=doc)
+                    doc=doc, **kernel_fields(kernel))

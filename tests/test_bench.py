@@ -77,6 +77,18 @@ def test_floor_primitives_copy_and_multiply_call_after_call(fw, device):
     assert rates["copy_bytes_per_s"] > 0 and rates["gemm_flop_per_s"] > 0
 
 
+def test_a_loss_case_names_the_primitive_its_kind_ran(fw, device):
+    """A strategy computing both loss kinds names, in each case's record, the one primitive that ran for its kind,
+    not every primitive it may call (a BCE figure must not read "...softmax_cross_entropy | ...sigmoid...")."""
+    cases = {c["op"]: c for c in quick_cases(fw.name) if c["op"].startswith("loss_")}
+    both = [s for s in fw.strategies("loss", kind="softmax_ce") if s in fw.strategies("loss", kind="sigmoid_bce")]
+    assert both, f"{fw.name} has no loss strategy for both kinds"
+    for strategy in both:
+        kernels = {op: bench.prepare(fw, {**case, "strategy": strategy, "device": device, "batch": 4, "max_len": 8,
+                                          "profile": "lognormal"}).kernel for op, case in cases.items()}
+        assert len(set(kernels.values())) == 2 and not any(" | " in k for k in kernels.values()), kernels
+
+
 def test_two_cases_of_very_different_size_report_very_different_peaks():
     """Per-case memory is the case's own: a 16x bigger batch must show a clearly bigger peak (not the running
     maximum of the worker, which would make the small case after the big one look as big)."""

@@ -27,6 +27,7 @@ from adapters.spec import (
     Strategy,
     computes_only,
     inverse_map,
+    kernel_fields,
     no_padding,
     round_up,
     shape_ladder,
@@ -133,17 +134,19 @@ class JaxLoss:
 def _unit(name, per_step, supports, kernel, doc):
     fwd = lambda fw, *a: fw._loss_run(name, per_step, *a, grad=False)
     vjp = lambda fw, *a: fw._loss_run(name, per_step, *a, grad=True)
-    return Strategy(name, fwd, vjp, supports=supports, doc=doc, kernel=kernel)
+    return Strategy(name, fwd, vjp, supports=supports, doc=doc, **kernel_fields(kernel))
 
 
 STRATEGIES = strategy_table(
     _unit("optax", JaxLoss._optax_per_step, lambda fw, **spec: None,
-          "optax.softmax_cross_entropy_with_integer_labels(where) | optax.sigmoid_binary_cross_entropy",
+          {"softmax_ce": "optax.softmax_cross_entropy_with_integer_labels(where)",
+           "sigmoid_bce": "optax.sigmoid_binary_cross_entropy"},
           "optax losses (where=valid for softmax CE), weighted sum, jitted"),
     _unit("log_softmax", JaxLoss._log_softmax_per_step, computes_only("softmax_ce"), "jax.nn.log_softmax",
           "-take_along_axis(jax.nn.log_softmax(x)), weighted sum, jitted"),
-    valid_only_unit("valid rows gathered (none without padding) + "
-                    "optax.softmax_cross_entropy_with_integer_labels | optax.sigmoid_binary_cross_entropy",
+    valid_only_unit({kind: f"valid rows gathered (none without padding) + {primitive}" for kind, primitive in
+                     (("softmax_ce", "optax.softmax_cross_entropy_with_integer_labels"),
+                      ("sigmoid_bce", "optax.sigmoid_binary_cross_entropy"))},
                     "the valid steps' rows gathered (count on the shape ladder), optax losses on them only, the "
                     "gather's gradient the inverse gather, weighted sum, jitted"),
 )

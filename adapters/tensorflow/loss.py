@@ -23,7 +23,15 @@ from __future__ import annotations
 import numpy as np
 
 from adapters.base import loss_weights, valid_only_unit, valid_steps
-from adapters.spec import Strategy, computes_only, inverse_map, no_padding, strategy_table, valid_mask
+from adapters.spec import (
+    Strategy,
+    computes_only,
+    inverse_map,
+    kernel_fields,
+    no_padding,
+    strategy_table,
+    valid_mask,
+)
 
 
 class TensorflowLoss:
@@ -118,7 +126,7 @@ class TensorflowLoss:
 def _unit(name, how, supports, kernel, doc):
     fwd = lambda fw, *a: fw._loss_run(how, *a, grad=False)
     vjp = lambda fw, *a: fw._loss_run(how, *a, grad=True)
-    return Strategy(name, fwd, vjp, supports=supports, doc=doc, kernel=kernel)
+    return Strategy(name, fwd, vjp, supports=supports, doc=doc, **kernel_fields(kernel))
 
 
 STRATEGIES = strategy_table(
@@ -126,10 +134,13 @@ STRATEGIES = strategy_table(
           "tf.nn.sparse_softmax_cross_entropy_with_logits", "tf.nn primitive on the padded batch, weighted sum"),
     _unit("sigmoid_ce", TensorflowLoss._tf_nn_loss, computes_only("sigmoid_bce"),
           "tf.nn.sigmoid_cross_entropy_with_logits", "tf.nn primitive on the padded batch, weighted sum"),
-    _unit("keras", TensorflowLoss._keras_loss, lambda fw, **spec: None, "keras.losses (reduction='sum')",
+    _unit("keras", TensorflowLoss._keras_loss, lambda fw, **spec: None,
+          {"softmax_ce": "keras.losses.SparseCategoricalCrossentropy(reduction='sum')",
+           "sigmoid_bce": "keras.losses.BinaryCrossentropy(reduction='sum')"},
           "Keras loss object, the reduction weights as sample_weight, reduction='sum'"),
-    valid_only_unit("valid rows gathered (none without padding) + tf.nn.sparse_softmax_cross_entropy_with_logits"
-                    " | tf.nn.sigmoid_cross_entropy_with_logits",
+    valid_only_unit({kind: f"valid rows gathered (none without padding) + {primitive}" for kind, primitive in
+                     (("softmax_ce", "tf.nn.sparse_softmax_cross_entropy_with_logits"),
+                      ("sigmoid_bce", "tf.nn.sigmoid_cross_entropy_with_logits"))},
                     "the valid steps' rows gathered, the tf.nn primitive on them only, the gather's gradient the "
                     "inverse gather, weighted sum"),
 )

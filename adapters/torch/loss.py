@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from adapters.base import loss_weights
-from adapters.spec import Strategy, computes_only, strategy_table, valid_mask
+from adapters.spec import Strategy, computes_only, kernel_fields, strategy_table, valid_mask
 from adapters.torch.rnn import gather_plans, row_gather
 
 IGNORE = -100  # PyTorch's default ignore_index
@@ -84,7 +84,7 @@ class TorchLoss:
 def _unit(name, how, supports, kernel, doc):
     fwd = lambda fw, *a: fw._loss_run(how, *a, grad=False)
     vjp = lambda fw, *a: fw._loss_run(how, *a, grad=True)
-    return Strategy(name, fwd, vjp, supports=supports, doc=doc, kernel=kernel)
+    return Strategy(name, fwd, vjp, supports=supports, doc=doc, **kernel_fields(kernel))
 
 
 STRATEGIES = strategy_table(
@@ -93,7 +93,8 @@ STRATEGIES = strategy_table(
     _unit("bce_with_logits", TorchLoss._padded_loss, computes_only("sigmoid_bce"), "F.binary_cross_entropy_with_logits",
           "F.binary_cross_entropy_with_logits(reduction='none') on the padded batch, weighted sum"),
     _unit("valid_only", TorchLoss._valid_only_loss, lambda fw, **spec: None,
-          "valid rows gathered (none without padding) + F.cross_entropy | F.binary_cross_entropy_with_logits",
+          {kind: f"valid rows gathered (none without padding) + {primitive}" for kind, primitive in
+           (("softmax_ce", "F.cross_entropy"), ("sigmoid_bce", "F.binary_cross_entropy_with_logits"))},
           "the valid steps' rows gathered, the primitive on them only, the gather's gradient the inverse gather, "
           "weighted sum"),
 )

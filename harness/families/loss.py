@@ -130,7 +130,7 @@ def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")
         for strategy in fw.strategies("loss", kind=kind, reduction=reduction, device=device, dtype=dtype):
             base = dict(kind="strategy", op="loss", name=strategy, side=side, dtype=dtype,
                         case=f"{kind}{'' if label_axis else '_no_label_axis'}:{reduction}:dirty_padding",
-                        kernel=fw.strategy_kernel("loss", strategy))
+                        kernel=fw.strategy_kernel("loss", strategy, kind))
             try:
                 res, error = strategy_cell(fw, ref, strategy, kind, label_axis, reduction, dtype, side, device), None
             except Exception as e:  # noqa: BLE001 - a crash is a failed cell, reported, not a lost run
@@ -202,7 +202,7 @@ def recipe_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
         x, z, L = loss_case(kind, "right", "float64", lengths=SKEWED, maxlen=max(SKEWED), dirty=False, seed=1)
         want = _ref(ref, x, z, L, kind)
         want_empty = _ref(ref, x, z, np.zeros_like(L), kind)
-        kernel = fw.strategy_kernel("loss", fw.strategies("loss", kind=kind)[0])
+        kernel = fw.strategy_kernel("loss", fw.strategies("loss", kind=kind)[0], kind)
         for name, got in recipe_results(fw, x, z, L, kind, device).items():
             target = want_empty if name == "(loss * mask).sum() / mask.sum()" else want
             case = f"{kind}:{'all_empty' if target is want_empty else 'skewed_lengths'}"
