@@ -174,10 +174,10 @@ class Adapter(abc.ABC):
         check_choice(f"{self.name} {family} native behaviour", name, list(table))
         return table[name](self, **inputs)
 
-    def strategy_kernel(self, family: str, strategy: str, kind: str | None = None) -> str:
-        """The static kernel name a strategy declares ("" if its results carry it); for a loss, the one that runs
-        for `kind`."""
-        return self.strategy_table(family)[strategy].kernel_for(kind)
+    def strategy_kernel(self, family: str, strategy: str, variant: str | None = None) -> str:
+        """The static kernel name a strategy declares ("" if its results carry it), the one that runs for
+        `variant` where that matters (a loss's kind, "embed" or "embedding_bag")."""
+        return self.strategy_table(family)[strategy].kernel_for(variant)
 
     def rnn_strategies(self, cell: str) -> list[str]:
         """The exact RNN strategies this adapter offers for `cell`, default first."""

@@ -46,16 +46,17 @@ class Strategy:
     #: the framework primitive that runs, where it does not depend on the input (e.g. "F.embedding_bag");
     #: families whose kernel depends on the input (RNN: cuDNN or not) return it in their result instead
     kernel: str = ""
-    #: (loss kind, the primitive that runs for it) where it depends on the kind; `kernel` then names them all
+    #: (variant, the primitive that runs for it) where that depends on the variant of the family's op (a loss's
+    #: kind, "embed" or "embedding_bag"); `kernel` then names them all
     kernels: tuple[tuple[str, str], ...] = ()
 
-    def kernel_for(self, kind: str | None = None) -> str:
-        """The primitive that runs for loss `kind` (`kernel` where it does not depend on the kind)."""
-        return dict(self.kernels).get(kind, self.kernel)
+    def kernel_for(self, variant: str | None = None) -> str:
+        """The primitive that runs for `variant` (`kernel` where it does not depend on it)."""
+        return dict(self.kernels).get(variant, self.kernel)
 
 
 def kernel_fields(kernel: str | dict[str, str]) -> dict[str, Any]:
-    """A `Strategy`'s kernel fields from one name, or from one name per loss kind ({"softmax_ce": ...,
+    """A `Strategy`'s kernel fields from one name, or from one name per variant ({"softmax_ce": ...,
     "sigmoid_bce": ...}: `kernel` joins them for listings, `kernels` keeps them apart for the records)."""
     if isinstance(kernel, str):
         return {"kernel": kernel}

@@ -38,8 +38,8 @@ class Ready:
         first = self.call()
         self.first_call_s = time.perf_counter() - t
         fam = family_of(case["op"])
-        kind = getattr(fam, "OP_KIND", {}).get(case["op"])  # a loss's kind: its kernel can depend on it
-        static = adapter.strategy_kernel(fam.STRATEGY_FAMILY, case["strategy"], kind) if fam.STRATEGY_FAMILY else ""
+        variant = getattr(fam, "KERNEL_VARIANT", {}).get(case["op"])  # e.g. a loss's kind: the kernel can follow it
+        static = adapter.strategy_kernel(fam.STRATEGY_FAMILY, case["strategy"], variant) if fam.STRATEGY_FAMILY else ""
         self.kernel = getattr(first, "kernel", "") or static or f"{adapter.name}.{case['op']}"
 
     def call(self):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapters.spec import Strategy, no_padding, round_up, shape_ladder, strategy_table, valid_mask
+from adapters.spec import Strategy, kernel_fields, no_padding, round_up, shape_ladder, strategy_table, valid_mask
 
 
 class JaxEmbedding:
@@ -126,12 +126,14 @@ class _Segment:
 
 def _unit(impl, kernel: str, doc: str) -> Strategy:
     return Strategy(impl.name, lambda a, *args: a._emb_run(impl, *args), lambda a, op, t, w, n, cot, *rest:
-                    a._emb_run(impl, op, t, w, n, *rest, cot=cot), doc=doc, kernel=kernel)
+                    a._emb_run(impl, op, t, w, n, *rest, cot=cot), doc=doc, **kernel_fields(kernel))
 
 
 STRATEGIES = strategy_table(
     _unit(_Take, "jnp.take", "jit(jnp.take on where(valid, ids, 0), padded steps selected to 0)"),
-    _unit(_Segment, "jax.ops.segment_sum", "jit(segment_sum / segment_max over the packed valid ids)"),
+    _unit(_Segment, {"embed": "jnp.take of the valid ids, set into zeros",
+                     "embedding_bag": "jnp.take of the valid ids + jax.ops.segment_sum (max: segment_max)"},
+          "jit(jnp.take of the valid ids only, set into a zero output or sorted segment_sum / segment_max)"),
 )
 
 

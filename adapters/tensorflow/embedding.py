@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapters.spec import Strategy, no_padding, strategy_table, valid_mask
+from adapters.spec import Strategy, kernel_fields, no_padding, strategy_table, valid_mask
 
 
 class TensorflowEmbedding:
@@ -143,14 +143,16 @@ class _Segment(_Impl):
 
 def _unit(name: str, impl: _Impl, kernel: str, doc: str) -> Strategy:
     return Strategy(name, lambda a, *args: a._emb_run(impl, *args), lambda a, op, t, w, n, cot, *rest:
-                    a._emb_run(impl, op, t, w, n, *rest, cot=cot), doc=doc, kernel=kernel)
+                    a._emb_run(impl, op, t, w, n, *rest, cot=cot), doc=doc, **kernel_fields(kernel))
 
 
 STRATEGIES = strategy_table(
     _unit("gather", _Impl(), "tf.gather",
           "tf.gather on where(valid, ids, 0), padded steps selected to 0"),
     _unit("ragged", _Ragged(), "tf.RaggedTensor", "tf.gather on a RaggedTensor of the valid ids, ragged reductions"),
-    _unit("segment", _Segment(), "tf.math.segment_sum | tf.scatter_nd",
+    _unit("segment", _Segment(),
+          {"embed": "tf.gather of the valid ids + tf.scatter_nd",
+           "embedding_bag": "tf.gather of the valid ids + tf.math.segment_sum (max: segment_max)"},
           "tf.gather of the valid ids only, tf.scatter_nd into a zero output or sorted segment reductions"),
     _unit("keras_embedding", _Impl(_keras_lookup, _keras_source), "keras.layers.Embedding",
           "keras.layers.Embedding (no mask_zero) holding the table, padded steps selected to 0"),

@@ -23,6 +23,8 @@ STRATEGY_FAMILY = "embedding"
 OPS = {"embed_forward_backward": "embedding lookup fwd+bwd", "embedding_bag_mean": "embedding bag (mean) fwd+bwd"}
 #: bench op -> (contract op, bag mode)
 CONTRACT_OP = {"embed_forward_backward": ("embed", None), "embedding_bag_mean": ("embedding_bag", "mean")}
+#: bench op -> the variant a strategy's kernel name follows (`adapters.spec.Strategy.kernel_for`): the contract op
+KERNEL_VARIANT = {op: contract for op, (contract, _) in CONTRACT_OP.items()}
 VOCAB, EMBED_DIM = 32768, 256       # bench defaults (headline E=256)
 ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 #: every (contract op, mode) a strategy is checked on
@@ -133,7 +135,7 @@ def strategy_records(fw, ref, strategy: str, device: str = "cpu", dtypes=("float
         if fw.why_not("embedding", strategy, op=op, mode=mode, device=device, dtype=dtype) is not None:
             continue
         base = dict(kind="strategy", op=variant_op(op, mode), name=strategy, case=case, side=side, dtype=dtype,
-                    kernel=fw.strategy_kernel("embedding", strategy))
+                    kernel=fw.strategy_kernel("embedding", strategy, op))
         try:
             res, error = strategy_cell(fw, ref, strategy, op, mode, case, side, dtype, device), None
         except Exception as e:  # noqa: BLE001 - a crash is a failed cell, reported, not a lost run
@@ -194,7 +196,7 @@ def idiom_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
     tol = tolerance("float64", device)
     got = mask_from_tokens(fw, tokens, table, L, cot, device)
     want_out, want_g = run_vjp(ref, "embed", None, tokens, table, L, cot)
-    default_kernel = fw.strategy_kernel("embedding", fw.strategies("embedding", device=device)[0])
+    default_kernel = fw.strategy_kernel("embedding", fw.strategies("embedding", device=device)[0], "embed")
     want = {"outputs": want_out, "bag_mean": ref.to_numpy(ref.embedding_bag(tokens, table, L)), "grad_table": want_g}
     for q in got:
         yield record(fw, device, kind="idiom", op="embed", name="mask_from_tokens", case="real_token_0",

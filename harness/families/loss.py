@@ -27,6 +27,8 @@ NAME = "loss"
 STRATEGY_FAMILY = "loss"
 OPS = {"loss_softmax_ce": "masked softmax CE fwd+bwd", "loss_sigmoid_bce": "masked sigmoid BCE fwd+bwd"}
 OP_KIND = {"loss_softmax_ce": "softmax_ce", "loss_sigmoid_bce": "sigmoid_bce"}
+#: bench op -> the variant a strategy's kernel name follows (`adapters.spec.Strategy.kernel_for`): the kind
+KERNEL_VARIANT = OP_KIND
 CLASSES = 1024          # C of the bench cases: B=64, T=128 runs well under a second per call on 2 CPU cores
 ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 LENGTHS, T, C = (5, 0, 1, 3, 6), 6, 7        # gate case: unsorted, a zero-length row, padding in most rows
