@@ -110,6 +110,12 @@ class Adapter(abc.ABC):
         """Peak bytes the framework's allocator held on `device` since the last reset; None where unknown."""
         return None
 
+    def cpu_call_peak(self, call) -> int | None:
+        """Bytes by which one `call()` raised the framework's own CPU allocator's peak above what it held just
+        before, where that allocator keeps what it took (then the process's RSS does not grow again and misses the
+        call's working set); None where the framework's CPU memory is plain malloc'd heap (RSS measures it)."""
+        return None
+
     # -- floors: measured with this framework on the device being benchmarked -----------------------------------
     def _copy(self, x: Any) -> Any:
         """A fresh copy of x on its device (floor primitive)."""

@@ -70,6 +70,7 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
     t = timing.measure(p.call, compile_count=adapter.compile_count)
     device_peak = adapter.peak_memory(device) if own_peak else None
     rss_peak = memory.peak_rss_above_baseline(p.call) if device == "cpu" else None
+    own_cpu = adapter.cpu_call_peak(p.call) if device == "cpu" else None  # an allocator that keeps its memory
     stream = {}
     if streams(adapter, case):
         try:
@@ -90,10 +91,12 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
         "valid_tokens_per_s": p.valid_tokens / med, "padded_tokens_per_s": p.padded_tokens / med,
         "sec_per_M_valid_tokens": med / p.valid_tokens * 1e6 if p.valid_tokens else None,
         "floor": p.floor, "work": p.work, "floor_s": floor_s, "fraction_of_floor": floor_s / med if floor_s else None,
-        "device_peak_bytes": device_peak, "peak_rss_bytes": rss_peak,
-        "peak_bytes": device_peak if device != "cpu" else rss_peak,
+        "device_peak_bytes": device_peak if device != "cpu" else own_cpu, "peak_rss_bytes": rss_peak,
+        "peak_bytes": device_peak if device != "cpu" else rss_peak if own_cpu is None else max(own_cpu, rss_peak or 0),
         **stream,
-        "memory_method": "RSS high-water mark above baseline" if device == "cpu" else
+        "memory_method": "RSS high-water mark above baseline" if device == "cpu" and own_cpu is None else
+        "the larger of the CPU allocator's peak above what it held and the RSS high-water mark above baseline"
+        if device == "cpu" else
         "allocator peak (reset per case)" if adapter.peak_resettable else
         "allocator peak (fresh process per case)" if own_peak else
         "not recorded (the allocator's peak cannot be reset and this worker ran other device work first)",

@@ -103,6 +103,18 @@ def test_a_case_names_the_primitive_its_variant_ran(fw, device, family, ops, var
         assert both and split == both, names
     elif fw.name != "torch":
         assert split, names
+@pytest.mark.parametrize("fw_name", [p for p in framework_params(("tensorflow",))])
+def test_a_cpu_case_whose_allocator_keeps_its_memory_still_shows_its_working_set(fw_name):
+    """TensorFlow's CPU allocator keeps what its first calls took, so the process's RSS no longer grows and a masked
+    CE forward + backward read ~0.05 MiB: the case's peak must hold at least the gradient it returns."""
+    case = {"framework": fw_name, "op": "loss_softmax_ce", "device": "cpu", "dtype": "float32", "batch": 64,
+            "max_len": 32, "profile": "lognormal", "strategy": "valid_only", "seed": 0}
+    rec = bench.measure_case(adapters.get(fw_name), case, FLOORS)
+    grad_bytes = 64 * 32 * 1024 * 4  # [B, T, C] float32 (C = the loss family's 1024 classes)
+    assert rec["peak_bytes"] >= grad_bytes, (rec["peak_bytes"], rec["peak_rss_bytes"], rec["memory_method"])
+    assert rec["device_peak_bytes"] >= grad_bytes and "allocator" in rec["memory_method"]
+
+
 def test_two_cases_of_very_different_size_report_very_different_peaks():
     """Per-case memory is the case's own: a 16x bigger batch must show a clearly bigger peak (not the running
     maximum of the worker, which would make the small case after the big one look as big)."""

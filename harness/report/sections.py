@@ -186,8 +186,11 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
     s = Section("Memory")
     done = ok(df).dropna(subset=["peak_bytes"])
     s.p("Peak bytes of one call above what the inputs already hold: on CPU the process's peak RSS above its RSS "
-        "just before the call (high-water mark reset per case), on GPU the framework allocator's peak. Allocator "
-        "caches make small CPU figures noisy (a few MB); differences between strategies are what matters.")
+        "just before the call (high-water mark reset per case), or for TensorFlow, whose CPU allocator keeps the "
+        "memory its first calls took (RSS then barely grows), the larger of that and its allocator's own peak "
+        "above what it held; on GPU the framework allocator's peak. Allocator caches make small CPU figures noisy "
+        "(a few MB) and can hide a call's working set from RSS (JAX's smaller cases read near 0); differences "
+        "between strategies of one framework are what matters.")
     rnn = done[done["op"] == "rnn_forward_backward"]
     panels = [("batch", "max_len"), ("max_len", "batch")]
     fig, axes = new_fig(2, h=5.2)
