@@ -5,6 +5,7 @@ The one leaf of the project: it depends on NumPy only, never on another module o
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -60,7 +61,10 @@ def kernel_fields(kernel: str | dict[str, str]) -> dict[str, Any]:
     "sigmoid_bce": ...}: `kernel` joins them for listings, `kernels` keeps them apart for the records)."""
     if isinstance(kernel, str):
         return {"kernel": kernel}
-    return {"kernel": " | ".join(kernel.values()), "kernels": tuple(kernel.items())}
+    names = list(kernel.values())
+    shared = os.path.commonprefix(names)
+    head = shared[:shared.rfind("+ ") + 2] if "+ " in shared else ""  # "a + b", "a + c" -> "a + b | c"
+    return {"kernel": head + " | ".join(n[len(head):] for n in names), "kernels": tuple(kernel.items())}
 
 
 def gated_only(*alternatives: str) -> Callable[..., str | None]:

@@ -59,3 +59,16 @@ def test_dispatch_is_a_table_lookup_of_strategy_units(any_adapter):
         for name, unit in table.items():
             assert isinstance(unit, Strategy) and unit.name == name, (any_adapter.name, family, name)
             assert callable(unit.forward) and callable(unit.vjp) and callable(unit.supports)
+
+
+def test_a_kernel_per_variant_is_named_apart_and_listed_once():
+    """`kernel_fields` keeps one name per variant for the records and lists them joined, a shared "... + " head
+    once; a variant it does not name falls back to the listing."""
+    from adapters.spec import Strategy, kernel_fields
+
+    unit = Strategy("s", print, print, **kernel_fields({"a": "rows gathered + F.x", "b": "rows gathered + F.y"}))
+    assert unit.kernel == "rows gathered + F.x | F.y"
+    assert (unit.kernel_for("a"), unit.kernel_for("b"), unit.kernel_for(None)) == \
+        ("rows gathered + F.x", "rows gathered + F.y", "rows gathered + F.x | F.y")
+    plain = Strategy("p", print, print, **kernel_fields({"a": "optax.f(where)", "b": "optax.g"}))
+    assert plain.kernel == "optax.f(where) | optax.g" and Strategy("q", print, print, kernel="k").kernel_for("a") == "k"
