@@ -307,8 +307,8 @@ def test_floor_fraction_is_against_the_best_rate_measured_on_that_machine(tmp_pa
     # one 2-core machine: torch measured GEMM 1e11 and copy 4e10, jax GEMM 4e11 and copy 1e10; a 16-core machine
     # with the same host name measured GEMM 1e13. By hand: torch's RNN (2e9 FLOP in 10 ms) is 2e9 / 4e11 / 0.01 =
     # 0.5 of its machine's floor (2.0 of torch's own); jax's copy op (1e8 B in 10 ms) 1e8 / 4e10 / 0.01 = 0.25 (1.0
-    # of jax's own); the same RNN on the 16-core machine 2e9 / 1e13 / 0.01 = 0.02; a record without work keeps the
-    # fraction its worker stored (0.3)
+    # of jax's own); the same RNN on the 16-core machine 2e9 / 1e13 / 0.01 = 0.02; a record without work, or on a
+    # machine no floor record names and without its worker's rates, keeps the fraction its worker stored (0.3, 0.4)
     two = {"host": "vm", "cpu": "amd", "cores": 2}
     sixteen = {"host": "vm", "cpu": "intel", "cores": 16}
     recs = [{"source": "floors", "device": "cpu", "framework": "torch", "copy_bytes_per_s": 4e10,
@@ -326,13 +326,15 @@ def test_floor_fraction_is_against_the_best_rate_measured_on_that_machine(tmp_pa
         {"device": "cpu", "floor": "gemm", "work": 2e9, "median_s": 0.01, "fraction_of_floor": 0.2, **sixteen,
          **own(1e11, 1e13)},
         {"device": "cpu", "floor": "gemm", "work": None, "median_s": 0.01, "fraction_of_floor": 0.3, **two,
-         **own(None, None)}])
+         **own(None, None)},
+        {"device": "cpu", "floor": "copy", "work": 1e8, "median_s": 0.01, "fraction_of_floor": 0.4, "host": "other",
+         "cpu": "x", "cores": 4, **own(None, None)}])
     floors = report.tables.machine_floors(recs)
     mine = floors[floors["cores"] == 2].iloc[0]
     assert (mine["gemm_flop_per_s"], mine["gemm_by"], mine["copy_bytes_per_s"], mine["copy_by"]) == \
         (4e11, "jax", 4e10, "torch")
     got = report.tables.machine_fraction(bench, floors)
-    assert np.allclose(got.to_numpy(), [0.5, 0.25, 0.02, 0.3]), got.tolist()
+    assert np.allclose(got.to_numpy(), [0.5, 0.25, 0.02, 0.3, 0.4]), got.tolist()
 
 
 def test_compiles_that_new_batches_bring_are_charged_per_call_up_to_the_batches_measured():

@@ -274,8 +274,8 @@ def frame_col(df: pd.DataFrame, col: str) -> pd.Series:
 
 def machine_fraction(df: pd.DataFrame, floors: pd.DataFrame) -> pd.Series:
     """Each bench row's fraction of its machine's floor: work / the machine's rate for its floor kind (the best of
-    `machine_floors` and the rate the row's own worker measured) / its median time. A row without `work` (older
-    records) keeps the fraction its worker stored; one without any rate gets none."""
+    `machine_floors` and the rate the row's own worker measured) / its median time. A row without `work` or any
+    rate (older records) keeps the fraction its worker stored, if any."""
     rows = df.reset_index(drop=True)
     at_machine = machine_keys(rows)
     number = lambda col: pd.to_numeric(frame_col(rows, col), errors="coerce")  # noqa: E731
@@ -284,7 +284,7 @@ def machine_fraction(df: pd.DataFrame, floors: pd.DataFrame) -> pd.Series:
         best = at_machine.map(dict(zip(machine_keys(floors), floors[col]))).astype(float)
         rate = rate.where(rows["floor"] != kind, np.fmax(best, number(f"floor_{col}")))
     work = number("work")
-    fraction = (work / rate / number("median_s")).where(work.notna(), number("fraction_of_floor"))
+    fraction = (work / rate / number("median_s")).where(work.notna() & rate.notna(), number("fraction_of_floor"))
     return pd.Series(fraction.to_numpy(dtype=float), index=df.index)
 
 
