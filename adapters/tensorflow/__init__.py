@@ -123,7 +123,6 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
         call()
         return max(int(mem.get_memory_info("CPU:0")["peak"]) - int(before), 0)
 
-
     # -- primitives of the shared algorithms and the floors ---------------------------------------------------
     def _arange(self, n, like):
         return self.tf.range(n, dtype=like.dtype)

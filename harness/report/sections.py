@@ -292,7 +292,7 @@ def floor_section(df: pd.DataFrame, records: list[dict], out: Path) -> Section:
     if not used.empty:
         s.table(pd.DataFrame({
             "machine": used["host"].astype(str) + " (" + used["cpu"].astype(str) + ", "
-            + used["cores"].astype(str) + " cores)", "device": used["device"],
+            + used["cores"].map(lambda c: "?" if pd.isna(c) else str(int(c))) + " cores)", "device": used["device"],
             "copy GB/s": (used["copy_bytes_per_s"] / 1e9).round(1), "copy measured with": used["copy_by"],
             "GEMM GFLOP/s": (used["gemm_flop_per_s"] / 1e9).round(0), "GEMM measured with": used["gemm_by"]}))
     fig, axes = new_fig(1, w=9)
