@@ -772,6 +772,12 @@ def valid_steps(lengths: np.ndarray, maxlen: int, side: str, reduction: str,
     return at, loss_weights(lengths, maxlen, side, reduction, dtype).reshape(-1)[at]
 
 
+def valid_only_kernels(softmax_ce: str, sigmoid_bce: str) -> dict[str, str]:
+    """A "valid_only" loss strategy's kernel name per kind, from the primitive it runs on the gathered rows."""
+    return {kind: f"valid rows gathered (none without padding) + {primitive}"
+            for kind, primitive in (("softmax_ce", softmax_ce), ("sigmoid_bce", sigmoid_bce))}
+
+
 def valid_only_unit(kernel: str | dict[str, str], doc: str) -> Strategy:
     """The "valid_only" loss unit of a framework whose adapter has `_valid_only_run(logits, targets, lengths, kind,
     reduction, side, device, grad)` (TensorFlow, JAX; torch's runs through its own `_loss_run`); `kernel` per kind

@@ -71,6 +71,7 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
     device_peak = adapter.peak_memory(device) if own_peak else None
     rss_peak = memory.peak_rss_above_baseline(p.call) if device == "cpu" else None
     own_cpu = adapter.cpu_call_peak(p.call) if device == "cpu" else None  # an allocator that keeps its memory
+    cpu_peak = rss_peak if own_cpu is None else max(own_cpu, rss_peak or 0)
     stream = {}
     if streams(adapter, case):
         try:
@@ -92,7 +93,7 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
         "sec_per_M_valid_tokens": med / p.valid_tokens * 1e6 if p.valid_tokens else None,
         "floor": p.floor, "work": p.work, "floor_s": floor_s, "fraction_of_floor": floor_s / med if floor_s else None,
         "device_peak_bytes": device_peak if device != "cpu" else own_cpu, "peak_rss_bytes": rss_peak,
-        "peak_bytes": device_peak if device != "cpu" else rss_peak if own_cpu is None else max(own_cpu, rss_peak or 0),
+        "peak_bytes": device_peak if device != "cpu" else cpu_peak,
         **stream,
         "memory_method": "RSS high-water mark above baseline" if device == "cpu" and own_cpu is None else
         "the larger of the CPU allocator's peak above what it held and the RSS high-water mark above baseline"

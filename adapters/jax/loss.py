@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapters.base import loss_weights, valid_only_unit, valid_steps
+from adapters.base import loss_weights, valid_only_kernels, valid_only_unit, valid_steps
 from adapters.jax.rnn import moved_rows
 from adapters.spec import (
     Strategy,
@@ -144,9 +144,8 @@ STRATEGIES = strategy_table(
           "optax losses (where=valid for softmax CE), weighted sum, jitted"),
     _unit("log_softmax", JaxLoss._log_softmax_per_step, computes_only("softmax_ce"), "jax.nn.log_softmax",
           "-take_along_axis(jax.nn.log_softmax(x)), weighted sum, jitted"),
-    valid_only_unit({kind: f"valid rows gathered (none without padding) + {primitive}" for kind, primitive in
-                     (("softmax_ce", "optax.softmax_cross_entropy_with_integer_labels"),
-                      ("sigmoid_bce", "optax.sigmoid_binary_cross_entropy"))},
+    valid_only_unit(valid_only_kernels("optax.softmax_cross_entropy_with_integer_labels",
+                                       "optax.sigmoid_binary_cross_entropy"),
                     "the valid steps' rows gathered (count on the shape ladder), optax losses on them only, the "
                     "gather's gradient the inverse gather, weighted sum, jitted"),
 )

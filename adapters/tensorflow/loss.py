@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapters.base import loss_weights, valid_only_unit, valid_steps
+from adapters.base import loss_weights, valid_only_kernels, valid_only_unit, valid_steps
 from adapters.spec import (
     Strategy,
     computes_only,
@@ -138,9 +138,8 @@ STRATEGIES = strategy_table(
           {"softmax_ce": "keras.losses.SparseCategoricalCrossentropy(reduction='sum')",
            "sigmoid_bce": "keras.losses.BinaryCrossentropy(reduction='sum')"},
           "Keras loss object, the reduction weights as sample_weight, reduction='sum'"),
-    valid_only_unit({kind: f"valid rows gathered (none without padding) + {primitive}" for kind, primitive in
-                     (("softmax_ce", "tf.nn.sparse_softmax_cross_entropy_with_logits"),
-                      ("sigmoid_bce", "tf.nn.sigmoid_cross_entropy_with_logits"))},
+    valid_only_unit(valid_only_kernels("tf.nn.sparse_softmax_cross_entropy_with_logits",
+                                       "tf.nn.sigmoid_cross_entropy_with_logits"),
                     "the valid steps' rows gathered, the tf.nn primitive on them only, the gather's gradient the "
                     "inverse gather, weighted sum"),
 )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapters.base import loss_weights
+from adapters.base import loss_weights, valid_only_kernels
 from adapters.spec import Strategy, computes_only, kernel_fields, strategy_table, valid_mask
 from adapters.torch.rnn import gather_plans, row_gather
 
@@ -93,8 +93,7 @@ STRATEGIES = strategy_table(
     _unit("bce_with_logits", TorchLoss._padded_loss, computes_only("sigmoid_bce"), "F.binary_cross_entropy_with_logits",
           "F.binary_cross_entropy_with_logits(reduction='none') on the padded batch, weighted sum"),
     _unit("valid_only", TorchLoss._valid_only_loss, lambda fw, **spec: None,
-          {kind: f"valid rows gathered (none without padding) + {primitive}" for kind, primitive in
-           (("softmax_ce", "F.cross_entropy"), ("sigmoid_bce", "F.binary_cross_entropy_with_logits"))},
+          valid_only_kernels("F.cross_entropy", "F.binary_cross_entropy_with_logits"),
           "the valid steps' rows gathered, the primitive on them only, the gather's gradient the inverse gather, "
           "weighted sum"),
 )

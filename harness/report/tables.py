@@ -226,7 +226,7 @@ def setup_floor_rows(records: list[dict]) -> pd.DataFrame:
     fl["copy GB/s"] = (fl["copy_bytes_per_s"] / 1e9).round(2)
     fl["GEMM GFLOP/s (float32)"] = (fl["gemm_flop_per_s"] / 1e9).round(1)
     fl["date"] = pd.to_datetime(fl["time"], unit="s").dt.strftime("%Y-%m-%d %H:%M UTC")
-    fl["measured with"] = fl["framework"].astype(object).where(fl["framework"].notna(), "numpy")
+    fl["measured with"] = measured_with(fl)
     return fl[["host", "device", "measured with", "date", "copy GB/s", "GEMM GFLOP/s (float32)"]]
 
 
@@ -246,16 +246,21 @@ def machine_floors(records: list[dict]) -> pd.DataFrame:
     fl = fl.dropna(subset=list(FLOOR_RATES.values()), how="all")
     if fl.empty:
         return pd.DataFrame(columns=cols)
-    fl["by"] = fl["framework"].astype(object).where(fl["framework"].notna(), "numpy")
+    fl["by"] = measured_with(fl)
     rows = []
-    for key, g in fl.groupby(MACHINE, dropna=False):
-        row = dict(zip(MACHINE, key))
+    for _, g in fl.groupby(machine_keys(fl)):
+        row = g.iloc[0][MACHINE].to_dict()
         for kind, col in FLOOR_RATES.items():
             rates = g[col].dropna()
             row[col] = rates.max() if not rates.empty else np.nan
             row[f"{kind}_by"] = g.loc[rates.idxmax(), "by"] if not rates.empty else ""
         rows.append(row)
     return pd.DataFrame(rows, columns=cols)
+
+
+def measured_with(fl: pd.DataFrame) -> pd.Series:
+    """Who measured each floors record: its framework, or NumPy (`harness.floors`) where it names none."""
+    return fl["framework"].astype(object).where(fl["framework"].notna(), "numpy")
 
 
 def machine_keys(df: pd.DataFrame) -> pd.Series:
@@ -276,16 +281,14 @@ def machine_fraction(df: pd.DataFrame, floors: pd.DataFrame) -> pd.Series:
     """Each bench row's fraction of its machine's floor: work / the machine's rate for its floor kind (the best of
     `machine_floors` and the rate the row's own worker measured) / its median time. A row without `work` or any
     rate (older records) keeps the fraction its worker stored, if any."""
-    rows = df.reset_index(drop=True)
-    at_machine = machine_keys(rows)
-    number = lambda col: pd.to_numeric(frame_col(rows, col), errors="coerce")  # noqa: E731
-    rate = pd.Series(np.nan, index=rows.index)
+    at_machine = machine_keys(df)
+    number = lambda col: pd.to_numeric(frame_col(df, col), errors="coerce")  # noqa: E731
+    rate = pd.Series(np.nan, index=df.index)
     for kind, col in FLOOR_RATES.items():
         best = at_machine.map(dict(zip(machine_keys(floors), floors[col]))).astype(float)
-        rate = rate.where(rows["floor"] != kind, np.fmax(best, number(f"floor_{col}")))
+        rate = rate.where(df["floor"] != kind, np.fmax(best, number(f"floor_{col}")))
     work = number("work")
-    fraction = (work / rate / number("median_s")).where(work.notna() & rate.notna(), number("fraction_of_floor"))
-    return pd.Series(fraction.to_numpy(dtype=float), index=df.index)
+    return (work / rate / number("median_s")).where(work.notna() & rate.notna(), number("fraction_of_floor"))
 
 
 __all__ = ["FLOOR_RATES", "MACHINE", "bench_frame", "equivalence_table", "failures_table", "fmt", "frame",
