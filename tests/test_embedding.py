@@ -237,3 +237,23 @@ def test_jax_segment_compiles_only_when_the_token_count_crosses_a_rung(ref):
     assert fw.compile_count() == before, "a token count on the same rung compiled again"
     run_all([16, 16, 5, 0, 12])  # 49
     assert fw.compile_count() == before + 2, "a new rung compiles once per variant"
+
+
+@pytest.mark.parametrize("op", ["embed_forward_backward", "embedding_bag_mean"])
+def test_prepare_counts_bytes_for_the_floor_and_tokens_for_the_ideal(op, device):
+    # the ideal is linear in the valid tokens (as for RNNs and losses); the dense [V, E] table gradient counts in
+    # the bytes the copy floor is measured against, not in the ideal's share
+    name = FRAMEWORKS[0]
+    fw = adapter_on(name, device)
+    strategy = next(s for s in adapters.declared_strategies(name, "embedding") if fam._offers(name, s, op))
+    case = dict(op=op, device=device, dtype="float32", batch=4, max_len=16, profile="lognormal", strategy=strategy,
+                vocab=50, embed_dim=8)
+    p = fam.prepare(fw, case)
+    from harness.profiles import lengths_for
+
+    L = lengths_for("lognormal", 4, 16, 0)
+    n = int(L.sum())
+    assert 0 < n < 4 * 16
+    rows = 4 * n if op == "embed_forward_backward" else 2 * n + 2 * 4  # token rows moved, + one row per bag
+    assert p.work == (rows + 50) * 8 * 4
+    assert p.ideal_share == pytest.approx(n / (4 * 16))
