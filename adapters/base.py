@@ -99,26 +99,25 @@ class Adapter(abc.ABC):
         compiles. The timing harness reads it around a timed region to prove nothing retraced there."""
         return 0
 
-    #: whether `reset_peak_memory` really resets the device allocator's peak (if not, the harness measures each
-    #: GPU case in a fresh process so that the peak is that case's own)
+    #: whether the device allocator's peak can be reset, so that `call_peak` measures one call in any process (if
+    #: not, the harness measures each GPU case in a fresh process so that the peak is that case's own)
     peak_resettable: bool = True
 
     def reset_peak_memory(self, device: str = "cpu") -> None:  # noqa: B027 - nothing to reset on CPU
         """Reset the allocator's peak counter on `device` (GPU only; CPU memory is measured as process RSS)."""
 
-    def peak_memory(self, device: str = "cpu") -> int | None:
-        """Peak bytes the framework's allocator held on `device` since the last reset; None where unknown."""
-        return None
-
-    def cpu_call_peak(self, call) -> int | None:
-        """Bytes by which one `call()` raised the framework's own CPU allocator's peak above what it held just
-        before, where that allocator keeps what it took (then the process's RSS does not grow again and misses the
-        call's working set); None where the framework's CPU memory is plain malloc'd heap (RSS measures it)."""
+    def call_peak(self, call, device: str = "cpu") -> int | None:
+        """Bytes by which one `call()` raised the framework's own allocator's peak on `device` above what it held
+        just before (the inputs, and whatever earlier cases left alive), the call finished (`sync`). On the GPU every
+        framework has one; on the CPU only where the allocator keeps what it took (then the process's RSS does not
+        grow again and misses the call's working set). None where there is none (plain malloc'd CPU heap: RSS
+        measures it)."""
         return None
 
     # -- floors: measured with this framework on the device being benchmarked -----------------------------------
     def _copy(self, x: Any) -> Any:
-        """A fresh copy of x on its device (floor primitive)."""
+        """A copy of x on its device (floor primitive); one that writes into a buffer kept between calls keeps it
+        in `self._floor_out`, which `floors` drops once measured."""
         raise NotImplementedError(f"{self.name} has no copy primitive")
 
     def _matmul(self, a: Any, b: Any) -> Any:
@@ -150,6 +149,7 @@ class Adapter(abc.ABC):
                 self._wait(fn(), device)
                 t_best = min(t_best, time.perf_counter() - t)
             best[what] = work / t_best
+        self.__dict__.pop("_floor_out", None)  # `_copy`'s kept output: dropped, not held through every later case
         return best
 
     # -- strategies: one table per family ----------------------------------------------------------------------

@@ -68,10 +68,11 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
     setup_s = time.perf_counter() - t0
     compiles = adapter.compile_count() - c0
     t = timing.measure(p.call, compile_count=adapter.compile_count)
-    device_peak = adapter.peak_memory(device) if own_peak else None
+    # one call's peak above what was held just before it (the inputs, what earlier cases left alive): the
+    # allocator's own where it has one (every GPU; TensorFlow's CPU allocator, which keeps its memory), else RSS
+    own = adapter.call_peak(p.call, device) if own_peak else None
     rss_peak = memory.peak_rss_above_baseline(p.call) if device == "cpu" else None
-    own_cpu = adapter.cpu_call_peak(p.call) if device == "cpu" else None  # an allocator that keeps its memory
-    cpu_peak = rss_peak if own_cpu is None else max(own_cpu, rss_peak or 0)
+    cpu_peak = rss_peak if own is None else max(own, rss_peak or 0)
     stream = {}
     if streams(adapter, case):
         try:
@@ -92,14 +93,16 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
         "valid_tokens_per_s": p.valid_tokens / med, "padded_tokens_per_s": p.padded_tokens / med,
         "sec_per_M_valid_tokens": med / p.valid_tokens * 1e6 if p.valid_tokens else None,
         "floor": p.floor, "work": p.work, "floor_s": floor_s, "fraction_of_floor": floor_s / med if floor_s else None,
-        "device_peak_bytes": device_peak if device != "cpu" else own_cpu, "peak_rss_bytes": rss_peak,
-        "peak_bytes": device_peak if device != "cpu" else cpu_peak,
+        "device_peak_bytes": own, "peak_rss_bytes": rss_peak,
+        "peak_bytes": own if device != "cpu" else cpu_peak,
         **stream,
-        "memory_method": "RSS high-water mark above baseline" if device == "cpu" and own_cpu is None else
+        "memory_method": "RSS high-water mark above baseline" if device == "cpu" and own is None else
         "the larger of the CPU allocator's peak above what it held and the RSS high-water mark above baseline"
         if device == "cpu" else
-        "allocator peak (reset per case)" if adapter.peak_resettable else
-        "allocator peak (fresh process per case)" if own_peak else
+        "not recorded (the allocator keeps no statistics)" if own is None and own_peak else
+        "allocator peak of one call above what it held just before" if adapter.peak_resettable
+        else "allocator peak since the process started above what it held before one call (fresh process per case)"
+        if own_peak else
         "not recorded (the allocator's peak cannot be reset and this worker ran other device work first)",
     }
 

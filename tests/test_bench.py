@@ -75,6 +75,28 @@ def test_floor_primitives_copy_and_multiply_call_after_call(fw, device):
     assert np.allclose(fw.to_numpy(fw._matmul(fw.asarray(a, device), fw.asarray(b, device))), a @ b, rtol=1e-5)
     rates = fw.floors(device, copy_bytes=2**20, gemm_n=64, repeats=2)
     assert rates["copy_bytes_per_s"] > 0 and rates["gemm_flop_per_s"] > 0
+    # the kept copy output is the floors' own: held on through every case after them, it counted in each GPU
+    # case's allocator peak (+256 MiB in torch's at d5b0564)
+    assert "_floor_out" not in fw.__dict__
+
+
+def test_a_gpu_case_peak_is_one_calls_above_what_was_held_before_it(monkeypatch):
+    """torch on a GPU: the peak of one call above what was allocated just before it, not the allocator's peak since
+    the case began (which held the inputs and whatever earlier work left alive). A fake CUDA allocator: 300 bytes
+    held, the call allocates 1000 more at its peak and frees them."""
+    require_torch = pytest.importorskip("torch")
+    fw = adapters.get("torch")
+    state = {"now": 300, "peak": 5000}  # an earlier, bigger peak that a reset must clear
+
+    def call():
+        state["peak"] = max(state["peak"], state["now"] + 1000)
+
+    cuda = types.SimpleNamespace(synchronize=lambda: None, memory_allocated=lambda: state["now"],
+                                 max_memory_allocated=lambda: state["peak"],
+                                 reset_peak_memory_stats=lambda: state.update(peak=state["now"]))
+    monkeypatch.setattr(fw, "torch", types.SimpleNamespace(cuda=cuda, __version__=require_torch.__version__))
+    assert fw.call_peak(call, "gpu") == 1000
+    assert fw.call_peak(call, "cpu") is None
 
 
 @pytest.mark.parametrize("family,ops,variant", [

@@ -93,12 +93,19 @@ class JaxAdapter(JaxOps, JaxLoss, JaxRnn, JaxEmbedding, JaxAttention, Adapter):
     def compile_count(self) -> int:
         return self._compiles
 
-    def peak_memory(self, device: str = "cpu") -> int | None:
-        """The GPU allocator's peak since process start (JAX cannot reset it; see the module docstring)."""
+    def call_peak(self, call, device: str = "cpu") -> int | None:
+        """GPU: the allocator's peak since the process started above what it held just before one call (JAX cannot
+        reset the peak: in a process that ran only this case, that is the case's own calls' working set, its
+        first, compiling call's included). CPU: None (no statistics there; RSS measures it)."""
         if device != "gpu" or "gpu" not in self._devices:
             return None
-        stats = self._device("gpu").memory_stats() or {}
-        return stats.get("peak_bytes_in_use")
+        stats = lambda: self._device("gpu").memory_stats() or {}  # noqa: E731
+        self.sync(device)
+        before = stats().get("bytes_in_use")
+        call()
+        self.sync(device)
+        peak = stats().get("peak_bytes_in_use")
+        return None if before is None or peak is None else max(int(peak) - int(before), 0)
 
     def clear_compiled(self) -> None:
         self._jitted.clear()

@@ -87,8 +87,18 @@ class TorchAdapter(TorchOps, TorchLoss, TorchRnn, TorchAttention, TorchEmbedding
             self.clear_compiled()
             self.torch.cuda.reset_peak_memory_stats()
 
-    def peak_memory(self, device: str = "cpu") -> int | None:
-        return int(self.torch.cuda.max_memory_allocated()) if device == "gpu" else None
+    def call_peak(self, call, device: str = "cpu") -> int | None:
+        """GPU: the caching allocator's peak of allocated bytes during one call (reset just before it) above what
+        was allocated then. CPU: None (plain heap, RSS measures it)."""
+        if device != "gpu":
+            return None
+        cuda = self.torch.cuda
+        cuda.synchronize()
+        before = cuda.memory_allocated()
+        cuda.reset_peak_memory_stats()
+        call()
+        cuda.synchronize()
+        return max(int(cuda.max_memory_allocated()) - int(before), 0)
 
     # -- primitives of the shared algorithms and the floors ---------------------------------------------------
     def _arange(self, n, like):

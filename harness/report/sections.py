@@ -188,9 +188,16 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
     s.p("Peak bytes of one call above what the inputs already hold: on CPU the process's peak RSS above its RSS "
         "just before the call (high-water mark reset per case), or for TensorFlow, whose CPU allocator keeps the "
         "memory its first calls took (RSS then barely grows), the larger of that and its allocator's own peak "
-        "above what it held; on GPU the framework allocator's peak. Allocator caches make small CPU figures noisy "
-        "(a few MB) and can hide a call's working set from RSS (JAX's smaller cases read near 0); differences "
-        "between strategies of one framework are what matters.")
+        "above what it held; on GPU the framework allocator's peak during one call above what it held just before "
+        "(JAX, whose peak cannot be reset, in a process of its own per case: its peak since the process started). "
+        "GPU records of the older method ('allocator peak (reset per case)') count everything the process held "
+        "while the case ran: its inputs and, for torch, the floors' 256 MiB copy buffer. Allocator caches make "
+        "small CPU figures noisy (a few MB) and can hide a call's working set from RSS (JAX's smaller cases read "
+        "near 0); differences between strategies of one framework are what matters.")
+    if not done.empty and "memory_method" in done:
+        how = done.groupby(["device", "framework", done["memory_method"].astype(object).fillna("-")]).size()
+        s.p("How the figures were measured (cases per method):")
+        s.table(how.rename("cases").reset_index())
     rnn = done[done["op"] == "rnn_forward_backward"]
     panels = [("batch", "max_len"), ("max_len", "batch")]
     fig, axes = new_fig(2, h=5.2)
