@@ -104,7 +104,9 @@ class Adapter(abc.ABC):
     peak_resettable: bool = True
 
     def reset_peak_memory(self, device: str = "cpu") -> None:  # noqa: B027 - nothing to reset on CPU
-        """Reset the allocator's peak counter on `device` (GPU only; CPU memory is measured as process RSS)."""
+        """Before a case on `device`: drop what earlier cases left held there and reset its allocator's peak
+        (torch: its CUDA graphs). `call_peak` resets the peak itself where it can, so a framework with nothing
+        else to drop needs none."""
 
     def call_peak(self, call, device: str = "cpu") -> int | None:
         """Bytes by which one `call()` raised the framework's own allocator's peak on `device` above what it held

@@ -101,10 +101,6 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
     def compile_count(self) -> int:
         return self._traces
 
-    def reset_peak_memory(self, device: str = "cpu") -> None:
-        if device == "gpu" and self._gpus:
-            self.tf.config.experimental.reset_memory_stats("GPU:0")
-
     def call_peak(self, call, device: str = "cpu") -> int | None:
         """The allocator's own statistics (peak reset, then peak - current before the call), on the GPU and on the
         CPU: TensorFlow's CPU allocator keeps the memory its first calls took, so after them a masked CE forward +
