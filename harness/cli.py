@@ -228,8 +228,8 @@ def cmd_bench(args) -> int:
     side = []
     if pairs and not args.no_side_by_side and not client:  # on a cluster the cases ran on the nodes, not here
         print(f"varlen bench: timing {len(pairs)} pair(s) again side by side (the padded baseline and each "
-              "profile's fastest strategy, on that profile and on equal lengths, called in alternation in one "
-              "process; --no-side-by-side skips this)")
+              f"profile's fastest strategy, and any other within {speedups.RUNOFF:g}x of it in the sweep, on that "
+              "profile and on equal lengths, called in alternation in one process; --no-side-by-side skips this)")
         side = paired.run(pairs, str(out), timeout=args.timeout)
     speedup = speedups.lines(recs, ops, side)
     if speedup:

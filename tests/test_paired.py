@@ -85,6 +85,32 @@ def test_pairs_are_the_printed_lines_and_the_side_by_side_ratio_follows():
         "on equal lengths the side-by-side figure is a cost (strategy time / fastest), its rounds inverted too"
 
 
+def test_strategies_the_sweep_cannot_order_are_timed_side_by_side_and_the_higher_ratio_wins():
+    # zipf: b is 5% faster than a in the sweep (within the drift: both contend), c 1.75x slower (not timed)
+    recs = [bench_rec("equal", "a", 0.010), bench_rec("equal", "b", 0.008), bench_rec("zipf", "a", 0.0021),
+            bench_rec("zipf", "b", 0.002), bench_rec("zipf", "c", 0.0035)]
+    pairs = speedups.pairs(recs, ("rnn_forward_backward",))
+    assert [(b["key"], w["key"]) for b, w in pairs] == [("b|equal", "b|zipf"), ("b|equal", "a|zipf"),
+                                                        ("b|equal", "a|equal")], \
+        "both contenders on their profile, fastest first, then the one that is not the baseline on equal lengths"
+    side = lambda strategy, ratio: {**bench_rec("zipf", strategy, 0.002), "base_strategy": "b", "ratio": ratio,  # noqa: E731
+                                    "ratio_p25": ratio - 0.1, "ratio_p75": ratio + 0.1, "time": 1.0}
+    zipf = lambda paired: [line for line in speedups.lines(recs, ("rnn_forward_backward",), paired)  # noqa: E731
+                           if " zipf " in line][0]
+    line = zipf([side("b", 3.6), side("a", 4.1)])
+    assert " zipf (75% padding): a [k-a] 3.81x the padded baseline" in line, line
+    assert "; side by side 4.10x (rounds 4.00-4.20, 1.02 of the ideal); also side by side: b [k-b] 3.60x (its " \
+           "sweep time 0.95x this one's)" in line, line
+    line = zipf([side("b", 4.4), side("a", 4.1)])
+    assert " b [k-b] 4.00x the padded baseline" in line and "side by side 4.40x" in line, line
+    assert "also side by side: a [k-a] 4.10x (its sweep time 1.05x this one's)" in line, line
+    line = zipf([side("a", 9.0)])
+    assert " b [k-b] 4.00x" in line and "side by side" not in line, \
+        "the sweep's fastest, not timed side by side, is not overruled by a contender that was"
+    recs[-1]["median_s"] = 0.0025  # within 1.3x of the fastest: a third contender
+    assert ("b|equal", "c|zipf") in [(b["key"], w["key"]) for b, w in speedups.pairs(recs, ("rnn_forward_backward",))]
+
+
 def paired_rec(key, time, ratio=2.0):
     return records.make("paired", key=key, base_key="base", framework="torch", op="rnn_forward_backward",
                         device="cpu", dtype="float32", batch=4, max_len=8, profile="zipf", strategy="s", kernel="k",

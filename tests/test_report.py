@@ -116,6 +116,35 @@ def test_recommendation_picks_fastest_exact_strategy(built):
     assert (zipf["cost on equal lengths"] == 1.0).all(), "each framework's recommendation is its baseline's strategy"
 
 
+def test_the_recommendation_takes_the_side_by_side_winner_of_strategies_the_sweep_cannot_order():
+    recs = fixture_records()
+    loop = next(r for r in recs if r.get("key") == "torch|masked_loop|rnn_forward_backward|8|zipf")
+    packed = next(r for r in recs if r.get("key") == "torch|packed|rnn_forward_backward|8|zipf")
+    assert packed["median_s"] == pytest.approx(0.0014375)  # the headline point is B=8 here
+    loop["median_s"] = 0.0015  # 4% slower than packed in the sweep: within the drift, a contender
+
+    def pair(strategy, ratio):
+        return records.make(source="paired", framework="torch", version="1.0", op="rnn_forward_backward",
+                            device="cpu", dtype="float32", batch=8, max_len=128, **RNN, profile="zipf",
+                            strategy=strategy, kernel=f"{strategy}-kernel", key=f"{strategy}|zipf",
+                            base_strategy="packed", base_kernel="packed-kernel", base_key="packed|equal",
+                            median_s=0.01, base_median_s=0.01 * ratio, ratio=ratio, ratio_p25=ratio,
+                            ratio_p75=ratio, rounds=8, number=1, time=2, host="testhost")
+
+    def torch_zipf(paired):
+        t = report.recommendation_table(report.bench_frame(recs), report.frame(recs, "check"),
+                                        report.frame(recs + paired, "paired"))
+        return t[(t["profile"] == "zipf") & (t["op"] == "RNN forward + backward")].set_index("framework").loc["torch"]
+
+    row = torch_zipf([pair("packed", 1.6), pair("masked_loop", 1.9)])
+    assert row["fastest exact strategy"] == "masked_loop" and row["x side by side"] == 1.9
+    assert row["x vs padded baseline"] == pytest.approx(0.0025 / 0.0015, abs=0.01), "its own sweep time"
+    assert torch_zipf([pair("packed", 1.6)])["fastest exact strategy"] == "packed", "one timed: nothing to compare"
+    loop["median_s"] = 0.002  # 1.39x packed's: the sweep can tell them apart, no runoff
+    row = torch_zipf([pair("packed", 1.6), pair("masked_loop", 1.9)])
+    assert row["fastest exact strategy"] == "packed" and row["x side by side"] == 1.6
+
+
 def test_speedups_timed_side_by_side_are_shown(built):
     _, _, md = built
     section = md.split("## Speedups timed side by side", 1)[1].split("\n## ", 1)[0]

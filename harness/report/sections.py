@@ -20,6 +20,7 @@ from harness.report.tables import (
     recommendation_table,
     setup_floor_rows,
 )
+from harness.speedups import RUNOFF
 
 
 def setup_section(records: list[dict], bench: pd.DataFrame) -> Section:
@@ -74,8 +75,11 @@ def paired_section(records: list[dict]) -> Section:
         "framework's padded baseline (its fastest strategy on equal lengths, same shape) prepared in one process "
         "and called in alternation (each block of timed calls after one untimed call of its own, so neither is timed "
         "on the caches the other left), the order flipped every round, so a machine that slows down between cases "
-        "(shared CPUs drift 20-30% over a minute) slows both alike. 'x side by side' = baseline median / strategy "
-        "median; 'rounds p25-p75' = spread of the per-round ratios; 'ideal x' = padded work / valid work.")
+        "(shared CPUs drift 20-30% over a minute) slows both alike. Where other strategies' sweep times came within "
+        f"{RUNOFF:g}x of the fastest one's (closer than the drift lets a sweep order them), each was timed against the "
+        "baseline the same way, and the highest ratio is the one the recommendation shows: one row per strategy "
+        "timed. 'x side by side' = baseline median / strategy median; 'rounds p25-p75' = spread of the per-round "
+        "ratios; 'ideal x' = padded work / valid work.")
     speed = pr[pr["profile"] != "equal"]
     if not speed.empty:
         t = pd.DataFrame({
@@ -90,10 +94,10 @@ def paired_section(records: list[dict]) -> Section:
         s.table(t.sort_values(["device", "op", "framework", "profile"]))
     equal = pr[pr["profile"] == "equal"]
     if not equal.empty:
-        s.p("On equal lengths (no padding to skip): each strategy that is fastest on some other profile but not "
-            "here, against the fastest strategy here (the padded baseline), timed the same way. 'time / fastest' = "
-            "strategy median / baseline median (above 1.05: it costs more than 5% on unpadded batches); its rounds "
-            "p25-p75 likewise.")
+        s.p("On equal lengths (no padding to skip): each strategy that is fastest (or a contender) on some other "
+            "profile but not here, against the fastest strategy here (the padded baseline), timed the same way. 'time "
+            "/ fastest' = strategy median / baseline median (above 1.05: it costs more than 5% on unpadded batches); "
+            "its rounds p25-p75 likewise.")
         t = pd.DataFrame({
             **_pair_case(equal), "strategy [kernel]": _labelled(equal, ""),
             "fastest [kernel]": _labelled(equal, "base_"),
@@ -316,25 +320,23 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.Dat
     t = recommendation_table(df, check, paired)
     if t.empty:
         return s.p("No strategy benchmarks of an exact (checked) strategy.")
-    s.p("For each op, length profile and device: the fastest strategy of each framework that passed every "
-        "equivalence cell, and the overall winner. 'x vs padded baseline' = time of that framework's fastest exact "
-        "strategy on the fully padded batch (profile equal, same B and T: what ignoring the lengths costs) over "
-        "this time; 'x side by side' = the same ratio with both timed in alternation in one process (see "
-        "'Speedups timed side by side'; the figure to trust where the machine's speed drifts); 'cost on equal "
-        "lengths' = this strategy's time over the baseline's on equal lengths, timed side by side (1 where it is "
-        "the baseline's own strategy; missing where not timed): what it costs where there is no padding; "
-        "'ideal x' = the "
-        "speedup a strategy that skipped all padded work would get (padded work / valid work: valid / padded "
-        "tokens, for attention sum L^2 / B T^2), and 'fraction of ideal' = the ideal time over this time; above 1 "
-        "the strategy also does its valid work faster than the baseline's kernel does (JAX's concat_rows writes "
-        "its scan's gradient out, where the baseline's is JAX's own transpose). For torch RNNs the baseline is one "
-        "fused padded call (oneDNN on CPU, cuDNN on GPU: 'time_sliced' on equal lengths runs exactly that call, kernel "
-        "'sliced[1]x ...'), so on a GPU, where an RNN step is latency-bound, it is also the practical floor: the "
-        "time of the inexact padded cuDNN call a user gives up for correctness. For embeddings and losses it is the "
-        "plain lookup and the loss primitive on the logits as they are (a batch without padding needs no mask, so "
-        "every strategy of those families runs that). Frameworks "
-        "benchmarked but never "
-        "checked are listed as unchecked and never recommended.")
+    s.p("For each op, length profile and device: the fastest strategy of each framework that passed every equivalence "
+        "cell (where several came within the sweep's drift of each other, the one with the highest ratio timed side by"
+        " side), and the overall winner. 'x vs padded baseline' = time of that framework's fastest exact strategy on "
+        "the fully padded batch (profile equal, same B and T: what ignoring the lengths costs) over this time; 'x side"
+        " by side' = the same ratio with both timed in alternation in one process (see 'Speedups timed side by side'; "
+        "the figure to trust where the machine's speed drifts); 'cost on equal lengths' = this strategy's time over "
+        "the baseline's on equal lengths, timed side by side (1 where it is the baseline's own strategy; missing where"
+        " not timed): what it costs where there is no padding; 'ideal x' = the speedup a strategy that skipped all "
+        "padded work would get (padded work / valid work: valid / padded tokens, for attention sum L^2 / B T^2), and "
+        "'fraction of ideal' = the ideal time over this time; above 1 the strategy also does its valid work faster "
+        "than the baseline's kernel does (JAX's concat_rows writes its scan's gradient out, where the baseline's is "
+        "JAX's own transpose). For torch RNNs the baseline is one fused padded call (oneDNN on CPU, cuDNN on GPU: "
+        "'time_sliced' on equal lengths runs exactly that call, kernel 'sliced[1]x ...'), so on a GPU, where an RNN "
+        "step is latency-bound, it is also the practical floor: the time of the inexact padded cuDNN call a user gives"
+        " up for correctness. For embeddings and losses it is the plain lookup and the loss primitive on the logits as"
+        " they are (a batch without padding needs no mask, so every strategy of those families runs that). Frameworks "
+        "benchmarked but never checked are listed as unchecked and never recommended.")
     s.table(t)
     ca = compile_aware_table(df, check)
     if not ca.empty:
