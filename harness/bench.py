@@ -203,7 +203,7 @@ def _run_worker(framework: str, cases: list[dict], out: str, floors: dict, timeo
     remaining = list(cases)
     while remaining:
         proc = spawn("harness.bench", "worker", framework, out, json.dumps(floors),
-                     stdin_text=json.dumps(remaining))
+                     stdin_text=json.dumps(remaining), framework=framework)
         current, done, why = None, 0, ""
         deadline = [time.monotonic() + timeout + 180]  # the first case also pays the import, warm-up and floors
 
@@ -320,7 +320,7 @@ def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float =
                 _run_worker(fw, group, out, floors, timeout, advance)
     for fw in overhead:
         for device in overhead_devices:
-            proc = spawn("harness.overhead", fw, out, device)
+            proc = spawn("harness.overhead", fw, out, device, framework=fw)
             text, err = proc.communicate(timeout=timeout)
             if not quiet:
                 print((text or err[-500:]).strip())

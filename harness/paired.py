@@ -115,7 +115,7 @@ def run(pairs: list[tuple[dict, dict]], out: str, *, timeout: float = 600, quiet
     with Progress(disable=quiet, transient=True) as bar:
         task = bar.add_task("varlen bench: side by side", total=len(pairs))
         for fw, mine in by_fw.items():
-            proc = spawn("harness.paired", "worker", fw, out, stdin_text=json.dumps(mine))
+            proc = spawn("harness.paired", "worker", fw, out, stdin_text=json.dumps(mine), framework=fw)
             killer = threading.Timer(180 + timeout * len(mine), proc.kill)
             killer.start()
             try:

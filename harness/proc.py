@@ -24,11 +24,29 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "XLA_PYTHON_CLIENT_PREALLOCATE": "fal
 #: which only rises after such a buffer is freed, at most to 32 MiB) is mmapped and faulted in again on every call,
 #: depending on the process's history: one torch B=64 T=128 H=128 LSTM forward + backward measured 24 ms or 39 ms.
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"
+#: per framework, added to MALLOC_TUNABLES. JAX: one arena. XLA's CPU runtime allocates a call's buffers on its
+#: worker threads, so from glibc's per-thread arenas, whose heaps are mmapped at most 64 MiB each and unmapped
+#: again when their memory is freed: the buffers were faulted in again on every call whatever the thresholds (a JAX
+#: B=64 T=128 H=128 LSTM forward + backward on equal lengths: 20 700 minor faults, 81 MiB, a call, 117 ms, vs 1 000
+#: and 84 ms in the main arena; the attention baseline 180 MiB, 188 vs 128 ms; only the large padded calls pay it,
+#: so JAX's padded baselines looked 1.3-1.5x slower than their steady state and its speedups that much larger).
+#: Not for TensorFlow: its step loop allocates from many threads at once and one arena's lock cost the Keras LSTM
+#: 17% (61 -> 72 ms, no faults either way); torch faults in neither (41.5 vs 42.7 ms).
+FRAMEWORK_TUNABLES = {"jax": "glibc.malloc.arena_max=1"}
 
 
-def worker_env() -> dict[str, str]:
-    """The environment of a worker process: this one's, plus WORKER_ENV and the malloc tunables."""
-    return {**os.environ, **WORKER_ENV, "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", MALLOC_TUNABLES),
+def malloc_tunables(framework: str | None = None) -> str:
+    """GLIBC_TUNABLES of a worker that runs `framework` (None: no framework's own): the user's own where set, else
+    MALLOC_TUNABLES and the framework's FRAMEWORK_TUNABLES."""
+    if "GLIBC_TUNABLES" in os.environ:
+        return os.environ["GLIBC_TUNABLES"]
+    return ":".join(t for t in (MALLOC_TUNABLES, FRAMEWORK_TUNABLES.get(framework or "")) if t)
+
+
+def worker_env(framework: str | None = None) -> dict[str, str]:
+    """The environment of a worker process (that runs `framework`): this one's, plus WORKER_ENV and the malloc
+    tunables."""
+    return {**os.environ, **WORKER_ENV, "GLIBC_TUNABLES": malloc_tunables(framework),
             "VARLEN_PARENT_PID": str(os.getpid())}
 
 
@@ -44,12 +62,12 @@ def die_with_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it finishes the record
 
 
-def spawn(module: str, *args: str, stdin_text: str = "") -> subprocess.Popen:
-    """A worker `python -m module *args`, fed `stdin_text`, stdout/stderr piped (text)."""
+def spawn(module: str, *args: str, stdin_text: str = "", framework: str | None = None) -> subprocess.Popen:
+    """A worker `python -m module *args` that runs `framework`, fed `stdin_text`, stdout/stderr piped (text)."""
     proc = subprocess.Popen([sys.executable, "-m", module, *args],
                             stdin=subprocess.PIPE if stdin_text else subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=worker_env())
+                            env=worker_env(framework))
     if stdin_text:
         proc.stdin.write(stdin_text)
         proc.stdin.close()

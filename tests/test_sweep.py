@@ -69,6 +69,24 @@ def test_workers_run_with_the_malloc_tunables_unless_the_user_set_their_own(tmp_
     assert [(r["batch"], r["malloc"]) for r in recs] == [(4, MALLOC_TUNABLES), (8, mine)]
 
 
+def test_a_frameworks_own_tunables_reach_its_workers_only(tmp_path, monkeypatch):
+    """JAX's workers run glibc with one arena (`harness.proc.FRAMEWORK_TUNABLES`: XLA allocates on its own threads,
+    whose arenas unmap big buffers when freed); the others keep the common tunables; a user's own win over both."""
+    from harness import proc
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert proc.worker_env("jax")["GLIBC_TUNABLES"] == proc.MALLOC_TUNABLES + ":glibc.malloc.arena_max=1"
+    for fw in ("torch", "tensorflow", "numpy", None):
+        assert proc.worker_env(fw)["GLIBC_TUNABLES"] == proc.MALLOC_TUNABLES, fw
+    monkeypatch.setitem(proc.FRAMEWORK_TUNABLES, "numpy", "glibc.malloc.arena_max=2")  # the sweep's own workers
+    out = tmp_path / "r.jsonl"
+    bench.sweep([case("pad", 4)], str(out), quiet=True)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    assert proc.worker_env("jax")["GLIBC_TUNABLES"] == "glibc.malloc.trim_threshold=0"
+    recs = [r for r in results.read([out]) if r["source"] == "bench"]
+    assert [r["malloc"] for r in recs] == [proc.MALLOC_TUNABLES + ":glibc.malloc.arena_max=2"]
+
+
 def test_jax_gpu_cases_get_a_fresh_worker_each_unless_shared():
     # JAX cannot reset its allocator's peak: by default each of its GPU cases runs alone (its peak is its own);
     # --shared-worker puts them in one worker. CPU cases and torch's (resettable) always share.

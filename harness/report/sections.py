@@ -330,13 +330,15 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.Dat
         " not timed): what it costs where there is no padding; 'ideal x' = the speedup a strategy that skipped all "
         "padded work would get (padded work / valid work: valid / padded tokens, for attention sum L^2 / B T^2), and "
         "'fraction of ideal' = the ideal time over this time; above 1 the strategy also does its valid work faster "
-        "than the baseline's kernel does (JAX's concat_rows writes its scan's gradient out, where the baseline's is "
-        "JAX's own transpose). For torch RNNs the baseline is one fused padded call (oneDNN on CPU, cuDNN on GPU: "
-        "'time_sliced' on equal lengths runs exactly that call, kernel 'sliced[1]x ...'), so on a GPU, where an RNN "
-        "step is latency-bound, it is also the practical floor: the time of the inexact padded cuDNN call a user gives"
-        " up for correctness. For embeddings and losses it is the plain lookup and the loss primitive on the logits as"
-        " they are (a batch without padding needs no mask, so every strategy of those families runs that). Frameworks "
-        "benchmarked but never checked are listed as unchecked and never recommended.")
+        "than the baseline's kernel does, or the baseline paid something the strategy does not (JAX's padded baselines"
+        " faulted their buffers in on every call until its workers ran glibc with one malloc arena: records from "
+        "before read JAX's concat_rows at 1.02-1.32 of the ideal, 0.94-0.95 since). For torch RNNs the baseline is one"
+        " fused padded call (oneDNN on CPU, cuDNN on GPU: 'time_sliced' on equal lengths runs exactly that call, "
+        "kernel 'sliced[1]x ...'), so on a GPU, where an RNN step is latency-bound, it is also the practical floor: "
+        "the time of the inexact padded cuDNN call a user gives up for correctness. For embeddings and losses it is "
+        "the plain lookup and the loss primitive on the logits as they are (a batch without padding needs no mask, so "
+        "every strategy of those families runs that). Frameworks benchmarked but never checked are listed as unchecked"
+        " and never recommended.")
     s.table(t)
     ca = compile_aware_table(df, check)
     if not ca.empty:
