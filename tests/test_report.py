@@ -138,6 +138,14 @@ def test_the_recommendation_takes_the_side_by_side_winner_of_strategies_the_swee
 
     row = torch_zipf([pair("packed", 1.6), pair("masked_loop", 1.9)])
     assert row["fastest exact strategy"] == "masked_loop" and row["x side by side"] == 1.9
+    ca = report.tables.compile_aware_table(report.bench_frame(recs), report.frame(recs, "check"),
+                                           report.frame(recs + [pair("packed", 1.6), pair("masked_loop", 1.9)],
+                                                        "paired")).set_index(["op", "profile"])
+    assert ca.loc[("RNN forward + backward", "zipf"), "best for 10,000 call(s)"] == "torch:masked_loop", \
+        "many calls: the warm time the runoff ranked (2.5 ms / 1.9 < 2.5 ms / 1.6), not the sweep's"
+    ca = report.tables.compile_aware_table(report.bench_frame(recs), report.frame(recs, "check"))
+    assert ca.set_index(["op", "profile"]).loc[("RNN forward + backward", "zipf"), "best for 10,000 call(s)"] == \
+        "torch:packed", "no side-by-side records: the sweep's times"
     assert row["x vs padded baseline"] == pytest.approx(0.0025 / 0.0015, abs=0.01), "its own sweep time"
     assert torch_zipf([pair("packed", 1.6)])["fastest exact strategy"] == "packed", "one timed: nothing to compare"
     loop["median_s"] = 0.002  # 1.39x packed's: the sweep can tell them apart, no runoff

@@ -340,10 +340,11 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.Dat
         "every strategy of those families runs that). Frameworks benchmarked but never checked are listed as unchecked"
         " and never recommended.")
     s.table(t)
-    ca = compile_aware_table(df, check)
+    ca = compile_aware_table(df, check, paired)
     if not ca.empty:
         s.p("Counting compile cost: the fastest exact strategy for a given number of calls, each on a new batch of "
-            "the profile's lengths (compile time + the compiles new batches brought + n x warm time; compiled "
+            "the profile's lengths (compile time + the compiles new batches brought + n x warm time, as the runoff "
+            "above timed it where it decided; compiled "
             "strategies pay their jit / tf.function compile, torch's graph_loop its CUDA-graph capture, once per "
             "shape; the compiles per new batch are those measured over a few fresh batches ('Compile time'), "
             "charged for as many calls, so a strategy whose shapes keep growing past them costs at least this), "

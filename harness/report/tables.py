@@ -9,7 +9,7 @@ import pandas as pd
 from harness.families import OP_TITLES, check_family, family_of, recommended_ops
 from harness.records import COMMON_OPTIONAL, COMMON_REQUIRED, SOURCES
 from harness.report.render import fmt
-from harness.speedups import SHAPE, compiled_shapes, runoff
+from harness.speedups import SHAPE, compiled_shapes, contenders, runoff
 
 
 def frame(records: list[dict], source: str) -> pd.DataFrame:
@@ -305,7 +305,30 @@ __all__ = ["FLOOR_RATES", "MACHINE", "bench_frame", "equivalence_table", "failur
 CALLS = (1, 100, 10_000)
 
 
-def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
+def warm_times(data: pd.DataFrame, paired: pd.DataFrame | None) -> pd.Series:
+    """Each row's warm seconds a call for ranking strategies: its sweep median, except where the sweep could not
+    order a framework's strategies on a profile and they were timed side by side (`runoff`'s contenders, the
+    sweep's fastest among them): there the framework's padded baseline's sweep time over the side-by-side ratio,
+    so that those strategies rank as the recommendation ranks them, on the sweep's scale."""
+    side, out = side_by_side(paired), data["median_s"].astype(float).copy()
+    if not side:
+        return out
+    for (op, device, *_), d in data.groupby(["op", "device", "batch", "max_len", *CONFIG], dropna=False):
+        equal = d[d["profile"] == "equal"]
+        for (fw, profile), g in d.groupby(["framework", "profile"]):
+            if fw not in set(equal["framework"]):
+                continue
+            base = equal[equal["framework"] == fw].sort_values("median_s").iloc[0]
+            ranked = contenders(list(g.iterrows()), lambda ir: ir[1]["median_s"], lambda ir: ir[1]["strategy"])
+            ratios = {i: pair_ratio(side, r, op, device, profile, base["strategy"]) for i, r in ranked}
+            if len(ranked) > 1 and not math.isnan(ratios[ranked[0][0]]):
+                for i, ratio in ratios.items():
+                    if not math.isnan(ratio):
+                        out[i] = base["median_s"] / ratio
+    return out
+
+
+def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per op x device x configuration x profile (headline B, T): the fastest exact strategy when the cost of n
     calls, each on a new batch of the profile's lengths, is `calls_cost` (compile + the compiles new batches bring
     + n x warm time), for n in CALLS; and the break-evens: the strategy that is cheapest for a single call
@@ -319,7 +342,8 @@ def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
     A strategy with no compile time recorded anywhere is left out (its cost of n calls is unknown), as are retraced
     timings (not a warm time). The compiles of new batches (`stream_compile_s` over `stream_batches` fresh batches,
     `harness.bench.stream_compiles`) count 0 where they were not measured (eager frameworks, equal lengths, records
-    older than the measurement)."""
+    older than the measurement). `paired`: the warm time of strategies the sweep could not order but a side-by-side
+    runoff did is their `warm_times` (so the many-calls columns agree with the recommendation)."""
     data = headline(ok(df)[ok(df)["op"].isin(recommended_ops())])
     if data.empty:
         return pd.DataFrame()
@@ -332,6 +356,7 @@ def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame) -> pd.DataFrame:
                        per_batch=(fresh["stream_compile_s"] / fresh["stream_batches"]).fillna(0.0),
                        batches=fresh["stream_batches"].fillna(0.0), impl=data["framework"] + ":" + data["strategy"])
     data = data[data["compile"].notna()]
+    data = data.assign(median_s=warm_times(data, paired))
     varying, rows = _varying(data), []
     for (op, device, *_, profile), g in data.groupby(["op", "device", *CONFIG, "profile"], dropna=False):
         row = {"op": OP_TITLES.get(op, op), "device": device, **{c: g[c].iloc[0] for c in varying},
