@@ -48,7 +48,7 @@ def run(frameworks: list[str], devices: list[str], out: str, *, families: list[s
     run = records.run_id()  # before any worker starts: they inherit it (VARLEN_RUN_ID)
     for device in devices:
         for name in frameworks:
-            proc = spawn("harness.check", name, device, out, ",".join(families or []), framework=name)
+            proc = spawn("harness.check", name, device, out, ",".join(families or []))
             timer = threading.Timer(timeout, proc.kill)
             timer.start()
             try:

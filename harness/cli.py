@@ -83,7 +83,7 @@ def _probe_gpu(frameworks: list[str]) -> None:
 
     blind = []
     for fw in frameworks:
-        proc = spawn("harness.probe", fw, framework=fw)
+        proc = spawn("harness.probe", fw)
         out, err = proc.communicate(timeout=300)
         info = json.loads(out.strip().splitlines()[-1]) if proc.returncode == 0 and out.strip() else {}
         if "gpu" not in info.get("devices", []):

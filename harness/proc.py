@@ -30,8 +30,13 @@ MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_thres
 #: B=64 T=128 H=128 LSTM forward + backward on equal lengths: 20 700 minor faults, 81 MiB, a call, 117 ms, vs 1 000
 #: and 84 ms in the main arena; the attention baseline 180 MiB, 188 vs 128 ms; only the large padded calls pay it,
 #: so JAX's padded baselines looked 1.3-1.5x slower than their steady state and its speedups that much larger).
-#: Not for TensorFlow: its step loop allocates from many threads at once and one arena's lock cost the Keras LSTM
-#: 17% (61 -> 72 ms, no faults either way); torch faults in neither (41.5 vs 42.7 ms).
+#: (Most likely XLA's temporaries of one call, one block above the 64 MiB a thread arena's heap can hold, so mmapped
+#: and unmapped every call: 2 or 4 arenas faulted 0-104 MiB a call from run to run.) What one arena costs: XLA's
+#: compiles take 10-25% longer (the scan case's first call 0.84-0.88 vs 0.75-0.77 s; `make demo`'s JAX check 227
+#: vs 177 s), so only the workers that time get it (`spawn(framework=...)`: bench, side by side, overhead), and
+#: JAX's compile figures carry that cost. Not for TensorFlow: its step loop allocates from many threads at once and
+#: one arena's lock cost the Keras LSTM 17% (61 -> 72 ms, no faults either way); torch faults in neither (41.5 vs
+#: 42.7 ms).
 FRAMEWORK_TUNABLES = {"jax": "glibc.malloc.arena_max=1"}
 
 
@@ -63,7 +68,8 @@ def die_with_parent() -> None:
 
 
 def spawn(module: str, *args: str, stdin_text: str = "", framework: str | None = None) -> subprocess.Popen:
-    """A worker `python -m module *args` that runs `framework`, fed `stdin_text`, stdout/stderr piped (text)."""
+    """A worker `python -m module *args`, fed `stdin_text`, stdout/stderr piped (text); `framework`: the framework
+    whose calls it times (its FRAMEWORK_TUNABLES apply), None for a worker that times nothing."""
     proc = subprocess.Popen([sys.executable, "-m", module, *args],
                             stdin=subprocess.PIPE if stdin_text else subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
