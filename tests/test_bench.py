@@ -59,6 +59,36 @@ def test_measure_case_record_is_consistent():
     assert rec["peak_rss_bytes"] is None or rec["peak_rss_bytes"] >= 0
 
 
+def test_a_case_records_the_memory_its_timed_calls_fault_in_afresh(monkeypatch):
+    """A call whose buffer is mapped anew every time (what JAX's padded calls did in glibc's thread arenas) faults
+    all of it in on every call: the record says how much; a call that reuses its buffer faults nothing in."""
+    import mmap
+
+    size, page = 8 * 2**20, mmap.PAGESIZE
+    kept = bytearray(size)
+
+    def fresh():
+        m = mmap.mmap(-1, size)
+        for i in range(0, size, page):
+            m[i] = 1  # first touch: one fault a page
+        m.close()
+
+    def reuse():
+        for i in range(0, size, page):
+            kept[i] = (kept[i] + 1) % 256
+
+    def record(call):
+        ready = types.SimpleNamespace(call=call, kernel="k", first_call_s=0.0, extra={}, valid_tokens=1,
+                                      padded_tokens=1, padding_fraction=0.0, ideal_share=1.0, floor="copy", work=1.0)
+        monkeypatch.setattr(bench, "prepare", lambda adapter, case: ready)
+        case = {"framework": "numpy", "op": "pad", "device": "cpu", "dtype": "float32", "batch": 1, "max_len": 1,
+                "profile": "equal", "strategy": "pad", "seed": 0}
+        return bench.measure_case(adapters.get("numpy"), case, FLOORS)["faulted_bytes_per_call"]
+
+    assert record(fresh) >= 0.9 * size, "every page of the fresh mapping faults in on every call"
+    assert record(reuse) < 0.1 * size, "a reused buffer stays mapped"
+
+
 def test_floor_primitives_copy_and_multiply_call_after_call(fw, device):
     """The floors' copy returns x's values however often it runs (torch and JAX write into a buffer kept between
     calls, JAX's donated back to it each time) and the product is a @ b: the rates measure real work."""

@@ -153,6 +153,29 @@ def test_the_recommendation_takes_the_side_by_side_winner_of_strategies_the_swee
     assert row["fastest exact strategy"] == "packed" and row["x side by side"] == 1.6
 
 
+def test_the_memory_section_lists_the_cases_whose_calls_fault_their_memory_in_afresh(tmp_path):
+    recs = fixture_records()
+    for r in recs:
+        if r["source"] == "bench" and r["status"] == "ok":
+            r["faulted_bytes_per_call"] = 0.5 * 2**20
+    heavy = next(r for r in recs if r.get("key") == "jax|scan|rnn_forward_backward|64|equal")
+    heavy["faulted_bytes_per_call"], heavy["malloc"] = 81.0 * 2**20, "glibc.malloc.trim_threshold=0"
+
+    def memory(recs):
+        report.build(recs, tmp_path)
+        return (tmp_path / "report.md").read_text().split("## Memory", 1)[1].split("\n## ", 1)[0]
+
+    section = memory(recs)
+    rows = [line for line in section.splitlines() if "MiB" not in line and "glibc" in line]
+    assert "faulted 8 MiB or more in afresh" in section and len(rows) == 1, section
+    assert rows[0] == "| cpu | jax | RNN forward + backward | scan | equal | 64 | 128 | 81 | 30 | " \
+                      "glibc.malloc.trim_threshold=0 |", rows[0]
+    heavy["faulted_bytes_per_call"] = 3.0 * 2**20
+    section = memory(recs)
+    assert "no timed call faulted 8 MiB or more in afresh (the most: 3.0 MiB a call, jax scan" in section, section
+    assert not [line for line in section.splitlines() if "MiB faulted a call" in line]
+
+
 def test_speedups_timed_side_by_side_are_shown(built):
     _, _, md = built
     section = md.split("## Speedups timed side by side", 1)[1].split("\n## ", 1)[0]

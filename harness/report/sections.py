@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.families import OP_TITLES, strategy_ops
@@ -202,6 +203,7 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
         how = done.groupby(["device", "framework", done["memory_method"].astype(object).fillna("-")]).size()
         s.p("How the figures were measured (cases per method):")
         s.table(how.rename("cases").reset_index())
+    faults_paragraph(s, ok(df))
     rnn = done[done["op"] == "rnn_forward_backward"]
     panels = [("batch", "max_len"), ("max_len", "batch")]
     fig, axes = new_fig(2, h=5.2)
@@ -236,6 +238,38 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
         t.columns = [f"{OP_TITLES.get(c, c)} (MiB)" for c in t.columns]
         s.table(t.reset_index())
     return s
+
+
+#: MiB faulted in per timed call from which a case is listed: its time includes faulting that memory in
+FAULTED_MIB = 8
+
+
+def faults_paragraph(s: Section, done: pd.DataFrame) -> None:
+    """The cases whose timed calls faulted FAULTED_MIB or more in afresh on every call (`faulted_bytes_per_call`:
+    memory the allocator gave back to the OS between calls), or one sentence that none did; nothing for records
+    older than the measurement."""
+    if "faulted_bytes_per_call" not in done or done["faulted_bytes_per_call"].isna().all():
+        return
+    mib = pd.to_numeric(done["faulted_bytes_per_call"], errors="coerce").to_numpy(float) / 2**20  # by position
+    many = mib >= FAULTED_MIB
+    heavy = done[many].assign(mib=mib[many])
+    if heavy.empty:
+        worst = done.iloc[int(np.nanargmax(mib))]
+        s.p(f"Page faults: no timed call faulted {FAULTED_MIB} MiB or more in afresh (the most: "
+            f"{np.nanmax(mib):.1f} MiB a call, {worst['framework']} {worst['strategy']} "
+            f"{OP_TITLES.get(worst['op'], worst['op'])}), so no "
+            "time here includes the OS handing a call's buffers back in.")
+        return
+    s.p(f"Page faults: these cases' timed calls each faulted {FAULTED_MIB} MiB or more in afresh (memory the "
+        "allocator returned to the OS after the previous call), so their times include the kernel's page faults, "
+        "not only the computation (JAX's padded calls did so, 80-180 MiB a call, until its workers ran glibc with one "
+        "arena: `harness/proc.py`). The record's 'malloc' field says how the allocator ran.")
+    t = pd.DataFrame({"device": heavy["device"], "framework": heavy["framework"],
+                      "op": heavy["op"].map(lambda op: OP_TITLES.get(op, op)), "strategy": heavy["strategy"],
+                      "profile": heavy["profile"], "B": heavy["batch"], "T": heavy["max_len"],
+                      "MiB faulted a call": heavy["mib"].round(1), "ms a call": (heavy["median_s"] * 1e3).round(2),
+                      "malloc": heavy["malloc"] if "malloc" in heavy else "-"})
+    s.table(t.sort_values("MiB faulted a call", ascending=False))
 
 
 def compile_section(df: pd.DataFrame, out: Path) -> Section:
