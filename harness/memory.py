@@ -44,7 +44,8 @@ def reset_peak() -> bool:
 def minor_faults() -> int | None:
     """Minor page faults of this process so far (every thread), None where the OS does not count them. Over a
     timed loop, faults per call times the page size is the memory each call had faulted in afresh: memory the
-    allocator handed back to the OS after the previous call, whose faulting the call's time includes."""
+    allocator handed back to the OS after the previous call, whose faulting the call's time includes (a lower
+    bound: a fault that maps a transparent huge page counts once, as NumPy's large arrays ask for)."""
     try:
         import resource
     except ImportError:  # not POSIX
