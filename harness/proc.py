@@ -18,12 +18,15 @@ PR_SET_PDEATHSIG = 1
 #: environment every worker gets: quiet frameworks, no GPU memory grabbed up front
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
               "TF_FORCE_GPU_ALLOW_GROWTH": "true", "KERAS_BACKEND": "tensorflow", "PYTHONUNBUFFERED": "1"}
-#: glibc malloc in every worker (unless the user set GLIBC_TUNABLES): blocks up to 256 MiB come from the heap and
+#: glibc malloc in every worker (unless the user set GLIBC_TUNABLES): blocks up to 1 GiB come from the heap and
 #: freed memory stays mapped, so a repeated call reuses pages already faulted in, the steady state of a long-running
 #: process (and what jemalloc/tcmalloc give). With glibc's defaults a large buffer (above the dynamic mmap threshold,
 #: which only rises after such a buffer is freed, at most to 32 MiB) is mmapped and faulted in again on every call,
 #: depending on the process's history: one torch B=64 T=128 H=128 LSTM forward + backward measured 24 ms or 39 ms.
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"
+#: (It was 256 MiB, up to 2026-12-05: the bench records' faulted_bytes_per_call then showed JAX's B=256 and T=512
+#: LSTM cases faulting 415-460 MiB a call, blocks above that threshold, mmapped anew every call: the scan at B=64
+#: T=512 ran 413 ms a call, 320 ms with 1 GiB; torch's and TensorFlow's headline calls unchanged, 43-45 / 64 ms.)
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
 #: per framework, added to MALLOC_TUNABLES. JAX: one arena. XLA's CPU runtime allocates a call's buffers on its
 #: worker threads, so from glibc's per-thread arenas, whose heaps are mmapped at most 64 MiB each and unmapped
 #: again when their memory is freed: the buffers were faulted in again on every call whatever the thresholds (a JAX
