@@ -67,10 +67,10 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
     p = prepare(adapter, case)
     setup_s = time.perf_counter() - t0
     compiles = adapter.compile_count() - c0
-    faults = memory.minor_faults()
+    faulted = memory.faulted_bytes()
     t = timing.measure(p.call, compile_count=adapter.compile_count)
-    if faults is not None:  # per timed call (and the warm-up call measure makes first)
-        faults = (memory.minor_faults() - faults) / (t.repeats * t.number + 1)
+    if faulted is not None:  # per timed call (and the warm-up call measure makes first)
+        faulted = (memory.faulted_bytes() - faulted) / (t.repeats * t.number + 1)
     # one call's peak above what was held just before it (the inputs, what earlier cases left alive): the
     # allocator's own where it has one (every GPU; TensorFlow's CPU allocator, which keeps its memory), else RSS
     own = adapter.call_peak(p.call, device) if own_peak else None
@@ -97,7 +97,7 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
         "sec_per_M_valid_tokens": med / p.valid_tokens * 1e6 if p.valid_tokens else None,
         "floor": p.floor, "work": p.work, "floor_s": floor_s, "fraction_of_floor": floor_s / med if floor_s else None,
         "device_peak_bytes": own, "peak_rss_bytes": rss_peak,
-        "faulted_bytes_per_call": None if faults is None else faults * memory.page_size(),
+        "faulted_bytes_per_call": faulted,
         "peak_bytes": own if device != "cpu" else cpu_peak,
         **stream,
         "memory_method": "RSS high-water mark above baseline" if device == "cpu" and own is None else

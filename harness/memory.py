@@ -41,24 +41,17 @@ def reset_peak() -> bool:
         return False
 
 
-def minor_faults() -> int | None:
-    """Minor page faults of this process so far (every thread), None where the OS does not count them. Over a
-    timed loop, faults per call times the page size is the memory each call had faulted in afresh: memory the
-    allocator handed back to the OS after the previous call, whose faulting the call's time includes (a lower
-    bound: a fault that maps a transparent huge page counts once, as NumPy's large arrays ask for)."""
+def faulted_bytes() -> int | None:
+    """Bytes this process (every thread) has faulted in so far: its minor page faults times the page size, None
+    where the OS does not count them. Over a timed loop, the difference per call is the memory each call had
+    faulted in afresh: memory the allocator handed back to the OS after the previous call, whose faulting the
+    call's time includes (a lower bound: a fault that maps a transparent huge page counts once, as NumPy's large
+    arrays ask for)."""
     try:
         import resource
     except ImportError:  # not POSIX
         return None
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
-
-
-def page_size() -> int:
-    try:
-        import resource
-    except ImportError:
-        return 4096
-    return resource.getpagesize()
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt) * resource.getpagesize()
 
 
 def peak_rss_above_baseline(call) -> int | None:
