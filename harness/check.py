@@ -9,6 +9,7 @@ crash, a lost machine) before its family was done is unchecked, not exact on the
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -40,34 +41,76 @@ def worker(framework: str, device: str, out: str, families: str = "") -> None:
         print(f"DONE {name} {n}", flush=True)
 
 
+def default_jobs() -> int:
+    """Frameworks checked at once on the CPU by default: one per core. A check worker is mostly single-threaded
+    Python and tracing (`make demo`'s check on 2 cores: ~370 s one at a time)."""
+    return os.cpu_count() or 1
+
+
 def run(frameworks: list[str], devices: list[str], out: str, *, families: list[str] | None = None,
         progress: Callable[[str, str, str], None] = lambda fw, device, family: None,
-        timeout: float = 3600) -> list[dict]:
+        timeout: float = 3600, jobs: int = 1) -> list[dict]:
     """Check each (framework, device) in its own process (`families`: only these; default all); a crash or timeout
-    becomes an error record. Returns this run's records."""
+    becomes an error record. On the CPU up to `jobs` frameworks' workers run at once (a check times nothing, and
+    each appends its records under the file's lock); a GPU's run one at a time (two frameworks' allocators on one
+    device: JAX takes 75% of its memory when it starts). Returns this run's records."""
     run = records.run_id()  # before any worker starts: they inherit it (VARLEN_RUN_ID)
+    lock = threading.Lock()  # `progress` is called from one thread at a time
     for device in devices:
-        for name in frameworks:
-            proc = spawn("harness.check", name, device, out, ",".join(families or []))
-            timer = threading.Timer(timeout, proc.kill)
-            timer.start()
-            try:
-                for line in proc.stdout:
-                    if line.startswith("DONE"):
-                        progress(name, device, line.split()[1])
-                proc.wait()
-            finally:
-                timer.cancel()
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            if proc.returncode != 0:
-                why = (f"timed out after {timeout:.0f} s" if proc.returncode == -9 else
-                       f"worker exited with code {proc.returncode}: {proc.stderr.read()[-1500:]}")
-                results.append(out, records.make(
-                    "check", framework=name, version="", device=device, kind="error", op="check", name="worker",
-                    case="", quantity="run", equivalent=False, max_abs_err=float("inf"), kernel="", error=why))
+        stopping = threading.Event()
+        width = max(1, min(jobs if device == "cpu" else 1, len(frameworks)))
+        pending, procs = list(frameworks), []
+
+        def next_worker():
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    name = pending.pop(0)
+                    proc = spawn("harness.check", name, device, out, ",".join(families or []))
+                    procs.append(proc)
+                _supervise(proc, name, device, out, timeout, progress, lock, stopping)
+
+        threads = [threading.Thread(target=next_worker, daemon=True) for _ in range(width)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():  # a join with a timeout lets Ctrl-C through at once
+                    t.join(0.1)
+        finally:  # Ctrl-C (or any error here): no worker outlives the command, and none is recorded as failed
+            stopping.set()
+            with lock:
+                pending.clear()
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
     return results.select(results.read([out]), run=run)
+
+
+def _supervise(proc, name: str, device: str, out: str, timeout: float,
+               progress: Callable[[str, str, str], None], lock: threading.Lock, stopping: threading.Event) -> None:
+    """Follow one check worker to its end: its progress lines, a kill after `timeout`, an error record if it
+    did not exit cleanly (unless the command itself is stopping and killed it)."""
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("DONE"):
+                with lock:
+                    progress(name, device, line.split()[1])
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0 and not stopping.is_set():
+        why = (f"timed out after {timeout:.0f} s" if proc.returncode == -9 else
+               f"worker exited with code {proc.returncode}: {proc.stderr.read()[-1500:]}")
+        results.append(out, records.make(
+            "check", framework=name, version="", device=device, kind="error", op="check", name="worker",
+            case="", quantity="run", equivalent=False, max_abs_err=float("inf"), kernel="", error=why))
 
 
 def failures(recs: list[dict]) -> list[dict]:

@@ -128,8 +128,9 @@ def cmd_check(args) -> int:
     fams = list(dict.fromkeys(args.family or families.FAMILIES))
     bar, task = _progress_bar(len(frameworks) * len(devices) * len(fams), "varlen check")
     with bar:
-        recs = check.run(frameworks, devices, str(out), families=fams, progress=lambda fw, dev, fam: bar.update(
-            task, advance=1, description=f"check {fw} ({dev}): {fam} done"))
+        recs = check.run(frameworks, devices, str(out), families=fams, jobs=args.jobs or check.default_jobs(),
+                         progress=lambda fw, dev, fam: bar.update(task, advance=1,
+                                                                  description=f"check {fw} ({dev}): {fam} done"))
     if args.json:
         for r in recs:
             print(json.dumps(r, allow_nan=True))
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", action="append", choices=list(FAMILIES),
                    help="limit to this op family (repeatable; default: every family)")
     p.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
+    p.add_argument("--jobs", type=_positive("--jobs"), metavar="N",
+                   help="frameworks checked at once on the CPU, one process each (default: one per core; a GPU's "
+                        "are always checked one at a time)")
     p.add_argument("--out", default=str(RESULTS / "check.jsonl"), help="results file (appended to, never rewritten)")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("bench", help="timing / memory sweep, one tidy record per measurement")

@@ -1,0 +1,98 @@
+"""`varlen check`'s workers: several frameworks at once on the CPU, one at a time on a GPU, none left behind."""
+from __future__ import annotations
+
+import _thread
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import check as chk
+from harness import results
+
+# a stand-in check worker: logs when it starts and ends, sleeps, reports one family done
+WORKER = """
+import sys, time
+log, name, sleep = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with open(log, "a") as f:
+    f.write(f"start {name} {time.time()}\\n")
+time.sleep(sleep)
+print("DONE ops 1", flush=True)
+with open(log, "a") as f:
+    f.write(f"end {name} {time.time()}\\n")
+"""
+
+
+def _fake_workers(monkeypatch, log, sleeps: dict[str, float]) -> list[subprocess.Popen]:
+    procs = []
+
+    def spawn(module, name, device, out, families, **kw):
+        assert module == "harness.check"
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(log), name, str(sleeps[name])],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        return procs[-1]
+
+    monkeypatch.setattr(chk, "spawn", spawn)
+    return procs
+
+
+def _spans(log) -> dict[str, tuple[float, float]]:
+    seen: dict[str, dict[str, float]] = {}
+    for line in log.read_text().splitlines():
+        what, name, t = line.split()
+        seen.setdefault(name, {})[what] = float(t)
+    return {name: (s["start"], s["end"]) for name, s in seen.items()}
+
+
+@pytest.mark.parametrize("device, jobs, together", [("cpu", 2, True), ("cpu", 1, False), ("gpu", 3, False)])
+def test_cpu_workers_run_side_by_side_and_a_gpus_one_at_a_time(tmp_path, monkeypatch, device, jobs, together):
+    # `make demo`'s check took ~370 s with its three frameworks one after another on 2 cores, each worker mostly
+    # single-threaded Python and tracing; a GPU's workers must not share it (JAX takes 75% of its memory)
+    log = tmp_path / "log"
+    _fake_workers(monkeypatch, log, {"a": 1.0, "b": 1.0, "c": 0.2})
+    seen = []
+    chk.run(["a", "b", "c"], [device], str(tmp_path / "check.jsonl"), jobs=jobs,
+            progress=lambda fw, dev, fam: seen.append((fw, dev, fam)))
+    spans = _spans(log)
+    assert sorted(seen) == [("a", device, "ops"), ("b", device, "ops"), ("c", device, "ops")]
+    overlap = spans["a"][1] > spans["b"][0] and spans["b"][1] > spans["a"][0]
+    assert overlap == together, spans
+    if not together:
+        order = sorted(spans, key=lambda n: spans[n][0])
+        assert order == ["a", "b", "c"], "one at a time, in the order given"
+        assert all(spans[x][1] <= spans[y][0] for x, y in zip(order, order[1:])), spans
+
+
+def test_ctrl_c_stops_every_check_worker_and_records_none_as_failed(tmp_path, monkeypatch):
+    # Ctrl-C while two workers run: both are killed (none outlives the command), and the one killed mid-family
+    # is not recorded as a failed or timed-out worker (its family has no "done" marker: it stays unchecked)
+    log, out = tmp_path / "log", tmp_path / "check.jsonl"
+    procs = _fake_workers(monkeypatch, log, {"quick": 0.2, "slow": 60.0})
+    with pytest.raises(KeyboardInterrupt):
+        chk.run(["quick", "slow"], ["cpu"], str(out), jobs=2, progress=lambda fw, dev, fam: _thread.interrupt_main())
+    deadline = time.time() + 10
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(procs) == 2 and all(p.poll() is not None for p in procs), "a worker outlived the command"
+    assert procs[1].returncode != 0, "the slow worker was killed, not left to finish"
+    time.sleep(0.3)  # its supervising thread has seen it die by now
+    assert not out.exists() or not [r for r in results.read([out]) if r.get("kind") == "error"]
+
+
+def test_a_worker_that_dies_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+    log, out = tmp_path / "log", tmp_path / "check.jsonl"
+    procs = _fake_workers(monkeypatch, log, {"a": 0.3, "b": 0.3})
+    real_spawn = chk.spawn
+
+    def spawn(module, name, *args, **kw):
+        proc = real_spawn(module, name, *args, **kw)
+        if name == "a":
+            proc.kill()  # a crash: SIGKILL, as the timeout's own kill reads
+        return proc
+
+    monkeypatch.setattr(chk, "spawn", spawn)
+    chk.run(["a", "b"], ["cpu"], str(out), jobs=2)
+    errors = [r for r in results.read([out]) if r.get("kind") == "error"]
+    assert [(r["framework"], r["equivalent"]) for r in errors] == [("a", False)], errors
+    assert "b" in _spans(log) and len(procs) == 2
