@@ -43,7 +43,7 @@ def worker(framework: str, device: str, out: str, families: str = "") -> None:
 
 def default_jobs() -> int:
     """Frameworks checked at once on the CPU by default: one per core. A check worker is mostly single-threaded
-    Python and tracing (`make demo`'s check on 2 cores: ~370 s one at a time)."""
+    Python and tracing (`make demo`'s check on 2 cores: 263 s two at a time, 333 s one at a time)."""
     return os.cpu_count() or 1
 
 
