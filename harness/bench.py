@@ -62,6 +62,9 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
     peak would not be this case's: none is recorded."""
     device = case["device"]
     adapter.reset_peak_memory(device)
+    fresh = streams(adapter, case)  # its fresh batches will run: forget what is compiled now, not after timing
+    if fresh:
+        adapter.clear_compiled()
     c0 = adapter.compile_count()
     t0 = time.perf_counter()
     p = prepare(adapter, case)
@@ -79,7 +82,7 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
     stream = {}
     if streams(adapter, case):
         try:
-            stream = stream_compiles(adapter, case)
+            stream = stream_compiles(adapter, case, warm=fresh)
         except Exception as e:  # noqa: BLE001 - the case's own measurement stands; the stream says why it has none
             stream = {"stream_error": f"{type(e).__name__}: {e}"[:300]}
     rate = floor_rates.get("copy_bytes_per_s" if p.floor == "copy" else "gemm_flop_per_s")
@@ -89,7 +92,8 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
         **case, **p.extra, **t.__dict__, "status": "ok", "kernel": p.kernel,
         "setup_s": setup_s, "compiles_in_setup": compiles, "first_call_s": p.first_call_s,
         # compile time exists only where this case compiled; a shape compiled by an earlier case of the same
-        # worker has none (None, not 0). Eager frameworks never compile: theirs is first-call overhead.
+        # worker has none (None, not 0), unless this case's fresh batches run: it then compiled afresh. Eager
+        # frameworks never compile: theirs is first-call overhead.
         "compile_s": max(p.first_call_s - med, 0.0) if compiles or adapter.compile_count() == 0 else None,
         "valid_tokens": p.valid_tokens, "padded_tokens": p.padded_tokens, "padding_fraction": p.padding_fraction,
         "ideal_share": p.ideal_share,
@@ -136,16 +140,19 @@ def streams(adapter, case: dict) -> bool:
             and adapter.compile_count() > 0)
 
 
-def stream_compiles(adapter, case: dict, batches: int | None = None) -> dict:
+def stream_compiles(adapter, case: dict, batches: int | None = None, warm: bool = False) -> dict:
     """What new lengths cost in compiles: a jitted padded strategy compiles once per padded shape, but a strategy
     whose plan follows the lengths (bucketed, concat_rows, ...) may compile new shapes for a new batch. With every
     compiled function forgotten (what a fresh process has), the case's own batch runs once (its shapes, as the
     case's compile figure counts them), then `batches` fresh batches of the same length distribution (the case's
     seed + 1, + 2, ...): the compiles they add and their seconds (each compiling batch's first call minus its
-    second). Record fields stream_batches, stream_compiles, stream_compile_s."""
+    second). `warm`: the case's own batch is all that ran since everything compiled was forgotten (`measure_case`
+    forgets it before the case when its stream is due, which spares `make demo` one more compile of each case).
+    Record fields stream_batches, stream_compiles, stream_compile_s."""
     batches = stream_batches() if batches is None else batches
-    adapter.clear_compiled()
-    prepare(adapter, case)
+    if not warm:
+        adapter.clear_compiled()
+        prepare(adapter, case)
     before, seconds = adapter.compile_count(), 0.0
     for i in range(1, batches + 1):
         c0 = adapter.compile_count()

@@ -219,6 +219,27 @@ def test_new_batches_compile_only_where_the_plan_follows_the_lengths(name):
     assert again["stream_compiles"] == first["stream_compiles"], (first, again)
 
 
+@pytest.mark.parametrize("name", framework_params(["jax"]))
+def test_a_streamed_case_compiles_afresh_once_and_its_fresh_batches_count_as_from_a_cold_start(name, monkeypatch):
+    """A case whose fresh batches are due forgets what is compiled before it runs, not after it is timed: its
+    compile figure is a fresh process's even where an earlier case compiled its shapes, its own batch is prepared
+    (and compiled) once, not again for the stream, and the stream counts what it counts from a cold start."""
+    adapter = adapters.get(name)
+    case = dict(op="attention_forward_backward", framework=name, device="cpu", dtype="float32",
+                batch=axes.HEADLINE["batch"], max_len=axes.HEADLINE["max_len"], profile="lognormal", seed=0,
+                heads=2, kv_heads=1, head_dim=8, causal=False, strategy="bucketed")
+    monkeypatch.setenv(bench.STREAM_ENV, "2")
+    cold = bench.stream_compiles(adapter, case)
+    bench.prepare(adapter, case)  # its shapes are compiled now, as an earlier case of the worker may leave them
+    seeds, real = [], bench.prepare
+    monkeypatch.setattr(bench, "prepare", lambda a, c: seeds.append(c["seed"]) or real(a, c))
+    rec = bench.measure_case(adapter, case, FLOORS)
+    assert seeds == [0, 1, 2], "the case's own batch once, then the two fresh ones"
+    assert rec["compiles_in_setup"] > 0 and rec["compile_s"] is not None, rec
+    assert {k: rec[k] for k in ("stream_batches", "stream_compiles")} == {
+        "stream_batches": 2, "stream_compiles": cold["stream_compiles"]}, (rec, cold)
+
+
 def test_fresh_batches_run_for_compiled_ragged_headline_cases_unless_turned_off(monkeypatch):
     compiled, eager = types.SimpleNamespace(compile_count=lambda: 3), types.SimpleNamespace(compile_count=lambda: 0)
     case = dict(op="attention_forward_backward", profile="lognormal", batch=axes.HEADLINE["batch"],
@@ -240,7 +261,7 @@ def test_a_failing_fresh_batch_keeps_the_case_measured(monkeypatch):
                 batch=axes.HEADLINE["batch"], max_len=axes.HEADLINE["max_len"], profile="lognormal", seed=0,
                 classes=16)
 
-    def broken(adapter, case, batches=None):
+    def broken(adapter, case, batches=None, warm=False):
         raise MemoryError("fresh batch 2")
 
     monkeypatch.setattr(bench, "stream_compiles", broken)
