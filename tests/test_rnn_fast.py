@@ -239,7 +239,8 @@ def test_time_sliced_over_several_segments(name, cell, side, layers, bi, dtype):
                          ids=["all-empty", "T0", "one", "full-right", "full-left"])
 def test_time_sliced_edge_batches(name, plain, strategy, lengths, T, side):
     """Degenerate batches; full rows are one segment of the whole batch over every step, which runs the plain
-    strategy's own call (JAX: scan's jit, TF: the Keras layers' tf.function; the same outputs to the last bit)."""
+    strategy's own call (TF: the Keras layers' tf.function, the same outputs to the last bit; JAX: scan's without
+    its masks, as nothing is padded: the same to float64 rounding)."""
     require(name)
     fw = adapters.get(name)
     spec = RnnSpec("lstm", input_size=2, hidden_size=3, bidirectional=True)
@@ -251,7 +252,10 @@ def test_time_sliced_edge_batches(name, plain, strategy, lengths, T, side):
         params = init_params(spec, seed=2, dtype="float64")
         got, want = (fw.rnn(spec, params, x, np.array(lengths), side=side, strategy=s)
                      for s in ("time_sliced", strategy))
-        np.testing.assert_array_equal(fw.to_numpy(got.outputs), fw.to_numpy(want.outputs))
+        if name == "jax":
+            np.testing.assert_allclose(fw.to_numpy(got.outputs), fw.to_numpy(want.outputs), rtol=1e-14, atol=1e-15)
+        else:
+            np.testing.assert_array_equal(fw.to_numpy(got.outputs), fw.to_numpy(want.outputs))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -482,3 +486,22 @@ def test_jax_fast_strategies_unrolled_as_on_a_gpu(strategy, lengths, T, kernel, 
     bad, out = against_reference(fw, spec, lengths, T, side=side, dtype=dtype, seed=5, strategy=strategy)
     assert not bad, f"jax {strategy} unroll 8 {cell} side={side} {dtype} kernel={out.kernel}: {bad}"
     assert out.kernel.startswith("xla-scan unroll8 ") and kernel in out.kernel, out.kernel
+
+
+@pytest.mark.parametrize("strategy", ["bucketed", "time_sliced"])
+@pytest.mark.parametrize("cell, side, layers, bi, dtype", PAIRWISE, ids=lambda v: str(v))
+def test_jax_full_rows_run_the_scan_without_its_masks(strategy, cell, side, layers, bi, dtype):
+    """A batch whose every row is T long is one bucket / one segment of everything: JAX runs it as the scan
+    without its per-step selects (nothing is padded), which must match the reference in every cell, side,
+    direction and dtype, and is what ran (the jitted networks are keyed by their algorithm)."""
+    require("jax")
+    fw = adapters.get("jax")
+    spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=layers, bidirectional=bi)
+    bad, out = against_reference(fw, spec, np.array([7, 7, 7, 7]), 7, side=side, dtype=dtype, seed=4,
+                                 strategy=strategy)
+    assert not bad, f"{strategy} {cell} side={side} {dtype}: {bad}"
+    assert out.kernel.endswith("[1]"), out.kernel
+    assert ("rnn_vjp", spec, ("full", 1), side) in fw._jitted, "the unmasked scan ran"
+    bad, out = against_reference(fw, spec, np.array([7, 6, 7, 7]), 7, side=side, dtype=dtype, seed=4,
+                                 strategy=strategy)
+    assert not bad, f"{strategy} {cell} side={side} {dtype}, one row short: {bad}"

@@ -132,8 +132,9 @@ class JaxRnn:
 
     def _plain_scan(self, spec, params, x, lengths, cotangents, side, device, kernel: str):
         """The masked scan's own jitted call under another strategy's kernel name (a plan that is the whole
-        batch, or runs nothing)."""
-        algo = ("masked", _unroll(device))
+        batch, or runs nothing); where every row is T long (nothing is padded), the same scan without its masks."""
+        full = np.asarray(lengths).size > 0 and bool((np.asarray(lengths) == x.shape[1]).all())
+        algo = ("full" if full else "masked", _unroll(device))
         if cotangents is None:
             return self._rnn_forward(algo, spec, params, x, lengths, side, device)._replace(kernel=kernel)
         out, grads = self._rnn_vjp(algo, spec, params, x, lengths, cotangents, side, device)
@@ -435,6 +436,8 @@ class JaxRnn:
             for d, p in enumerate(layer):
                 if algorithm == "masked":
                     y, state = self._masked_scan(spec.cell, p, layer_in, valid, d == 1, unroll)
+                elif algorithm == "full":
+                    y, state = self._full_scan(spec.cell, p, layer_in, d == 1, unroll)
                 else:
                     y, state = self._flip_scan(spec.cell, p, layer_in, lengths, d == 1)
                 outs.append(y)
@@ -491,6 +494,20 @@ class JaxRnn:
         proj = x @ p["w_ih"].T + p["b_ih"]  # input projection of all steps, hoisted out of the loop
         init = self._zero_state(cell, x, p) if init is None else init
         carry, ys = self.lax.scan(step, init, (proj, valid), reverse=reverse, unroll=unroll)
+        return ys, carry
+
+    def _full_scan(self, cell: str, p: dict, x, reverse: bool, unroll: int):
+        """One direction of one layer over rows that are all T long (the caller knows the lengths): "scan" without
+        its per-step selects, which cost it ~5% against the unmasked "scan_flip" on equal lengths (XLA:CPU, LSTM
+        B=64 T=128 H=128, forward + backward)."""
+        step_fn = self._cell(cell, p)
+
+        def step(carry, xt):
+            new = step_fn(carry, xt)
+            return new, new[0]
+
+        proj = x @ p["w_ih"].T + p["b_ih"]
+        carry, ys = self.lax.scan(step, self._zero_state(cell, x, p), proj, reverse=reverse, unroll=unroll)
         return ys, carry
 
     def _flip_scan(self, cell: str, p: dict, x, lengths, reverse: bool):
