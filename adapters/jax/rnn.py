@@ -27,7 +27,8 @@ once per new bucket shape, a bounded set):
   results are concatenated and put back in row order, parameter gradients summed over buckets. Exact by
   construction: a trimmed step is padding for every row of its bucket. Kernel "xla-scan bucketed[k]". On XLA:CPU
   (LSTM B=64 T=128 H=128, forward+backward) ~2.4x on a lognormal batch and ~5x on a zipf one; on an equal batch
-  it is one bucket, the whole batch in order, i.e. "scan". The price: one compile per new bucket shape (~1-3 s).
+  it is one bucket, the whole batch in order, i.e. "scan" (without its masks where every row is T long: nothing is
+  padded, and the LSTM's per-step selects cost "scan" ~5% there). The price: one compile per new bucket shape (~1-3 s).
   An unmasked "saturated gate" scan was not added: it keeps every padded step, and the unmasked "scan_flip" is no
   faster than "scan" on CPU, so removing the per-step `where` cannot pay.
 - "time_sliced": the rows sorted by length (in the jit), the time axis cut into <= 8 segments by the shared
@@ -38,7 +39,8 @@ once per new bucket shape, a bounded set):
   outputs there are 0. The reverse direction runs forward on each row reversed within its length. Unlike
   bucketing, no step is repeated and a segment pays only its own rows: ~7 us per row-step and ~20-30 us per step
   on XLA:CPU (LSTM H=128, forward+backward), so the padded row-steps are what it removes. Kernel
-  "xla-scan sliced[k]"; one segment of the whole batch over every step is "scan"'s own call.
+  "xla-scan sliced[k]"; one segment of the whole batch over every step is "scan"'s own call (unmasked where
+  every row is T long, as for "bucketed").
 - "concat_rows": several sequences end to end in each row of a [rows, steps] grid (`adapters.spec.pack_rows` with
   no separator: first-fit decreasing into rows as long as the longest sequence rounded up the time ladder, the row
   count on a quarter ladder), one scan per direction over the whole grid whose carry is set to 0 (`jnp.where`) at
