@@ -1,15 +1,19 @@
 """`varlen check`'s workers: several frameworks at once on the CPU, one at a time on a GPU, none left behind."""
 from __future__ import annotations
 
-import _thread
+import json
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from harness import check as chk
 from harness import results
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # a stand-in check worker: logs when it starts and ends, sleeps, reports one family done
 WORKER = """
@@ -64,19 +68,48 @@ def test_cpu_workers_run_side_by_side_and_a_gpus_one_at_a_time(tmp_path, monkeyp
         assert all(spans[x][1] <= spans[y][0] for x, y in zip(order, order[1:])), spans
 
 
-def test_ctrl_c_stops_every_check_worker_and_records_none_as_failed(tmp_path, monkeypatch):
+# `varlen check` interrupted while two stand-in workers run (a real SIGINT to a process of its own: pytest-xdist's
+# workers ignore SIGINT); it prints the workers' pids and exits 130 as the CLI does
+INTERRUPTED = """
+import json, signal, subprocess, sys, time
+from harness import check as chk
+signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever the test runner left to its children
+log, out, worker = sys.argv[1], sys.argv[2], sys.argv[3]
+procs = []
+def spawn(module, name, device, out, families, **kw):
+    procs.append(subprocess.Popen([sys.executable, "-c", worker, log, name, {"quick": "0.2", "slow": "60"}[name]],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs[-1]
+chk.spawn = spawn
+try:
+    chk.run(["quick", "slow"], ["cpu"], out, jobs=2, progress=lambda fw, dev, fam: print("PROGRESS", flush=True))
+except KeyboardInterrupt:
+    time.sleep(0.5)  # the threads that followed the workers see them die meanwhile
+    print(json.dumps([p.pid for p in procs]), flush=True)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_every_check_worker_and_records_none_as_failed(tmp_path):
     # Ctrl-C while two workers run: both are killed (none outlives the command), and the one killed mid-family
     # is not recorded as a failed or timed-out worker (its family has no "done" marker: it stays unchecked)
     log, out = tmp_path / "log", tmp_path / "check.jsonl"
-    procs = _fake_workers(monkeypatch, log, {"quick": 0.2, "slow": 60.0})
-    with pytest.raises(KeyboardInterrupt):
-        chk.run(["quick", "slow"], ["cpu"], str(out), jobs=2, progress=lambda fw, dev, fam: _thread.interrupt_main())
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(log), str(out), WORKER], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "PROGRESS", proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    pids = json.loads(stdout.strip().splitlines()[-1])
+    assert len(pids) == 2, pids
     deadline = time.time() + 10
-    while any(p.poll() is None for p in procs) and time.time() < deadline:
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.time() < deadline:
         time.sleep(0.05)
-    assert len(procs) == 2 and all(p.poll() is not None for p in procs), "a worker outlived the command"
-    assert procs[1].returncode != 0, "the slow worker was killed, not left to finish"
-    time.sleep(0.3)  # its supervising thread has seen it die by now
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "a worker outlived the command"
+    assert "end slow" not in log.read_text(), "the slow worker was killed, not left to finish"
     assert not out.exists() or not [r for r in results.read([out]) if r.get("kind") == "error"]
 
 
