@@ -27,6 +27,8 @@ def varlen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     ["check", "--framework", "tensorflw"],
     ["check", "--framework", "numpy"],
     ["check", "--family", "rnns"],
+    ["check", "--jobs", "0"],
+    ["check", "--jobs", "two"],
     ["bench", "--framework", "torch", "--op", "mask", "--profile", "gaussian"],
     ["bench", "--op", "foo"],
     ["bench", "--batch", "0"],
