@@ -15,13 +15,19 @@ from harness import results
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# a stand-in check worker: logs when it starts and ends, sleeps, reports one family done
+# a stand-in check worker: logs when it starts and ends, sleeps, reports one family done; "noisy" writes 1 MB of
+# warnings to stderr first, and "crash" exits 3 after its last words there
 WORKER = """
 import sys, time
 log, name, sleep = sys.argv[1], sys.argv[2], float(sys.argv[3])
 with open(log, "a") as f:
     f.write(f"start {name} {time.time()}\\n")
+if name == "noisy":
+    sys.stderr.write("W: a framework's warning\\n" * 40000)
 time.sleep(sleep)
+if name == "crash":
+    sys.stderr.write("Traceback ...\\nRuntimeError: the last words\\n")
+    sys.exit(3)
 print("DONE ops 1", flush=True)
 with open(log, "a") as f:
     f.write(f"end {name} {time.time()}\\n")
@@ -129,3 +135,17 @@ def test_a_worker_that_dies_is_recorded_and_the_others_go_on(tmp_path, monkeypat
     errors = [r for r in results.read([out]) if r.get("kind") == "error"]
     assert [(r["framework"], r["equivalent"]) for r in errors] == [("a", False)], errors
     assert "b" in _spans(log) and len(procs) == 2
+
+
+def test_a_worker_that_writes_much_to_stderr_finishes_and_one_that_crashes_leaves_its_last_words(tmp_path, monkeypatch):
+    # a pipe holds 64 KiB: a worker whose stderr nobody read until it exited would block on its warnings until the
+    # timeout killed it, and be recorded as timed out
+    log, out = tmp_path / "log", tmp_path / "check.jsonl"
+    _fake_workers(monkeypatch, log, {"noisy": 0.1, "crash": 0.1})
+    t = time.time()
+    chk.run(["noisy", "crash"], ["cpu"], str(out), jobs=1, timeout=20)
+    assert time.time() - t < 15, "the noisy worker blocked on its stderr"
+    assert "end noisy" in log.read_text()
+    errors = [r for r in results.read([out]) if r.get("kind") == "error"]
+    assert [r["framework"] for r in errors] == ["crash"], errors
+    assert "exited with code 3" in errors[0]["error"] and "RuntimeError: the last words" in errors[0]["error"]
