@@ -25,7 +25,7 @@ from harness import memory, records, results, timing
 from harness.axes import HEADLINE, case_key
 from harness.families import family_of, recommended_ops
 from harness.families.base import Prepared
-from harness.proc import die_with_parent, spawn
+from harness.proc import die_with_parent, spawn, stderr_tail
 
 
 class Ready:
@@ -215,6 +215,7 @@ def _run_worker(framework: str, cases: list[dict], out: str, floors: dict, timeo
     while remaining:
         proc = spawn("harness.bench", "worker", framework, out, json.dumps(floors),
                      stdin_text=json.dumps(remaining), framework=framework)
+        tail = stderr_tail(proc)
         current, done, why = None, 0, ""
         deadline = [time.monotonic() + timeout + 180]  # the first case also pays the import, warm-up and floors
 
@@ -262,7 +263,7 @@ def _run_worker(framework: str, cases: list[dict], out: str, floors: dict, timeo
             return
         lost = current if current is not None else done
         why = (f"timed out after {timeout:.0f} s" if proc.returncode == -9 and time.monotonic() > deadline[0]
-               else f"worker exited with code {proc.returncode}: {proc.stderr.read()[-400:]}")
+               else f"worker exited with code {proc.returncode}: {tail()[-400:]}")
         results.append(out, _failed(remaining[lost], why))
         progress(remaining[lost])
         remaining = remaining[lost + 1:]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from harness import records, results
 from harness.families import FAMILIES
-from harness.proc import die_with_parent, spawn
+from harness.proc import die_with_parent, spawn, stderr_tail
 
 
 def worker(framework: str, device: str, out: str, families: str = "") -> None:
@@ -91,18 +91,9 @@ def run(frameworks: list[str], devices: list[str], out: str, *, families: list[s
 def _supervise(proc, name: str, device: str, out: str, timeout: float,
                progress: Callable[[str, str, str], None], lock: threading.Lock, stopping: threading.Event) -> None:
     """Follow one check worker to its end: its progress lines, a kill after `timeout`, an error record if it
-    did not exit cleanly (unless the command itself is stopping and killed it). Its stderr is read as it comes
-    (the tail kept for the record): a worker that wrote more than a pipe holds would otherwise block until killed."""
-    timer = threading.Timer(timeout, proc.kill)
-    tail: list[str] = []
-
-    def drain():
-        for line in proc.stderr:
-            tail.append(line)
-            del tail[:-200]
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    did not exit cleanly (unless the command itself is stopping and killed it), with its stderr's tail
+    (`stderr_tail`: read as it comes)."""
+    timer, tail = threading.Timer(timeout, proc.kill), stderr_tail(proc)
     timer.start()
     try:
         for line in proc.stdout:
@@ -115,10 +106,9 @@ def _supervise(proc, name: str, device: str, out: str, timeout: float,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        reader.join(5)
     if proc.returncode != 0 and not stopping.is_set():
         why = (f"timed out after {timeout:.0f} s" if proc.returncode == -9 else
-               f"worker exited with code {proc.returncode}: {''.join(tail)[-1500:]}")
+               f"worker exited with code {proc.returncode}: {tail()[-1500:]}")
         results.append(out, records.make(
             "check", framework=name, version="", device=device, kind="error", op="check", name="worker",
             case="", quantity="run", equivalent=False, max_abs_err=float("inf"), kernel="", error=why))

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from harness import records, results
-from harness.proc import die_with_parent, spawn
+from harness.proc import die_with_parent, spawn, stderr_tail
 from harness.speedups import SHAPE
 
 #: how long one pair is timed (after its first calls), and the bounds on its rounds
@@ -116,6 +116,7 @@ def run(pairs: list[tuple[dict, dict]], out: str, *, timeout: float = 600, quiet
         task = bar.add_task("varlen bench: side by side", total=len(pairs))
         for fw, mine in by_fw.items():
             proc = spawn("harness.paired", "worker", fw, out, stdin_text=json.dumps(mine), framework=fw)
+            tail = stderr_tail(proc)
             killer = threading.Timer(180 + timeout * len(mine), proc.kill)
             killer.start()
             try:
@@ -134,7 +135,7 @@ def run(pairs: list[tuple[dict, dict]], out: str, *, timeout: float = 600, quiet
                     proc.wait()
             if proc.returncode and not quiet:
                 print(f"varlen bench: side-by-side worker for {fw} exited with code {proc.returncode}: "
-                      f"{proc.stderr.read().strip()[-300:]}", file=sys.stderr)
+                      f"{tail().strip()[-300:]}", file=sys.stderr)
     return [r for r in results.select(results.read([out]), run=run_id) if r["source"] == "paired"]
 
 

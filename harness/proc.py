@@ -4,7 +4,8 @@
 Ctrl-C reaches only the parent, which decides what to finish); the worker's first act is `die_with_parent()`:
 SIGKILL when its parent dies (Linux `PR_SET_PDEATHSIG`), so a killed `varlen bench` never leaves a worker
 appending to its results file. Framework log noise (TF's CUDA probing, XLA's banners) is kept out of varlen's
-output: the worker's stderr is captured and only its tail is shown, with the reason, when the worker fails.
+output: the worker's stderr is captured (read as it comes, `stderr_tail`) and only its tail is shown, with the
+reason, when the worker fails.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 #: environment every worker gets: quiet frameworks, no GPU memory grabbed up front
@@ -68,6 +71,28 @@ def die_with_parent() -> None:
     if parent and os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it finishes the record
+
+
+def stderr_tail(proc: subprocess.Popen, keep: int = 200) -> Callable[[], str]:
+    """Read `proc`'s stderr as it comes, in a thread of its own, keeping its last `keep` lines, for a parent that
+    follows the worker's stdout: a worker whose stderr nobody reads blocks once it has written what a pipe holds
+    (64 KiB of framework warnings) and sits there until a timeout kills it. Returns a function that gives the tail
+    (all of it once the worker has exited)."""
+    lines: list[str] = []
+
+    def drain():
+        for line in proc.stderr:
+            lines.append(line)
+            del lines[:-keep]
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+
+    def tail() -> str:
+        if proc.poll() is not None:
+            reader.join(5)
+        return "".join(lines)
+    return tail
 
 
 def spawn(module: str, *args: str, stdin_text: str = "", framework: str | None = None) -> subprocess.Popen:

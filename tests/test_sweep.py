@@ -128,3 +128,23 @@ def test_a_shared_worker_records_no_peak_it_cannot_reset(monkeypatch):
     shared = bench.measure_case(Adapter(), c, {"copy_bytes_per_s": 1e9}, own_peak=False)
     assert shared["device_peak_bytes"] is None and shared["peak_bytes"] is None
     assert shared["memory_method"].startswith("not recorded")
+
+
+def test_a_worker_that_writes_much_to_stderr_is_not_blocked_by_it(tmp_path, monkeypatch):
+    """PYTHONVERBOSE=1 logs every import to stderr: ~95 KB before a worker measures anything, more than a pipe
+    holds (64 KiB). Unread until the worker exited, it blocked there until the watchdog killed it (185 s here); the
+    parent now reads it as it comes (`harness.proc.stderr_tail`), in the sweep and in the side-by-side runoff."""
+    import time
+
+    from harness import paired
+
+    monkeypatch.setenv("PYTHONVERBOSE", "1")
+    out = tmp_path / "r.jsonl"
+    t = time.monotonic()
+    bench.sweep([case("mask", 4), case("mask", 4, profile="equal")], str(out), timeout=5, quiet=True)
+    recs = [r for r in results.read([out]) if r.get("source") == "bench"]
+    assert [r["status"] for r in recs] == ["ok", "ok"], recs
+    base, best = ({**r, "key": r["key"]} for r in sorted(recs, key=lambda r: r["profile"] != "equal"))
+    got = paired.run([(base, best)], str(out), timeout=5, quiet=True)
+    assert len(got) == 1 and got[0]["ratio"] > 0, got
+    assert time.monotonic() - t < 120, "a worker sat blocked on its stderr"
