@@ -135,7 +135,8 @@ class JaxRnn:
     def _plain_scan(self, spec, params, x, lengths, cotangents, side, device, kernel: str):
         """The masked scan's own jitted call under another strategy's kernel name (a plan that is the whole
         batch, or runs nothing); where every row is T long (nothing is padded), the same scan without its masks."""
-        full = np.asarray(lengths).size > 0 and bool((np.asarray(lengths) == x.shape[1]).all())
+        L = np.asarray(lengths)
+        full = L.size > 0 and bool((L == x.shape[1]).all())
         algo = ("full" if full else "masked", _unroll(device))
         if cotangents is None:
             return self._rnn_forward(algo, spec, params, x, lengths, side, device)._replace(kernel=kernel)
