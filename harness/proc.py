@@ -54,6 +54,33 @@ def malloc_tunables(framework: str | None = None) -> str:
     return ":".join(t for t in (MALLOC_TUNABLES, FRAMEWORK_TUNABLES.get(framework or "")) if t)
 
 
+#: mallopt(3)'s parameter numbers (<malloc.h>) of the GLIBC_TUNABLES varlen sets: glibc applies both through the
+#: same setters. mallopt takes an int, so a larger value is clamped to 2**31 - 1 (a trim threshold of 2 GiB for 4:
+#: either keeps every freed page mapped in these processes).
+MALLOPT = {"glibc.malloc.trim_threshold": -1, "glibc.malloc.mmap_threshold": -3, "glibc.malloc.arena_max": -8}
+
+
+def adopt_malloc_tunables(framework: str | None = None) -> str | None:
+    """Give this process the malloc settings of a worker that times `framework` (`malloc_tunables`), for a process
+    that times calls but was not started by varlen: asv starts one process per benchmark with one environment for
+    every framework, and glibc reads GLIBC_TUNABLES only at start, so they are set here with mallopt(3). Call it
+    before the framework starts its threads: arena_max bounds the arenas created after it. A user's own
+    GLIBC_TUNABLES (applied at start) is left alone. Returns the settings adopted, None where nothing was done
+    (the user's own, or no glibc)."""
+    if "GLIBC_TUNABLES" in os.environ:
+        return None
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return None
+    tunables = malloc_tunables(framework)
+    for item in tunables.split(":"):
+        name, _, value = item.partition("=")
+        if not mallopt(ctypes.c_int(MALLOPT[name]), ctypes.c_int(min(int(value), 2**31 - 1))):
+            raise OSError(f"mallopt refused {item}")
+    return tunables
+
+
 def worker_env(framework: str | None = None) -> dict[str, str]:
     """The environment of a worker process (that runs `framework`): this one's, plus WORKER_ENV and the malloc
     tunables."""

@@ -5,7 +5,7 @@ import itertools
 import os
 
 import adapters
-from harness import axes, bench
+from harness import axes, bench, proc
 from harness.proc import WORKER_ENV
 
 for _k, _v in WORKER_ENV.items():  # asv runs suites in its own processes: the same quiet framework settings
@@ -21,8 +21,11 @@ def impls(family: str | None = None) -> list[str]:
 
 
 def setup_case(impl: str, **case) -> tuple[object, bench.Ready]:
-    """(adapter, prepared case); NotImplementedError (asv: skipped) when the framework or device is missing."""
+    """(adapter, prepared case); NotImplementedError (asv: skipped) when the framework or device is missing. The
+    process first takes the malloc settings `varlen bench`'s workers time this framework with (before the framework
+    starts a thread), so asv's time_* and peakmem_* figures are of the same steady state as its records."""
     framework = impl.partition(":")[0]
+    proc.adopt_malloc_tunables(framework)
     if framework not in adapters.available():
         raise NotImplementedError(f"{framework} is not installed")
     adapter = adapters.get(framework)

@@ -39,3 +39,23 @@ def test_tracks_skip_unmeasured_cases_instead_of_failing():
     t = bench_rnn.RnnTracks()
     assert t.track_sec_per_M_valid_tokens(ok, "torch:packed", "gpu", "equal") == 2.0
     assert t.track_times_floor(ok, "torch:packed", "gpu", "equal") == 4.0
+
+
+def test_a_benchmark_process_times_with_the_malloc_settings_of_varlen_bench(monkeypatch):
+    """asv starts each benchmark's process itself, with one environment for every framework: `setup_case` gives it
+    the malloc settings of a `varlen bench` worker of that framework before the framework starts a thread (JAX's:
+    one arena for XLA's threads, whose own arenas unmapped a padded call's buffers after every call). Without
+    them, here, a JAX LSTM case's threads spread over 16 arenas."""
+    from tests.conftest import require
+
+    require("jax")
+    probe = ("import ctypes, sys\nfrom suites import common\n"
+             "_, ready = common.setup_case('jax:scan', op='rnn_forward_backward', device='cpu', profile='lognormal',"
+             " batch=8, max_len=16, cell='lstm', hidden=16, input_size=16, num_layers=1, bidirectional=False)\n"
+             "ready.call(); ready.call(); sys.stdout.flush()\n"
+             "ctypes.CDLL('libc.so.6').malloc_stats()  # on stderr: one 'Arena N:' block per arena\n")
+    env = {k: v for k, v in common.proc.worker_env().items() if k != "GLIBC_TUNABLES"}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=ROOT, check=True)
+    assert done.stderr.count("Arena ") == 1, done.stderr[-2000:]

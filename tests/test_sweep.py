@@ -87,6 +87,77 @@ def test_a_frameworks_own_tunables_reach_its_workers_only(tmp_path, monkeypatch)
     assert [r["malloc"] for r in recs] == [proc.MALLOC_TUNABLES + ":glibc.malloc.arena_max=2"]
 
 
+#: run in a fresh process (`argv[1]`: the framework whose settings to adopt, "" for none, "-" not to call it):
+#: hold a 100 MiB block, free it, allocate it again, then let four threads allocate at once; prints what glibc did
+MALLOC_PROBE = """
+import ctypes, json, resource, sys, threading
+from harness import proc
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks "
+                                               "fordblks keepcost").split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes, libc.memset.argtypes = [ctypes.c_void_p], [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+libc.mallinfo2.restype = Mallinfo2
+adopted = "not called" if sys.argv[1] == "-" else proc.adopt_malloc_tunables(sys.argv[1] or None)
+n = 100 << 20
+block = libc.malloc(n)
+libc.memset(block, 1, n)
+mmapped = libc.mallinfo2().hblkhd
+libc.free(block)
+kept = libc.mallinfo2().arena
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+block = libc.malloc(n)
+libc.memset(block, 1, n)
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+libc.free(block)
+together = threading.Barrier(4)
+def allocate():
+    p = libc.malloc(1000)
+    together.wait()
+    libc.free(p)
+threads = [threading.Thread(target=allocate) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+sys.stdout.flush()
+libc.malloc_stats()  # on stderr: one "Arena N:" block per arena
+print(json.dumps(dict(adopted=adopted, mmapped=mmapped, kept=kept, faulted=faults * resource.getpagesize())))
+"""
+
+
+def test_a_process_varlen_did_not_start_adopts_a_workers_malloc_settings(monkeypatch):
+    """asv runs every benchmark in a process of its own with one environment for all frameworks, and glibc reads
+    GLIBC_TUNABLES only at start: `adopt_malloc_tunables` sets a worker's settings with mallopt(3) (a 100 MiB block
+    comes from the heap and stays mapped when freed, so it is not faulted in again; JAX's threads share one arena),
+    and leaves a user's own GLIBC_TUNABLES alone."""
+    import json
+    import subprocess
+    import sys
+
+    from harness import proc
+
+    def probe(framework: str, tunables: str | None = None) -> dict:
+        env = {k: v for k, v in proc.worker_env().items() if k != "GLIBC_TUNABLES"}
+        env.update({"GLIBC_TUNABLES": tunables} if tunables else {})
+        done = subprocess.run([sys.executable, "-c", MALLOC_PROBE, framework], capture_output=True, text=True,
+                              env=env, timeout=60, check=True)
+        return {**json.loads(done.stdout), "arenas": done.stderr.count("Arena ")}
+
+    mib = 1 << 20
+    untouched = probe("-")  # glibc's defaults: mmapped, unmapped when freed, faulted in anew; an arena per thread
+    assert untouched["mmapped"] >= 100 * mib and untouched["kept"] < 100 * mib and untouched["arenas"] >= 3
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    for framework, arenas in (("", untouched["arenas"]), ("torch", untouched["arenas"]), ("jax", 1)):
+        got = probe(framework)
+        assert got["adopted"] == proc.malloc_tunables(framework or None), got
+        assert got["mmapped"] < mib and got["kept"] >= 100 * mib and got["faulted"] < 10 * mib, (framework, got)
+        assert got["arenas"] == arenas, (framework, got)
+    mine = probe("jax", "glibc.malloc.arena_max=2")
+    assert mine["adopted"] is None and mine["mmapped"] >= 100 * mib and mine["arenas"] == 2, mine
+
+
 def test_jax_gpu_cases_get_a_fresh_worker_each_unless_shared():
     # JAX cannot reset its allocator's peak: by default each of its GPU cases runs alone (its peak is its own);
     # --shared-worker puts them in one worker. CPU cases and torch's (resettable) always share.
