@@ -63,11 +63,12 @@ demo: $(STAMP) $(KJV)
 check: $(STAMP)
 	$(BIN)/varlen check
 
-## pytest-benchmark over the quick grid, one framework per process
+## pytest-benchmark over the quick grid, one framework per process, with the malloc settings `varlen bench`'s
+## workers time that framework with (harness/proc.py; a GLIBC_TUNABLES of your own wins)
 bench: $(STAMP)
 	for fw in torch tensorflow jax; do \
-	  $(BIN)/python -m pytest tests/test_bench.py -k "test_quick_grid and $$fw-" --benchmark-enable \
-	    --benchmark-only --benchmark-json results/pytest-benchmark-$$fw.json || exit 1; done
+	  GLIBC_TUNABLES=$$($(BIN)/python -m harness.proc $$fw) $(BIN)/python -m pytest tests/test_bench.py -k "test_quick_grid and $$fw-" --benchmark-enable \
+	    --benchmark-only --benchmark-autosave --benchmark-storage results/pytest-benchmark || exit 1; done
 
 ## an `existing` environment saves results only under an explicit commit hash; the dashboard is made self-contained
 asv: $(STAMP) $(NODE_STAMP)

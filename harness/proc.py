@@ -133,3 +133,7 @@ def spawn(module: str, *args: str, stdin_text: str = "", framework: str | None =
         proc.stdin.write(stdin_text)
         proc.stdin.close()
     return proc
+
+
+if __name__ == "__main__":  # `python -m harness.proc FRAMEWORK`: its workers' GLIBC_TUNABLES (for `make bench`)
+    print(malloc_tunables(sys.argv[1] if len(sys.argv) > 1 else None))

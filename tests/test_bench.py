@@ -1,7 +1,8 @@
 """The quick grid as pytest benchmarks, through the same callables `varlen bench` and asv time.
 
 `make test` runs them once, untimed (--benchmark-disable), as smoke tests that also check the records' sanity;
-`make bench` times them, one framework per process, into results/pytest-benchmark-<framework>.json.
+`make bench` times them, one framework per process with its workers' malloc settings, into a new numbered file each
+under results/pytest-benchmark/<machine>/ (pytest-benchmark's autosave: an earlier run is never overwritten).
 """
 from __future__ import annotations
 

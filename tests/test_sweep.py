@@ -158,6 +158,22 @@ def test_a_process_varlen_did_not_start_adopts_a_workers_malloc_settings(monkeyp
     assert mine["adopted"] is None and mine["mmapped"] >= 100 * mib and mine["arenas"] == 2, mine
 
 
+def test_make_bench_reads_a_frameworks_worker_settings_from_the_command_line(monkeypatch):
+    """`python -m harness.proc FRAMEWORK` prints the GLIBC_TUNABLES `make bench` starts that framework's pytest
+    with: its workers' own, or the user's."""
+    import subprocess
+    import sys
+
+    from harness import proc
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "harness.proc", *a], capture_output=True, text=True,  # noqa: E731
+                                    check=True).stdout.strip()
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert run("jax") == proc.MALLOC_TUNABLES + ":glibc.malloc.arena_max=1" and run("torch") == proc.MALLOC_TUNABLES
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    assert run("jax") == "glibc.malloc.trim_threshold=0"
+
+
 def test_jax_gpu_cases_get_a_fresh_worker_each_unless_shared():
     # JAX cannot reset its allocator's peak: by default each of its GPU cases runs alone (its peak is its own);
     # --shared-worker puts them in one worker. CPU cases and torch's (resettable) always share.
