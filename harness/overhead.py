@@ -3,19 +3,19 @@ backward, against the same framework code written the way a user would (compiled
 `jax.jit`, `tf.function`), `Adapter.raw_rnn`.
 
 Both callables run interleaved in one process (alternating which goes first), so machine noise hits both alike;
-the figure is the ratio of the medians. Frameworks whose adapter offers no `raw_rnn` are skipped.
+the figure is the median of the per-round ratios, adapter over raw (`harness.paired.summary`; records before
+2026-12-05 hold the ratio of the medians). Frameworks whose adapter offers no `raw_rnn` are skipped.
 """
 from __future__ import annotations
 
 import sys
 import time
 
-import numpy as np
-
 from adapters.spec import RnnSpec, init_params, map_params
 from harness import records, results
 from harness.axes import HEADLINE
 from harness.data import cotangents, padded
+from harness.paired import summary
 from harness.proc import die_with_parent
 from harness.profiles import lengths_for
 
@@ -48,12 +48,13 @@ def measure(framework: str, device: str = "cpu", backward: bool = False, repeats
             t = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - t)
-    raw_s, ours_s = float(np.median(times["raw"])), float(np.median(times["adapter"]))
+    timed = summary(times["adapter"], times["raw"])  # "base" = the adapter: its ratio is adapter over raw
+    raw_s, ours_s = timed["median_s"], timed["base_median_s"]
     return records.make("overhead", framework=framework, version=a.version, device=device,
                         strategy=a.rnn_strategies(spec.cell)[0],
                         op="rnn_forward_backward" if backward else "rnn_forward", batch=B, max_len=T, hidden=H,
                         cell=spec.cell, profile="lognormal", raw_median_s=raw_s, adapter_median_s=ours_s,
-                        overhead_ratio=ours_s / raw_s, repeats=repeats)
+                        overhead_ratio=timed["ratio"], repeats=repeats)
 
 
 if __name__ == "__main__":

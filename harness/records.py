@@ -63,7 +63,7 @@ SOURCES: dict[str, tuple[dict, dict]] = {
                 "base_kernel": STR, "median_s": FLOAT, "base_median_s": FLOAT, "ratio": FLOAT, "ratio_p25": FLOAT,
                 "ratio_p75": FLOAT, "rounds": INT, "number": INT},
                {"version": STR, "cell": STR, "hidden": INT, "input_size": INT, "num_layers": INT,
-                "bidirectional": BOOL, "padding_fraction": FLOAT, "ideal_share": FLOAT}),
+                "bidirectional": BOOL, "padding_fraction": FLOAT, "ideal_share": FLOAT, "ratio_of": STR}),
 }
 # bench records with status "ok" must carry the measurement itself
 BENCH_OK_REQUIRED = ("median_s", "p25_s", "p75_s", "valid_tokens", "padded_tokens", "padding_fraction",

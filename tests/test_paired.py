@@ -47,6 +47,19 @@ def test_alternation_cancels_drift_and_flips_the_order():
     assert rounds == [["base"] * 3 + ["best"] * 3, ["best"] * 3 + ["base"] * 3] * 3, "the order flips every round"
 
 
+def test_the_ratio_is_the_median_of_the_rounds_ratios_not_the_ratio_of_the_medians():
+    """Each round's ratio compares two calls timed moments apart; the two medians may come from different rounds.
+    Eleven rounds as a CPU run of JAX's zipf LSTM had them: in three the strategy ran slow (10 ms) while the
+    baseline did not, in four both ran fast, in four both slow. The medians' ratio (77 / 10 = 7.7) lies below the
+    rounds' own quartiles; the figure is their median, 9.625."""
+    base = [77.0] * 3 + [77.0] * 4 + [100.0] * 4
+    best = [10.0] * 3 + [8.0] * 4 + [10.0] * 4
+    got = paired.summary(base, best)
+    assert (got["base_median_s"], got["median_s"]) == (77.0, 10.0)
+    assert got["ratio"] == pytest.approx(9.625) and got["ratio_p25"] <= got["ratio"] <= got["ratio_p75"]
+    assert (got["ratio_p25"], got["ratio_p75"]) == (pytest.approx(8.6625), pytest.approx(10.0))
+
+
 def test_rounds_stop_at_the_budget_or_max_rounds():
     m = FakeMachine()
     timed = paired.interleave(m.call("base", 3.0), m.call("best", 1.0), budget_s=1e9, min_rounds=2, max_rounds=5,
@@ -144,7 +157,7 @@ def test_bench_times_its_speedups_side_by_side(tmp_path, capsys):
     p = side[0]
     keys = {r["profile"]: r["key"] for r in bench}
     assert (p["key"], p["base_key"]) == (keys["zipf"], keys["equal"])
-    assert p["ratio"] == pytest.approx(p["base_median_s"] / p["median_s"])
+    assert p["ratio_p25"] <= p["ratio"] <= p["ratio_p75"] and p["ratio_of"] == "rounds"
     assert p["ratio_p25"] <= p["ratio_p75"] and p["rounds"] >= paired.MIN_ROUNDS
     assert p["kernel"].startswith("sliced[") and p["base_kernel"].startswith("sliced[1]")
     assert f"side by side {p['ratio']:.2f}x" in printed, printed

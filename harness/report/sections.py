@@ -79,8 +79,9 @@ def paired_section(records: list[dict]) -> Section:
         "(shared CPUs drift 20-30% over a minute) slows both alike. Where other strategies' sweep times came within "
         f"{RUNOFF:g}x of the fastest one's (closer than the drift lets a sweep order them), each was timed against the "
         "baseline the same way, and the highest ratio is the one the recommendation shows: one row per strategy "
-        "timed. 'x side by side' = baseline median / strategy median; 'rounds p25-p75' = spread of the per-round "
-        "ratios; 'ideal x' = padded work / valid work.")
+        "timed. 'x side by side' = the median of the per-round ratios (each round's baseline time over its "
+        "strategy time: drift common to both cancels; records before 2026-12-05 hold baseline median / strategy "
+        "median); 'rounds p25-p75' = their quartiles; 'ideal x' = padded work / valid work.")
     speed = pr[pr["profile"] != "equal"]
     if not speed.empty:
         t = pd.DataFrame({
@@ -97,8 +98,8 @@ def paired_section(records: list[dict]) -> Section:
     if not equal.empty:
         s.p("On equal lengths (no padding to skip): each strategy that is fastest (or a contender) on some other "
             "profile but not here, against the fastest strategy here (the padded baseline), timed the same way. 'time "
-            "/ fastest' = strategy median / baseline median (above 1.05: it costs more than 5% on unpadded batches); "
-            "its rounds p25-p75 likewise.")
+            "/ fastest' = the median of the per-round strategy / baseline times (above 1.05: it costs more than 5% on "
+            "unpadded batches); its rounds p25-p75 likewise.")
         t = pd.DataFrame({
             **_pair_case(equal), "strategy [kernel]": _labelled(equal, ""),
             "fastest [kernel]": _labelled(equal, "base_"),
