@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from harness import axes, records, results
@@ -31,6 +32,53 @@ def _positive(kind: str):
             raise argparse.ArgumentTypeError(f"{kind} must be a positive integer, got {value}")
         return value
     return parse
+
+
+def _seconds(kind: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind} must be a positive number of seconds, got {text!r}") from None
+        if not 0 < value < float("inf"):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"{kind} must be a positive number of seconds, got {text}")
+        return value
+    return parse
+
+
+def _results_file(out: Path) -> None:
+    """--out of check and bench: a JSON-lines file this user can append to, or a usage error before any work (a
+    run whose records cannot be written would measure for nothing: `check` said "no check records", exit 0)."""
+    if out.is_dir():
+        raise Usage(f"--out {out} is a directory; give a results file (JSON lines)")
+    _writable(out)
+
+
+def _report_dir(out: Path) -> None:
+    """--out of report: a folder that exists or can be made, or a usage error before any work."""
+    if out.exists() and not out.is_dir():
+        raise Usage(f"--out {out} is a file; give the report's folder")
+    _writable(out)
+
+
+def _writable(out: Path) -> None:
+    """A usage error unless `out` (a results file, or the report's folder; made later with its missing folders)
+    can be written: an existing file is opened for appending (its content untouched), else a nameless scratch
+    file is made and dropped in the folder itself or the nearest existing one above it (root passes every
+    permission check: /proc or a read-only mount only show on trying)."""
+    if out.exists() and not out.is_dir():
+        try:
+            open(out, "a").close()
+        except OSError as e:
+            raise Usage(f"--out {out}: cannot append to it ({e.strerror or e})") from None
+        return
+    above = out if out.is_dir() else next(p for p in out.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise Usage(f"--out {out}: {above} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=above).close()
+    except OSError as e:
+        raise Usage(f"--out {out}: cannot write in {above} ({e.strerror or e})") from None
 
 
 # -- many machines: --shard, --cluster (harness.cluster) ------------------------------------------------------
@@ -119,11 +167,10 @@ def cmd_check(args) -> int:
 
     frameworks = _frameworks(args.framework)
     devices = list(dict.fromkeys(args.device or ["cpu"]))
+    out = Path(args.out)
+    _results_file(out)
     if "gpu" in devices:
         _probe_gpu(frameworks)
-    out = Path(args.out)
-    if out.is_dir():
-        raise Usage(f"--out {out} is a directory; give a results file (JSON lines)")
     records.run_id()
     fams = list(dict.fromkeys(args.family or families.FAMILIES))
     bar, task = _progress_bar(len(frameworks) * len(devices) * len(fams), "varlen check")
@@ -192,8 +239,7 @@ def cmd_bench(args) -> int:
         declared = {f: {fam: [s for s in v if s in args.strategy] for fam, v in d.items()}
                     for f, d in declared.items()}
     out = Path(args.out)
-    if out.is_dir():
-        raise Usage(f"--out {out} is a directory; give a results file (JSON lines)")
+    _results_file(out)
     if "gpu" in devices and not args.cluster:  # on a cluster, the GPUs are the workers' (placed by resource)
         _probe_gpu(frameworks)
     cases = list({axes.case_key(c): c for grid in _bench_grids(args) for c in axes.cases(
@@ -250,7 +296,11 @@ def cmd_report(args) -> int:
         paths = args.results
     else:
         paths = sorted(str(p) for p in RESULTS.glob("**/*.jsonl") if "report" not in p.parts)
+    _report_dir(Path(args.out))
     loaded = results.load(paths)
+    if args.run not in (None, "latest") and args.run not in (ids := results.runs(loaded.records)):
+        raise Usage(f"--run {args.run}: no record of that run in {len(paths)} results file(s)"
+                    + (f"; the latest runs: {', '.join(ids[-3:])}" if ids else ""))
     for p in loaded.problems[:20]:
         print(f"varlen report: skipped {p}", file=sys.stderr)
     if len(loaded.problems) > 20:
@@ -306,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", action="append", choices=list(axes.DTYPES))
     p.add_argument("--out", default=str(RESULTS / "bench.jsonl"), help="results file (appended to, never rewritten)")
     p.add_argument("--resume", action="store_true", help="skip the cases whose latest record in --out is measured")
-    p.add_argument("--timeout", type=float, default=600, help="seconds per case before it is marked failed")
+    p.add_argument("--timeout", type=_seconds("--timeout"), default=600,
+                   help="seconds per case before it is marked failed")
     p.add_argument("--shared-worker", action="store_true",
                    help="run a framework's GPU cases in one worker even where its allocator peak cannot be reset "
                         "(JAX; by default a fresh process each): faster, and those cases record no peak memory")

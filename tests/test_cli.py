@@ -37,6 +37,10 @@ def varlen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     ["bench", "--hidden", "0"],
     ["bench", "--dtype", "float16"],
     ["bench", "--strategy", "bogus", "--framework", "torch"],
+    ["bench", "--framework", "torch", "--op", "mask", "--timeout", "-5"],
+    ["bench", "--framework", "torch", "--op", "mask", "--timeout", "nan"],
+    ["bench", "--framework", "torch", "--op", "mask", "--timeout", "inf"],
+    ["bench", "--framework", "torch", "--op", "mask", "--timeout", "0"],
 ], ids=lambda a: " ".join(a))
 def test_bad_usage_exits_2_and_leaves_the_results_file_alone(tmp_path, args):
     out = tmp_path / "r.jsonl"
@@ -66,6 +70,45 @@ def test_device_gpu_without_a_gpu_is_a_usage_error_naming_what_each_framework_se
     proc = varlen("bench", "--framework", "torch", "--op", "mask", "--device", "gpu", "--out", str(out), timeout=300)
     assert proc.returncode == 2 and "no GPU is visible" in proc.stderr and "torch" in proc.stderr, proc.stderr
     assert not out.exists(), "no work may start on a usage error"
+
+
+@pytest.mark.parametrize("command", [["check", "--framework", "torch", "--family", "ops"],
+                                     ["bench", "--framework", "torch", "--op", "mask", "--profile", "equal"]],
+                         ids=lambda c: c[0])
+def test_a_results_file_that_cannot_be_written_is_a_usage_error_before_any_work(tmp_path, command):
+    """check's records went nowhere and it said "no check records" with exit 0; bench crashed with a traceback
+    after its first case. Both now stop before any work, naming why (a file where a folder should be; a folder
+    nobody can write in, which root's permission checks do not show: /proc)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("precious\n")
+    places = [(a_file / "r.jsonl", f"{a_file} is not a folder")]
+    if Path("/proc/self").is_dir():
+        places.append((Path("/proc/varlen-r.jsonl"), "cannot write in /proc"))
+    for out, why in places:
+        start = time.monotonic()
+        proc = varlen(*command, "--out", str(out))
+        assert proc.returncode == 2 and why in proc.stderr, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr and time.monotonic() - start < 30, "no work may start"
+    assert a_file.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_report_misuse_is_a_usage_error_before_any_work(tmp_path):
+    """--out a file, --out under a file, --run of a run no file holds: exit 2 naming it (the last two ended in a
+    traceback, or in a page saying there was nothing to report)."""
+    rec = tmp_path / "r.jsonl"
+    results.append(rec, _bench_record(status="failed", error="x", run_id="20261205T000000-aaaaaaaa"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("precious\n")
+    for extra, why in ((["--out", str(a_file)], f"--out {a_file} is a file"),
+                       (["--out", str(a_file / "rep")], f"{a_file} is not a folder"),
+                       (["--run", "20261205T000000-bbbbbbbb", "--out", str(tmp_path / "rep")],
+                        "no record of that run in 1 results file(s); the latest runs: 20261205T000000-aaaaaaaa")):
+        proc = varlen("report", str(rec), *extra)
+        assert proc.returncode == 2 and why in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert a_file.read_text() == "precious\n" and not (tmp_path / "rep").exists()
+    known = varlen("report", str(rec), "--run", "20261205T000000-aaaaaaaa", "--out", str(tmp_path / "rep"))
+    assert known.returncode == 1 and "nothing to report" in known.stderr, known.stderr  # built: its one case failed
+    assert (tmp_path / "rep" / "index.html").is_file()
 
 
 def test_report_of_a_missing_path_is_a_usage_error(tmp_path):
