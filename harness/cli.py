@@ -194,6 +194,9 @@ def _file_profiles(args) -> list[dict]:
     """The user's length files as profile sources (read and validated now: a bad file is a usage error)."""
     from harness.lengths import LengthsError, source_fields
 
+    if args.lengths_column and not any(Path(p).suffix in (".csv", ".parquet") for p in args.lengths or []):
+        raise Usage(f"--lengths-column {args.lengths_column!r} names a column of a --lengths CSV/Parquet file, and "
+                    "none was given")
     try:
         return ([source_fields(p, args.lengths_column) for p in args.lengths or []]
                 + [source_fields(p, None, "text") for p in args.lengths_from_text or []])

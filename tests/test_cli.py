@@ -92,6 +92,17 @@ def test_a_results_file_that_cannot_be_written_is_a_usage_error_before_any_work(
     assert a_file.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+def test_a_lengths_column_without_a_table_to_take_it_from_is_a_usage_error(tmp_path):
+    """--lengths-column with no --lengths, or only with files that have no columns, was silently ignored."""
+    lines = tmp_path / "l.txt"
+    lines.write_text("3\n2\n")
+    for files in ([], ["--lengths-from-text", str(lines)], ["--lengths", str(lines)]):
+        proc = varlen("bench", "--framework", "torch", "--op", "mask", "--lengths-column", "n", *files,
+                      "--out", str(tmp_path / "r.jsonl"))
+        assert proc.returncode == 2 and "--lengths-column 'n' names a column of a --lengths CSV/Parquet" in proc.stderr
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_report_misuse_is_a_usage_error_before_any_work(tmp_path):
     """--out a file, --out under a file, --run of a run no file holds: exit 2 naming it (the last two ended in a
     traceback, or in a page saying there was nothing to report)."""
