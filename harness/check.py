@@ -120,6 +120,15 @@ def failures(recs: list[dict]) -> list[dict]:
     return [r for r in recs if r["kind"] in ("op", "strategy", "error") and not r["equivalent"]]
 
 
+def unfinished(recs: list[dict], frameworks: list[str], devices: list[str], families: list[str]) -> list[str]:
+    """"framework/device/family" of each one asked for whose worker recorded no "done" for it in `recs`: checked
+    partly or not at all (a worker that crashed has its error record too; one whose records could not be written,
+    or that exited 0 without checking, has nothing else), so `varlen check` cannot say it passed."""
+    done = {(r["framework"], r["device"], r["op"]) for r in recs if r["kind"] == "done"}
+    return [f"{fw}/{dev}/{fam}" for dev in devices for fw in frameworks for fam in families
+            if (fw, dev, fam) not in done]
+
+
 if __name__ == "__main__":
     die_with_parent()
     worker(*sys.argv[1:5])

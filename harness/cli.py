@@ -187,7 +187,12 @@ def cmd_check(args) -> int:
     if bad:
         print(f"varlen check: {len(bad)} non-equivalent strategy/op results (see {out}, run {records.run_id()})",
               file=sys.stderr)
-    return 1 if bad else 0
+    missing = check.unfinished(recs, frameworks, devices, fams)
+    if missing:
+        print(f"varlen check: {len(missing)} of {len(frameworks) * len(devices) * len(fams)} framework/device/family "
+              f"checks not recorded to their end in {out} (run {records.run_id()}): {', '.join(missing[:6])}"
+              + (", ..." if len(missing) > 6 else ""), file=sys.stderr)
+    return 1 if bad or missing else 0
 
 
 def _file_profiles(args) -> list[dict]:

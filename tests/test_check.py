@@ -149,3 +149,22 @@ def test_a_worker_that_writes_much_to_stderr_finishes_and_one_that_crashes_leave
     errors = [r for r in results.read([out]) if r.get("kind") == "error"]
     assert [r["framework"] for r in errors] == ["crash"], errors
     assert "exited with code 3" in errors[0]["error"] and "RuntimeError: the last words" in errors[0]["error"]
+
+
+def test_a_check_whose_families_were_not_recorded_to_their_end_fails(tmp_path, monkeypatch, capsys):
+    """A worker that exits 0 without recording its families (here a stand-in that only prints its progress; for
+    real, one whose results file went away) left `varlen check` printing "no check records" and exiting 0."""
+    from harness import cli
+
+    _fake_workers(monkeypatch, tmp_path / "log", {"torch": 0.0, "jax": 0.0})
+    out = tmp_path / "r.jsonl"
+    assert cli.main(["check", "--framework", "torch", "--framework", "jax", "--family", "ops", "--family", "loss",
+                     "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert ("4 of 4 framework/device/family checks not recorded to their end" in err
+            and "torch/cpu/ops, torch/cpu/loss, jax/cpu/ops, jax/cpu/loss" in err), err
+    got = chk.unfinished([{"kind": "done", "framework": "jax", "device": "cpu", "op": "loss"},
+                          {"kind": "strategy", "framework": "jax", "device": "cpu", "op": "ops"}],
+                         ["jax"], ["cpu"], ["ops", "loss"])
+    assert got == ["jax/cpu/ops"]
+
