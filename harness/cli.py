@@ -294,6 +294,15 @@ def cmd_bench(args) -> int:
     return 1 if failed else 0
 
 
+def _results_in(folder: Path) -> list[str]:
+    """Every results file (*.jsonl) under `folder`, a report's own folder left out; a usage error for a folder
+    given on the command line that holds none."""
+    found = sorted(str(p) for p in folder.glob("**/*.jsonl") if "report" not in p.relative_to(folder).parts)
+    if not found and folder != RESULTS:
+        raise Usage(f"{folder} holds no results file (*.jsonl)")
+    return found
+
+
 def cmd_report(args) -> int:
     from harness import report
 
@@ -301,9 +310,9 @@ def cmd_report(args) -> int:
         missing = [p for p in args.results if not Path(p).exists()]
         if missing:
             raise Usage(f"no such results file: {missing[0]}")
-        paths = args.results
+        paths = [q for p in args.results for q in (_results_in(Path(p)) if Path(p).is_dir() else [p])]
     else:
-        paths = sorted(str(p) for p in RESULTS.glob("**/*.jsonl") if "report" not in p.parts)
+        paths = _results_in(RESULTS)
     _report_dir(Path(args.out))
     loaded = results.load(paths)
     if args.run not in (None, "latest") and args.run not in (ids := results.runs(loaded.records)):
@@ -377,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(framework, device) on workers advertising that resource (pip install 'varlen[cluster]')")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("report", help="HTML + Markdown comparison report from result files")
-    p.add_argument("results", nargs="*", help="JSON-lines result files (default: every results/**/*.jsonl)")
+    p.add_argument("results", nargs="*", help="JSON-lines result files, or folders: every *.jsonl in them "
+                   "(default: every results/**/*.jsonl)")
     p.add_argument("--out", default=str(RESULTS / "report"))
     p.add_argument("--run", help="only the records of this run id ('latest' for the last run); default: the "
                    "latest record of every case across runs")

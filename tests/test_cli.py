@@ -122,6 +122,21 @@ def test_report_misuse_is_a_usage_error_before_any_work(tmp_path):
     assert (tmp_path / "rep" / "index.html").is_file()
 
 
+def test_report_reads_every_results_file_in_a_folder_it_is_given(tmp_path):
+    """`varlen report results/gpu` skipped the folder ("is a directory") and built an empty page; a folder stands
+    for every *.jsonl under it (a report's own folder left out), one without any is a usage error."""
+    here, there = tmp_path / "runs" / "a.jsonl", tmp_path / "runs" / "deeper" / "b.jsonl"
+    for path, key in ((here, "k1"), (there, "k2")):
+        results.append(path, _bench_record(key=key, status="failed", error="x"))
+    (tmp_path / "runs" / "report").mkdir()
+    (tmp_path / "runs" / "report" / "old.jsonl").write_text("not a record\n")
+    proc = varlen("report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep"))
+    assert "from 2 result file(s), 2 records" in proc.stdout and "skipped" not in proc.stderr, proc.stdout + proc.stderr
+    (tmp_path / "none").mkdir()
+    proc = varlen("report", str(tmp_path / "none"), "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 2 and "holds no results file" in proc.stderr, proc.stderr
+
+
 def test_report_of_a_missing_path_is_a_usage_error(tmp_path):
     proc = varlen("report", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "rep"))
     assert proc.returncode == 2 and "no such results file" in proc.stderr
