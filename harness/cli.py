@@ -22,26 +22,15 @@ class Usage(Exception):
     """Bad usage: exit 2 with this message, before any work."""
 
 
-def _positive(kind: str):
-    def parse(text: str) -> int:
+def _positive(kind: str, number: type = int, noun: str = "a positive integer"):
+    """An argparse type: a `number` above 0 (and finite: NaN and inf fail), else a usage error naming `kind`."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = number(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{kind} must be a positive integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{kind} must be a positive integer, got {value}")
-        return value
-    return parse
-
-
-def _seconds(kind: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{kind} must be a positive number of seconds, got {text!r}") from None
-        if not 0 < value < float("inf"):  # NaN fails too
-            raise argparse.ArgumentTypeError(f"{kind} must be a positive number of seconds, got {text}")
+            raise argparse.ArgumentTypeError(f"{kind} must be {noun}, got {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{kind} must be {noun}, got {text}")
         return value
     return parse
 
@@ -373,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", action="append", choices=list(axes.DTYPES))
     p.add_argument("--out", default=str(RESULTS / "bench.jsonl"), help="results file (appended to, never rewritten)")
     p.add_argument("--resume", action="store_true", help="skip the cases whose latest record in --out is measured")
-    p.add_argument("--timeout", type=_seconds("--timeout"), default=600,
+    p.add_argument("--timeout", type=_positive("--timeout", float, "a positive number of seconds"), default=600,
                    help="seconds per case before it is marked failed")
     p.add_argument("--shared-worker", action="store_true",
                    help="run a framework's GPU cases in one worker even where its allocator peak cannot be reset "
