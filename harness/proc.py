@@ -65,20 +65,20 @@ def adopt_malloc_tunables(framework: str | None = None) -> str | None:
     that times calls but was not started by varlen: asv starts one process per benchmark with one environment for
     every framework, and glibc reads GLIBC_TUNABLES only at start, so they are set here with mallopt(3). Call it
     before the framework starts its threads: arena_max bounds the arenas created after it. A user's own
-    GLIBC_TUNABLES (applied at start) is left alone. Returns the settings adopted, None where nothing was done
-    (the user's own, or no glibc)."""
+    GLIBC_TUNABLES (applied at start) is left alone. Returns the settings adopted (those glibc took), None where
+    nothing was done (the user's own, or no glibc)."""
     if "GLIBC_TUNABLES" in os.environ:
         return None
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc
         return None
-    tunables = malloc_tunables(framework)
-    for item in tunables.split(":"):
+    applied = []
+    for item in malloc_tunables(framework).split(":"):
         name, _, value = item.partition("=")
-        if not mallopt(ctypes.c_int(MALLOPT[name]), ctypes.c_int(min(int(value), 2**31 - 1))):
-            raise OSError(f"mallopt refused {item}")
-    return tunables
+        if mallopt(ctypes.c_int(MALLOPT[name]), ctypes.c_int(min(int(value), 2**31 - 1))):
+            applied.append(item)  # a glibc that refuses one (as it ignores a bad GLIBC_TUNABLES) keeps its own
+    return ":".join(applied)
 
 
 def worker_env(framework: str | None = None) -> dict[str, str]:
