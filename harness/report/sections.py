@@ -57,7 +57,8 @@ def overhead_section(records: list[dict]) -> Section:
     s.p("The adapter's default RNN strategy (validation, conversion, zero-length and left-padding handling "
         "included) against the same framework code written the way a user would (pack + nn.LSTM for torch, "
         "masked Keras layers under tf.function, a masked lax.scan under jax.jit), forward and forward + backward, "
-        "interleaved in one process; ratio of medians (1.00 = no overhead; the goal is <= 1.05).")
+        "interleaved in one process; the median of the per-round ratios, adapter over raw (records before "
+        "2026-12-05: the ratio of the medians; 1.00 = no overhead; the goal is <= 1.05).")
     cols = ["device", "framework", "strategy", "op", "cell", "batch", "max_len", "hidden", "profile",
             "raw_median_s", "adapter_median_s", "overhead_ratio"]
     return s.table(ov[cols].round(5))
