@@ -268,13 +268,20 @@ def cmd_bench(args) -> int:
     for r in failed:
         print(f"  FAILED {r['key']}: {r.get('error')}")
     ops = tuple(families.strategy_ops())
-    pairs = speedups.pairs(recs, ops)
     side = []
-    if pairs and not args.no_side_by_side and not client:  # on a cluster the cases ran on the nodes, not here
-        print(f"varlen bench: timing {len(pairs)} pair(s) again side by side (the padded baseline and each "
-              f"profile's fastest strategy, and any other within {speedups.RUNOFF:g}x of it in the sweep, on that "
-              "profile and on equal lengths, called in alternation in one process; --no-side-by-side skips this)")
-        side = paired.run(pairs, str(out), timeout=args.timeout)
+    if not args.no_side_by_side and not client:  # on a cluster the cases ran on the nodes, not here
+        first = speedups.baseline_pairs(recs, ops)
+        if first:
+            print(f"varlen bench: timing {len(first)} pair(s) on equal lengths side by side (the sweep's fastest "
+                  f"strategy and each within {speedups.RUNOFF:g}x of it there or of a profile's fastest elsewhere, "
+                  "called in alternation in one process: the fastest is the padded baseline; --no-side-by-side "
+                  "skips this)")
+            side = paired.run(first, str(out), timeout=args.timeout)
+        second = speedups.pairs(recs, ops, side)
+        if second:
+            print(f"varlen bench: timing {len(second)} pair(s) against the padded baseline side by side (each "
+                  f"profile's fastest strategy and any other within {speedups.RUNOFF:g}x of it in the sweep)")
+            side = paired.run(second, str(out), timeout=args.timeout)
     speedup = speedups.lines(recs, ops, side)
     if speedup:
         print("varlen bench: fastest strategy vs the padded baseline (same framework, device and shape):")

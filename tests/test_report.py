@@ -153,6 +153,43 @@ def test_the_recommendation_takes_the_side_by_side_winner_of_strategies_the_swee
     assert row["fastest exact strategy"] == "packed" and row["x side by side"] == 1.6
 
 
+def test_a_strategy_faster_than_the_sweeps_pick_side_by_side_on_equal_lengths_is_the_padded_baseline():
+    """torch's masked_loop takes 2.5x packed's time on equal lengths in the sweep (6.25 vs 2.5 ms at B=8) and 0.8 of
+    it side by side: it is the padded baseline, and zipf's speedup side by side is the one timed against it."""
+    recs = fixture_records()
+
+    def pair(profile, strategy, base, ratio):
+        return records.make(source="paired", framework="torch", version="1.0", op="rnn_forward_backward",
+                            device="cpu", dtype="float32", batch=8, max_len=128, **RNN, profile=profile,
+                            strategy=strategy, kernel=f"{strategy}-kernel", key=f"{strategy}|{profile}",
+                            base_strategy=base, base_kernel=f"{base}-kernel", base_key=f"{base}|equal",
+                            median_s=0.01, base_median_s=0.01 * ratio, ratio=ratio, ratio_p25=ratio,
+                            ratio_p75=ratio, rounds=8, number=1, time=2, host="testhost")
+
+    def torch_rows(paired):
+        frames = (report.bench_frame(recs), report.frame(recs, "check"), report.frame(recs + paired, "paired"))
+        t = report.recommendation_table(*frames)
+        ca = report.tables.compile_aware_table(*frames).set_index(["op", "profile"])
+        t = t[(t["op"] == "RNN forward + backward") & (t["framework"] == "torch")].set_index("profile")
+        return t, ca.loc[("RNN forward + backward", "equal"), "best for 10,000 call(s)"]
+
+    faster = [pair("equal", "masked_loop", "packed", 1.25), pair("equal", "packed", "masked_loop", 0.8),
+              pair("zipf", "packed", "masked_loop", 2.2), pair("zipf", "packed", "packed", 1.74)]
+    t, many = torch_rows(faster)
+    assert (t["padded baseline"] == "masked_loop").all(), t
+    assert t.loc["equal", "fastest exact strategy"] == "masked_loop", "on equal lengths: the baseline itself"
+    assert t.loc["equal", "x vs padded baseline"] == 0.4, "the sweep's fastest time there over its sweep time"
+    assert t.loc["zipf", "fastest exact strategy"] == "packed"
+    assert t.loc["zipf", "x side by side"] == 2.2, "timed against the baseline, not the sweep's pick"
+    assert t.loc["zipf", "x vs padded baseline"] == pytest.approx(0.0025 / 0.0014375, abs=0.01), "the sweep's figure"
+    assert t.loc["zipf", "cost on equal lengths"] == 1.25
+    assert many == "torch:masked_loop", "compile-aware: on equal lengths the side-by-side order, as recommended"
+    slower = [pair("equal", "masked_loop", "packed", 0.5), pair("zipf", "packed", "packed", 1.74)]
+    t, many = torch_rows(slower)
+    assert (t["padded baseline"] == "packed").all() and t.loc["equal", "fastest exact strategy"] == "packed"
+    assert t.loc["zipf", "x side by side"] == 1.74 and many == "torch:packed"
+
+
 def test_the_memory_section_lists_the_cases_whose_calls_fault_their_memory_in_afresh(tmp_path):
     recs = fixture_records()
     for r in recs:

@@ -74,7 +74,8 @@ def paired_section(records: list[dict]) -> Section:
         return s.p("Not measured (`varlen bench` times each speedup it prints again side by side, unless "
                    "--no-side-by-side).")
     s.p("Each speedup `varlen bench` printed, timed again: the fastest strategy on the length profile and the "
-        "framework's padded baseline (its fastest strategy on equal lengths, same shape) prepared in one process "
+        "framework's padded baseline (its fastest strategy on equal lengths, same shape, decided side by side "
+        "first: see below) prepared in one process "
         "and called in alternation (each block of timed calls after one untimed call of its own, so neither is timed "
         "on the caches the other left), the order flipped every round, so a machine that slows down between cases "
         "(shared CPUs drift 20-30% over a minute) slows both alike. Where other strategies' sweep times came within "
@@ -97,10 +98,13 @@ def paired_section(records: list[dict]) -> Section:
         s.table(t.sort_values(["device", "op", "framework", "profile"]))
     equal = pr[pr["profile"] == "equal"]
     if not equal.empty:
-        s.p("On equal lengths (no padding to skip): each strategy that is fastest (or a contender) on some other "
-            "profile but not here, against the fastest strategy here (the padded baseline), timed the same way. 'time "
-            "/ fastest' = the median of the per-round strategy / baseline times (above 1.05: it costs more than 5% on "
-            "unpadded batches); its rounds p25-p75 likewise.")
+        s.p("On equal lengths (no padding to skip), timed first: the sweep's fastest strategy here against each "
+            f"strategy within {RUNOFF:g}x of it here and each that is fastest (or a contender) on some other profile, "
+            "timed the same way. Where one of them was faster (the sweep's order here is as unsure as on any "
+            "profile), it is the padded baseline, and the others, the sweep's fastest among them, were timed against "
+            "it again (rows whose 'fastest' is that strategy). 'time / fastest' = the median of the per-round "
+            "strategy / baseline times (above 1.05: it costs more than 5% on unpadded batches; below 1: faster than "
+            "the sweep's pick); its rounds p25-p75 likewise.")
         t = pd.DataFrame({
             **_pair_case(equal), "strategy [kernel]": _labelled(equal, ""),
             "fastest [kernel]": _labelled(equal, "base_"),
@@ -357,24 +361,26 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.Dat
     if t.empty:
         return s.p("No strategy benchmarks of an exact (checked) strategy.")
     s.p("For each op, length profile and device: the fastest strategy of each framework that passed every equivalence "
-        "cell (where several came within the sweep's drift of each other, the one with the highest ratio timed side by"
-        " side), and the overall winner. 'x vs padded baseline' = time of that framework's fastest exact strategy on "
-        "the fully padded batch (profile equal, same B and T: what ignoring the lengths costs) over this time; 'x side"
-        " by side' = the same ratio with both timed in alternation in one process (see 'Speedups timed side by side'; "
-        "the figure to trust where the machine's speed drifts); 'cost on equal lengths' = this strategy's time over "
-        "the baseline's on equal lengths, timed side by side (1 where it is the baseline's own strategy; missing where"
-        " not timed): what it costs where there is no padding; 'ideal x' = the speedup a strategy that skipped all "
-        "padded work would get (padded work / valid work: valid / padded tokens, for attention sum L^2 / B T^2), and "
-        "'fraction of ideal' = the ideal time over this time; above 1 the strategy also does its valid work faster "
-        "than the baseline's kernel does, or the baseline paid something the strategy does not (JAX's padded baselines"
-        " faulted their buffers in on every call until its workers ran glibc with one malloc arena: records from "
-        "before read JAX's concat_rows at 1.02-1.32 of the ideal, 0.94-0.95 since). For torch RNNs the baseline is one"
-        " fused padded call (oneDNN on CPU, cuDNN on GPU: 'time_sliced' on equal lengths runs exactly that call, "
-        "kernel 'sliced[1]x ...'), so on a GPU, where an RNN step is latency-bound, it is also the practical floor: "
-        "the time of the inexact padded cuDNN call a user gives up for correctness. For embeddings and losses it is "
-        "the plain lookup and the loss primitive on the logits as they are (a batch without padding needs no mask, so "
-        "every strategy of those families runs that). Frameworks benchmarked but never checked are listed as unchecked"
-        " and never recommended.")
+        "cell (where several came within the sweep's drift of each other, the one with the highest ratio timed side "
+        "by side), and the overall winner. 'padded baseline' = that framework's fastest exact strategy on the fully "
+        "padded batch (profile equal, same B and T: what ignoring the lengths costs): the sweep's fastest there, "
+        "unless a strategy timed side by side against it there was faster (on equal lengths the row is that "
+        "baseline); 'x vs padded baseline' = the sweep's fastest time on equal lengths over this time, both from the "
+        "sweep; 'x side by side' = the padded baseline's time over this one's, both timed in alternation in one "
+        "process (see 'Speedups timed side by side'; the figure to trust where the machine's speed drifts); 'cost on "
+        "equal lengths' = this strategy's time over the baseline's on equal lengths, timed side by side (1 where it "
+        "is the baseline's own strategy; missing where not timed): what it costs where there is no padding; 'ideal x' "
+        "= the speedup a strategy that skipped all padded work would get (padded work / valid work: valid / padded "
+        "tokens, for attention sum L^2 / B T^2), and 'fraction of ideal' = the ideal time over this time; above 1 the "
+        "strategy also does its valid work faster than the baseline's kernel does, or the baseline paid something the "
+        "strategy does not (JAX's padded baselines faulted their buffers in on every call until its workers ran glibc "
+        "with one malloc arena: records from before read JAX's concat_rows at 1.02-1.32 of the ideal, 0.94-0.95 "
+        "since). For torch RNNs the baseline is one fused padded call (oneDNN on CPU, cuDNN on GPU: 'time_sliced' on "
+        "equal lengths runs exactly that call, kernel 'sliced[1]x ...'), so on a GPU, where an RNN step is "
+        "latency-bound, it is also the practical floor: the time of the inexact padded cuDNN call a user gives up for "
+        "correctness. For embeddings and losses it is the plain lookup and the loss primitive on the logits as they "
+        "are (a batch without padding needs no mask, so every strategy of those families runs that). Frameworks "
+        "benchmarked but never checked are listed as unchecked and never recommended.")
     s.table(t)
     ca = compile_aware_table(df, check, paired)
     if not ca.empty:

@@ -9,7 +9,7 @@ import pandas as pd
 from harness.families import OP_TITLES, check_family, family_of, recommended_ops
 from harness.records import COMMON_OPTIONAL, COMMON_REQUIRED, SOURCES
 from harness.report.render import fmt
-from harness.speedups import SHAPE, compiled_shapes, contenders, runoff
+from harness.speedups import SHAPE, baseline, compiled_shapes, contenders, runoff
 
 
 def frame(records: list[dict], source: str) -> pd.DataFrame:
@@ -111,14 +111,14 @@ def _varying(df: pd.DataFrame) -> list[str]:
     return [c for c in CONFIG if c in df.columns and not df.empty and (df.groupby("op")[c].nunique() > 1).any()]
 
 
-def side_by_side(paired: pd.DataFrame | None) -> dict[tuple, float]:
+def side_by_side(paired: pd.DataFrame | None, field: str = "ratio") -> dict[tuple, float]:
     """(framework, op, device, batch, max_len, *CONFIG, profile, strategy, baseline strategy) -> the latest ratio of
-    that pair timed side by side (`harness.paired`)."""
+    that pair timed side by side (`harness.paired`; `field` "ratio_p25": the 25th percentile of its rounds)."""
     if paired is None or paired.empty:
         return {}
     keys = ["framework", "op", "device", "batch", "max_len", *CONFIG, "profile", "strategy", "base_strategy"]
     latest = paired.sort_values("time").drop_duplicates(keys, keep="last")
-    return {_key(r, keys): float(r["ratio"]) for _, r in latest.iterrows()}
+    return {_key(r, keys): float(r[field]) for _, r in latest.iterrows()}
 
 
 def pair_ratio(side: dict[tuple, float], r: pd.Series, op: str, device: str, profile: str, base: str) -> float:
@@ -128,7 +128,23 @@ def pair_ratio(side: dict[tuple, float], r: pd.Series, op: str, device: str, pro
                      base), float("nan"))
 
 
-def equal_cost(side: dict[tuple, float], r: pd.Series, op: str, device: str, base_strategy: pd.Series) -> float:
+def baselines(equal: pd.DataFrame, side: dict[tuple, float], low: dict[tuple, float], op: str,
+              device: str) -> tuple[dict, dict]:
+    """Per framework of `equal` (one op, device, B, T and configuration's equal-length rows): its sweep's fastest
+    row, and its padded baseline's (`harness.speedups.baseline`: a strategy timed side by side against the sweep's
+    fastest there and faster than it takes its place), as `varlen bench` decides them; `side` and `low`:
+    `side_by_side` of the ratios and of their 25th percentiles."""
+    firsts, bases = {}, {}
+    for fw, e in equal.groupby("framework"):
+        rows = [r for _, r in e.iterrows()]
+        firsts[fw] = first = min(rows, key=lambda r: r["median_s"])
+        bases[fw] = baseline(rows, lambda r: r["median_s"], lambda r: r["strategy"],
+                             lambda r: pair_ratio(side, r, op, device, "equal", first["strategy"]),
+                             lambda r: pair_ratio(low, r, op, device, "equal", first["strategy"]))
+    return firsts, bases
+
+
+def equal_cost(side: dict[tuple, float], r: pd.Series, op: str, device: str, base_strategy) -> float:
     """What strategy `r` costs on equal lengths (same framework, op, device, B, T): its time over the padded
     baseline's there, timed side by side; exactly 1 where it is the baseline's strategy, missing where that pair
     was not timed."""
@@ -153,8 +169,11 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
     the padded baseline and the ideal.
 
     Padded baseline = the same framework's fastest exact strategy on the fully padded batch (profile `equal`,
-    same B and T): the cost of ignoring the lengths. Ideal = that baseline's time x the valid share of the work
-    (`ideal_share`: valid / padded tokens, or sum L^2 / B T^2 for attention). Only strategies that passed every
+    same B and T): the cost of ignoring the lengths; the sweep's fastest there, unless a strategy timed side by
+    side against it there was faster (`baselines`; column "padded baseline"). "x vs padded baseline" divides the
+    sweep's fastest time on equal lengths by the row's sweep time; on equal lengths the row is the baseline itself.
+    Ideal = that time x the valid share of the work (`ideal_share`: valid / padded tokens, or sum L^2 / B T^2 for
+    attention). Only strategies that passed every
     equivalence cell count as exact; a framework without check records is "unchecked" and never recommended.
     `paired` (the `paired` records' frame): where the same strategy and baseline were also timed side by side, that
     ratio is the "x side by side" column (else missing), and the strategy's time over the baseline's on equal
@@ -167,7 +186,7 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
     where the data holds several, the table has a column for each field that varies. A timing that saw a retrace
     (`retraced`: it timed compiles) is not a warm time and is left out.
     """
-    side = side_by_side(paired)
+    side, low = side_by_side(paired), side_by_side(paired, "ratio_p25")
     data = headline(ok(df)[ok(df)["op"].isin(recommended_ops())])
     if data.empty:
         return pd.DataFrame()
@@ -175,11 +194,12 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
     exact = data[(data["verdict"] == "exact") & ~data["retraced"].eq(True)]
     varying, rows = _varying(exact), []
     for (op, device, *_), d in exact.groupby(["op", "device", "batch", "max_len", *CONFIG], dropna=False):
-        equal = d[d["profile"] == "equal"]
-        base = equal.groupby("framework")["median_s"].min()
-        base_strategy = equal.loc[equal.groupby("framework")["median_s"].idxmin()].set_index("framework")["strategy"]
+        firsts, bases = baselines(d[d["profile"] == "equal"], side, low, op, device)
+        base = {fw: r["median_s"] for fw, r in firsts.items()}
+        base_strategy = {fw: r["strategy"] for fw, r in bases.items()}
         for profile, g in d.groupby("profile"):
-            fastest = pd.DataFrame([runoff([r for _, r in h.iterrows()], lambda r: r["median_s"],
+            fastest = pd.DataFrame([bases[fw] if profile == "equal" else
+                                    runoff([r for _, r in h.iterrows()], lambda r: r["median_s"],
                                            lambda r: r["strategy"],
                                            lambda r, fw=fw: pair_ratio(side, r, op, device, profile,
                                                                        base_strategy.get(fw)))
@@ -194,6 +214,7 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                              "profile": profile, "padding": round(float(r["padding_fraction"]), 2),
                              "framework": r["framework"],
                              "fastest exact strategy": r["strategy"], "kernel": r["kernel"],
+                             "padded baseline": base_strategy.get(r["framework"], ""),
                              "valid Mtok/s": round(r["valid_tokens_per_s"] / 1e6, 3),
                              "x vs padded baseline": round(b / r["median_s"], 2),
                              "x side by side": round(pair_ratio(side, r, op, device, profile,
@@ -211,7 +232,8 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
     for (fw, device, verdict), names in unchecked:
         rows.append({"op": "-", "device": device, "profile": "-", "padding": float("nan"), "framework": fw,
                      "fastest exact strategy": f"{why[verdict]}, never recommended: {', '.join(sorted(set(names)))}",
-                     "kernel": "", "valid Mtok/s": float("nan"), "x vs padded baseline": float("nan"),
+                     "kernel": "", "padded baseline": "", "valid Mtok/s": float("nan"),
+                     "x vs padded baseline": float("nan"),
                      "x side by side": float("nan"), "x vs default": float("nan"), "ideal x": float("nan"),
                      "fraction of ideal": float("nan"), "cost on equal lengths": float("nan"),
                      "new batches compiled": "", "overall best": False})
@@ -308,23 +330,32 @@ CALLS = (1, 100, 10_000)
 def warm_times(data: pd.DataFrame, paired: pd.DataFrame | None) -> pd.Series:
     """Each row's warm seconds a call for ranking strategies: its sweep median, except where the sweep could not
     order a framework's strategies on a profile and they were timed side by side (`runoff`'s contenders, the
-    sweep's fastest among them): there the framework's padded baseline's sweep time over the side-by-side ratio,
-    so that those strategies rank as the recommendation ranks them, on the sweep's scale."""
-    side, out = side_by_side(paired), data["median_s"].astype(float).copy()
+    sweep's fastest among them), and on equal lengths wherever a strategy was timed against the padded baseline:
+    there the baseline's time over the side-by-side ratio, so that those strategies rank as the recommendation ranks
+    them, on the sweep's scale (the baseline's time on it: the sweep's fastest time on equal lengths over the
+    baseline's side-by-side ratio to it, where `baselines` put another strategy in its place)."""
+    side, low, out = side_by_side(paired), side_by_side(paired, "ratio_p25"), data["median_s"].astype(float).copy()
     if not side:
         return out
     for (op, device, *_), d in data.groupby(["op", "device", "batch", "max_len", *CONFIG], dropna=False):
-        equal = d[d["profile"] == "equal"]
+        firsts, bases = baselines(d[d["profile"] == "equal"], side, low, op, device)
         for (fw, profile), g in d.groupby(["framework", "profile"]):
-            if fw not in set(equal["framework"]):
+            if fw not in bases:
                 continue
-            base = equal[equal["framework"] == fw].sort_values("median_s").iloc[0]
-            ranked = contenders(list(g.iterrows()), lambda ir: ir[1]["median_s"], lambda ir: ir[1]["strategy"])
-            ratios = {i: pair_ratio(side, r, op, device, profile, base["strategy"]) for i, r in ranked}
-            if len(ranked) > 1 and not math.isnan(ratios[ranked[0][0]]):
-                for i, ratio in ratios.items():
-                    if not math.isnan(ratio):
-                        out[i] = base["median_s"] / ratio
+            first, base = firsts[fw], bases[fw]
+            # the baseline's time on the sweep's scale: the sweep's fastest time over the baseline's ratio to it
+            base_s = first["median_s"] / (1.0 if base is first else pair_ratio(side, base, op, device, "equal",
+                                                                                 first["strategy"]))
+            ratio = lambda r, p=profile, b=base["strategy"]: pair_ratio(side, r, op, device, p, b)  # noqa: E731
+            if profile == "equal":  # the baseline was decided side by side against each strategy timed here
+                ratios = {i: 1.0 if r["strategy"] == base["strategy"] else ratio(r) for i, r in g.iterrows()}
+            else:
+                ranked = contenders(list(g.iterrows()), lambda ir: ir[1]["median_s"], lambda ir: ir[1]["strategy"])
+                timed = len(ranked) > 1 and not math.isnan(ratio(ranked[0][1]))
+                ratios = {i: ratio(r) for i, r in ranked} if timed else {}
+            for i, x in ratios.items():
+                if not math.isnan(x):
+                    out[i] = base_s / x
     return out
 
 
