@@ -176,7 +176,7 @@ def test_a_strategy_faster_than_the_sweeps_pick_side_by_side_on_equal_lengths_is
     faster = [pair("equal", "masked_loop", "packed", 1.25), pair("equal", "packed", "masked_loop", 0.8),
               pair("zipf", "packed", "masked_loop", 2.2), pair("zipf", "packed", "packed", 1.74)]
     t, many = torch_rows(faster)
-    assert (t["padded baseline"] == "masked_loop").all(), t
+    assert (t["padded baseline"] == "masked_loop").all() and (t["sweep's fastest padded"] == "packed").all(), t
     assert t.loc["equal", "fastest exact strategy"] == "masked_loop", "on equal lengths: the baseline itself"
     assert t.loc["equal", "x vs padded baseline"] == 0.4, "the sweep's fastest time there over its sweep time"
     assert t.loc["zipf", "fastest exact strategy"] == "packed"
@@ -184,6 +184,10 @@ def test_a_strategy_faster_than_the_sweeps_pick_side_by_side_on_equal_lengths_is
     assert t.loc["zipf", "x vs padded baseline"] == pytest.approx(0.0025 / 0.0014375, abs=0.01), "the sweep's figure"
     assert t.loc["zipf", "cost on equal lengths"] == 1.25
     assert many == "torch:masked_loop", "compile-aware: on equal lengths the side-by-side order, as recommended"
+    frames = (report.frame(recs, "check"), report.bench_frame(recs), report.frame(recs + faster, "paired"))
+    text = " ".join(b for kind, b in report.sections.summary_section(*frames).blocks if kind == "p")
+    assert "torch: packed (1.74x the sweep's fastest padded strategy, 2.20x side by side against the padded " \
+           "baseline masked_loop," in text, text
     slower = [pair("equal", "masked_loop", "packed", 0.5), pair("zipf", "packed", "packed", 1.74)]
     t, many = torch_rows(slower)
     assert (t["padded baseline"] == "packed").all() and t.loc["equal", "fastest exact strategy"] == "packed"

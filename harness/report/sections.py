@@ -365,22 +365,23 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.Dat
         "by side), and the overall winner. 'padded baseline' = that framework's fastest exact strategy on the fully "
         "padded batch (profile equal, same B and T: what ignoring the lengths costs): the sweep's fastest there, "
         "unless a strategy timed side by side against it there was faster (on equal lengths the row is that "
-        "baseline); 'x vs padded baseline' = the sweep's fastest time on equal lengths over this time, both from the "
-        "sweep; 'x side by side' = the padded baseline's time over this one's, both timed in alternation in one "
-        "process (see 'Speedups timed side by side'; the figure to trust where the machine's speed drifts); 'cost on "
-        "equal lengths' = this strategy's time over the baseline's on equal lengths, timed side by side (1 where it "
-        "is the baseline's own strategy; missing where not timed): what it costs where there is no padding; 'ideal x' "
-        "= the speedup a strategy that skipped all padded work would get (padded work / valid work: valid / padded "
-        "tokens, for attention sum L^2 / B T^2), and 'fraction of ideal' = the ideal time over this time; above 1 the "
-        "strategy also does its valid work faster than the baseline's kernel does, or the baseline paid something the "
-        "strategy does not (JAX's padded baselines faulted their buffers in on every call until its workers ran glibc "
-        "with one malloc arena: records from before read JAX's concat_rows at 1.02-1.32 of the ideal, 0.94-0.95 "
-        "since). For torch RNNs the baseline is one fused padded call (oneDNN on CPU, cuDNN on GPU: 'time_sliced' on "
-        "equal lengths runs exactly that call, kernel 'sliced[1]x ...'), so on a GPU, where an RNN step is "
-        "latency-bound, it is also the practical floor: the time of the inexact padded cuDNN call a user gives up for "
-        "correctness. For embeddings and losses it is the plain lookup and the loss primitive on the logits as they "
-        "are (a batch without padding needs no mask, so every strategy of those families runs that). Frameworks "
-        "benchmarked but never checked are listed as unchecked and never recommended.")
+        "baseline); 'x vs padded baseline' = the time of the sweep's fastest strategy on equal lengths ('sweep's "
+        "fastest padded') over this time, both from the sweep; 'x side by side' = the padded baseline's time over "
+        "this one's, both timed in alternation in one process (see 'Speedups timed side by side'; the figure to trust "
+        "where the machine's speed drifts); 'cost on equal lengths' = this strategy's time over the baseline's on "
+        "equal lengths, timed side by side (1 where it is the baseline's own strategy; missing where not timed): what "
+        "it costs where there is no padding; 'ideal x' = the speedup a strategy that skipped all padded work would "
+        "get (padded work / valid work: valid / padded tokens, for attention sum L^2 / B T^2), and 'fraction of "
+        "ideal' = the ideal time over this time; above 1 the strategy also does its valid work faster than the "
+        "baseline's kernel does, or the baseline paid something the strategy does not (JAX's padded baselines faulted "
+        "their buffers in on every call until its workers ran glibc with one malloc arena: records from before read "
+        "JAX's concat_rows at 1.02-1.32 of the ideal, 0.94-0.95 since). For torch RNNs the baseline is one fused "
+        "padded call (oneDNN on CPU, cuDNN on GPU: 'time_sliced' on equal lengths runs exactly that call, kernel "
+        "'sliced[1]x ...'), so on a GPU, where an RNN step is latency-bound, it is also the practical floor: the time "
+        "of the inexact padded cuDNN call a user gives up for correctness. For embeddings and losses it is the plain "
+        "lookup and the loss primitive on the logits as they are (a batch without padding needs no mask, so every "
+        "strategy of those families runs that). Frameworks benchmarked but never checked are listed as unchecked and "
+        "never recommended.")
     s.table(t)
     ca = compile_aware_table(df, check, paired)
     if not ca.empty:
@@ -431,8 +432,10 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
                 pol = best_policy.get((device, profile, r["framework"]))
                 parts.append(f"{r['framework']}: {r['fastest exact strategy']}"
                              + (f" with {pol} batches" if pol else "")
-                             + f" ({r['x vs padded baseline']:.2f}x the padded baseline"
+                             + f" ({r['x vs padded baseline']:.2f}x "
+                             + ("the padded baseline" if not rebased(r) else "the sweep's fastest padded strategy")
                              + (f", {r['x side by side']:.2f}x side by side" if pd.notna(r["x side by side"]) else "")
+                             + (f" against the padded baseline {r['padded baseline']}" if rebased(r) else "")
                              + (f", {r['x vs default']:.2f}x the framework's default strategy"
                                 if pd.notna(r["x vs default"]) and r["x vs default"] != 1 else "")
                              + ", "
@@ -471,6 +474,13 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
     if len(s.blocks) == 0:
         s.p("Nothing measured or checked yet.")
     return s
+
+
+def rebased(r) -> bool:
+    """Whether a recommendation row's padded baseline is not the sweep's fastest strategy on equal lengths (one
+    timed side by side against it there was faster): its sweep and side-by-side figures then divide different
+    times."""
+    return bool(r.get("padded baseline")) and r.get("padded baseline") != r.get("sweep's fastest padded")
 
 
 def _fresh(r) -> str:

@@ -170,8 +170,9 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
 
     Padded baseline = the same framework's fastest exact strategy on the fully padded batch (profile `equal`,
     same B and T): the cost of ignoring the lengths; the sweep's fastest there, unless a strategy timed side by
-    side against it there was faster (`baselines`; column "padded baseline"). "x vs padded baseline" divides the
-    sweep's fastest time on equal lengths by the row's sweep time; on equal lengths the row is the baseline itself.
+    side against it there was faster (`baselines`; columns "padded baseline" and "sweep's fastest padded"). "x vs
+    padded baseline" divides the sweep's fastest time on equal lengths by the row's sweep time; on equal lengths the
+    row is the baseline itself.
     Ideal = that time x the valid share of the work (`ideal_share`: valid / padded tokens, or sum L^2 / B T^2 for
     attention). Only strategies that passed every
     equivalence cell count as exact; a framework without check records is "unchecked" and never recommended.
@@ -215,6 +216,8 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                              "framework": r["framework"],
                              "fastest exact strategy": r["strategy"], "kernel": r["kernel"],
                              "padded baseline": base_strategy.get(r["framework"], ""),
+                             "sweep's fastest padded": firsts[r["framework"]]["strategy"]
+                             if r["framework"] in firsts else "",
                              "valid Mtok/s": round(r["valid_tokens_per_s"] / 1e6, 3),
                              "x vs padded baseline": round(b / r["median_s"], 2),
                              "x side by side": round(pair_ratio(side, r, op, device, profile,
@@ -232,7 +235,7 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
     for (fw, device, verdict), names in unchecked:
         rows.append({"op": "-", "device": device, "profile": "-", "padding": float("nan"), "framework": fw,
                      "fastest exact strategy": f"{why[verdict]}, never recommended: {', '.join(sorted(set(names)))}",
-                     "kernel": "", "padded baseline": "", "valid Mtok/s": float("nan"),
+                     "kernel": "", "padded baseline": "", "sweep's fastest padded": "", "valid Mtok/s": float("nan"),
                      "x vs padded baseline": float("nan"),
                      "x side by side": float("nan"), "x vs default": float("nan"), "ideal x": float("nan"),
                      "fraction of ideal": float("nan"), "cost on equal lengths": float("nan"),
