@@ -68,7 +68,8 @@ for name in "${phases[@]}"; do
             tests/test_graph_loop.py tests/test_attention_buckets.py -k "torch or jax" ;;
         # issue 13's points: B=64 T=128 H=128 forward + backward, torch LSTM and GRU (its goals), JAX LSTM (its
         # goal: against jax.experimental.rnn's cuDNN LSTM); attention B=32 T=512 (the headline); each sweep ends by
-        # timing its speedups (and the winners on equal lengths) again side by side (harness/paired.py, ~3 s a pair)
+        # timing, side by side, its fastest strategies on equal lengths (which decide the padded baseline), then its
+        # speedups against that baseline (harness/paired.py, ~3 s a pair)
         rnn) phase 200 rnn "${bench[@]}" --framework torch --op rnn_forward_backward --cell lstm --cell gru \
             --batch 64 --max-len 128 "${profiles[@]}" ;;
         rnn-jax) phase 200 rnn-jax "${bench[@]}" --framework jax --op rnn_forward_backward --cell lstm \

@@ -206,3 +206,30 @@ def test_no_side_by_side_skips_it(tmp_path, capsys):
     bench, side = run_bench(tmp_path, "--no-side-by-side")
     assert len(bench) == 2 and side == []
     assert "side by side" not in capsys.readouterr().out
+
+
+def test_bench_times_the_profiles_against_the_baseline_its_first_round_decided(tmp_path, monkeypatch, capsys):
+    """`varlen bench` end to end with the sweep and the timing faked: the first round (equal lengths, against the
+    sweep's fastest) decides the baseline the second round times every profile against."""
+    from harness import bench
+
+    def sweep(cases, out, **kw):  # b is the sweep's fastest on equal lengths, a wins zipf
+        return [{**bench_rec(p, s, t), "status": "ok"} for p, s, t in
+                [("equal", "a", 0.010), ("equal", "b", 0.008), ("zipf", "a", 0.002), ("zipf", "b", 0.004)]]
+
+    rounds, timed = [], []
+
+    def run(pairs, out, **kw):  # each strategy 1.2x as fast as its baseline (rounds 1.1-1.3); like paired.run,
+        rounds.append(keys(pairs))  # returns every paired record of the run so far
+        timed.extend(side_rec(w["profile"], w["strategy"], b["strategy"], 1.2) for b, w in pairs)
+        return list(timed)
+
+    monkeypatch.setattr(bench, "sweep", sweep)
+    monkeypatch.setattr(paired, "run", run)
+    assert cli.main(["bench", "--framework", "torch", "--op", "rnn_forward_backward", "--strategy", "packed",
+                     "--profile", "equal", "--profile", "zipf", "--batch", "4", "--max-len", "8",
+                     "--out", str(tmp_path / "r.jsonl")]) == 0
+    assert rounds == [[("b|equal", "a|equal")], [("a|equal", "a|zipf"), ("a|equal", "b|equal")]], rounds
+    printed = capsys.readouterr().out
+    assert "padded baseline a [k-a]: side by side 1.20x as fast as b" in printed, printed
+    assert "side by side 1.20x the padded baseline a [k-a]" in printed, printed
