@@ -188,6 +188,10 @@ def test_a_strategy_faster_than_the_sweeps_pick_side_by_side_on_equal_lengths_is
     text = " ".join(b for kind, b in report.sections.summary_section(*frames).blocks if kind == "p")
     assert "torch: packed (1.74x the sweep's fastest padded strategy, 2.20x side by side against the padded " \
            "baseline masked_loop," in text, text
+    one_round = [pair("equal", "masked_loop", "packed", 1.25), pair("zipf", "packed", "packed", 1.74)]
+    t, _ = torch_rows(one_round)
+    assert (t["padded baseline"] == "packed").all() and t.loc["zipf", "x side by side"] == 1.74, \
+        "records of one round (before 2026-12-05): nothing was timed against masked_loop, packed stays"
     slower = [pair("equal", "masked_loop", "packed", 0.5), pair("zipf", "packed", "packed", 1.74)]
     t, many = torch_rows(slower)
     assert (t["padded baseline"] == "packed").all() and t.loc["equal", "fastest exact strategy"] == "packed"

@@ -133,14 +133,20 @@ def baselines(equal: pd.DataFrame, side: dict[tuple, float], low: dict[tuple, fl
     """Per framework of `equal` (one op, device, B, T and configuration's equal-length rows): its sweep's fastest
     row, and its padded baseline's (`harness.speedups.baseline`: a strategy timed side by side against the sweep's
     fastest there and faster than it takes its place), as `varlen bench` decides them; `side` and `low`:
-    `side_by_side` of the ratios and of their 25th percentiles."""
+    `side_by_side` of the ratios and of their 25th percentiles. Only a strategy that pairs were timed against can
+    take the sweep's fastest's place: records from before 2026-12-05 hold one round, the profiles timed against the
+    sweep's fastest, whose figures a baseline they were never timed against would leave without a pair."""
+    against = {(k[:-3], k[-1]) for k in side}
     firsts, bases = {}, {}
     for fw, e in equal.groupby("framework"):
         rows = [r for _, r in e.iterrows()]
         firsts[fw] = first = min(rows, key=lambda r: r["median_s"])
+        was_base = lambda r: ((r["framework"], op, device, *_key(r, ["batch", "max_len", *CONFIG])),  # noqa: E731
+                              r["strategy"]) in against
         bases[fw] = baseline(rows, lambda r: r["median_s"], lambda r: r["strategy"],
                              lambda r: pair_ratio(side, r, op, device, "equal", first["strategy"]),
-                             lambda r: pair_ratio(low, r, op, device, "equal", first["strategy"]))
+                             lambda r: pair_ratio(low, r, op, device, "equal", first["strategy"]) if was_base(r)
+                             else None)
     return firsts, bases
 
 
