@@ -67,7 +67,8 @@ check: $(STAMP)
 ## workers time that framework with (harness/proc.py; a GLIBC_TUNABLES of your own wins)
 bench: $(STAMP)
 	for fw in torch tensorflow jax; do \
-	  GLIBC_TUNABLES=$$($(BIN)/python -m harness.proc $$fw) $(BIN)/python -m pytest tests/test_bench.py -k "test_quick_grid and $$fw-" --benchmark-enable \
+	  GLIBC_TUNABLES=$$($(BIN)/python -m harness.proc $$fw) \
+	    $(BIN)/python -m pytest tests/test_bench.py -k "test_quick_grid and $$fw-" --benchmark-enable \
 	    --benchmark-only --benchmark-autosave --benchmark-storage results/pytest-benchmark || exit 1; done
 
 ## an `existing` environment saves results only under an explicit commit hash; the dashboard is made self-contained
