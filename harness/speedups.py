@@ -53,13 +53,18 @@ def group_of(rec: dict) -> tuple:
     return tuple(rec.get(k) for k in GROUP)
 
 
-def contenders(candidates: Sequence[T], time: Callable[[T], float], strategy: Callable[[T], Any]) -> list[T]:
-    """The fastest candidate of each strategy, fastest first, those whose `time` is within `RUNOFF` of the fastest
-    one's (at most `MAX_CONTENDERS`): the strategies a sweep's timings cannot order."""
+def fastest_each(candidates: Sequence[T], time: Callable[[T], float], strategy: Callable[[T], Any]) -> dict[Any, T]:
+    """strategy -> its fastest candidate, fastest first."""
     best: dict[Any, T] = {}
     for c in sorted(candidates, key=time):
         best.setdefault(strategy(c), c)
-    ranked = list(best.values())
+    return best
+
+
+def contenders(candidates: Sequence[T], time: Callable[[T], float], strategy: Callable[[T], Any]) -> list[T]:
+    """The fastest candidate of each strategy, fastest first, those whose `time` is within `RUNOFF` of the fastest
+    one's (at most `MAX_CONTENDERS`): the strategies a sweep's timings cannot order."""
+    ranked = list(fastest_each(candidates, time, strategy).values())
     return [c for c in ranked if time(c) <= RUNOFF * time(ranked[0])][:MAX_CONTENDERS] if ranked else []
 
 
@@ -89,11 +94,8 @@ def baseline(equal: Sequence[T], time: Callable[[T], float], strategy: Callable[
     time_sliced, 1.04x packed's in the sweep, 0.93 of it (0.91-0.96); every speedup over the sweep's pick was that
     much too high. A strategy as fast as the sweep's pick within the rounds' spread does not take its place."""
     first = min(equal, key=time)
-    best: dict[Any, T] = {}
-    for r in sorted(equal, key=time):
-        best.setdefault(strategy(r), r)
     known = lambda x: x is not None and not math.isnan(x)  # noqa: E731
-    faster = [(x, r) for s, r in best.items() if s != strategy(first)
+    faster = [(x, r) for s, r in fastest_each(equal, time, strategy).items() if s != strategy(first)
               and known(x := ratio(r)) and known(q := low(r)) and q > 1]
     return max(faster, key=lambda t: t[0])[1] if faster else first
 
@@ -123,9 +125,7 @@ def _winners(records: list[dict], ops: tuple[str, ...], side: dict | None = None
 
 def _on_equal(equal: list[dict], strategies: set) -> list[dict]:
     """The fastest equal-length record of each of `strategies` that has one, in the strategies' order."""
-    fastest: dict[str, dict] = {}
-    for r in sorted(equal, key=lambda r: r["median_s"]):
-        fastest.setdefault(r["strategy"], r)
+    fastest = fastest_each(equal, lambda r: r["median_s"], lambda r: r["strategy"])
     return [fastest[s] for s in sorted(strategies) if s in fastest]
 
 
