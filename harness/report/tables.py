@@ -121,11 +121,16 @@ def side_by_side(paired: pd.DataFrame | None, field: str = "ratio") -> dict[tupl
     return {_key(r, keys): float(r[field]) for _, r in latest.iterrows()}
 
 
+def _group(r: pd.Series, op: str, device: str) -> tuple:
+    """The leading fields of a `side_by_side` key that bench row `r`'s pairs share: framework, op, device, B, T
+    and configuration."""
+    return (r["framework"], op, device, *_key(r, ["batch", "max_len", *CONFIG]))
+
+
 def pair_ratio(side: dict[tuple, float], r: pd.Series, op: str, device: str, profile: str, base: str) -> float:
     """The side-by-side ratio (baseline over strategy) of bench row `r`'s strategy against strategy `base` on
     `profile` at r's framework, B, T and configuration (`side_by_side`), missing where that pair was not timed."""
-    return side.get((r["framework"], op, device, *_key(r, ["batch", "max_len", *CONFIG]), profile, r["strategy"],
-                     base), float("nan"))
+    return side.get((*_group(r, op, device), profile, r["strategy"], base), float("nan"))
 
 
 def baselines(equal: pd.DataFrame, side: dict[tuple, float], low: dict[tuple, float], op: str,
@@ -141,8 +146,7 @@ def baselines(equal: pd.DataFrame, side: dict[tuple, float], low: dict[tuple, fl
     for fw, e in equal.groupby("framework"):
         rows = [r for _, r in e.iterrows()]
         firsts[fw] = first = min(rows, key=lambda r: r["median_s"])
-        was_base = lambda r: ((r["framework"], op, device, *_key(r, ["batch", "max_len", *CONFIG])),  # noqa: E731
-                              r["strategy"]) in against
+        was_base = lambda r: (_group(r, op, device), r["strategy"]) in against  # noqa: E731
         bases[fw] = baseline(rows, lambda r: r["median_s"], lambda r: r["strategy"],
                              lambda r: pair_ratio(side, r, op, device, "equal", first["strategy"]),
                              lambda r: pair_ratio(low, r, op, device, "equal", first["strategy"]) if was_base(r)
