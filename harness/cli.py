@@ -37,30 +37,30 @@ def _positive(kind: str, number: type = int, noun: str = "a positive integer"):
 
 def _results_file(out: Path) -> None:
     """--out of check and bench: a JSON-lines file this user can append to, or a usage error before any work (a
-    run whose records cannot be written would measure for nothing: `check` said "no check records", exit 0)."""
+    run whose records cannot be written would measure for nothing: `check` said "no check records", exit 0). An
+    existing file is opened for appending (its content untouched); a new one must be possible to make."""
     if out.is_dir():
         raise Usage(f"--out {out} is a directory; give a results file (JSON lines)")
-    _writable(out)
+    if not out.exists():
+        return _can_make(out)
+    try:
+        open(out, "a").close()
+    except OSError as e:
+        raise Usage(f"--out {out}: cannot append to it ({e.strerror or e})") from None
 
 
 def _report_dir(out: Path) -> None:
     """--out of report: a folder that exists or can be made, or a usage error before any work."""
     if out.exists() and not out.is_dir():
         raise Usage(f"--out {out} is a file; give the report's folder")
-    _writable(out)
+    _can_make(out)
 
 
-def _writable(out: Path) -> None:
-    """A usage error unless `out` (a results file, or the report's folder; made later with its missing folders)
-    can be written: an existing file is opened for appending (its content untouched), else a nameless scratch
-    file is made and dropped in the folder itself or the nearest existing one above it (root passes every
-    permission check: /proc or a read-only mount only show on trying)."""
-    if out.exists() and not out.is_dir():
-        try:
-            open(out, "a").close()
-        except OSError as e:
-            raise Usage(f"--out {out}: cannot append to it ({e.strerror or e})") from None
-        return
+def _can_make(out: Path) -> None:
+    """A usage error unless files can be written in folder `out`, or `out` (a file or folder made later with its
+    missing folders) can be made: a nameless scratch file is made and dropped in `out` itself or the nearest
+    existing folder above it (root passes every permission check: /proc or a read-only mount only show on
+    trying)."""
     above = out if out.is_dir() else next(p for p in out.absolute().parents if p.exists())
     if not above.is_dir():
         raise Usage(f"--out {out}: {above} is not a folder")
