@@ -75,12 +75,20 @@ def bench_rec(profile, strategy, median, **kw):
             "padding_fraction": 0.75 if profile != "equal" else 0.0, "key": f"{strategy}|{profile}", **kw}
 
 
+def pair_keys(pairs):
+    """(baseline key, strategy key) of each pair, in order."""
+    return [(b["key"], w["key"]) for b, w in pairs]
+
+
+RNN = ("rnn_forward_backward",)
+
+
 def test_pairs_are_the_printed_lines_and_the_side_by_side_ratio_follows():
     recs = [bench_rec("equal", "a", 0.010), bench_rec("equal", "b", 0.008), bench_rec("zipf", "a", 0.004),
             bench_rec("zipf", "b", 0.002), bench_rec("lognormal", "a", 0.004)]
-    assert keys(speedups.baseline_pairs(recs, RNN)) == [("b|equal", "a|equal")], \
+    assert pair_keys(speedups.baseline_pairs(recs, RNN)) == [("b|equal", "a|equal")], \
         "first round: the profile winner that is not the sweep's fastest, on equal lengths"
-    assert keys(speedups.pairs(recs, RNN)) == [("b|equal", "a|lognormal"), ("b|equal", "b|zipf")], \
+    assert pair_keys(speedups.pairs(recs, RNN)) == [("b|equal", "a|lognormal"), ("b|equal", "b|zipf")], \
         "second round: each printed speedup against the baseline the first round left standing"
     side = {**bench_rec("zipf", "b", 0.0021), "base_strategy": "b", "ratio": 3.5, "ratio_p25": 3.4,
             "ratio_p75": 3.6, "time": 2.0}
@@ -102,8 +110,8 @@ def test_strategies_the_sweep_cannot_order_are_timed_side_by_side_and_the_higher
     # zipf: b is 5% faster than a in the sweep (within the drift: both contend), c 1.75x slower (not timed)
     recs = [bench_rec("equal", "a", 0.010), bench_rec("equal", "b", 0.008), bench_rec("zipf", "a", 0.0021),
             bench_rec("zipf", "b", 0.002), bench_rec("zipf", "c", 0.0035)]
-    assert keys(speedups.baseline_pairs(recs, RNN)) == [("b|equal", "a|equal")]
-    assert keys(speedups.pairs(recs, RNN)) == [("b|equal", "b|zipf"), ("b|equal", "a|zipf")], \
+    assert pair_keys(speedups.baseline_pairs(recs, RNN)) == [("b|equal", "a|equal")]
+    assert pair_keys(speedups.pairs(recs, RNN)) == [("b|equal", "b|zipf"), ("b|equal", "a|zipf")], \
         "both contenders on their profile, fastest first"
     side = lambda strategy, ratio: {**bench_rec("zipf", strategy, 0.002), "base_strategy": "b", "ratio": ratio,  # noqa: E731
                                     "ratio_p25": ratio - 0.1, "ratio_p75": ratio + 0.1, "time": 1.0}
@@ -120,7 +128,7 @@ def test_strategies_the_sweep_cannot_order_are_timed_side_by_side_and_the_higher
     assert " b [k-b] 4.00x" in line and "side by side" not in line, \
         "the sweep's fastest, not timed side by side, is not overruled by a contender that was"
     recs[-1]["median_s"] = 0.0025  # within 1.3x of the fastest: a third contender
-    assert ("b|equal", "c|zipf") in keys(speedups.pairs(recs, RNN))
+    assert ("b|equal", "c|zipf") in pair_keys(speedups.pairs(recs, RNN))
 
 
 def side_rec(profile, strategy, base, ratio, time=1.0):
@@ -133,12 +141,12 @@ def test_a_strategy_faster_than_the_sweeps_pick_side_by_side_on_equal_lengths_be
     # Keras's in a9af915's demo and 0.86 of it side by side); c wins zipf
     recs = [bench_rec("equal", "a", 0.010), bench_rec("equal", "b", 0.008), bench_rec("equal", "c", 0.020),
             bench_rec("zipf", "c", 0.002), bench_rec("zipf", "a", 0.004)]
-    assert keys(speedups.baseline_pairs(recs, RNN)) == [("b|equal", "a|equal"), ("b|equal", "c|equal")], \
+    assert pair_keys(speedups.baseline_pairs(recs, RNN)) == [("b|equal", "a|equal"), ("b|equal", "c|equal")], \
         "the sweep's fastest against its contender there and against zipf's winner"
     slower = [side_rec("equal", "a", "b", 0.9), side_rec("equal", "c", "b", 0.95)]
-    assert keys(speedups.pairs(recs, RNN, slower)) == [("b|equal", "c|zipf")], "b stands: nothing to time again"
+    assert pair_keys(speedups.pairs(recs, RNN, slower)) == [("b|equal", "c|zipf")], "b stands: nothing to time again"
     faster = [side_rec("equal", "a", "b", 1.1), side_rec("equal", "c", "b", 1.2)]
-    assert keys(speedups.pairs(recs, RNN, faster)) == [("c|equal", "c|zipf"), ("c|equal", "a|equal"),
+    assert pair_keys(speedups.pairs(recs, RNN, faster)) == [("c|equal", "c|zipf"), ("c|equal", "a|equal"),
                                                       ("c|equal", "b|equal")], \
         "the fastest side by side is the baseline: zipf against it, and on equal lengths the others again"
     out = speedups.lines(recs, RNN, [*faster, side_rec("zipf", "c", "c", 8.5), side_rec("equal", "b", "c", 0.85)])
@@ -149,17 +157,10 @@ def test_a_strategy_faster_than_the_sweeps_pick_side_by_side_on_equal_lengths_be
            "(1.00 of it); side by side 8.50x the padded baseline c [k-c] (rounds 8.40-8.60, 2.12 of the ideal)" \
            in zipf, zipf
     tie = [side_rec("equal", "c", "b", 1.0)]
-    assert keys(speedups.pairs(recs, RNN, tie)) == [("b|equal", "c|zipf")], "a tie keeps the sweep's fastest"
+    assert pair_keys(speedups.pairs(recs, RNN, tie)) == [("b|equal", "c|zipf")], "a tie keeps the sweep's fastest"
     unsure = [{**side_rec("equal", "c", "b", 1.05), "ratio_p25": 0.98}]
-    assert keys(speedups.pairs(recs, RNN, unsure)) == [("b|equal", "c|zipf")], \
+    assert pair_keys(speedups.pairs(recs, RNN, unsure)) == [("b|equal", "c|zipf")], \
         "faster in the median but not in three rounds of four: within the spread, the sweep's fastest stays"
-
-
-def keys(pairs):
-    return [(b["key"], w["key"]) for b, w in pairs]
-
-
-RNN = ("rnn_forward_backward",)
 
 
 def paired_rec(key, time, ratio=2.0):
@@ -220,7 +221,7 @@ def test_bench_times_the_profiles_against_the_baseline_its_first_round_decided(t
     rounds, timed = [], []
 
     def run(pairs, out, **kw):  # each strategy 1.2x as fast as its baseline (rounds 1.1-1.3); like paired.run,
-        rounds.append(keys(pairs))  # returns every paired record of the run so far
+        rounds.append(pair_keys(pairs))  # returns every paired record of the run so far
         timed.extend(side_rec(w["profile"], w["strategy"], b["strategy"], 1.2) for b, w in pairs)
         return list(timed)
 
