@@ -41,3 +41,13 @@ def test_a_winner_that_compiles_for_new_batches_says_so():
     out = {line.split()[7]: line for line in speedups.lines(recs, ("rnn_forward_backward",))}
     assert out["zipf"].endswith("; new batches compiled 7 shapes over 3 (3.0 s: 1500 warm calls)"), out["zipf"]
     assert "new batches" not in out["lognormal"] + out["equal"]
+
+
+def test_a_strategy_timed_twice_counts_with_its_fastest_record_in_its_place_among_the_others():
+    """Two sweeps in one file: each strategy's fastest record stands for it, and the ranking follows those."""
+    recs = [rec("equal", "a", 0.010), rec("equal", "b", 0.008), rec("equal", "a", 0.006),
+            rec("zipf", "b", 0.004, share=0.25, padding=0.75), rec("zipf", "b", 0.002, share=0.25, padding=0.75)]
+    out = speedups.lines(recs, ("rnn_forward_backward",))
+    assert "equal (0% padding): time / fastest: a [k-a] 1.00, b [k-b] 1.33" in out[0], out
+    assert "zipf (75% padding): b [k-b] 3.00x the padded baseline (a [k-a] on equal lengths, 6.0 ms)" in out[1], out
+    assert list(speedups.fastest_each(recs[:3], lambda r: r["median_s"], lambda r: r["strategy"])) == ["a", "b"]
