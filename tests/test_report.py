@@ -260,7 +260,7 @@ def test_summary_opens_the_page(built):
     _, page, md = built
     assert page.index(">Summary</h2>") < page.index(">Setup</h2>")
     summary = md.split("## Summary")[1].split("## Setup")[0]
-    assert "RNN forward + backward on cpu, lognormal lengths" in summary and "torch: packed" in summary
+    assert "RNN forward + backward on cpu at B=8 T=128, lognormal lengths" in summary and "torch: packed" in summary
     assert "jax: scan" in summary and "fast" not in summary.split("proven exact")[0], summary
     assert "mask_outputs" in summary and "wrong in" in summary
     assert "torch: packed (1.43x the padded baseline, 1.52x side by side," in summary, summary
@@ -368,6 +368,28 @@ def test_a_strategy_checked_on_one_device_is_unchecked_on_another():
     assert list(gpu["fastest exact strategy"]) == ["slow"], "fast was checked on the CPU only"
     assert t[(t["device"] == "cpu") & (t["profile"] == "lognormal")]["fastest exact strategy"].tolist() == ["fast"]
     assert any("never recommended: fast" in s for s in t.loc[t["device"] == "gpu", "fastest exact strategy"])
+
+
+def test_a_gpu_point_keeps_its_recommendation_beside_more_numerous_cpu_records_of_other_shapes():
+    """The headline point is chosen per device: CPU sweeps over three smaller shapes (more records than the GPU
+    run's) must not hide the GPU's recommendation at B=64, T=128, nor mix a CPU point of B from one shape and T
+    from another."""
+    recs = [_bench("torch", "fast", d, 1.0, device="gpu") for d in ("equal", "lognormal")]
+    recs.append(_checked("torch", "fast", "gpu"))
+    for T in (8, 16, 32):
+        for d in ("equal", "lognormal"):
+            r = {**_bench("torch", "fast", d, T if d == "equal" else 4.0), "batch": 2, "max_len": T,
+                 "padded_tokens": 2 * T,
+                 "key": f"cpu|{T}|{d}"}
+            recs += [r, {**r, "strategy": "slow", "median_s": r["median_s"] * 2, "key": f"cpu|{T}|{d}|slow"}]
+    recs.append(_checked("torch", "fast"))
+    t = _tables(recs)[0]
+    gpu = t[(t["device"] == "gpu") & (t["profile"] == "lognormal")]
+    assert list(gpu["fastest exact strategy"]) == ["fast"], t[["device", "profile", "fastest exact strategy"]]
+    cpu = t[(t["device"] == "cpu") & (t["profile"] == "lognormal")]
+    assert list(gpu["shape"]) == ["B=64 T=128"] and list(gpu["x vs padded baseline"]) == [1.0]
+    # equal T ms, lognormal 4 ms: 2x at T=8, 4x at T=16, 8x at T=32; T=8 is the smallest of equally frequent points
+    assert list(cpu["shape"]) == ["B=2 T=8"] and list(cpu["x vs padded baseline"]) == [2.0], cpu
 
 
 def test_compile_cost_of_a_shape_compiled_by_an_earlier_case_still_counts():
@@ -512,8 +534,10 @@ def test_summary_tells_configurations_and_devices_apart():
              "error": "InductorError: NYI below 16\n  target: flex_attention"}]
     df, check = report.bench_frame(recs), report.frame(recs, "check")
     text = " ".join(b for kind, b in report.sections.summary_section(check, df).blocks if kind == "p")
-    assert "on cpu (cell lstm), lognormal lengths (50% padding): torch: sliced (2.50x the padded baseline" in text
-    assert "on cpu (cell gru), lognormal lengths (50% padding): torch: sliced (1.67x the padded baseline" in text
+    assert ("on cpu at B=64 T=128 (cell lstm), lognormal lengths (50% padding): torch: sliced (2.50x the padded "
+            "baseline") in text
+    assert ("on cpu at B=64 T=128 (cell gru), lognormal lengths (50% padding): torch: sliced (1.67x the padded "
+            "baseline") in text
     assert "1 of 2 checked ops and strategies (each framework and device apart)" in text
     # the failing records' commit and first error line: committed GPU records may predate a fix
     assert "FAILING: torch/rnn/sliced on gpu (at abc1234: InductorError: NYI below 16)." in text

@@ -20,6 +20,8 @@ from harness.report.tables import (
     ok,
     recommendation_table,
     setup_floor_rows,
+    shape_label,
+    with_shape,
 )
 from harness.speedups import RUNOFF
 
@@ -153,7 +155,8 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
                 for impl, g in head[head["op"] == op].groupby("impl"):
                     errbar(ax, g, "padding_fraction", impl)
                 _ideal_lines(ax, head[head["op"] == op])
-                ax.set(title=f"{OP_TITLES[op]} ({device}, B={head['batch'].iloc[0]}, T={head['max_len'].iloc[0]})",
+                at = head[head["op"] == op].iloc[0]
+                ax.set(title=f"{OP_TITLES[op]} ({device}, {shape_label(at['batch'], at['max_len'])})",
                        xlabel="padding fraction (share of padded steps)", ylabel="valid tokens / s", yscale="log")
                 legend_below(ax)
             for ax in axes[len(ops):]:
@@ -234,10 +237,12 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
     if done.empty:
         return s.p("No memory figures were measured.")
     profile = "lognormal" if (done["profile"] == "lognormal").any() else done["profile"].mode().iloc[0]
-    head = headline(done[done["profile"] == profile])
-    s.p(f"Peak MiB per op at B={head['batch'].iloc[0]}, T={head['max_len'].iloc[0]}, {profile} lengths:")
+    head = with_shape(headline(done[done["profile"] == profile]))
+    s.p(f"Peak MiB per op at each op's most frequent batch size and length on each device ('shape'), {profile} "
+        "lengths:")
     is_rnn = head["op"].str.startswith("rnn")
-    for part, index in ((head[~is_rnn], ["device", "framework"]), (head[is_rnn], ["device", "impl"])):
+    for part, index in ((head[~is_rnn], ["device", "shape", "framework"]),
+                        (head[is_rnn], ["device", "shape", "impl", "kernel"])):
         if part.empty:
             continue
         t = part.pivot_table(index=index, columns="op", values="peak_bytes", aggfunc="median").div(2**20).round(2)
@@ -423,8 +428,8 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
         head = head if not head.empty else rec[rec["op"] == rec["op"].iloc[0]]
         best_policy = _best_policies(df)
         cfg = [c for c in CONFIG if c in head.columns]  # the configurations the table tells apart (cell, dtype, ...)
-        for key, g in head.groupby(["device", *cfg, "profile"], dropna=False, sort=False):
-            device, profile, conf = key[0], key[-1], dict(zip(cfg, key[1:-1], strict=True))
+        for key, g in head.groupby(["device", "shape", *cfg, "profile"], dropna=False, sort=False):
+            device, shape, profile, conf = key[0], key[1], key[-1], dict(zip(cfg, key[2:-1], strict=True))
             if profile == "equal":  # the padded baseline itself
                 continue
             parts = []
@@ -444,7 +449,7 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
                                 if pd.notna(r["cost on equal lengths"]) and r["cost on equal lengths"] != 1 else "")
                              + _fresh(r) + ")")
             what = ", ".join(f"{k} {v}" for k, v in conf.items() if pd.notna(v))
-            s.p(f"{head['op'].iloc[0]} on {device}{' (' + what + ')' if what else ''}, {profile} lengths "
+            s.p(f"{head['op'].iloc[0]} on {device} at {shape}{' (' + what + ')' if what else ''}, {profile} lengths "
                 f"({g['padding'].iloc[0]:.0%} padding): " + "; ".join(parts) + "."
                 + _coverage(df, head["op"].iloc[0], device, conf, profile))
         others = _other_ops(rec[rec["op"] != head["op"].iloc[0]])
@@ -498,9 +503,9 @@ def _other_ops(rec: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     cfg = [c for c in CONFIG if c in rec.columns]
     rows = []
-    for key, g in rec.groupby(["op", *cfg, "device", "profile"], dropna=False, sort=False):
-        conf = ", ".join(f"{k} {v}" for k, v in zip(cfg, key[1:-2], strict=True) if pd.notna(v) and v != "-")
-        row = {"op": key[0] + (f" ({conf})" if conf else ""), "device": key[-2],
+    for key, g in rec.groupby(["op", *cfg, "device", "shape", "profile"], dropna=False, sort=False):
+        conf = ", ".join(f"{k} {v}" for k, v in zip(cfg, key[1:-3], strict=True) if pd.notna(v) and v != "-")
+        row = {"op": key[0] + (f" ({conf})" if conf else ""), "device": key[-3], "shape": key[-2],
                "lengths": f"{key[-1]} ({g['padding'].iloc[0]:.0%} padding)"}
         for _, r in g.sort_values("framework").iterrows():
             paired = pd.notna(r["x side by side"])

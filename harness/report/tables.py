@@ -32,14 +32,26 @@ def ok(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def headline(df: pd.DataFrame) -> pd.DataFrame:
-    """The quick grid's common point: the most frequent (batch, max_len) per op."""
+    """The quick grid's common point: the most frequent (batch, max_len) pair per op and device (the smallest of
+    equally frequent ones). Per device: a GPU run of one shape keeps its point beside CPU sweeps over others."""
     if df.empty:
         return df
     parts = []
-    for _, g in df.groupby("op"):
-        B, T = g["batch"].mode().iloc[0], g["max_len"].mode().iloc[0]
+    for _, g in df.groupby(["op", "device"], sort=False):
+        sizes = g.groupby(["batch", "max_len"]).size()
+        B, T = sizes.idxmax()
         parts.append(g[(g["batch"] == B) & (g["max_len"] == T)])
     return pd.concat(parts)
+
+
+def shape_label(batch, max_len) -> str:
+    """How the report names a benchmark point: "B=64 T=128"."""
+    return f"B={batch:g} T={max_len:g}"
+
+
+def with_shape(df: pd.DataFrame) -> pd.DataFrame:
+    """df with a "shape" column, `shape_label` of each row's batch and max_len."""
+    return df.assign(shape=[shape_label(b, t) for b, t in zip(df["batch"], df["max_len"], strict=True)])
 
 
 def equivalence_table(check: pd.DataFrame) -> pd.DataFrame:
@@ -204,7 +216,8 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
     data = data.assign(verdict=bench_status(data, check))
     exact = data[(data["verdict"] == "exact") & ~data["retraced"].eq(True)]
     varying, rows = _varying(exact), []
-    for (op, device, *_), d in exact.groupby(["op", "device", "batch", "max_len", *CONFIG], dropna=False):
+    for (op, device, batch, max_len, *_), d in exact.groupby(["op", "device", "batch", "max_len", *CONFIG],
+                                                            dropna=False):
         firsts, bases = baselines(d[d["profile"] == "equal"], side, low, op, device)
         base = {fw: r["median_s"] for fw, r in firsts.items()}
         base_strategy = {fw: r["strategy"] for fw, r in bases.items()}
@@ -221,7 +234,8 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                 default = g[(g["framework"] == r["framework"])
                             & (g["strategy"] == default_strategy(r["framework"], op))]["median_s"]
                 ideal = b * r["ideal_share"] if pd.notna(r["ideal_share"]) else float("nan")
-                rows.append({"op": OP_TITLES.get(op, op), "device": device, **{c: r[c] for c in varying},
+                rows.append({"op": OP_TITLES.get(op, op), "device": device, "shape": shape_label(batch, max_len),
+                             **{c: r[c] for c in varying},
                              "profile": profile, "padding": round(float(r["padding_fraction"]), 2),
                              "framework": r["framework"],
                              "fastest exact strategy": r["strategy"], "kernel": r["kernel"],
@@ -243,7 +257,8 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
            "incomplete": "check cut off on this device before their family was done"}
     unchecked = data[data["verdict"].isin(list(why))].groupby(["framework", "device", "verdict"])["strategy"]
     for (fw, device, verdict), names in unchecked:
-        rows.append({"op": "-", "device": device, "profile": "-", "padding": float("nan"), "framework": fw,
+        rows.append({"op": "-", "device": device, "shape": "-", "profile": "-", "padding": float("nan"),
+                     "framework": fw,
                      "fastest exact strategy": f"{why[verdict]}, never recommended: {', '.join(sorted(set(names)))}",
                      "kernel": "", "padded baseline": "", "sweep's fastest padded": "", "valid Mtok/s": float("nan"),
                      "x vs padded baseline": float("nan"),
