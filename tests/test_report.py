@@ -304,6 +304,8 @@ def test_report_from_a_partial_sweep(tmp_path):
         assert f">{title}</h2>" in page
     md = (tmp_path / "report.md").read_text()
     assert "never recommended: masked_loop, packed" in md, "no check: every strategy is listed as unchecked"
+    summary = md.split("## Summary")[1].split("## Setup")[0]
+    assert "8 benchmark cases measured, but no strategy they ran was checked on its device" in summary, summary
 
 
 # -- the recommendation compares like with like, counts compile cost once per shape, and rounds break-even up ----
@@ -651,3 +653,23 @@ def test_summary_gives_every_other_op_in_one_table():
     assert row["torch"] == "valid 1.60x (0.80 of the ideal 2.0x)", row["torch"]
     assert row["jax"] == "optax 1.50x (0.75 of the ideal 2.0x)", row["jax"]
     assert row["fastest in time"] == "torch", row
+
+
+def test_setup_names_the_devices_each_framework_build_was_benchmarked_on():
+    """A CUDA build timed on a lent GPU and a CPU wheel timed here: each version with its own devices, not every
+    device the framework ran on (the CPU wheel never saw the GPU)."""
+    recs = [{**_bench("torch", "fast", "equal", 1.0, device="gpu"), "version": "2.11.0+cu130"},
+            {**_bench("torch", "fast", "equal", 1.0), "version": "2.13.0+cpu"},
+            {**_checked("torch", "fast"), "version": "2.13.0+cpu"}]
+    s = report.sections.setup_section(recs, report.bench_frame(recs))
+    t = next(b[0] for kind, b in s.blocks if kind == "table" and "devices benchmarked" in b[0].columns)
+    assert t.set_index("version")["devices benchmarked"].to_dict() == {"2.11.0+cu130": "gpu", "2.13.0+cpu": "cpu"}
+
+
+def test_a_multi_line_error_stays_in_its_markdown_table_row():
+    """A failing cell's error (an InductorError's lines, a pipe) must not split its row or add columns."""
+    df = pd.DataFrame([{"name": "flex", "error": "InductorError: NYI\n  target: flex_attention\n  args[0]: a | b"},
+                       {"name": "sdpa", "error": ""}])
+    lines = report.md_table(df).splitlines()
+    assert len(lines) == 4, lines
+    assert lines[2] == "| flex | InductorError: NYI<br>  target: flex_attention<br>  args[0]: a \\| b |", lines[2]

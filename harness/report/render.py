@@ -41,10 +41,16 @@ def fmt(v) -> str:
     return str(v)
 
 
+def md_cell(v) -> str:
+    """A Markdown table cell: one line whatever the value holds (a traceback's lines joined by <br>, which
+    GitHub-flavoured Markdown renders inside a cell), its pipes escaped."""
+    return "<br>".join(fmt(v).replace("|", "\\|").splitlines())
+
+
 def md_table(df: pd.DataFrame) -> str:
-    cols = [str(c) for c in df.columns]
+    cols = [md_cell(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
 

@@ -37,10 +37,11 @@ def setup_section(records: list[dict], bench: pd.DataFrame) -> Section:
     s.table(df[cols].dropna(subset=["host"]).drop_duplicates().reset_index(drop=True))
     if "version" in df.columns:
         fw = df.dropna(subset=["framework", "version"])
-        devices = (bench.groupby("framework")["device"].agg(lambda d: ", ".join(sorted(set(d))))
-                   if not bench.empty else pd.Series(dtype=str))
-        t = fw[["framework", "version"]].drop_duplicates().sort_values("framework").reset_index(drop=True)
-        t["devices benchmarked"] = t["framework"].map(devices).fillna("-")
+        t = fw[["framework", "version"]].drop_duplicates().sort_values(["framework", "version"])
+        if not bench.empty and "version" in bench.columns:  # each build's own devices: a CPU wheel ran no GPU case
+            devices = bench.groupby(["framework", "version"])["device"].agg(lambda d: ", ".join(sorted(set(d))))
+            t = t.merge(devices.rename("devices benchmarked").reset_index(), how="left", on=["framework", "version"])
+        t = t.reindex(columns=["framework", "version", "devices benchmarked"]).fillna("-").reset_index(drop=True)
         s.table(t)
     fl = setup_floor_rows(records)
     if not fl.empty:
@@ -476,7 +477,10 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
         if lines:
             s.p(f"{len(lines)} recipes and native behaviours are wrong somewhere (details in their sections):")
             s.table(pd.DataFrame(lines), fold=False)
-    if len(s.blocks) == 0:
+    if len(s.blocks) == 0 and not ok(df).empty:
+        s.p(f"{len(ok(df))} benchmark cases measured, but no strategy they ran was checked on its device: nothing "
+            "is recommended before `varlen check` has proven it exact there ('Recommendation' lists them).")
+    elif len(s.blocks) == 0:
         s.p("Nothing measured or checked yet.")
     return s
 
