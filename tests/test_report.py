@@ -186,8 +186,8 @@ def test_a_strategy_faster_than_the_sweeps_pick_side_by_side_on_equal_lengths_is
     assert many == "torch:masked_loop", "compile-aware: on equal lengths the side-by-side order, as recommended"
     frames = (report.frame(recs, "check"), report.bench_frame(recs), report.frame(recs + faster, "paired"))
     text = " ".join(b for kind, b in report.sections.summary_section(*frames).blocks if kind == "p")
-    assert "torch: packed (1.74x the sweep's fastest padded strategy, 2.20x side by side against the padded " \
-           "baseline masked_loop," in text, text
+    assert "torch: packed [packed-kernel] (1.74x the sweep's fastest padded strategy, 2.20x side by side against " \
+           "the padded baseline masked_loop," in text, text
     one_round = [pair("equal", "masked_loop", "packed", 1.25), pair("zipf", "packed", "packed", 1.74)]
     t, _ = torch_rows(one_round)
     assert (t["padded baseline"] == "packed").all() and t.loc["zipf", "x side by side"] == 1.74, \
@@ -263,7 +263,7 @@ def test_summary_opens_the_page(built):
     assert "RNN forward + backward on cpu at B=8 T=128, lognormal lengths" in summary and "torch: packed" in summary
     assert "jax: scan" in summary and "fast" not in summary.split("proven exact")[0], summary
     assert "mask_outputs" in summary and "wrong in" in summary
-    assert "torch: packed (1.43x the padded baseline, 1.52x side by side," in summary, summary
+    assert "torch: packed [packed-kernel] (1.43x the padded baseline, 1.52x side by side," in summary, summary
 
 
 def chromium() -> str | None:
@@ -481,6 +481,7 @@ def test_compiles_that_new_batches_bring_are_charged_per_call_up_to_the_batches_
     assert ca.loc["lognormal", "best for 100 call(s)"] == "jax:scan"  # 4.4 s against 1.0 s
     assert ca.loc["lognormal", "best for 10,000 call(s)"] == "jax:bucketed"  # 44 s against 100 s
     assert ca.loc["lognormal", "break-even calls"] == "jax:bucketed is cheaper from 667 calls on than jax:scan"
+    assert ca.loc["lognormal", "kernels"] == "jax:scan [scan-k]; jax:bucketed [bucketed-k]", "what each named ran"
     # the recommendation (and the summary, which reads it) says what new batches compiled
     t = _tables(recs)[0].set_index("fastest exact strategy")
     assert t.loc["bucketed", "new batches compiled"] == "6 shapes over 3"
@@ -536,10 +537,10 @@ def test_summary_tells_configurations_and_devices_apart():
              "error": "InductorError: NYI below 16\n  target: flex_attention"}]
     df, check = report.bench_frame(recs), report.frame(recs, "check")
     text = " ".join(b for kind, b in report.sections.summary_section(check, df).blocks if kind == "p")
-    assert ("on cpu at B=64 T=128 (cell lstm), lognormal lengths (50% padding): torch: sliced (2.50x the padded "
-            "baseline") in text
-    assert ("on cpu at B=64 T=128 (cell gru), lognormal lengths (50% padding): torch: sliced (1.67x the padded "
-            "baseline") in text
+    assert ("on cpu at B=64 T=128 (cell lstm), lognormal lengths (50% padding): torch: sliced [sliced-k] (2.50x the "
+            "padded baseline") in text
+    assert ("on cpu at B=64 T=128 (cell gru), lognormal lengths (50% padding): torch: sliced [sliced-k] (1.67x the "
+            "padded baseline") in text
     assert "1 of 2 checked ops and strategies (each framework and device apart)" in text
     # the failing records' commit and first error line: committed GPU records may predate a fix
     assert "FAILING: torch/rnn/sliced on gpu (at abc1234: InductorError: NYI below 16)." in text
@@ -566,7 +567,8 @@ def test_summary_says_when_a_device_was_timed_and_what_it_was_not_timed_on():
     assert len(gpu) == 1 and len(cpu) == 1, lines
     assert gpu[0].endswith("Timed on gpu at 0ld0000 (the newest results: n3w1111); not timed on gpu: torch "
                            "concat_rows."), gpu[0]
-    assert cpu[0].endswith("torch: concat_rows (3.33x the padded baseline, 1.67 of the ideal 2.0x)."), cpu[0]
+    assert cpu[0].endswith("torch: concat_rows [concat_rows-k] (3.33x the padded baseline, 1.67 of the ideal "
+                           "2.0x)."), cpu[0]
 
 
 def test_a_strategy_whose_check_was_cut_off_is_never_called_exact(tmp_path, monkeypatch):
@@ -626,7 +628,7 @@ def test_recommendation_shows_the_gain_over_the_framework_default():
     assert math.isnan(t.loc[("jax", "lognormal"), "x vs default"]), "JAX's default (scan) was not measured"
     df, check = report.bench_frame(recs), report.frame(recs, "check")
     text = " ".join(b for kind, b in report.sections.summary_section(check, df).blocks if kind == "p")
-    assert "torch: sliced (2.50x the padded baseline, 3.00x the framework's default strategy" in text
+    assert "torch: sliced [sliced-k] (2.50x the padded baseline, 3.00x the framework's default strategy" in text
 
 
 def test_summary_gives_every_other_op_in_one_table():
@@ -650,8 +652,8 @@ def test_summary_gives_every_other_op_in_one_table():
     t = tables[0]
     assert list(t["op"]) == [OP_TITLES["loss_softmax_ce"]] and list(t["lengths"]) == ["lognormal (50% padding)"], t
     row = t.iloc[0]
-    assert row["torch"] == "valid 1.60x (0.80 of the ideal 2.0x)", row["torch"]
-    assert row["jax"] == "optax 1.50x (0.75 of the ideal 2.0x)", row["jax"]
+    assert row["torch"] == "valid [valid-k] 1.60x (0.80 of the ideal 2.0x)", row["torch"]
+    assert row["jax"] == "optax [optax-k] 1.50x (0.75 of the ideal 2.0x)", row["jax"]
     assert row["fastest in time"] == "torch", row
 
 
@@ -673,3 +675,11 @@ def test_a_multi_line_error_stays_in_its_markdown_table_row():
     lines = report.md_table(df).splitlines()
     assert len(lines) == 4, lines
     assert lines[2] == "| flex | InductorError: NYI<br>  target: flex_attention<br>  args[0]: a \\| b |", lines[2]
+
+
+def test_a_label_names_the_kernels_a_strategy_ran_with_their_plan_sizes_generalised():
+    names = report.tables.kernel_names
+    assert names(["cudnn", "cudnn", None]) == "cudnn"
+    assert names(["bucketed[4]x cudnn", "bucketed[3]x cudnn"]) == "bucketed[k]x cudnn"
+    assert names(["xla-scan rows[20x128]", "xla-scan rows[8x96]", "xla-scan"]) == "xla-scan / xla-scan rows[k]"
+    assert names([float("nan")]) == "?"

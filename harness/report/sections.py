@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from harness.families import OP_TITLES, strategy_ops
-from harness.report.figures import errbar, legend_below, new_fig, plain_log_x, save
+from harness.report.figures import barh_panels, errbar, grid_fig, legend_right, plain_log_x, save
 from harness.report.render import Section
 from harness.report.tables import (
     CONFIG,
@@ -15,6 +15,8 @@ from harness.report.tables import (
     compile_aware_table,
     frame,
     headline,
+    kernel_names,
+    labelled,
     machine_floors,
     machine_fraction,
     ok,
@@ -151,17 +153,16 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
         head = headline(d)
         ops = [op for op in OP_TITLES if op in set(head["op"])]
         if ops:
-            fig, axes = new_fig(3, (len(ops) + 2) // 3, h=5.2)
+            fig, axes = grid_fig(len(ops))
             for ax, op in zip(axes, ops):
-                for impl, g in head[head["op"] == op].groupby("impl"):
-                    errbar(ax, g, "padding_fraction", impl)
+                at_op = head[head["op"] == op]
+                for label, g in at_op.groupby(labelled(at_op, ["impl"])):
+                    errbar(ax, g, "padding_fraction", label)
                 _ideal_lines(ax, head[head["op"] == op])
                 at = head[head["op"] == op].iloc[0]
                 ax.set(title=f"{OP_TITLES[op]} ({device}, {shape_label(at['batch'], at['max_len'])})",
                        xlabel="padding fraction (share of padded steps)", ylabel="valid tokens / s", yscale="log")
-                legend_below(ax)
-            for ax in axes[len(ops):]:
-                ax.set_axis_off()
+                legend_right(ax)
             s.figure(save(fig, out, f"throughput_skew_{device}.png"),
                      f"Valid tokens per second vs padding fraction ({device}); each point is one length profile "
                      "(equal has 0 padding; zipf the most); error bars span the quartiles of the repeats. Dashed: "
@@ -170,16 +171,16 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
         by_batch = d[d.groupby(["op", "max_len", "profile"])["batch"].transform("nunique") > 1]
         if not by_batch.empty:
             ops = [op for op in OP_TITLES if op in set(by_batch["op"])]
-            fig, axes = new_fig(len(ops), h=5.2)
+            fig, axes = grid_fig(len(ops))
             for ax, op in zip(axes, ops):
                 g_op = by_batch[by_batch["op"] == op]
-                for impl, g in g_op.groupby("impl"):
-                    errbar(ax, g, "batch", impl)
+                for label, g in g_op.groupby(labelled(g_op, ["impl"])):
+                    errbar(ax, g, "batch", label)
                 prof, T = g_op["profile"].iloc[0], g_op["max_len"].iloc[0]
                 ax.set(title=f"{OP_TITLES[op]} ({device}, {prof}, T={T})", xlabel="batch size (sequences)",
                        ylabel="valid tokens / s", yscale="log")
                 plain_log_x(ax, g_op["batch"])
-                legend_below(ax)
+                legend_right(ax)
             s.figure(save(fig, out, f"throughput_batch_{device}.png"),
                      f"Valid tokens per second vs batch size ({device}); error bars span the quartiles.")
     return s
@@ -216,7 +217,7 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
     faults_paragraph(s, ok(df))
     rnn = done[done["op"] == "rnn_forward_backward"]
     panels = [("batch", "max_len"), ("max_len", "batch")]
-    fig, axes = new_fig(2, h=5.2)
+    fig, axes = grid_fig(2)
     drawn = False
     for ax, (x, fixed) in zip(axes, panels):
         for (impl, device), g in rnn.groupby(["impl", "device"]):
@@ -224,14 +225,15 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
             g = g[g[fixed] == g[fixed].mode().iloc[0]] if len(g) else g
             if g[x].nunique() > 1:
                 g = g.sort_values(x)
-                ax.plot(g[x], g["peak_bytes"] / 2**20, marker="o", label=f"{impl} ({device})")
+                ax.plot(g[x], g["peak_bytes"] / 2**20, marker="o",
+                        label=f"{impl} [{kernel_names(g['kernel'])}] ({device})")
                 drawn = True
         ax.set(title=f"RNN fwd+bwd peak memory vs {x.replace('_', ' ')} (lognormal)",
                xlabel="batch size (sequences)" if x == "batch" else "max length T (steps)",
                ylabel="peak MiB above the RSS before the call")
         plain_log_x(ax, rnn[x])
         if ax.get_legend_handles_labels()[0]:
-            legend_below(ax)
+            legend_right(ax)
     if drawn:
         s.figure(save(fig, out, "memory.png"), "Peak memory of one RNN forward+backward call vs batch size and "
                  "max length.")
@@ -289,15 +291,13 @@ def compile_section(df: pd.DataFrame, out: Path) -> Section:
     rnn = ok(df)[ok(df)["op"].isin(strategy_ops())].dropna(subset=["compile_s"])
     if rnn.empty:
         return s.p("No compile times (no strategy benchmarks, or every shape was compiled by an earlier case).")
-    t = rnn.groupby(["device", "op", "impl"])["compile_s"].median().reset_index()
+    t = rnn.groupby(["device", "op", "impl"]).agg(kernel=("kernel", kernel_names),
+                                                  compile_s=("compile_s", "median")).reset_index()
     s.p("First call minus a warm call, for the case's shape (jax.jit / tf.function trace and compile; eager "
         "strategies show ~0). No timed region includes a compile (checked in every one).")
-    fig, axes = new_fig(max(t["op"].nunique(), 1))
-    for ax, (op, g) in zip(axes, t.groupby("op")):
-        g = g.sort_values("impl")
-        labels = g["impl"] + " (" + g["device"] + ")"
-        ax.barh(labels, g["compile_s"])
-        ax.set(title=f"{OP_TITLES[op]}", xlabel="compile seconds (median over cases)")
+    panels = [(OP_TITLES[op], g["impl"] + " [" + g["kernel"] + "] (" + g["device"] + ")", g["compile_s"])
+              for op, g in t.sort_values(["op", "impl", "device"], ascending=False).groupby("op", sort=False)]
+    fig = barh_panels(panels, "compile seconds (median over cases)")
     s.figure(save(fig, out, "compile.png"), "Compile (trace) seconds per framework and strategy.")
     s.table(t.round(3))
     stream = ok(df)[ok(df)["op"].isin(strategy_ops())].dropna(subset=["stream_batches"])
@@ -352,11 +352,10 @@ def floor_section(df: pd.DataFrame, records: list[dict], out: Path) -> Section:
             + used["cores"].map(lambda c: "?" if pd.isna(c) else str(int(c))) + " cores)", "device": used["device"],
             "copy GB/s": (used["copy_bytes_per_s"] / 1e9).round(1), "copy measured with": used["copy_by"],
             "GEMM GFLOP/s": (used["gemm_flop_per_s"] / 1e9).round(0), "GEMM measured with": used["gemm_by"]}))
-    fig, axes = new_fig(1, w=9)
-    ax = axes[0]
-    labels = best["op"].map(OP_TITLES) + " / " + best["framework"] + " (" + best["device"] + ")"
-    ax.barh(labels, best["fraction_of_floor"])
-    ax.set(xscale="log", xlabel="fraction of floor (log)", title="Best strategy per framework and op")
+    labels = (best["op"].map(OP_TITLES) + " / " + best["framework"] + ":" + best["strategy"] + " [" + best["kernel"]
+              + "] (" + best["device"] + ")")
+    fig = barh_panels([("Best strategy per framework and op", labels, best["fraction_of_floor"])],
+                      "fraction of floor (log)", log=True)
     s.figure(save(fig, out, "floor.png"), "Fraction of the copy-bandwidth / GEMM floor reached.")
     return s.table(best.round(4))
 
@@ -436,7 +435,7 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
             parts = []
             for _, r in g.iterrows():
                 pol = best_policy.get((device, profile, r["framework"]))
-                parts.append(f"{r['framework']}: {r['fastest exact strategy']}"
+                parts.append(f"{r['framework']}: {r['fastest exact strategy']} [{r['kernel']}]"
                              + (f" with {pol} batches" if pol else "")
                              + f" ({r['x vs padded baseline']:.2f}x "
                              + ("the padded baseline" if not rebased(r) else "the sweep's fastest padded strategy")
@@ -515,7 +514,8 @@ def _other_ops(rec: pd.DataFrame) -> pd.DataFrame:
             paired = pd.notna(r["x side by side"])
             x = r["x side by side"] if paired else r["x vs padded baseline"]
             ideal = (f" ({x / r['ideal x']:.2f} of the ideal {r['ideal x']:.1f}x)" if pd.notna(r["ideal x"]) else "")
-            row[r["framework"]] = (f"{r['fastest exact strategy']} {x:.2f}x{' side by side' if paired else ''}{ideal}"
+            row[r["framework"]] = (f"{r['fastest exact strategy']} [{r['kernel']}] {x:.2f}x"
+                                   f"{' side by side' if paired else ''}{ideal}"
                                    f"{_fresh(r)}")
         best = g[g["overall best"].astype(bool)]["framework"]
         row["fastest in time"] = ", ".join(best) if len(best) else "-"

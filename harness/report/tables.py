@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,23 @@ def headline(df: pd.DataFrame) -> pd.DataFrame:
 def shape_label(batch, max_len) -> str:
     """How the report names a benchmark point: "B=64 T=128"."""
     return f"B={batch:g} T={max_len:g}"
+
+
+def kernel_names(kernels) -> str:
+    """The kernel(s) a group of records ran, for a label: the one name where all agree, else the distinct names
+    with their plan sizes generalised ("bucketed[4]x cudnn", "bucketed[3]x cudnn" -> "bucketed[k]x cudnn";
+    "rows[20x128]" -> "rows[k]"), joined by " / "."""
+    names = sorted({str(k) for k in kernels if isinstance(k, str) and k})
+    if len(names) > 1:
+        names = sorted({re.sub(r"\[[0-9x]+\]", "[k]", k) for k in names})
+    return " / ".join(names) if names else "?"
+
+
+def labelled(df: pd.DataFrame, by: list[str]) -> pd.Series:
+    """Each row's "framework:strategy [kernels]", the kernels being `kernel_names` of its group `by` (e.g. the
+    rows of one strategy on one device): a figure's legend names what ran."""
+    kernels = df.groupby(by, dropna=False)["kernel"].transform(kernel_names)
+    return df["impl"] + " [" + kernels + "]"
 
 
 def with_shape(df: pd.DataFrame) -> pd.DataFrame:
@@ -418,11 +436,14 @@ def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFr
     data = data.assign(median_s=warm_times(data, paired))
     varying, rows = _varying(data), []
     for (op, device, *_, profile), g in data.groupby(["op", "device", *CONFIG, "profile"], dropna=False):
-        row = {"op": OP_TITLES.get(op, op), "device": device, **{c: g[c].iloc[0] for c in varying},
+        row = {"op": OP_TITLES.get(op, op), "device": device,
+               "shape": shape_label(g["batch"].iloc[0], g["max_len"].iloc[0]), **{c: g[c].iloc[0] for c in varying},
                "profile": profile}
         for n in CALLS:
             row[f"best for {n:,} call(s)"] = g.loc[calls_cost(g, n).idxmin(), "impl"]
         row["break-even calls"] = hand_overs(g)
+        named = dict.fromkeys([*(row[f"best for {n:,} call(s)"] for n in CALLS), *(i for _, i in cheapest_from(g))])
+        row["kernels"] = "; ".join(f"{i} [{kernel_names(g.loc[g['impl'] == i, 'kernel'])}]" for i in named)
         rows.append(row)
     return pd.DataFrame(rows)
 
