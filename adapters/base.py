@@ -22,7 +22,10 @@ import numpy as np
 from adapters.spec import (
     CELLS,
     DEVICES,
+    EMBEDDING_MODES,
     FLOAT_DTYPES,
+    LOSS_KINDS,
+    LOSS_REDUCTIONS,
     SIDES,
     AttnOut,
     Packed,
@@ -34,6 +37,7 @@ from adapters.spec import (
     check_choice,
     check_lengths,
     check_maxlen,
+    check_strategy_spec,
     kernel_fields,
     valid_mask,
 )
@@ -163,12 +167,18 @@ class Adapter(abc.ABC):
 
     def strategies(self, family: str, **spec: Any) -> list[str]:
         """The exact strategies for `family` whose precondition holds for `spec` (e.g. cell="gru",
-        device="gpu", dtype="float32"), default first."""
-        return [n for n, u in self.strategy_table(family).items() if u.supports(self, **spec) is None]
+        device="gpu", dtype="float32"), default first. `spec` takes the family's keywords in
+        `adapters.spec.STRATEGY_SPEC` only, each with a valid value (ValueError otherwise, the same in every
+        adapter); a keyword left out constrains nothing."""
+        table = self.strategy_table(family)
+        check_strategy_spec(family, spec)
+        return [n for n, u in table.items() if u.supports(self, **spec) is None]
 
     def why_not(self, family: str, strategy: str, **spec: Any) -> str | None:
-        """None if `strategy` may run for `spec`, else the reason its precondition gives."""
+        """None if `strategy` may run for `spec`, else the reason its precondition gives (`spec` as for
+        `strategies`)."""
         table = self.strategy_table(family)
+        check_strategy_spec(family, spec)
         check_choice(f"{self.name} {family} strategy", strategy, list(table))
         return table[strategy].supports(self, **spec)
 
@@ -193,8 +203,10 @@ class Adapter(abc.ABC):
         return self.strategies("rnn", cell=cell)
 
     def _unit(self, family: str, strategy: str | None, **spec: Any) -> Strategy:
-        """The strategy unit to run (the default when None), after its precondition."""
+        """The strategy unit to run (the default when None), after its precondition (`spec` as for
+        `strategies`)."""
         table = self.strategy_table(family)
+        check_strategy_spec(family, spec)
         if strategy is None:
             usable = self.strategies(family, **spec)
             if not usable:
@@ -260,7 +272,13 @@ class Adapter(abc.ABC):
     # -- the ops: validate, then dispatch ---------------------------------------------------------------------
     def pad(self, seqs: Sequence[Any], *, side: str = "right", value: Any = 0, maxlen: int | None = None,
             truncate: str = "right", device: str = "cpu") -> Any:
-        """List of [L_i, *feat] -> [B, T, *feat] with T = maxlen or max L_i (keras `pad_sequences` values)."""
+        """List of [L_i, *feat] -> [B, T, *feat] with T = maxlen or max L_i (keras `pad_sequences` values).
+
+        The result keeps the sequences' dtype, so all sequences must share one: a sequence whose dtype differs from
+        sequence 0's is a ValueError naming both (never a silent cast, which would truncate 1.7 to 1 in an int
+        batch). A plain Python list has the dtype NumPy infers for it, except an empty one, which has none (NumPy
+        would guess float64) and takes the others' dtype.
+        """
         check_choice("side", side, SIDES)
         check_choice("truncate", truncate, SIDES)
         self._check_device(device)
@@ -274,11 +292,29 @@ class Adapter(abc.ABC):
                 raise ValueError(f"sequence {i} is a scalar; each sequence must be at least 1-D [L, *feat]")
             if shape[1:] != shapes[0][1:]:
                 raise ValueError(f"sequence {i} has feature shape {shape[1:]} but sequence 0 has {shapes[0][1:]}")
-        first = seqs[0]
-        check_pad_value(value, self.dtype_name(first) if hasattr(first, "dtype") else np.asarray(first).dtype.name)
+        seqs, dtype = self._one_dtype(list(seqs), shapes)
+        check_pad_value(value, dtype)
         longest = max(s[0] for s in shapes)
         T = longest if maxlen is None else check_maxlen(maxlen)
-        return self._pad(list(seqs), T, side, value, truncate, device)
+        return self._pad(seqs, T, side, value, truncate, device)
+
+    def _one_dtype(self, seqs: list, shapes: list[tuple]) -> tuple[list, str]:
+        """(seqs, their one dtype name) for `pad`: ValueError at the first sequence whose dtype differs from the
+        first typed one's (sequence 0 unless it is an empty plain list); each empty plain list (no dtype of its own)
+        replaced by an empty slice of that sequence, so that the framework's `_pad` sees one dtype."""
+        typed = [None if not hasattr(s, "dtype") and shapes[i][0] == 0 else self.dtype_name(s)
+                 for i, s in enumerate(seqs)]
+        ref = next((i for i, dt in enumerate(typed) if dt is not None), None)
+        if ref is None:  # nothing but empty lists: NumPy's float64
+            return seqs, np.asarray(seqs[0]).dtype.name
+        for i, dt in enumerate(typed):
+            if dt is not None and dt != typed[ref]:
+                raise ValueError(f"sequences[{i}] has dtype {dt}, sequences[{ref}] has {typed[ref]}: all sequences "
+                                 f"must share one dtype")
+        if None in typed:
+            empty = (seqs[ref] if hasattr(seqs[ref], "dtype") else np.asarray(seqs[ref]))[:0]
+            seqs = [empty if dt is None else s for s, dt in zip(seqs, typed, strict=True)]
+        return seqs, typed[ref]
 
     def mask(self, lengths: Any, maxlen: int, *, side: str = "right", device: str = "cpu") -> Any:
         """bool [B, maxlen], True at valid steps."""
@@ -389,7 +425,7 @@ class Adapter(abc.ABC):
 
     # -- embeddings (ARCHITECTURE.md, "Embeddings") -----------------------------------------------------------
     #: embedding_bag's reductions over each row's valid tokens
-    EMBEDDING_MODES = ("sum", "mean", "max")
+    EMBEDDING_MODES = EMBEDDING_MODES
 
     def embed(self, tokens: Any, table: Any, lengths: Any, *, side: str = "right", strategy: str | None = None,
               device: str = "cpu") -> Any:
@@ -705,10 +741,8 @@ def check_packed(packed: Packed, to_numpy) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Losses: the choices and the host-side validation every adapter shares (ARCHITECTURE.md, "Losses").
-
-LOSS_KINDS = ("softmax_ce", "sigmoid_bce")
-LOSS_REDUCTIONS = ("token_mean", "sequence_mean", "sum")
+# Losses: the host-side validation every adapter shares (ARCHITECTURE.md, "Losses"); the choices, LOSS_KINDS and
+# LOSS_REDUCTIONS, live in `adapters.spec` (imported above, so `adapters.base.LOSS_REDUCTIONS` still works).
 
 
 def check_loss_inputs(kind: str, logits_shape: tuple, targets_shape: tuple, logits_dtype: str,

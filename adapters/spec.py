@@ -19,6 +19,12 @@ DEVICES = ("cpu", "gpu")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 #: floating dtypes an RNN / masked_mean input may have (by NumPy-style name)
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+#: masked_loss's kinds and reductions (ARCHITECTURE.md, "Losses")
+LOSS_KINDS = ("softmax_ce", "sigmoid_bce")
+LOSS_REDUCTIONS = ("token_mean", "sequence_mean", "sum")
+#: the embedding family's ops, and embedding_bag's reductions over each row's valid tokens
+EMBEDDING_OPS = ("embed", "embedding_bag")
+EMBEDDING_MODES = ("sum", "mean", "max")
 
 
 class Unsupported(ValueError):
@@ -183,6 +189,29 @@ def map_params(fn, params):
 def check_choice(what: str, value: Any, choices) -> None:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of {list(choices)}")
+
+
+#: family -> {keyword of `Adapter.strategies(family, **spec)`: its choices, or None where any value goes}: every
+#: keyword a precondition of that family reads, and the only ones its callers may pass (the base class's ops pass
+#: exactly these; `attention_spec` builds the attention row's), so a misspelled keyword or an unknown value is an
+#: error instead of a spec the preconditions silently ignore. mode is None for "embed" (it has no mode).
+STRATEGY_SPEC: dict[str, dict[str, tuple | None]] = {
+    "rnn": {"cell": CELLS, "device": DEVICES, "dtype": FLOAT_DTYPES},
+    "loss": {"kind": LOSS_KINDS, "reduction": LOSS_REDUCTIONS, "device": DEVICES, "dtype": FLOAT_DTYPES},
+    "embedding": {"op": EMBEDDING_OPS, "mode": (*EMBEDDING_MODES, None), "device": DEVICES, "dtype": FLOAT_DTYPES},
+    "attention": {"device": DEVICES, "dtype": FLOAT_DTYPES, "causal": (False, True), "gqa": (False, True),
+                  "side": SIDES, "cross": (False, True), "head_dim": None},
+}
+
+
+def check_strategy_spec(family: str, spec: dict[str, Any]) -> None:
+    """Every keyword of a strategy spec for `family` is one of its `STRATEGY_SPEC` keywords, with a value among
+    that keyword's choices: a ValueError naming the keyword (and the accepted ones) or the value otherwise."""
+    accepted = STRATEGY_SPEC.get(family, {})
+    for key, value in spec.items():
+        check_choice(f"{family} strategy spec keyword", key, list(accepted))
+        if accepted[key] is not None:
+            check_choice(key, value, accepted[key])
 
 
 def check_lengths(lengths: np.ndarray, *, batch: int | None = None, maxlen: int | None = None) -> np.ndarray:

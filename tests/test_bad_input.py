@@ -57,6 +57,34 @@ def ops(a):
                              "pad value nan is not representable in dtype int64"),
         "pad_half_into_bool": (lambda: a.pad([np.array([True]), np.array([False])], value=0.5),
                                "not representable in dtype bool"),
+        "pad_mixed_dtypes": (lambda: a.pad([np.array([1, 2], np.int32), np.array([1.7, 2.9], np.float32)]),
+                             "sequences[1] has dtype float32, sequences[0] has int32: all sequences must share one "
+                             "dtype"),
+        "pad_mixed_native_dtypes": (lambda: a.pad([a.asarray(np.array(s)) for s in ([1], [2], [0.5, 1.5])]),
+                                    "sequences[2] has dtype float64, sequences[0] has int64"),
+        "pad_mixed_lists": (lambda: a.pad([[1, 2], [], [3.5]]),
+                            "sequences[2] has dtype float64, sequences[0] has int64"),
+        "strategies_unknown_keyword": (lambda: a.strategies("rnn", cel="lstm"),
+                                       "unknown rnn strategy spec keyword 'cel'; expected one of ['cell', 'device', "
+                                       "'dtype']"),
+        "strategies_unknown_cell": (lambda: a.strategies("rnn", cell="xyz"), "unknown cell 'xyz'"),
+        "strategies_unknown_device": (lambda: a.strategies("rnn", cell="lstm", device="tpu"), "unknown device 'tpu'"),
+        "strategies_unknown_dtype": (lambda: a.strategies("loss", kind="softmax_ce", dtype="int8"),
+                                     "unknown dtype 'int8'"),
+        "strategies_unknown_reduction": (lambda: a.strategies("loss", reduction="avg"), "unknown reduction 'avg'"),
+        "strategies_unknown_mode": (lambda: a.strategies("embedding", op="embedding_bag", mode="median"),
+                                    "unknown mode 'median'"),
+        "strategies_unknown_op": (lambda: a.strategies("embedding", op="bag"), "unknown op 'bag'"),
+        "attention_strategies_unknown_side": (lambda: a.attention_strategies(side="up"), "unknown side 'up'"),
+        "attention_strategies_unknown_keyword": (lambda: a.attention_strategies(heads=2),
+                                                 "unknown attention strategy spec keyword 'heads'"),
+        "why_not_unknown_keyword": (lambda: a.why_not("rnn", a.strategies("rnn")[0], cells="gru"),
+                                    "unknown rnn strategy spec keyword 'cells'"),
+        "why_not_unknown_cell": (lambda: a.why_not("rnn", a.strategies("rnn")[0], cell="xyz"), "unknown cell 'xyz'"),
+        "unit_unknown_keyword": (lambda: a._unit("loss", a.strategies("loss")[0], kinds="softmax_ce"),
+                                 "unknown loss strategy spec keyword 'kinds'"),
+        "unit_default_unknown_keyword": (lambda: a._unit("loss", None, kinds="softmax_ce"),
+                                         "unknown loss strategy spec keyword 'kinds'"),
         "unpack_bad_batch_sizes": (lambda: a.unpack(Packed(np.zeros((3, 2)), np.array([1, 2]), np.array([0, 1]),
                                                           np.array([0, 1]))), "batch_sizes must not increase"),
         "unpack_bad_indices": (lambda: a.unpack(Packed(np.zeros((3, 2)), np.array([2, 1]), np.array([0, 0]),
@@ -91,6 +119,16 @@ def test_rnn_spec_validates_field_types():
         RnnSpec("lstm", 3, 2, bidirectional="no")
     with pytest.raises(ValueError, match="unknown cell"):
         RnnSpec(["lstm"], 3, 2)
+
+
+def test_pad_takes_empty_lists_as_the_shared_dtype(any_adapter):
+    """An empty plain list has no dtype of its own (NumPy would guess float64): it is no mixed dtype, and the
+    result keeps the other sequences' dtype wherever it stands."""
+    a = any_adapter
+    for seqs, dtype, want in (([[1, 2], [], [3]], "int64", [[1, 2], [0, 0], [3, 0]]),
+                              ([[], np.array([1, 2], np.int32)], "int32", [[0, 0], [1, 2]])):
+        out = a.pad(seqs)
+        assert a.dtype_name(out) == dtype and a.to_numpy(out).tolist() == want, f"{a.name} {seqs}: {out!r}"
 
 
 def test_params_as_nested_lists_work_like_arrays(any_adapter):

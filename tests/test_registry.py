@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import adapters
+from adapters.spec import (
+    CELLS,
+    DEVICES,
+    EMBEDDING_MODES,
+    FLOAT_DTYPES,
+    LOSS_KINDS,
+    LOSS_REDUCTIONS,
+    STRATEGY_SPEC,
+    attention_spec,
+)
 
 
 def test_import_harness_and_adapters_imports_no_framework():
@@ -72,3 +84,34 @@ def test_a_kernel_per_variant_is_named_apart_and_listed_once():
         ("rows gathered + F.x", "rows gathered + F.y", "rows gathered + F.x | F.y")
     plain = Strategy("p", print, print, **kernel_fields({"a": "optax.f(where)", "b": "optax.g"}))
     assert plain.kernel == "optax.f(where) | optax.g" and Strategy("q", print, print, kernel="k").kernel_for("a") == "k"
+
+
+def test_strategies_accept_every_spec_keyword_their_callers_pass(any_adapter):
+    """`STRATEGY_SPEC` has one row per family with strategies, and every keyword the base class's ops (and the
+    harness) pass, with each value they pass, is accepted: validating the spec breaks no legitimate caller."""
+    assert set(STRATEGY_SPEC) == set(adapters.STRATEGY_FAMILIES)
+    a, L = any_adapter, np.array([2, 3])
+    for device, dtype in itertools.product(DEVICES, FLOAT_DTYPES):
+        for cell in CELLS:
+            a.strategies("rnn", cell=cell, device=device, dtype=dtype)
+        for kind, reduction in itertools.product(LOSS_KINDS, LOSS_REDUCTIONS):
+            a.strategies("loss", kind=kind, reduction=reduction, device=device, dtype=dtype)
+        for op, mode in (("embed", None), *(("embedding_bag", mode) for mode in EMBEDDING_MODES)):
+            a.strategies("embedding", op=op, mode=mode, device=device, dtype=dtype)
+        for causal, side in itertools.product((False, True), ("right", "left")):
+            a.strategies("attention", **attention_spec(device, dtype, causal, 4, 2, side, L, L[::-1], 3, 4, 8))
+    assert a.strategies("rnn", cell="gru", device="cpu") and a.strategies("embedding", device="cpu")
+
+
+def test_concat_rows_gives_its_own_reason_for_the_tanh_rnn():
+    """torch's concat_rows refuses the tanh RNN for want of a gate to reset the state between the sequences of a
+    row, not saturated_gate's reason (no gate to saturate on padding)."""
+    from tests.conftest import require
+
+    require("torch")
+    fw = adapters.get("torch")
+    spec = dict(cell="rnn", device="cpu", dtype="float32")
+    concat, saturated = fw.why_not("rnn", "concat_rows", **spec), fw.why_not("rnn", "saturated_gate", **spec)
+    assert concat and saturated and "concat_rows" not in fw.rnn_strategies("rnn")
+    assert "saturate" not in concat and "reset" in concat, concat
+    assert concat.split(";")[0] != saturated.split(";")[0], (concat, saturated)

@@ -18,9 +18,9 @@ class TensorflowOps:
     def _pad(self, seqs, maxlen, side, value, truncate, device):
         """`keras.utils.pad_sequences` values through a RaggedTensor.
 
-        Unlike pad_sequences (whose dtype defaults to int32) the result keeps the sequences' dtype (the first
-        sequence's, like the NumPy reference). Right truncation is `to_tensor`'s own; left truncation slices the
-        ragged rows; left padding rolls each right-padded row by a gather.
+        Unlike pad_sequences (whose dtype defaults to int32) the result keeps the sequences' dtype (the one they
+        all share: `Adapter.pad` rejects mixed dtypes). Right truncation is `to_tensor`'s own; left truncation
+        slices the ragged rows; left padding rolls each right-padded row by a gather.
         """
         tf = self.tf
         arrays = [s if isinstance(s, tf.Tensor) else np.asarray(s) for s in seqs]

@@ -1032,6 +1032,16 @@ def _cuda_only(adapter: Any, device: str = "cpu", **spec: Any) -> str | None:
     return None
 
 
+def _resettable(adapter: Any, cell: str | None = None, **spec: Any) -> str | None:
+    """concat_rows' precondition: its indicator inputs reset the state to exactly 0 between the sequences sharing a
+    row (and read each LSTM sequence's c_n out) by shutting gates (LSTM i and f, GRU r and z), which a tanh RNN
+    lacks; time_sliced and bucketed, which need no reset, run it."""
+    if cell == "rnn":
+        return ("a tanh RNN has no gate to reset its state to 0 between the sequences sharing a row (each would "
+                "start from the previous one's state); use 'time_sliced' or 'bucketed'")
+    return None
+
+
 STRATEGIES = strategy_table(
     _unit("packed", _PACKED, "pack_padded_sequence + nn.LSTM/GRU/RNN + pad_packed_sequence (cuDNN / oneDNN)"),
     _unit("masked_loop", _LOOP, "cell per step, torch.where carry"),
@@ -1053,5 +1063,5 @@ STRATEGIES = strategy_table(
     _unit("concat_rows", _CONCAT, "sequences end to end in few rows (first-fit), one fused padded call per layer "
           "and direction over that grid (oneDNN / cuDNN / aten), indicator inputs that reset the state to exactly 0 "
           "between sequences and read each LSTM sequence's c_n out mid-row",
-          supports=gated_only("time_sliced", "bucketed")),
+          supports=_resettable),
 )
