@@ -174,9 +174,11 @@ def test_native_verdicts(fw, ref, device):
 
 def test_recipe_verdicts(fw, ref, device):
     got: dict = {}
+    strategies = set(fw.strategy_table("rnn")) | set(fw.strategy_table("embedding"))
     for r in fam.idiom_records(fw, ref, device):
         got.setdefault((r["name"], r["side"]), {})[r["quantity"]] = r["equivalent"]
         assert r["why"], f"recipe {r['name']} has no why"
+        assert r["kernel"] and r["kernel"] not in strategies, f"{r['name']}: kernel {r['kernel']!r} names no kernel"
     assert got == IDIOM_VERDICTS, f"{fw.name}: recipe verdicts {got}, expected {IDIOM_VERDICTS}"
 
 

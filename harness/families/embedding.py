@@ -181,13 +181,14 @@ def mask_from_tokens(fw, tokens, table, L, cot, device="cpu") -> dict:
     return {"outputs": out, "bag_mean": out.sum(1) / np.maximum(derived.sum(1), 1), "grad_table": fw.to_numpy(g)}
 
 
-def embed_mask_rnn(fw, tokens, table, L, side, params, spec, full: bool, device="cpu") -> dict:
-    """embed (0 at padding) -> rnn over all T steps (full=True: the recipe) or the true lengths (the reference)."""
+def embed_mask_rnn(fw, tokens, table, L, side, params, spec, full: bool, device="cpu") -> tuple[dict, str]:
+    """embed (0 at padding) -> rnn over all T steps (full=True: the recipe) or the true lengths (the reference):
+    ({quantity: value}, the kernel the RNN ran)."""
     x = fw.embed(fw.asarray(tokens, device), fw.asarray(table, device), L, side=side, device=device)
     B, T = tokens.shape
     out = fw.rnn(spec, params, x, np.full(B, T) if full else L, side=side, device=device)
     return {"outputs": np.where(valid_mask(L, T, side)[..., None], fw.to_numpy(out.outputs), 0),
-            "h_n": fw.to_numpy(out.h_n)}
+            "h_n": fw.to_numpy(out.h_n)}, out.kernel
 
 
 def idiom_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
@@ -206,12 +207,12 @@ def idiom_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
     params = init_params(spec, seed=1, dtype="float64")
     for side in SIDES:
         toks = tokens_for(L, 5, side, pad=0)
-        got = embed_mask_rnn(fw, toks, table, L, side, params, spec, True, device)
-        want = embed_mask_rnn(ref, toks, table, L, side, params, spec, False)
+        got, kernel = embed_mask_rnn(fw, toks, table, L, side, params, spec, True, device)
+        want, _ = embed_mask_rnn(ref, toks, table, L, side, params, spec, False)
         for q in got:
             yield record(fw, device, kind="idiom", op="embed+rnn", name="embed_mask_rnn_final_state",
                          case="ragged_batch", side=side, dtype="float64", quantity=q,
-                         **_verdict(got[q], want[q], tol), kernel=fw.rnn_strategies("rnn")[0],
+                         **_verdict(got[q], want[q], tol), kernel=kernel,
                          why=IDIOMS["embed_mask_rnn_final_state"])
 
 
