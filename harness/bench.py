@@ -286,7 +286,8 @@ def _groups(cases: list[dict], shared: bool = False) -> list[tuple[str, list[dic
 
 
 def done_keys(out: str) -> set[str]:
-    """Case keys whose latest record in `out` is a completed measurement (what --resume skips)."""
+    """Case keys whose latest record in `out` is a completed measurement (what --resume skips, with the "unsupported"
+    records of this same code: `harness.cli._recorded`)."""
     return {r["key"] for r in results.select(results.read([out])) if r["source"] == "bench" and r["status"] == "ok"}
 
 

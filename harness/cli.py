@@ -191,11 +191,19 @@ def _file_profiles(args) -> list[dict]:
     if args.lengths_column and not any(Path(p).suffix in (".csv", ".parquet") for p in args.lengths or []):
         raise Usage(f"--lengths-column {args.lengths_column!r} names a column of a --lengths CSV/Parquet file, and "
                     "none was given")
+    given = ([(f"--lengths {p}", p, args.lengths_column, "values") for p in args.lengths or []]
+             + [(f"--lengths-from-text {p}", p, None, "text") for p in args.lengths_from_text or []])
     try:
-        return ([source_fields(p, args.lengths_column) for p in args.lengths or []]
-                + [source_fields(p, None, "text") for p in args.lengths_from_text or []])
+        sources = [source_fields(p, column, kind) for _, p, column, kind in given]
     except LengthsError as e:
         raise Usage(str(e)) from None
+    first: dict[str, tuple[str, dict]] = {}
+    for (flag, *_), src in zip(given, sources):  # the same file given twice is one profile, not a clash
+        seen = first.setdefault(src["profile"], (flag, src))
+        if seen[1] != src:
+            raise Usage(f"{seen[0]} and {flag} would both be profile {src['profile']!r} (a lengths file's profile is "
+                        "named after its file name, in every record and report): rename or link one of them")
+    return sources
 
 
 def _bench_grids(args) -> list[dict]:
@@ -214,6 +222,99 @@ def _bench_grids(args) -> list[dict]:
     return grids
 
 
+def _ops_taking(frameworks: list[str], strategies: dict, devices: tuple[str, ...], field: str) -> list[str]:
+    """Every op (not only the selected ones) whose cases carry `field` for these frameworks and strategies (a
+    strategy: only ops of a strategy family): where an option would apply, for the error saying it applies to none."""
+    from harness.families import OPS, strategy_ops
+
+    found = axes.cases(ops=OPS, frameworks=frameworks, strategies=strategies, devices=devices, batches=(1,),
+                       max_lens=(1,), profiles=("equal",))
+    return list(dict.fromkeys(c["op"] for c in found
+                              if field in c and (field != "strategy" or c["op"] in strategy_ops())))
+
+
+def _every_option_selects(args, cases: list[dict], grids: list[dict], frameworks: list[str], declared: dict,
+                          devices: tuple[str, ...]) -> None:
+    """A usage error for an option value that selects nothing: a --strategy, --cell or --hidden that no case of
+    the selected ops carries (--strategy packed or --cell gru with only `pad`; --cell gru with only `rnn_epoch`,
+    which runs the first cell given), or an --op left with no case (rnn_forward with only --strategy cross_entropy).
+    Where the selected ops mix those an option fits and others (`--op pad --op rnn_forward --cell gru`), it applies
+    to those it fits. `declared`: every declared strategy of the frameworks, to say where a value would apply."""
+    from harness.families import strategy_ops
+
+    ops = list(dict.fromkeys(op for grid in grids for op in grid["ops"]))
+    for flag, field, values in (("--strategy", "strategy", args.strategy), ("--op", "op", args.op),
+                                ("--cell", "cell", args.cell), ("--hidden", "hidden", args.hidden)):
+        taking = [c for c in cases if field in c and (field != "strategy" or c["op"] in strategy_ops())]
+        for value in dict.fromkeys(values or ()):
+            if any(c[field] == value for c in taking):
+                continue
+            if field == "op":
+                own = sorted({c["strategy"] for c in axes.cases(
+                    ops=(value,), frameworks=frameworks, strategies=declared, devices=devices, batches=(1,),
+                    max_lens=(1,), profiles=("equal",))})
+                raise Usage(f"--op {value} selects no case: " + (
+                    f"none of its strategies ({', '.join(own)}) is among --strategy {', '.join(args.strategy)}"
+                    if args.strategy else "these options leave none of its cases"))
+            only = {f: {fam: [s for s in v if s == value] for fam, v in d.items()} for f, d in declared.items()}
+            where = _ops_taking(frameworks, only if field == "strategy" else declared, devices, field)
+            if not set(where) & set(ops):
+                raise Usage(f"{flag} {value} applies to none of the selected ops ({', '.join(ops)}): "
+                            + (f"only to {', '.join(where)}" if where else f"to no op of {', '.join(frameworks)}"))
+            skip = [f"{fw} {s} on {dev}" for fw, s, dev in axes.QUICK_SKIP if s == value and fw in frameworks]
+            run = ", ".join(str(v) for v in dict.fromkeys(c[field] for c in taking))
+            raise Usage(f"{flag} {value} selects no case of the selected ops ({', '.join(ops)})"
+                        + (f": the quick grid leaves out {', '.join(skip)}" if args.quick and skip else
+                           f": those that take it run {run} only" if taking else ""))
+
+
+def _installed_version(framework: str) -> str | None:
+    """The installed version of `framework`'s distribution, read from its metadata (no import), or None."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    for dist in packages_distributions().get(framework, []):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def _recorded(out: Path, cases: list[dict]) -> tuple[dict[str, str], int]:
+    """--resume: ({key: why} of the `cases` already recorded to their end in `out`, how many will run again though
+    their latest record says "unsupported"). Finished: the latest record is a measurement (`bench.done_keys`), or
+    says "unsupported" and was written by this same code on this host: its commit (clean) and host equal this run's
+    and its framework version is the installed one. A strategy's precondition that excluded the case then excludes
+    it again, and its record would only be appended once more. One written by another commit, host or framework
+    version, or by uncommitted code (a "+dirty" commit: which changes is not recorded), runs again: the code may
+    now support it."""
+    from harness import bench
+
+    measured = bench.done_keys(str(out))
+    here = records.machine()
+    clean = here["commit"] != "unknown" and not here["commit"].endswith("+dirty")
+    unsupported = {r["key"]: r for r in results.select(results.read([out]))
+                   if r["source"] == "bench" and r["status"] == "unsupported"}
+    versions = {fw: _installed_version(fw) for fw in {r["framework"] for r in unsupported.values()}} if clean else {}
+    done, again = {}, 0
+    for key in map(axes.case_key, cases):
+        rec = unsupported.get(key)
+        if key in measured:
+            done[key] = "measured"
+        elif (rec is not None and clean and (rec["commit"], rec["host"]) == (here["commit"], here["host"])
+              and versions.get(rec["framework"]) and versions[rec["framework"]] in (rec.get("version") or "")):
+            done[key] = "not supported"
+        elif rec is not None:
+            again += 1
+    return done, again
+
+
+def _skipped_text(skipped: dict[str, str]) -> str:
+    """What --resume skipped: "skipped 8 already recorded (6 measured, 2 not supported)"."""
+    whys = [f"{list(skipped.values()).count(w)} {w}" for w in ("measured", "not supported") if w in skipped.values()]
+    return f"skipped {len(skipped)} already recorded" + (f" ({', '.join(whys)})" if whys else "")
+
+
 def cmd_bench(args) -> int:
     import adapters
     from harness import bench, cluster, families, paired, speedups
@@ -226,8 +327,9 @@ def cmd_bench(args) -> int:
         raise Usage(str(e)) from None
     frameworks = _frameworks(args.framework)
     devices = tuple(dict.fromkeys(args.device or ["cpu"]))
-    declared = {f: {fam: adapters.declared_strategies(f, fam) for fam in adapters.STRATEGY_FAMILIES}
-                for f in frameworks}
+    everything = {f: {fam: adapters.declared_strategies(f, fam) for fam in adapters.STRATEGY_FAMILIES}
+                  for f in frameworks}
+    declared = everything
     if args.strategy:
         known = {s for d in declared.values() for v in d.values() for s in v}
         unknown = sorted(set(args.strategy) - known)
@@ -237,24 +339,35 @@ def cmd_bench(args) -> int:
                     for f, d in declared.items()}
     out = Path(args.out)
     _results_file(out)
-    if "gpu" in devices and not args.cluster:  # on a cluster, the GPUs are the workers' (placed by resource)
-        _probe_gpu(frameworks)
-    cases = list({axes.case_key(c): c for grid in _bench_grids(args) for c in axes.cases(
+    grids = _bench_grids(args)
+    cases = list({axes.case_key(c): c for grid in grids for c in axes.cases(
         frameworks=frameworks, strategies=declared, devices=devices, **grid)}.values())
     if args.strategy:
         cases = [c for c in cases if c["op"] not in families.strategy_ops() or c["strategy"] in args.strategy]
+    _every_option_selects(args, cases, grids, frameworks, everything, devices)
     if not cases:
         raise Usage("these options select no case to run")
+    if "gpu" in devices and not args.cluster:  # on a cluster, the GPUs are the workers' (placed by resource)
+        _probe_gpu(frameworks)
     if args.shard:
         total, cases = len(cases), bench.shard(cases, *args.shard)
         print(f"varlen bench: shard {args.shard[0]}/{args.shard[1]}: {len(cases)} of {total} cases")
         if not cases:
             return 0
+    skipped: dict[str, str] = {}
+    if args.resume:
+        skipped, again = _recorded(out, cases)
+        cases = [c for c in cases if axes.case_key(c) not in skipped]
     client = _cluster_client(args.cluster) if args.cluster else None
     run = records.run_id()
-    print(f"varlen bench: {len(cases)} cases -> {out} (run {run}{', on ' + args.cluster if client else ''})")
+    print(f"varlen bench: {len(cases)} cases -> {out} (run {run}{', on ' + args.cluster if client else ''})"
+          + (f"; --resume: {_skipped_text(skipped)}" if args.resume else ""))
+    if args.resume and again:
+        print(f"varlen bench: --resume: {again} case(s) whose latest record says not supported run again: it was "
+              "written by another commit, host or framework version, or by uncommitted code (which code is not "
+              "recorded)")
     try:  # no overhead ratios on a cluster: they would be timed here, maybe beside a node's timed task
-        recs = bench.sweep(cases, str(out), resume=args.resume, timeout=args.timeout,
+        recs = bench.sweep(cases, str(out), timeout=args.timeout,  # --resume: `cases` holds only what is left
                            cluster_sweep=cluster.runner(client) if client else None,
                            overhead=tuple(frameworks) if args.quick and not client else (), overhead_devices=devices,
                            shared_worker=args.shared_worker)
@@ -264,7 +377,8 @@ def cmd_bench(args) -> int:
     failed = [r for r in recs if r["status"] == "failed"]
     unsupported = [r for r in recs if r["status"] == "unsupported"]
     print(f"varlen bench: {len(recs) - len(failed) - len(unsupported)} measured, {len(failed)} failed, "
-          f"{len(unsupported)} not supported by their strategy's precondition here (run {run})")
+          f"{len(unsupported)} not supported by their strategy's precondition here"
+          + (f", {len(skipped)} skipped as already recorded (--resume)" if args.resume else "") + f" (run {run})")
     for r in failed:
         print(f"  FAILED {r['key']}: {r.get('error')}")
     ops = tuple(families.strategy_ops())
@@ -299,6 +413,17 @@ def _results_in(folder: Path) -> list[str]:
     return found
 
 
+def _asv_dashboard(path: Path) -> Path:
+    """--asv-html given: a folder that `asv publish` wrote (its index.html), or a usage error naming the path. Not
+    given, the default folder may be missing: the page then says how to publish it."""
+    if not path.exists():
+        raise Usage(f"--asv-html {path}: no such folder")
+    if not (path / "index.html").is_file():
+        raise Usage(f"--asv-html {path}: " + ("holds no index.html: not a dashboard `asv publish` wrote"
+                                              if path.is_dir() else "is a file; give the folder `asv publish` wrote"))
+    return path
+
+
 def cmd_report(args) -> int:
     from harness import report
 
@@ -310,6 +435,7 @@ def cmd_report(args) -> int:
     else:
         paths = _results_in(RESULTS)
     _report_dir(Path(args.out))
+    asv_html = RESULTS / "asv" / "html" if args.asv_html is None else _asv_dashboard(Path(args.asv_html))
     loaded = results.load(paths)
     if args.run not in (None, "latest") and args.run not in (ids := results.runs(loaded.records)):
         raise Usage(f"--run {args.run}: no record of that run in {len(paths)} results file(s)"
@@ -319,12 +445,16 @@ def cmd_report(args) -> int:
     if len(loaded.problems) > 20:
         print(f"varlen report: ... and {len(loaded.problems) - 20} more lines that are not records (listed on the "
               "page)", file=sys.stderr)
-    page, usable = report.build(loaded.records, args.out, asv_html=Path(args.asv_html), problems=loaded.problems,
+    page, usable = report.build(loaded.records, args.out, asv_html=asv_html, problems=loaded.problems,
                                 run=args.run)
     print(f"varlen report: {page} (+ report.md) from {len(paths)} result file(s), {len(loaded.records)} records")
     if not usable:
         print("varlen report: nothing to report (no valid, measured record): see the page", file=sys.stderr)
     return 0 if usable else 1
+
+
+def _listed(values) -> str:
+    return ", ".join(map(str, values))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,39 +468,57 @@ def build_parser() -> argparse.ArgumentParser:
     fws = list(axes.FRAMEWORKS)
     p = sub.add_parser("check", help="equivalence matrix against the NumPy reference, and the recipes' verdicts")
     p.add_argument("--framework", action="append", choices=fws, help="limit to this framework (repeatable)")
-    p.add_argument("--device", action="append", choices=list(axes.DEVICES), help="cpu (default) and/or gpu")
+    p.add_argument("--device", action="append", choices=list(axes.DEVICES),
+                   help="cpu (default) and/or gpu (repeatable)")
     p.add_argument("--family", action="append", choices=list(FAMILIES),
                    help="limit to this op family (repeatable; default: every family)")
     p.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
     p.add_argument("--jobs", type=_positive("--jobs"), metavar="N",
                    help="frameworks checked at once on the CPU, one process each (default: one per core; a GPU's "
                         "are always checked one at a time)")
-    p.add_argument("--out", default=str(RESULTS / "check.jsonl"), help="results file (appended to, never rewritten)")
+    p.add_argument("--out", default=str(RESULTS / "check.jsonl"), metavar="FILE",
+                   help="results file, appended to, never rewritten; missing folders are made (default: %(default)s)")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("bench", help="timing / memory sweep, one tidy record per measurement")
     p.add_argument("--quick", action="store_true", help="the quick grid (every op/framework/strategy once)")
-    p.add_argument("--framework", action="append", choices=fws, help="repeatable")
-    p.add_argument("--op", action="append", choices=list(OPS), metavar="OP", help=f"repeatable; one of {list(OPS)}")
+    p.add_argument("--framework", action="append", choices=fws, help="repeatable; default: every installed one")
+    p.add_argument("--op", action="append", choices=list(OPS), metavar="OP",
+                   help=f"repeatable; default: every op (--quick: all but the forward-only ones); one of {list(OPS)}")
     strategies = sorted({s for f in fws for fam in adapters.STRATEGY_FAMILIES
                          for s in adapters.declared_strategies(f, fam)})
     p.add_argument("--strategy", action="append", metavar="S", help=f"limit strategies (repeatable): {strategies}")
-    p.add_argument("--device", action="append", choices=list(axes.DEVICES))
-    p.add_argument("--batch", action="append", type=_positive("--batch"))
-    p.add_argument("--max-len", action="append", type=_positive("--max-len"))
-    p.add_argument("--profile", action="append", choices=list(axes.PROFILES), help="synthetic length profile")
+    p.add_argument("--device", action="append", choices=list(axes.DEVICES),
+                   help="cpu (default) and/or gpu (repeatable)")
+    quick = axes.QUICK_BASE
+    p.add_argument("--batch", action="append", type=_positive("--batch"), metavar="B",
+                   help=f"sequences per batch (repeatable; default: {_listed(axes.BATCHES)}; --quick: "
+                        f"{_listed(quick['batches'])} and a batch-size sweep)")
+    p.add_argument("--max-len", action="append", type=_positive("--max-len"), metavar="T",
+                   help=f"padded length (repeatable; default: {_listed(axes.MAX_LENS)}; --quick: "
+                        f"{_listed(quick['max_lens'])} and a length sweep)")
+    p.add_argument("--profile", action="append", choices=list(axes.PROFILES), metavar="P",
+                   help=f"synthetic length profile (repeatable; default: every one of {_listed(axes.PROFILES)}; "
+                        f"--quick: {_listed(quick['profiles'])})")
     p.add_argument("--lengths", action="append", metavar="FILE",
                    help="a length distribution from your data: .npy, .csv/.parquet (see --lengths-column) or one "
                    "length per line; profile 'file:<stem>' (repeatable)")
     p.add_argument("--lengths-column", metavar="COL", help="the column of --lengths CSV/Parquet files")
     p.add_argument("--lengths-from-text", action="append", metavar="FILE",
                    help="lengths = whitespace tokens per non-blank line of a text file (repeatable)")
-    p.add_argument("--cell", action="append", choices=list(axes.CELLS))
-    p.add_argument("--hidden", action="append", type=_positive("--hidden"))
-    p.add_argument("--dtype", action="append", choices=list(axes.DTYPES))
-    p.add_argument("--out", default=str(RESULTS / "bench.jsonl"), help="results file (appended to, never rewritten)")
-    p.add_argument("--resume", action="store_true", help="skip the cases whose latest record in --out is measured")
+    p.add_argument("--cell", action="append", choices=list(axes.CELLS),
+                   help=f"RNN cell of the RNN ops (repeatable; default: {_listed(axes.FULL['cells'])}; --quick: "
+                        f"{_listed(quick['cells'])}; rnn_epoch runs the first given)")
+    p.add_argument("--hidden", action="append", type=_positive("--hidden"), metavar="H",
+                   help=f"RNN hidden size = input size (repeatable; default: {_listed(axes.HIDDEN)})")
+    p.add_argument("--dtype", action="append", choices=list(axes.DTYPES),
+                   help=f"repeatable; default: {axes.FULL['dtypes'][0]}")
+    p.add_argument("--out", default=str(RESULTS / "bench.jsonl"), metavar="FILE",
+                   help="results file, appended to, never rewritten; missing folders are made (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the cases already recorded in --out: measured, or not supported by the same commit "
+                        "(clean) and framework version on this host")
     p.add_argument("--timeout", type=_positive("--timeout", float, "a positive number of seconds"), default=600,
-                   help="seconds per case before it is marked failed")
+                   metavar="S", help="seconds per case before it is marked failed (default: %(default)s)")
     p.add_argument("--shared-worker", action="store_true",
                    help="run a framework's GPU cases in one worker even where its allocator peak cannot be reset "
                         "(JAX; by default a fresh process each): faster, and those cases record no peak memory")
@@ -384,10 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="HTML + Markdown comparison report from result files")
     p.add_argument("results", nargs="*", help="JSON-lines result files, or folders: every *.jsonl in them "
                    "(default: every results/**/*.jsonl)")
-    p.add_argument("--out", default=str(RESULTS / "report"))
+    p.add_argument("--out", default=str(RESULTS / "report"), metavar="DIR",
+                   help="the report's folder (index.html, report.md, figures/), made if missing (default: %(default)s)")
     p.add_argument("--run", help="only the records of this run id ('latest' for the last run); default: the "
                    "latest record of every case across runs")
-    p.add_argument("--asv-html", default=str(RESULTS / "asv" / "html"), help="published asv dashboard to link")
+    p.add_argument("--asv-html", metavar="DIR", help="the published asv dashboard to link: a folder `asv publish` "
+                   f"wrote (default: {RESULTS / 'asv' / 'html'}, when there; a given one must be)")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -43,15 +43,19 @@ def load(path: str, column: str | None = None, kind: str = "values") -> np.ndarr
     if kind not in KINDS:
         raise LengthsError(f"unknown lengths kind {kind!r}; expected one of {list(KINDS)}")
     if not p.is_file():
-        raise LengthsError(f"{path}: no such file")
-    if kind == "text":
-        out = _from_text(p)
-    elif p.suffix == ".npy":
-        out = _from_npy(p)
-    elif p.suffix in (".csv", ".parquet"):
-        out = _from_table(p, column)
-    else:
-        out = _from_lines(p)
+        raise LengthsError(f"{path}: " + ("is a directory; give a lengths file" if p.is_dir() else
+                                          "not a regular file" if p.exists() else "no such file"))
+    try:
+        if kind == "text":
+            out = _from_text(p)
+        elif p.suffix == ".npy":
+            out = _from_npy(p)
+        elif p.suffix in (".csv", ".parquet"):
+            out = _from_table(p, column)
+        else:
+            out = _from_lines(p)
+    except OSError as e:  # unreadable (permissions, I/O): the file's problem, named with the file
+        raise LengthsError(f"{path}: cannot be read ({e.strerror or e})") from None
     if out.size == 0:
         raise LengthsError(f"{path}: no lengths in the file")
     return out
@@ -76,11 +80,21 @@ def _check(values, p: Path, line_of) -> np.ndarray:
     return values.astype(np.float64).astype(np.int64)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _from_npy(p: Path) -> np.ndarray:
+    """A `.npy` file: NumPy's own format (its magic string first); a text file named `.npy`, or one holding pickled
+    objects, is named as such (NumPy's own message talks of allow_pickle, for either)."""
+    with p.open("rb") as f:
+        if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise LengthsError(f"{p}: not a NumPy .npy file (it does not start with the .npy header); a file of "
+                               "one length per line needs another suffix, e.g. .txt")
     try:
         a = np.load(p, allow_pickle=False)
     except ValueError as e:
-        raise LengthsError(f"{p}: not a NumPy .npy array of lengths ({e})") from None
+        why = "it holds Python objects, not an integer array" if "allow_pickle" in str(e) else str(e)
+        raise LengthsError(f"{p}: could not be read as a NumPy .npy array of lengths: {why}") from None
     if a.ndim != 1:
         raise LengthsError(f"{p}: lengths must be a 1-D array, got shape {a.shape}")
     return _check(a, p, lambda i: f"index {i}")

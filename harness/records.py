@@ -55,7 +55,7 @@ SOURCES: dict[str, tuple[dict, dict]] = {
     "overhead": ({"framework": STR, "strategy": STR, "op": STR, "device": STR, "raw_median_s": FLOAT,
                   "adapter_median_s": FLOAT, "overhead_ratio": FLOAT},
                  {"version": STR, "batch": INT, "max_len": INT, "hidden": INT, "cell": STR, "profile": STR,
-                  "repeats": INT}),
+                  "repeats": INT, "kernel": STR}),
     # a bench speedup timed again side by side (harness.paired): the fastest strategy on `profile` and the padded
     # baseline (`base_*`: the fastest on `equal` lengths of the same shape), called in alternation in one process
     "paired": ({"key": STR, "base_key": STR, "framework": STR, "op": STR, "device": STR, "dtype": STR, "batch": INT,

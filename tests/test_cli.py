@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, records, report, results
+from harness import axes, cli, records, report, results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -261,3 +261,104 @@ def test_ctrl_c_finishes_the_case_in_flight_exits_130_and_resume_completes(tmp_p
     assert cli.main([*args, "--resume"]) == 0
     recs = [r for r in results.read([out]) if r["source"] == "bench"]
     assert len({r["key"] for r in recs}) == 36 and len(recs) == 36, "resume ran each remaining case exactly once"
+
+
+def test_a_given_asv_dashboard_must_exist_the_default_may_not(tmp_path, capsys, monkeypatch):
+    """`--asv-html /nonexistent` built a page saying "Not published yet: run `make asv`", ignoring the path given.
+    A given path must be a dashboard `asv publish` wrote (exit 2 naming it, before any work); with no flag, a
+    missing default folder still gives that page."""
+    rec = tmp_path / "r.jsonl"
+    results.append(rec, _bench_record(status="failed", error="x"))
+    (tmp_path / "empty").mkdir()
+    for path, why in ((tmp_path / "nope", "no such folder"), (tmp_path / "empty", "holds no index.html"),
+                      (rec, "is a file")):
+        assert cli.main(["report", str(rec), "--asv-html", str(path), "--out", str(tmp_path / "rep")]) == 2
+        assert f"--asv-html {path}: {why}" in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()
+    (tmp_path / "asv").mkdir()
+    (tmp_path / "asv" / "index.html").write_text("<html></html>")
+    assert cli.main(["report", str(rec), "--asv-html", str(tmp_path / "asv"), "--out", str(tmp_path / "rep")]) == 1
+    assert "Open the asv dashboard" in (tmp_path / "rep" / "index.html").read_text()
+    monkeypatch.setattr(cli, "RESULTS", tmp_path / "results")  # the default dashboard folder: missing
+    assert cli.main(["report", str(rec), "--out", str(tmp_path / "default")]) == 1
+    assert "Not published yet" in (tmp_path / "default" / "index.html").read_text()
+
+
+def _no_work(*args, **kwargs):
+    pytest.fail("a usage error must stop before any work")
+
+
+@pytest.mark.parametrize("args,why", [
+    (["--op", "pad", "--strategy", "packed"], "--strategy packed applies to none of the selected ops (pad): only to "
+                                              "rnn_forward, rnn_forward_backward, embed_forward_backward, rnn_epoch"),
+    (["--op", "pad", "--op", "mask", "--cell", "lstm"], "--cell lstm applies to none of the selected ops (pad, mask)"),
+    (["--op", "pad", "--hidden", "8"], "--hidden 8 applies to none of the selected ops (pad)"),
+    (["--op", "rnn_forward", "--op", "pad", "--strategy", "cross_entropy"],
+     "--strategy cross_entropy applies to none of the selected ops (rnn_forward, pad): only to loss_softmax_ce"),
+    (["--op", "loss_softmax_ce", "--op", "pad", "--strategy", "bce_with_logits"],
+     "--strategy bce_with_logits applies to none of the selected ops (loss_softmax_ce, pad): only to loss_sigmoid_bce"),
+    (["--op", "rnn_forward", "--op", "loss_softmax_ce", "--strategy", "cross_entropy"],
+     "--op rnn_forward selects no case: none of its strategies (bucketed, concat_rows"),
+    (["--op", "rnn_epoch", "--cell", "lstm", "--cell", "gru"],
+     "--cell gru selects no case of the selected ops (rnn_epoch): those that take it run lstm only"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_an_option_that_applies_to_none_of_the_selected_ops_is_a_usage_error(tmp_path, capsys, monkeypatch, args, why):
+    """`--op pad --strategy packed` ran pad and exited 0; `--op pad --cell lstm --hidden 8` was accepted silently.
+    An option value that fits none of the selected ops, or an --op the options leave with no case, is misuse."""
+    from harness import bench
+
+    monkeypatch.setattr(bench, "sweep", _no_work)
+    out = tmp_path / "r.jsonl"
+    assert cli.main(["bench", "--framework", "torch", *args, "--batch", "2", "--max-len", "4", "--out", str(out)]) == 2
+    assert why in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_option_applies_to_the_selected_ops_it_fits(tmp_path, capsys, monkeypatch):
+    """With a mix of ops, --strategy, --cell and --hidden apply to those they fit; the others run as they are."""
+    from harness import bench
+
+    ran = []
+    monkeypatch.setattr(bench, "sweep", lambda cases, out, **kw: ran.extend(cases) or [])
+    assert cli.main(["bench", "--framework", "torch", "--op", "pad", "--op", "rnn_forward", "--strategy", "packed",
+                     "--cell", "gru", "--hidden", "8", "--batch", "2", "--max-len", "4", "--profile", "equal",
+                     "--out", str(tmp_path / "r.jsonl")]) == 0
+    assert sorted((c["op"], c["strategy"], c.get("cell"), c.get("hidden")) for c in ran) == [
+        ("pad", "pad", None, None), ("rnn_forward", "packed", "gru", 8)]
+
+
+def test_resume_says_what_it_skipped_and_skips_unsupported_records_of_the_same_code(tmp_path, capsys, monkeypatch):
+    """A rerun printed "0 measured, 0 failed, 6 not supported" without the 8 it skipped, and appended the 6 records
+    saying "unsupported" again on every resume. Those written by this same commit (clean) and framework version on
+    this host are finished: skipped and counted; by uncommitted code (which changes is not recorded) or another
+    framework version they run again."""
+    from harness import bench
+
+    ran = []
+    monkeypatch.setattr(bench, "sweep", lambda cases, out, **kw: ran.extend(cases) or [])
+    out = tmp_path / "r.jsonl"
+    args = ["bench", "--framework", "torch", "--op", "rnn_forward", "--cell", "rnn", "--strategy", "packed",
+            "--strategy", "saturated_gate", "--batch", "2", "--max-len", "4", "--profile", "equal", "--out", str(out)]
+    assert cli.main(args) == 0 and [c["strategy"] for c in ran] == ["packed", "saturated_gate"]
+    packed, gate = ran
+    ok = dict(median_s=1.0, p25_s=1.0, p75_s=1.0, valid_tokens=8, padded_tokens=8, padding_fraction=0.0,
+              valid_tokens_per_s=8.0, kernel="aten-cpu")
+    real, installed = records.machine(), cli._installed_version("torch")
+    for commit, version, skipped in (
+            ("abc1234", installed, "skipped 2 already recorded (1 measured, 1 not supported)"),
+            ("abc1234+dirty", installed, "skipped 1 already recorded (1 measured)"),
+            ("abc1234", "0.1", "skipped 1 already recorded (1 measured)")):
+        monkeypatch.setattr(records, "machine", lambda commit=commit: {**real, "commit": commit})
+        out.unlink(missing_ok=True)
+        results.append(out, records.make("bench", **packed, key=axes.case_key(packed), status="ok", **ok))
+        results.append(out, records.make("bench", **gate, key=axes.case_key(gate), status="unsupported",
+                                         version=version, error="saturated_gate needs an LSTM or GRU cell"))
+        before, ran[:] = out.read_text(), []
+        capsys.readouterr()
+        assert cli.main([*args, "--resume"]) == 0
+        printed = capsys.readouterr().out
+        assert f"--resume: {skipped}" in printed and f"{skipped.split()[1]} skipped as already recorded" in printed
+        again = "1 case(s) whose latest record says not supported run again" in printed
+        assert [c["strategy"] for c in ran] == ([] if "not supported" in skipped else ["saturated_gate"]) and (
+            again == ("not supported" not in skipped)), printed
+        assert out.read_text() == before

@@ -87,3 +87,40 @@ def test_the_shipped_real_distribution():
         pytest.skip(f"{KJV} is missing: run `make data`")
     L = lengths.load(str(KJV), None, "text")
     assert L.size == 31102 and 2 <= L.min() and L.max() <= 100 and 20 < L.mean() < 35
+
+
+def test_a_directory_or_a_file_that_is_not_npy_says_what_it_is(tmp_path, capsys):
+    """A folder said "no such file"; a text file named .npy gave NumPy's message about pickled data and
+    allow_pickle. Each now says what the path is, and the CLI exits 2 with it before any work."""
+    (tmp_path / "x.npy").write_text("3\n4\n")
+    np.save(tmp_path / "obj.npy", np.array([3, "a"], dtype=object))
+    for path, fragment in ((tmp_path, "is a directory"), (tmp_path / "x.npy", "not a NumPy .npy file"),
+                           (tmp_path / "obj.npy", "could not be read as a NumPy .npy array of lengths: it holds "
+                                                  "Python objects, not an integer array")):
+        with pytest.raises(lengths.LengthsError) as err:
+            lengths.load(str(path))
+        assert f"{path}: {fragment}" in str(err.value) and "allow_pickle" not in str(err.value)
+        out = tmp_path / "r.jsonl"
+        assert cli.main(["bench", "--framework", "torch", "--op", "mask", "--lengths", str(path),
+                         "--out", str(out)]) == 2
+        assert fragment in capsys.readouterr().err and not out.exists()
+
+
+def test_two_lengths_files_of_one_name_are_a_usage_error_naming_both(tmp_path, capsys, monkeypatch):
+    """s1/d.txt and s2/d.txt are both profile 'file:d' (records and reports name a file profile by its stem): the
+    second silently replaced the first. Now a usage error naming both, with --lengths-from-text too; the same file
+    given twice stays one profile."""
+    monkeypatch.setattr(bench, "sweep", lambda *a, **k: pytest.fail("a usage error must stop before any work"))
+    for folder, values in (("s1", "3\n4\n"), ("s2", "1\n2\n")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "d.txt").write_text(values)
+    one, two = str(tmp_path / "s1" / "d.txt"), str(tmp_path / "s2" / "d.txt")
+    out = tmp_path / "r.jsonl"
+    for a, b in (("--lengths", "--lengths"), ("--lengths", "--lengths-from-text"),
+                 ("--lengths-from-text", "--lengths-from-text")):
+        assert cli.main(["bench", "--framework", "torch", "--op", "mask", a, one, b, two, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{a} {one} and {b} {two} would both be profile 'file:d'" in err, err
+    assert not out.exists()
+    same = cli._file_profiles(cli.build_parser().parse_args(["bench", "--lengths", one, "--lengths", one]))
+    assert [s["lengths_file"] for s in same] == [one, one]

@@ -235,3 +235,38 @@ def test_a_worker_that_writes_much_to_stderr_is_not_blocked_by_it(tmp_path, monk
     got = paired.run([(base, best)], str(out), timeout=5, quiet=True)
     assert len(got) == 1 and got[0]["ratio"] > 0, got
     assert time.monotonic() - t < 120, "a worker sat blocked on its stderr"
+
+
+def test_the_overhead_lines_name_the_kernel_the_adapter_ran(monkeypatch):
+    """`overhead torch packed rnn_forward (cpu): adapter 15.27 ms ...` said no kernel; every figure names the kernel
+    that ran (as the sweep's `packed [cudnn]`): its record carries it, its line prints it."""
+    import adapters
+    from adapters.spec import RnnOut
+    from harness import overhead
+
+    class Fake:  # an adapter whose default strategy reports the kernel "fused-k"
+        version = "0"
+
+        def asarray(self, v, device="cpu"):
+            return v
+
+        def sync(self, device="cpu"):
+            pass
+
+        def rnn_strategies(self, cell):
+            return ["packed"]
+
+        def raw_rnn(self, *args, **kw):
+            return lambda: None
+
+        def rnn(self, *args, **kw):
+            return RnnOut(None, None, None, "fused-k")
+
+        def rnn_vjp(self, *args, **kw):
+            return RnnOut(None, None, None, "fused-k"), {}
+
+    monkeypatch.setattr(adapters, "get", lambda name: Fake())
+    for backward, op in ((False, "rnn_forward"), (True, "rnn_forward_backward")):
+        rec = overhead.measure("fake", backward=backward, repeats=2)
+        assert rec["kernel"] == "fused-k" and not records.problems(rec)
+        assert overhead.line(rec).startswith(f"overhead fake packed [fused-k] {op} (cpu): adapter "), overhead.line(rec)

@@ -64,9 +64,9 @@ def overhead_section(records: list[dict]) -> Section:
         "masked Keras layers under tf.function, a masked lax.scan under jax.jit), forward and forward + backward, "
         "interleaved in one process; the median of the per-round ratios, adapter over raw (records before "
         "2026-12-05: the ratio of the medians; 1.00 = no overhead; the goal is <= 1.05).")
-    cols = ["device", "framework", "strategy", "op", "cell", "batch", "max_len", "hidden", "profile",
+    cols = ["device", "framework", "strategy", "kernel", "op", "cell", "batch", "max_len", "hidden", "profile",
             "raw_median_s", "adapter_median_s", "overhead_ratio"]
-    return s.table(ov[cols].round(5))
+    return s.table(ov[cols].fillna({"kernel": "(not recorded)"}).round(5))
 
 
 def paired_section(records: list[dict]) -> Section:
