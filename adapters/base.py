@@ -274,10 +274,10 @@ class Adapter(abc.ABC):
             truncate: str = "right", device: str = "cpu") -> Any:
         """List of [L_i, *feat] -> [B, T, *feat] with T = maxlen or max L_i (keras `pad_sequences` values).
 
-        The result keeps the sequences' dtype, so all sequences must share one: a sequence whose dtype differs from
-        sequence 0's is a ValueError naming both (never a silent cast, which would truncate 1.7 to 1 in an int
-        batch). A plain Python list has the dtype NumPy infers for it, except an empty one, which has none (NumPy
-        would guess float64) and takes the others' dtype.
+        The result keeps the sequences' dtype, so the arrays among them must share one: an array whose dtype
+        differs is a ValueError naming both (never a silent cast, which would truncate 1.7 to 1 in an int batch).
+        Plain Python lists take the arrays' dtype (an integer one only where their values survive it), or without
+        arrays promote as NumPy's lists do; a sequence of zero steps takes the others' dtype (`_one_dtype`).
         """
         check_choice("side", side, SIDES)
         check_choice("truncate", truncate, SIDES)
@@ -299,22 +299,41 @@ class Adapter(abc.ABC):
         return self._pad(seqs, T, side, value, truncate, device)
 
     def _one_dtype(self, seqs: list, shapes: list[tuple]) -> tuple[list, str]:
-        """(seqs, their one dtype name) for `pad`: ValueError at the first sequence whose dtype differs from the
-        first typed one's (sequence 0 unless it is an empty plain list); each empty plain list (no dtype of its own)
-        replaced by an empty slice of that sequence, so that the framework's `_pad` sees one dtype."""
-        typed = [None if not hasattr(s, "dtype") and shapes[i][0] == 0 else self.dtype_name(s)
-                 for i, s in enumerate(seqs)]
-        ref = next((i for i, dt in enumerate(typed) if dt is not None), None)
-        if ref is None:  # nothing but empty lists: NumPy's float64
-            return seqs, np.asarray(seqs[0]).dtype.name
-        for i, dt in enumerate(typed):
-            if dt is not None and dt != typed[ref]:
-                raise ValueError(f"sequences[{i}] has dtype {dt}, sequences[{ref}] has {typed[ref]}: all sequences "
-                                 f"must share one dtype")
-        if None in typed:
-            empty = (seqs[ref] if hasattr(seqs[ref], "dtype") else np.asarray(seqs[ref]))[:0]
-            seqs = [empty if dt is None else s for s, dt in zip(seqs, typed, strict=True)]
-        return seqs, typed[ref]
+        """(seqs, the result's dtype name) for `pad`, every sequence then of that dtype (the frameworks' `_pad` cast
+        to sequence 0's). The arrays (anything with a dtype) of at least one step must share one dtype, the
+        result's: ValueError at the first that differs. Plain lists take it, an integer or bool one only when its
+        values survive the cast (a float list is rounded to a float dtype's precision, as any cast to it would);
+        without arrays the lists' NumPy result type is the result's (lists promote as NumPy's do). A sequence of
+        zero steps has no dtype of its own (NumPy's `np.array([])` guesses float64): it becomes an empty slice of
+        the first non-empty one."""
+        L = [shape[0] for shape in shapes]
+        typed = {i: self.dtype_name(s) for i, s in enumerate(seqs) if hasattr(s, "dtype") and L[i] > 0}
+        lists = {i: np.asarray(s) for i, s in enumerate(seqs) if not hasattr(s, "dtype") and L[i] > 0}
+        if typed:
+            ref = min(typed)
+            for i, dt in typed.items():
+                if dt != typed[ref]:
+                    raise ValueError(f"sequences[{i}] has dtype {dt}, sequences[{ref}] has {typed[ref]}: all "
+                                     "sequences must share one dtype")
+            dtype = typed[ref]
+        else:
+            dtype = (np.result_type(*lists.values()) if lists else np.asarray(seqs[0]).dtype).name
+        out = list(seqs)
+        for i, values in lists.items():
+            try:
+                cast = values.astype(dtype)
+            except TypeError:  # a dtype NumPy has no name for (bfloat16 without ml_dtypes)
+                raise ValueError(f"sequences[{i}] is a plain list and the arrays are {dtype}: give it as a {dtype} "
+                                 "array") from None
+            if cast.dtype.kind in "biu" and not np.array_equal(cast, values):
+                bad = values[cast != values].flat[0].item()
+                raise ValueError(f"sequences[{i}] holds {bad!r}, which {dtype} (the other sequences' dtype) cannot "
+                                 "hold exactly: all sequences must share one dtype")
+            out[i] = cast
+        first = next((s for s, n in zip(out, L, strict=True) if n > 0), None)
+        if first is not None:
+            out = [s if n > 0 else first[:0] for s, n in zip(out, L, strict=True)]
+        return out, dtype
 
     def mask(self, lengths: Any, maxlen: int, *, side: str = "right", device: str = "cpu") -> Any:
         """bool [B, maxlen], True at valid steps."""

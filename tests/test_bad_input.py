@@ -62,8 +62,8 @@ def ops(a):
                              "dtype"),
         "pad_mixed_native_dtypes": (lambda: a.pad([a.asarray(np.array(s)) for s in ([1], [2], [0.5, 1.5])]),
                                     "sequences[2] has dtype float64, sequences[0] has int64"),
-        "pad_mixed_lists": (lambda: a.pad([[1, 2], [], [3.5]]),
-                            "sequences[2] has dtype float64, sequences[0] has int64"),
+        "pad_lossy_list": (lambda: a.pad([np.array([1, 2], np.int32), [], [3.5]]),
+                           "sequences[2] holds 3.5, which int32 (the other sequences' dtype) cannot hold exactly"),
         "strategies_unknown_keyword": (lambda: a.strategies("rnn", cel="lstm"),
                                        "unknown rnn strategy spec keyword 'cel'; expected one of ['cell', 'device', "
                                        "'dtype']"),
@@ -121,12 +121,17 @@ def test_rnn_spec_validates_field_types():
         RnnSpec(["lstm"], 3, 2)
 
 
-def test_pad_takes_empty_lists_as_the_shared_dtype(any_adapter):
-    """An empty plain list has no dtype of its own (NumPy would guess float64): it is no mixed dtype, and the
-    result keeps the other sequences' dtype wherever it stands."""
+def test_pad_takes_empty_sequences_and_lists_as_the_arrays_dtype(any_adapter):
+    """A sequence of zero steps has no dtype of its own (NumPy guesses float64 for `[]` and `np.array([])`): it is
+    no mixed dtype, and the result keeps the other sequences' dtype wherever it stands. Plain lists take the
+    arrays' dtype where their values survive it, and without arrays promote as NumPy's lists do (3.5 is kept)."""
     a = any_adapter
     for seqs, dtype, want in (([[1, 2], [], [3]], "int64", [[1, 2], [0, 0], [3, 0]]),
-                              ([[], np.array([1, 2], np.int32)], "int32", [[0, 0], [1, 2]])):
+                              ([[], np.array([1, 2], np.int32)], "int32", [[0, 0], [1, 2]]),
+                              ([np.array([1, 2]), np.array([])], "int64", [[1, 2], [0, 0]]),
+                              ([np.array([1, 2], np.int32), [3, 4]], "int32", [[1, 2], [3, 4]]),
+                              ([[3, 4], np.array([1.5], np.float32)], "float32", [[3.0, 4.0], [1.5, 0.0]]),
+                              ([[1, 2], [3.5]], "float64", [[1.0, 2.0], [3.5, 0.0]])):
         out = a.pad(seqs)
         assert a.dtype_name(out) == dtype and a.to_numpy(out).tolist() == want, f"{a.name} {seqs}: {out!r}"
 
