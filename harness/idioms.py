@@ -58,7 +58,8 @@ def _cot_zero_padding(cot: dict, valid: np.ndarray) -> dict:
 
 def run_idiom(adapter, name: str, spec: RnnSpec, params, x: np.ndarray, lengths: np.ndarray, side: str,
               cot: dict, device: str = "cpu") -> dict:
-    """Run recipe `name` through `adapter`: {"outputs", "h_n", "grads"} as NumPy (grads: {"x", "params"})."""
+    """Run recipe `name` through `adapter`: {"outputs", "h_n", "grads"} as NumPy (grads: {"x", "params"}), and
+    "kernel", the one the adapter ran."""
     B, T = x.shape[:2]
     valid = valid_mask(lengths, T, side)
     a, full = adapter, _lengths_full(B, T)
@@ -78,7 +79,7 @@ def run_idiom(adapter, name: str, spec: RnnSpec, params, x: np.ndarray, lengths:
         g = _grads_np(a, grads)
         if name == "mask_inputs":
             g["x"] = g["x"] * valid[..., None]
-        return {"outputs": a.to_numpy(out.outputs), "h_n": h_n, "grads": g}
+        return {"outputs": a.to_numpy(out.outputs), "h_n": h_n, "grads": g, "kernel": out.kernel}
     if name == "last_step":
         D = spec.num_directions
         summary_cot = np.concatenate(list(cot["h_n"][-D:]), axis=-1)  # [B, D*H], last layer's directions
@@ -87,11 +88,12 @@ def run_idiom(adapter, name: str, spec: RnnSpec, params, x: np.ndarray, lengths:
         cot_in = {k: (cot_out if k == "outputs" else np.zeros_like(v)) for k, v in cot.items()}
         out, grads = a.rnn_vjp(spec, params, xa, lengths, cot_in, side=side, device=device)
         return {"outputs": a.to_numpy(out.outputs), "h_n": a.to_numpy(out.outputs)[:, -1],
-                "grads": _grads_np(a, grads)}
+                "grads": _grads_np(a, grads), "kernel": out.kernel}
     if name == "mask_from_value":
         derived = (x != 0).any(axis=-1).sum(axis=1).astype(np.int64)  # the recipe: padding is "all features zero"
         out, grads = a.rnn_vjp(spec, params, xa, derived, cot, side=side, device=device)
-        return {"outputs": a.to_numpy(out.outputs), "h_n": a.to_numpy(out.h_n), "grads": _grads_np(a, grads)}
+        return {"outputs": a.to_numpy(out.outputs), "h_n": a.to_numpy(out.h_n), "grads": _grads_np(a, grads),
+                "kernel": out.kernel}
     raise ValueError(f"unknown idiom {name!r}; expected one of {list(IDIOMS)}")
 
 

@@ -49,3 +49,17 @@ def test_unknown_idiom():
     x, L, cot = idiom_case(spec, "right")
     with pytest.raises(ValueError, match="unknown idiom"):
         run_idiom(adapters.get("numpy"), "magic", spec, init_params(spec), x, L, "right", cot)
+
+
+@pytest.mark.parametrize("framework", framework_params(("numpy", "torch", "jax")))
+def test_recipe_records_name_the_kernel_that_ran(framework):
+    """A recipe's check record names the kernel the adapter ran for it (as every figure must), not a strategy."""
+    from harness.families import rnn as family
+
+    fw, ref = adapters.get(framework), adapters.get("numpy")
+    recs = list(family.idiom_records(fw, ref))
+    spec = RnnSpec("lstm", input_size=3, hidden_size=4)
+    x, L, _ = idiom_case(spec, "right")
+    ran = fw.rnn(spec, init_params(spec, seed=1, dtype="float64"), fw.asarray(x), L).kernel
+    assert recs and ran in {r["kernel"] for r in recs}, {r["kernel"] for r in recs}
+    assert not {r["kernel"] for r in recs} & set(fw.strategy_table("rnn")), "a strategy's name where a kernel goes"

@@ -96,7 +96,7 @@ def idiom_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
         for v in verdicts(got, want, valid_mask(L, x.shape[1], side), tolerance("float64", device)):
             yield record(fw, device, kind="idiom", op="rnn", name=name, case="idiom_batch", cell=cell, side=side,
                          bidirectional=bi, dtype="float64", quantity=v.quantity, equivalent=v.equivalent,
-                         max_abs_err=v.max_abs_err, kernel=fw.rnn_strategies(cell)[0], why=IDIOMS[name])
+                         max_abs_err=v.max_abs_err, kernel=got["kernel"], why=IDIOMS[name])
 
 
 def prepare(adapter, case: dict) -> Prepared:
