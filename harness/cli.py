@@ -269,15 +269,22 @@ def _every_option_selects(args, cases: list[dict], grids: list[dict], frameworks
 
 
 def _installed_version(framework: str) -> str | None:
-    """The installed version of `framework`'s distribution, read from its metadata (no import), or None."""
+    """The version string `framework`'s adapter records (torch's and jax's own version; "tensorflow X, keras Y"),
+    read from the installed distributions' metadata (no import), or None where one is not installed."""
     from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
-    for dist in packages_distributions().get(framework, []):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            continue
-    return None
+    def installed(module: str) -> str | None:
+        for dist in packages_distributions().get(module, []):
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                continue
+        return None
+
+    if framework == "tensorflow":
+        tf, keras = installed("tensorflow"), installed("keras")
+        return f"tensorflow {tf}, keras {keras}" if tf and keras else None
+    return installed(framework)
 
 
 def _recorded(out: Path, cases: list[dict]) -> tuple[dict[str, str], int]:
@@ -302,7 +309,7 @@ def _recorded(out: Path, cases: list[dict]) -> tuple[dict[str, str], int]:
         if key in measured:
             done[key] = "measured"
         elif (rec is not None and clean and (rec["commit"], rec["host"]) == (here["commit"], here["host"])
-              and versions.get(rec["framework"]) and versions[rec["framework"]] in (rec.get("version") or "")):
+              and versions.get(rec["framework"]) is not None and versions[rec["framework"]] == rec.get("version")):
             done[key] = "not supported"
         elif rec is not None:
             again += 1

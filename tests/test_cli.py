@@ -344,15 +344,19 @@ def test_resume_says_what_it_skipped_and_skips_unsupported_records_of_the_same_c
     ok = dict(median_s=1.0, p25_s=1.0, p75_s=1.0, valid_tokens=8, padded_tokens=8, padding_fraction=0.0,
               valid_tokens_per_s=8.0, kernel="aten-cpu")
     real, installed = records.machine(), cli._installed_version("torch")
-    for commit, version, skipped in (
-            ("abc1234", installed, "skipped 2 already recorded (1 measured, 1 not supported)"),
-            ("abc1234+dirty", installed, "skipped 1 already recorded (1 measured)"),
-            ("abc1234", "0.1", "skipped 1 already recorded (1 measured)")):
+    assert installed and installed.split("+")[0] in __import__("torch").__version__
+    for commit, version, host, skipped in (
+            ("abc1234", installed, real["host"], "skipped 2 already recorded (1 measured, 1 not supported)"),
+            ("abc1234+dirty", installed, real["host"], "skipped 1 already recorded (1 measured)"),
+            ("abc1234", "0.1", real["host"], "skipped 1 already recorded (1 measured)"),
+            ("abc1234", installed + "1", real["host"], "skipped 1 already recorded (1 measured)"),  # 2.1 in 2.10
+            ("abc1234", installed, "elsewhere", "skipped 1 already recorded (1 measured)")):
         monkeypatch.setattr(records, "machine", lambda commit=commit: {**real, "commit": commit})
         out.unlink(missing_ok=True)
         results.append(out, records.make("bench", **packed, key=axes.case_key(packed), status="ok", **ok))
         results.append(out, records.make("bench", **gate, key=axes.case_key(gate), status="unsupported",
-                                         version=version, error="saturated_gate needs an LSTM or GRU cell"))
+                                         version=version, error="saturated_gate needs an LSTM or GRU cell",
+                                         host=host))
         before, ran[:] = out.read_text(), []
         capsys.readouterr()
         assert cli.main([*args, "--resume"]) == 0
@@ -362,3 +366,14 @@ def test_resume_says_what_it_skipped_and_skips_unsupported_records_of_the_same_c
         assert [c["strategy"] for c in ran] == ([] if "not supported" in skipped else ["saturated_gate"]) and (
             again == ("not supported" not in skipped)), printed
         assert out.read_text() == before
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax", "tensorflow"])
+def test_the_version_resume_compares_is_the_one_the_adapter_records(framework):
+    """--resume reads the installed version from package metadata (no framework import) and compares it whole with
+    the records' `version`: it must be the very string the adapter writes there."""
+    import adapters
+
+    if framework not in adapters.available():
+        pytest.skip(f"{framework} is not installed")
+    assert cli._installed_version(framework) == adapters.get(framework).version
