@@ -305,7 +305,11 @@ def test_report_from_a_partial_sweep(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "never recommended: masked_loop, packed" in md, "no check: every strategy is listed as unchecked"
     summary = md.split("## Summary")[1].split("## Setup")[0]
-    assert "8 benchmark cases measured, but no strategy they ran was checked on its device" in summary, summary
+    assert "4 benchmark case(s) of ops with strategies measured, but none of their strategies was checked" in summary
+    pads = [{**r, "op": "pad", "strategy": "pad"} for r in recs if r["op"] == "masked_mean"]
+    summary = " ".join(b for kind, b in report.sections.summary_section(
+        report.frame(pads, "check"), report.bench_frame(pads)).blocks if kind == "p")
+    assert summary.startswith("4 benchmark case(s) measured, all of ops without strategies to recommend"), summary
 
 
 # -- the recommendation compares like with like, counts compile cost once per shape, and rounds break-even up ----
@@ -683,3 +687,25 @@ def test_a_label_names_the_kernels_a_strategy_ran_with_their_plan_sizes_generali
     assert names(["bucketed[4]x cudnn", "bucketed[3]x cudnn"]) == "bucketed[k]x cudnn"
     assert names(["xla-scan rows[20x128]", "xla-scan rows[8x96]", "xla-scan"]) == "xla-scan / xla-scan rows[k]"
     assert names([float("nan")]) == "?"
+
+
+def test_the_memory_table_is_at_the_point_of_every_profile_not_of_the_lognormal_sweeps(tmp_path):
+    """The batch-size sweep runs lognormal lengths only: among lognormal records every (B, T) ties, and the
+    memory table must still stand at the point every profile shares (B=64 T=128), as the recommendation does."""
+    recs = [{**_bench("torch", "fast", p, 1.0), "peak_bytes": 2**20} for p in ("equal", "lognormal")]
+    recs += [{**_bench("torch", "fast", "lognormal", 1.0), "batch": B, "peak_bytes": 2**20, "key": f"b{B}"}
+             for B in (8, 256)]
+    s = report.sections.memory_section(report.bench_frame(recs), tmp_path)
+    shapes = [set(b[0]["shape"]) for kind, b in s.blocks if kind == "table" and "shape" in b[0].columns]
+    assert shapes == [{"B=64 T=128"}], shapes
+
+
+def test_a_measured_record_without_a_kernel_labels_it_unknown_not_nan():
+    """Older or hand-written records may lack the kernel: labels built from it read "?" instead of NaN."""
+    recs = [{**_bench("torch", "fast", p, 1.0), "kernel": None} for p in ("equal", "lognormal")] + [
+        _checked("torch", "fast")]
+    df = report.bench_frame(recs)
+    assert list(report.tables.labelled(df, ["impl"])) == ["torch:fast [?]"] * 2
+    text = " ".join(b for kind, b in report.sections.summary_section(report.frame(recs, "check"), df).blocks
+                    if kind == "p")
+    assert "torch: fast [?] (" in text, text

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.families import OP_TITLES, strategy_ops
+from harness.families import OP_TITLES, recommended_ops, strategy_ops
 from harness.report.figures import barh_panels, errbar, grid_fig, legend_right, plain_log_x, save
 from harness.report.render import Section
 from harness.report.tables import (
@@ -240,7 +240,8 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
     if done.empty:
         return s.p("No memory figures were measured.")
     profile = "lognormal" if (done["profile"] == "lognormal").any() else done["profile"].mode().iloc[0]
-    head = with_shape(headline(done[done["profile"] == profile]))
+    head = headline(done)  # the point of every profile first: the batch and length sweeps are lognormal only
+    head = with_shape(head[head["profile"] == profile])
     s.p(f"Peak MiB per op at each op's most frequent batch size and length on each device ('shape'), {profile} "
         "lengths:")
     is_rnn = head["op"].str.startswith("rnn")
@@ -476,9 +477,14 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
         if lines:
             s.p(f"{len(lines)} recipes and native behaviours are wrong somewhere (details in their sections):")
             s.table(pd.DataFrame(lines), fold=False)
-    if len(s.blocks) == 0 and not ok(df).empty:
-        s.p(f"{len(ok(df))} benchmark cases measured, but no strategy they ran was checked on its device: nothing "
-            "is recommended before `varlen check` has proven it exact there ('Recommendation' lists them).")
+    unchecked = ok(df)[ok(df)["op"].isin(recommended_ops())] if len(s.blocks) == 0 else df.iloc[:0]
+    if not unchecked.empty:
+        s.p(f"{len(unchecked)} benchmark case(s) of ops with strategies measured, but none of their strategies was "
+            "checked on its device: nothing is recommended before `varlen check` has proven it exact there "
+            "('Recommendation' lists them).")
+    elif len(s.blocks) == 0 and not ok(df).empty:
+        s.p(f"{len(ok(df))} benchmark case(s) measured, all of ops without strategies to recommend (see "
+            "'Throughput vs length skew and batch size').")
     elif len(s.blocks) == 0:
         s.p("Nothing measured or checked yet.")
     return s
@@ -527,9 +533,9 @@ def _coverage(df: pd.DataFrame, title: str, device: str, conf: dict, profile: st
     """What a summary line's figures leave out, as " Timed on <device> at <commits> (the newest results: <commit>);
     not timed there: <framework> <strategies>; ...": the commits of this device's records when none is the newest
     record's (records committed from a lent GPU may predate strategies added since), and for each framework timed
-    on this device, its strategies timed at this point (op, configuration but host, profile, headline B and T) on
-    another device but neither timed nor excluded by their precondition on this one. Empty when this device's
-    records are current and complete."""
+    on this device, its strategies timed at this point (op, configuration but host, profile, each device's own
+    headline B and T) on another device but neither timed nor excluded by their precondition on this one. Empty
+    when this device's records are current and complete."""
     def at_point(d: pd.DataFrame) -> pd.DataFrame:
         d = d[d["op"].isin([op for op, t in OP_TITLES.items() if t == title]) & (d["profile"] == profile)]
         for k, v in conf.items():

@@ -23,8 +23,11 @@ def frame(records: list[dict], source: str) -> pd.DataFrame:
 
 
 def bench_frame(records: list[dict]) -> pd.DataFrame:
+    """The bench records; a measured one without a kernel (older or hand-written files) reads kernel "?", so no
+    label built from it turns into NaN."""
     df = frame(records, "bench")
     df["impl"] = df["framework"].astype(str) + ":" + df["strategy"].astype(str)
+    df["kernel"] = df["kernel"].astype(object).where(df["kernel"].notna() | (df["status"] != "ok"), "?")
     return df
 
 
