@@ -287,8 +287,54 @@ def _groups(cases: list[dict], shared: bool = False) -> list[tuple[str, list[dic
 
 def done_keys(out: str) -> set[str]:
     """Case keys whose latest record in `out` is a completed measurement (what --resume skips, with the "unsupported"
-    records of this same code: `harness.cli._recorded`)."""
+    records of this same code: `recorded`)."""
     return {r["key"] for r in results.select(results.read([out])) if r["source"] == "bench" and r["status"] == "ok"}
+
+
+def installed_version(framework: str) -> str | None:
+    """The version string `framework`'s adapter records (torch's and jax's own version; "tensorflow X, keras Y"),
+    read from the installed distributions' metadata (no import), or None where one is not installed."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    def installed(module: str) -> str | None:
+        for dist in packages_distributions().get(module, []):
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                continue
+        return None
+
+    if framework == "tensorflow":
+        tf, keras = installed("tensorflow"), installed("keras")
+        return f"tensorflow {tf}, keras {keras}" if tf and keras else None
+    return installed(framework)
+
+
+def recorded(out: str, cases: list[dict]) -> tuple[dict[str, str], int]:
+    """--resume: ({key: why} of the `cases` already recorded to their end in `out`, how many will run again though
+    their latest record says "unsupported"). Finished: the latest record is a measurement (`done_keys`), or
+    says "unsupported" and was written by this same code on this host: its commit (clean) and host equal this run's
+    and its framework version is the installed one. A strategy's precondition that excluded the case then excludes
+    it again, and its record would only be appended once more. One written by another commit, host or framework
+    version, or by uncommitted code (a "+dirty" commit: which changes is not recorded), runs again: the code may
+    now support it."""
+    measured = done_keys(str(out))
+    here = records.machine()
+    clean = here["commit"] != "unknown" and not here["commit"].endswith("+dirty")
+    unsupported = {r["key"]: r for r in results.select(results.read([str(out)]))
+                   if r["source"] == "bench" and r["status"] == "unsupported"}
+    versions = {fw: installed_version(fw) for fw in {r["framework"] for r in unsupported.values()}} if clean else {}
+    done, again = {}, 0
+    for key in map(case_key, cases):
+        rec = unsupported.get(key)
+        if key in measured:
+            done[key] = "measured"
+        elif (rec is not None and clean and (rec["commit"], rec["host"]) == (here["commit"], here["host"])
+              and versions.get(rec["framework"]) is not None and versions[rec["framework"]] == rec.get("version")):
+            done[key] = "not supported"
+        elif rec is not None:
+            again += 1
+    return done, again
 
 
 # -- many machines (ARCHITECTURE "Many machines") ------------------------------------------------------------------
@@ -318,7 +364,7 @@ def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float =
     overhead ratios are still measured here. `shared_worker`: see `_groups`."""
     run = records.run_id()  # before any worker starts: they inherit it (VARLEN_RUN_ID)
     if resume:
-        skip = done_keys(out)
+        skip = recorded(out, cases)[0]
         cases = [c for c in cases if case_key(c) not in skip]
     floors: dict = {}
     from rich.progress import Progress

@@ -268,54 +268,6 @@ def _every_option_selects(args, cases: list[dict], grids: list[dict], frameworks
                            f": those that take it run {run} only" if taking else ""))
 
 
-def _installed_version(framework: str) -> str | None:
-    """The version string `framework`'s adapter records (torch's and jax's own version; "tensorflow X, keras Y"),
-    read from the installed distributions' metadata (no import), or None where one is not installed."""
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
-
-    def installed(module: str) -> str | None:
-        for dist in packages_distributions().get(module, []):
-            try:
-                return version(dist)
-            except PackageNotFoundError:
-                continue
-        return None
-
-    if framework == "tensorflow":
-        tf, keras = installed("tensorflow"), installed("keras")
-        return f"tensorflow {tf}, keras {keras}" if tf and keras else None
-    return installed(framework)
-
-
-def _recorded(out: Path, cases: list[dict]) -> tuple[dict[str, str], int]:
-    """--resume: ({key: why} of the `cases` already recorded to their end in `out`, how many will run again though
-    their latest record says "unsupported"). Finished: the latest record is a measurement (`bench.done_keys`), or
-    says "unsupported" and was written by this same code on this host: its commit (clean) and host equal this run's
-    and its framework version is the installed one. A strategy's precondition that excluded the case then excludes
-    it again, and its record would only be appended once more. One written by another commit, host or framework
-    version, or by uncommitted code (a "+dirty" commit: which changes is not recorded), runs again: the code may
-    now support it."""
-    from harness import bench
-
-    measured = bench.done_keys(str(out))
-    here = records.machine()
-    clean = here["commit"] != "unknown" and not here["commit"].endswith("+dirty")
-    unsupported = {r["key"]: r for r in results.select(results.read([out]))
-                   if r["source"] == "bench" and r["status"] == "unsupported"}
-    versions = {fw: _installed_version(fw) for fw in {r["framework"] for r in unsupported.values()}} if clean else {}
-    done, again = {}, 0
-    for key in map(axes.case_key, cases):
-        rec = unsupported.get(key)
-        if key in measured:
-            done[key] = "measured"
-        elif (rec is not None and clean and (rec["commit"], rec["host"]) == (here["commit"], here["host"])
-              and versions.get(rec["framework"]) is not None and versions[rec["framework"]] == rec.get("version")):
-            done[key] = "not supported"
-        elif rec is not None:
-            again += 1
-    return done, again
-
-
 def _skipped_text(skipped: dict[str, str]) -> str:
     """What --resume skipped: "skipped 8 already recorded (6 measured, 2 not supported)"."""
     whys = [f"{list(skipped.values()).count(w)} {w}" for w in ("measured", "not supported") if w in skipped.values()]
@@ -363,7 +315,7 @@ def cmd_bench(args) -> int:
             return 0
     skipped: dict[str, str] = {}
     if args.resume:
-        skipped, again = _recorded(out, cases)
+        skipped, again = bench.recorded(str(out), cases)
         cases = [c for c in cases if axes.case_key(c) not in skipped]
     client = _cluster_client(args.cluster) if args.cluster else None
     run = records.run_id()

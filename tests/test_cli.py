@@ -343,7 +343,7 @@ def test_resume_says_what_it_skipped_and_skips_unsupported_records_of_the_same_c
     packed, gate = ran
     ok = dict(median_s=1.0, p25_s=1.0, p75_s=1.0, valid_tokens=8, padded_tokens=8, padding_fraction=0.0,
               valid_tokens_per_s=8.0, kernel="aten-cpu")
-    real, installed = records.machine(), cli._installed_version("torch")
+    real, installed = records.machine(), bench.installed_version("torch")
     assert installed and installed.split("+")[0] in __import__("torch").__version__
     for commit, version, host, skipped in (
             ("abc1234", installed, real["host"], "skipped 2 already recorded (1 measured, 1 not supported)"),
@@ -373,7 +373,8 @@ def test_the_version_resume_compares_is_the_one_the_adapter_records(framework):
     """--resume reads the installed version from package metadata (no framework import) and compares it whole with
     the records' `version`: it must be the very string the adapter writes there."""
     import adapters
+    from harness import bench
 
     if framework not in adapters.available():
         pytest.skip(f"{framework} is not installed")
-    assert cli._installed_version(framework) == adapters.get(framework).version
+    assert bench.installed_version(framework) == adapters.get(framework).version
