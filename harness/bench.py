@@ -318,11 +318,11 @@ def recorded(out: str, cases: list[dict]) -> tuple[dict[str, str], int]:
     it again, and its record would only be appended once more. One written by another commit, host or framework
     version, or by uncommitted code (a "+dirty" commit: which changes is not recorded), runs again: the code may
     now support it."""
-    measured = done_keys(str(out))
+    latest = [r for r in results.select(results.read([out])) if r["source"] == "bench"]
+    measured = {r["key"] for r in latest if r["status"] == "ok"}  # `done_keys`, from the one read
+    unsupported = {r["key"]: r for r in latest if r["status"] == "unsupported"}
     here = records.machine()
     clean = here["commit"] != "unknown" and not here["commit"].endswith("+dirty")
-    unsupported = {r["key"]: r for r in results.select(results.read([str(out)]))
-                   if r["source"] == "bench" and r["status"] == "unsupported"}
     versions = {fw: installed_version(fw) for fw in {r["framework"] for r in unsupported.values()}} if clean else {}
     done, again = {}, 0
     for key in map(case_key, cases):

@@ -222,14 +222,19 @@ def _bench_grids(args) -> list[dict]:
     return grids
 
 
+def _one_case_each(ops, frameworks: list[str], strategies: dict, devices: tuple[str, ...]) -> list[dict]:
+    """The cases of `ops` at one batch size, length and profile: what each op runs, for the messages of
+    `_every_option_selects`."""
+    return axes.cases(ops=ops, frameworks=frameworks, strategies=strategies, devices=devices, batches=(1,),
+                      max_lens=(1,), profiles=("equal",))
+
+
 def _ops_taking(frameworks: list[str], strategies: dict, devices: tuple[str, ...], field: str) -> list[str]:
     """Every op (not only the selected ones) whose cases carry `field` for these frameworks and strategies (a
     strategy: only ops of a strategy family): where an option would apply, for the error saying it applies to none."""
     from harness.families import OPS, strategy_ops
 
-    found = axes.cases(ops=OPS, frameworks=frameworks, strategies=strategies, devices=devices, batches=(1,),
-                       max_lens=(1,), profiles=("equal",))
-    return list(dict.fromkeys(c["op"] for c in found
+    return list(dict.fromkeys(c["op"] for c in _one_case_each(OPS, frameworks, strategies, devices)
                               if field in c and (field != "strategy" or c["op"] in strategy_ops())))
 
 
@@ -250,9 +255,7 @@ def _every_option_selects(args, cases: list[dict], grids: list[dict], frameworks
             if any(c[field] == value for c in taking):
                 continue
             if field == "op":
-                own = sorted({c["strategy"] for c in axes.cases(
-                    ops=(value,), frameworks=frameworks, strategies=declared, devices=devices, batches=(1,),
-                    max_lens=(1,), profiles=("equal",))})
+                own = sorted({c["strategy"] for c in _one_case_each((value,), frameworks, declared, devices)})
                 raise Usage(f"--op {value} selects no case: " + (
                     f"none of its strategies ({', '.join(own)}) is among --strategy {', '.join(args.strategy)}"
                     if args.strategy else "these options leave none of its cases"))
@@ -286,24 +289,23 @@ def cmd_bench(args) -> int:
         raise Usage(str(e)) from None
     frameworks = _frameworks(args.framework)
     devices = tuple(dict.fromkeys(args.device or ["cpu"]))
-    everything = {f: {fam: adapters.declared_strategies(f, fam) for fam in adapters.STRATEGY_FAMILIES}
-                  for f in frameworks}
-    declared = everything
+    declared = {f: {fam: adapters.declared_strategies(f, fam) for fam in adapters.STRATEGY_FAMILIES}
+                for f in frameworks}
+    chosen = declared  # the strategies --strategy leaves
     if args.strategy:
         known = {s for d in declared.values() for v in d.values() for s in v}
         unknown = sorted(set(args.strategy) - known)
         if unknown:
             raise Usage(f"unknown strategy {unknown[0]!r} for {frameworks}; declared: {sorted(known)}")
-        declared = {f: {fam: [s for s in v if s in args.strategy] for fam, v in d.items()}
-                    for f, d in declared.items()}
+        chosen = {f: {fam: [s for s in v if s in args.strategy] for fam, v in d.items()} for f, d in declared.items()}
     out = Path(args.out)
     _results_file(out)
     grids = _bench_grids(args)
     cases = list({axes.case_key(c): c for grid in grids for c in axes.cases(
-        frameworks=frameworks, strategies=declared, devices=devices, **grid)}.values())
+        frameworks=frameworks, strategies=chosen, devices=devices, **grid)}.values())
     if args.strategy:
         cases = [c for c in cases if c["op"] not in families.strategy_ops() or c["strategy"] in args.strategy]
-    _every_option_selects(args, cases, grids, frameworks, everything, devices)
+    _every_option_selects(args, cases, grids, frameworks, declared, devices)
     if not cases:
         raise Usage("these options select no case to run")
     if "gpu" in devices and not args.cluster:  # on a cluster, the GPUs are the workers' (placed by resource)
@@ -313,7 +315,7 @@ def cmd_bench(args) -> int:
         print(f"varlen bench: shard {args.shard[0]}/{args.shard[1]}: {len(cases)} of {total} cases")
         if not cases:
             return 0
-    skipped: dict[str, str] = {}
+    skipped, again = {}, 0
     if args.resume:
         skipped, again = bench.recorded(str(out), cases)
         cases = [c for c in cases if axes.case_key(c) not in skipped]
