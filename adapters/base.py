@@ -206,12 +206,13 @@ class Adapter(abc.ABC):
         """The strategy unit to run (the default when None), after its precondition (`spec` as for
         `strategies`)."""
         table = self.strategy_table(family)
-        check_strategy_spec(family, spec)
         if strategy is None:
-            usable = self.strategies(family, **spec)
+            usable = self.strategies(family, **spec)  # checks the spec
             if not usable:
                 raise ValueError(f"no {self.name} {family} strategy supports {spec}")
             strategy = usable[0]
+        else:
+            check_strategy_spec(family, spec)
         check_choice(f"{self.name} strategy", strategy, list(table))
         why = table[strategy].supports(self, **spec)
         if why is not None:
