@@ -158,8 +158,8 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
                 at_op = head[head["op"] == op]
                 for label, g in at_op.groupby(labelled(at_op, ["impl"])):
                     errbar(ax, g, "padding_fraction", label)
-                _ideal_lines(ax, head[head["op"] == op])
-                at = head[head["op"] == op].iloc[0]
+                _ideal_lines(ax, at_op)
+                at = at_op.iloc[0]
                 ax.set(title=f"{OP_TITLES[op]} ({device}, {shape_label(at['batch'], at['max_len'])})",
                        xlabel="padding fraction (share of padded steps)", ylabel="valid tokens / s", yscale="log")
                 legend_right(ax)
@@ -477,15 +477,18 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
         if lines:
             s.p(f"{len(lines)} recipes and native behaviours are wrong somewhere (details in their sections):")
             s.table(pd.DataFrame(lines), fold=False)
-    unchecked = ok(df)[ok(df)["op"].isin(recommended_ops())] if len(s.blocks) == 0 else df.iloc[:0]
+    if s.blocks:
+        return s
+    measured = ok(df)
+    unchecked = measured[measured["op"].isin(recommended_ops())]
     if not unchecked.empty:
         s.p(f"{len(unchecked)} benchmark case(s) of ops with strategies measured, but none of their strategies was "
             "checked on its device: nothing is recommended before `varlen check` has proven it exact there "
             "('Recommendation' lists them).")
-    elif len(s.blocks) == 0 and not ok(df).empty:
-        s.p(f"{len(ok(df))} benchmark case(s) measured, all of ops without strategies to recommend (see "
+    elif not measured.empty:
+        s.p(f"{len(measured)} benchmark case(s) measured, all of ops without strategies to recommend (see "
             "'Throughput vs length skew and batch size').")
-    elif len(s.blocks) == 0:
+    else:
         s.p("Nothing measured or checked yet.")
     return s
 
