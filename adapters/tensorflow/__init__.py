@@ -6,6 +6,11 @@ and GPUs get memory growth so the allocator's peak reflects what the work needed
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -32,19 +37,19 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
     NATIVES = {"loss": loss.NATIVES, "embedding": embedding.NATIVES, "attention": attention.NATIVES}
 
     def __init__(self) -> None:
-        import os  # the module's top level imports only NumPy and the project's leaf modules
-
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import keras
-        import tensorflow as tf
+        with native_log() as seen:
+            import keras
+            import tensorflow as tf
 
+            self._gpus = tf.config.list_physical_devices("GPU")
+            seen["gpus"] = len(self._gpus)
         if keras.backend.backend() != "tensorflow":
             raise ImportError(f"the tensorflow adapter needs KERAS_BACKEND=tensorflow; keras runs "
                               f"{keras.backend.backend()!r} in this process")
         self.tf, self.keras = tf, keras
         self.version = f"tensorflow {tf.__version__}, keras {keras.__version__}"
-        self._gpus = tf.config.list_physical_devices("GPU")
         for gpu in self._gpus:
             try:
                 tf.config.experimental.set_memory_growth(gpu, True)
@@ -150,3 +155,60 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
 
 
 __all__ = ["TensorflowAdapter"]
+
+
+#: a native log line: absl's "I0000 00:00:1796524660.606256    6486 port.cc:153] ..." (before InitializeLog the
+#: seconds field holds the Unix time) or TSL's older
+#: "2025-09-17 14:44:05.157831: I external/.../cudart_stub.cc:32] ..."; group 1 is the severity letter
+_LOG_LINE = re.compile(r"^(?:([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ |\d{4}-\d\d-\d\d [\d:.]+: ([IWEF]) )")
+_SEVERITY = "IWEF"
+
+
+def kept_log(text: str, min_level: int, gpus: int | None) -> str:
+    """What of TensorFlow's native start-up log to show: the lines at or above TF_CPP_MIN_LOG_LEVEL (0 INFO,
+    1 WARNING, 2 ERROR, 3 FATAL) and everything that is not a native log line (a Python warning, a traceback).
+    Dropped besides: absl's "All log messages before absl::InitializeLog() ..." preamble, and the failed cuInit
+    error when TensorFlow found no GPU (that failure is how a machine without a CUDA driver says so)."""
+    kept = []
+    for line in text.splitlines():
+        if line.startswith("WARNING: All log messages before absl::InitializeLog()"):
+            continue
+        m = _LOG_LINE.match(line)
+        if m:
+            if _SEVERITY.index(m.group(1) or m.group(2)) < min_level:
+                continue
+            if gpus == 0 and "failed call to cuInit" in line:
+                continue
+        kept.append(line)
+    return "".join(f"{line}\n" for line in kept)
+
+
+@contextlib.contextmanager
+def native_log():
+    """Hold back TensorFlow's native (C++) log while it loads and lists its GPUs, then show `kept_log` of it.
+
+    Since TF 2.17 its C++ libraries log through absl before anyone calls absl::InitializeLog, and that path
+    ignores TF_CPP_MIN_LOG_LEVEL (tensorflow/tensorflow#79029, #100442): every import printed INFO lines and, on
+    a machine without a CUDA driver, a cuInit ERROR. File descriptor 2 is sent to a temporary file meanwhile (a
+    native library writes there, past sys.stderr); if loading fails, the whole log is shown. Yields a dict the
+    caller sets "gpus" in."""
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    seen: dict = {"gpus": None}
+    sys.stderr.flush()
+    saved = os.dup(2)
+    failed = True
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield seen
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text = held.read().decode(errors="replace")
+            shown = text if failed else kept_log(text, int(level) if level.isdigit() else 0, seen["gpus"])
+            if shown:
+                sys.stderr.write(shown)
+                sys.stderr.flush()
