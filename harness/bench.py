@@ -337,6 +337,13 @@ def recorded(out: str, cases: list[dict]) -> tuple[dict[str, str], int]:
     return done, again
 
 
+def overhead_recorded(out: str, pairs) -> set[tuple[str, str]]:
+    """--resume: the (framework, device) `pairs` whose overhead ratios `out` holds already, forward and forward +
+    backward both (`harness.overhead` writes them in that order: a run cut off between them runs the pair again)."""
+    have = {(r["framework"], r["device"], r["op"]) for r in results.read([out]) if r["source"] == "overhead"}
+    return {(fw, dev) for fw, dev in pairs if {(fw, dev, op) for op in ("rnn_forward", "rnn_forward_backward")} <= have}
+
+
 # -- many machines (ARCHITECTURE "Many machines") ------------------------------------------------------------------
 def shard(cases: list[dict], k: int, n: int) -> list[dict]:
     """Shard `k` of `n` (1-based) of `cases`. A case's shard is a stable hash of its key (not Python's salted
@@ -356,16 +363,18 @@ ClusterSweep = Callable[..., None]
 
 
 def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float = 600, quiet: bool = False,
-          overhead: tuple[str, ...] = (), overhead_devices: tuple[str, ...] = ("cpu",),
-          cluster_sweep: ClusterSweep | None = None, shared_worker: bool = False) -> list[dict]:
+          overhead: tuple[tuple[str, str], ...] = (), cluster_sweep: ClusterSweep | None = None,
+          shared_worker: bool = False) -> list[dict]:
     """Run `cases` (one worker process per framework group), appending to `out` (never rewriting it); then, for
-    each framework in `overhead`, the adapter-vs-raw overhead ratios. Returns this run's bench records.
+    each (framework, device) in `overhead`, the adapter-vs-raw overhead ratios. Returns this run's bench records.
+    `resume`: leave out the cases and overhead pairs `out` already holds (`recorded`, `overhead_recorded`).
     `cluster_sweep` (e.g. `harness.cluster.runner(address)`) runs the cases' groups instead of local workers; the
     overhead ratios are still measured here. `shared_worker`: see `_groups`."""
     run = records.run_id()  # before any worker starts: they inherit it (VARLEN_RUN_ID)
     if resume:
         skip = recorded(out, cases)[0]
         cases = [c for c in cases if case_key(c) not in skip]
+        overhead = tuple(pair for pair in overhead if pair not in overhead_recorded(out, overhead))
     floors: dict = {}
     from rich.progress import Progress
 
@@ -377,12 +386,11 @@ def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float =
         else:
             for fw, group in _groups(cases, shared=shared_worker):
                 _run_worker(fw, group, out, floors, timeout, advance)
-    for fw in overhead:
-        for device in overhead_devices:
-            proc = spawn("harness.overhead", fw, out, device, framework=fw)
-            text, err = proc.communicate(timeout=timeout)
-            if not quiet:
-                print((text or err[-500:]).strip())
+    for fw, device in overhead:
+        proc = spawn("harness.overhead", fw, out, device, framework=fw)
+        text, err = proc.communicate(timeout=timeout)
+        if not quiet:
+            print((text or err[-500:]).strip())
     mine = results.select(results.read([out]), run=run)
     return [r for r in mine if r["source"] == "bench"]
 

@@ -315,11 +315,15 @@ def cmd_bench(args) -> int:
         print(f"varlen bench: shard {args.shard[0]}/{args.shard[1]}: {len(cases)} of {total} cases")
         if not cases:
             return 0
-    skipped, again = {}, 0
+    client = _cluster_client(args.cluster) if args.cluster else None
+    # no overhead ratios on a cluster: they would be timed here, maybe beside a node's timed task
+    overhead = tuple((fw, dev) for fw in frameworks for dev in devices) if args.quick and not client else ()
+    skipped, again, overhead_done = {}, 0, set()
     if args.resume:
         skipped, again = bench.recorded(str(out), cases)
         cases = [c for c in cases if axes.case_key(c) not in skipped]
-    client = _cluster_client(args.cluster) if args.cluster else None
+        overhead_done = bench.overhead_recorded(str(out), overhead)
+        overhead = tuple(pair for pair in overhead if pair not in overhead_done)
     run = records.run_id()
     print(f"varlen bench: {len(cases)} cases -> {out} (run {run}{', on ' + args.cluster if client else ''})"
           + (f"; --resume: {_skipped_text(skipped)}" if args.resume else ""))
@@ -327,11 +331,12 @@ def cmd_bench(args) -> int:
         print(f"varlen bench: --resume: {again} case(s) whose latest record says not supported run again: it was "
               "written by another commit, host or framework version, or by uncommitted code (which code is not "
               "recorded)")
-    try:  # no overhead ratios on a cluster: they would be timed here, maybe beside a node's timed task
-        recs = bench.sweep(cases, str(out), timeout=args.timeout,  # --resume: `cases` holds only what is left
-                           cluster_sweep=cluster.runner(client) if client else None,
-                           overhead=tuple(frameworks) if args.quick and not client else (), overhead_devices=devices,
-                           shared_worker=args.shared_worker)
+    if overhead_done:
+        print(f"varlen bench: --resume: overhead ratios already recorded for "
+              f"{_listed(f'{fw} ({dev})' for fw, dev in sorted(overhead_done))}: not timed again")
+    try:  # --resume: `cases` and `overhead` hold only what is left
+        recs = bench.sweep(cases, str(out), timeout=args.timeout, overhead=overhead,
+                           cluster_sweep=cluster.runner(client) if client else None, shared_worker=args.shared_worker)
     finally:
         if client is not None:
             client.close()

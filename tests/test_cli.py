@@ -378,3 +378,31 @@ def test_the_version_resume_compares_is_the_one_the_adapter_records(framework):
     if framework not in adapters.available():
         pytest.skip(f"{framework} is not installed")
     assert bench.installed_version(framework) == adapters.get(framework).version
+
+
+def test_quick_resume_leaves_out_the_overhead_ratios_already_recorded(tmp_path, capsys, monkeypatch):
+    """`bench --quick --resume` timed the adapter-vs-raw overhead ratios again on every resume (two records more
+    per framework and device each time). A (framework, device) whose two overhead records (forward, forward +
+    backward) are in the file is left out and named; one with only the first (a run cut off between them) runs."""
+    from harness import bench
+
+    timed = []
+    monkeypatch.setattr(bench, "sweep", lambda cases, out, **kw: timed.append(kw["overhead"]) or [])
+    out = tmp_path / "r.jsonl"
+    args = ["bench", "--quick", "--framework", "torch", "--framework", "jax", "--op", "pad", "--batch", "2",
+            "--max-len", "4", "--profile", "equal", "--out", str(out)]
+    assert cli.main(args) == 0 and timed == [(("torch", "cpu"), ("jax", "cpu"))]
+
+    def overhead(fw, op):
+        return records.make("overhead", framework=fw, version="1", device="cpu", strategy="s", kernel="k", op=op,
+                            batch=64, max_len=128, hidden=128, cell="lstm", profile="lognormal", raw_median_s=1.0,
+                            adapter_median_s=1.0, overhead_ratio=1.0, repeats=2)
+
+    results.append(out, overhead("torch", "rnn_forward"))
+    results.append(out, overhead("torch", "rnn_forward_backward"))
+    results.append(out, overhead("jax", "rnn_forward"))
+    capsys.readouterr()
+    assert cli.main([*args, "--resume"]) == 0
+    assert timed[-1] == (("jax", "cpu"),)
+    assert "overhead ratios already recorded for torch (cpu): not timed again" in capsys.readouterr().out
+    assert cli.main(args) == 0 and timed[-1] == (("torch", "cpu"), ("jax", "cpu")), "without --resume: all again"
