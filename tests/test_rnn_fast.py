@@ -505,3 +505,19 @@ def test_jax_full_rows_run_the_scan_without_its_masks(strategy, cell, side, laye
     bad, out = against_reference(fw, spec, np.array([7, 6, 7, 7]), 7, side=side, dtype=dtype, seed=4,
                                  strategy=strategy)
     assert not bad, f"{strategy} {cell} side={side} {dtype}, one row short: {bad}"
+
+
+def test_the_jax_gpu_unroll_can_be_set_from_the_environment(monkeypatch):
+    """VARLEN_JAX_GPU_UNROLL times another lax.scan unroll on a lent GPU without a code change; the CPU keeps its
+    own, and a value that is no positive integer is refused by name (not silently run at the default)."""
+    from adapters.jax import rnn as jax_rnn
+
+    monkeypatch.delenv("VARLEN_JAX_GPU_UNROLL", raising=False)
+    assert (jax_rnn._unroll("gpu"), jax_rnn._unroll("cpu")) == (8, 1)
+    monkeypatch.setenv("VARLEN_JAX_GPU_UNROLL", "16")
+    assert (jax_rnn._unroll("gpu"), jax_rnn._unroll("cpu")) == (16, 1)
+    assert jax_rnn._scan_name(jax_rnn._unroll("gpu")) == "xla-scan unroll16", "records name the unroll that ran"
+    for bad in ("0", "-2", "x", "1.5"):
+        monkeypatch.setenv("VARLEN_JAX_GPU_UNROLL", bad)
+        with pytest.raises(ValueError, match=f"VARLEN_JAX_GPU_UNROLL='{bad}': need a positive integer"):
+            jax_rnn._unroll("gpu")

@@ -69,6 +69,7 @@ result is later masked (which would poison gradients), and padded outputs are se
 """
 from __future__ import annotations
 
+import os
 from functools import cache, partial
 
 import numpy as np
@@ -700,9 +701,17 @@ SLICE_STEP_COST, SLICE_CALL_COST, SLICE_MAX_SEGMENTS = 3.0, 16.0, 8
 #: concat_rows' grid with its written-out gradient, which now runs equal lengths too). CPU: unroll 8 made
 #: concat_rows 1.2-1.4x and time_sliced 1.1-1.4x slower on lognormal and zipf here (2 cores): 1.
 UNROLL = {"cpu": 1, "gpu": 8}
+#: the environment variable that overrides UNROLL["gpu"] (a positive integer), for timing other unrolls on a lent
+#: GPU without a code change: the records' kernel names carry the unroll ("xla-scan unroll16 rows[24x128]")
+GPU_UNROLL_ENV = "VARLEN_JAX_GPU_UNROLL"
 
 
 def _unroll(device: str) -> int:
+    if device == "gpu" and os.environ.get(GPU_UNROLL_ENV):
+        text = os.environ[GPU_UNROLL_ENV]
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"{GPU_UNROLL_ENV}={text!r}: need a positive integer (lax.scan's unroll on the GPU)")
+        return int(text)
     return UNROLL.get(device, 1)
 
 
