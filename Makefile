@@ -40,9 +40,11 @@ chromium:
 ## line, from Debian's bible-kjv (installed when we are root); its lengths are whitespace tokens per verse.
 KJV := results/data/kjv-verses.txt
 $(KJV):
-	@command -v bible >/dev/null 2>&1 || { 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv >/dev/null; 	  else echo "varlen: bible-kjv is missing: sudo apt-get install bible-kjv (the shipped real distribution)"; fi; }
+	@command -v bible >/dev/null 2>&1 || { 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv >/dev/null; 	  else echo "varlen: bible-kjv is missing: sudo apt-get install bible-kjv (the shipped real distribution)"; exit 1; fi; }
 	mkdir -p $(dir $(KJV))
-	bible -f "Gen1:1-Rev22:21" | sed 's/^[^ ]* //' > $(KJV).tmp && mv $(KJV).tmp $(KJV)
+	bible -f "Gen1:1-Rev22:21" | sed 's/^[^ ]* //' > $(KJV).tmp
+	@test -s $(KJV).tmp || { rm -f $(KJV).tmp; echo "varlen: bible wrote no verse: $(KJV) not made"; exit 1; }
+	mv $(KJV).tmp $(KJV)
 
 data: $(KJV)
 
