@@ -20,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from adapters.spec import DEVICES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SCHEMA_VERSION = 2
@@ -127,6 +129,11 @@ def problems(rec: Any) -> list[str]:
     for name, kind in {**COMMON_OPTIONAL, **optional}.items():
         if rec.get(name) is not None and not _type_ok(rec[name], kind):
             out.append(f"field {name!r} should be {kind.__name__}, got {rec[name]!r}")
+    if _type_ok(rec.get("schema"), INT) and rec["schema"] > SCHEMA_VERSION:
+        out.append(f"schema {rec['schema']} is newer than this varlen's ({SCHEMA_VERSION}): its fields may mean "
+                   "something else here; read it with the varlen that wrote it")
+    if isinstance(rec.get("device"), str) and rec["device"] not in DEVICES:
+        out.append(f"device {rec['device']!r} is not one of {list(DEVICES)}")
     if source == "bench" and rec.get("status") not in STATUSES:
         out.append(f"status {rec.get('status')!r} is not one of {list(STATUSES)}")
     if source == "bench" and rec.get("status") == "ok":

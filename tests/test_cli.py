@@ -162,6 +162,20 @@ def test_report_reports_bad_lines_and_exits_1_on_all_failed(tmp_path):
     assert "KeyError: boom" in page
 
 
+def test_records_of_a_newer_schema_or_an_unknown_device_are_reported_not_read(tmp_path):
+    """`"schema": 99` and `"device": "tpu"` were read as if valid: a newer schema's fields may mean something
+    else, and a device varlen does not know has no place on the page. Both are listed, by line, with the reason."""
+    path = tmp_path / "r.jsonl"
+    good = _bench_record(status="failed", error="KeyError: boom")
+    with open(path, "w") as f:
+        for rec in (good, {**good, "schema": 99}, {**good, "device": "tpu"}, {**good, "schema": 1}):
+            f.write(json.dumps(rec) + "\n")
+    loaded = results.load([path])
+    assert len(loaded.records) == 2 and [p.line for p in loaded.problems] == [2, 3]
+    assert "schema 99 is newer than this varlen's (2)" in loaded.problems[0].why
+    assert "device 'tpu' is not one of ['cpu', 'gpu']" in loaded.problems[1].why
+
+
 def test_report_of_a_directory_is_reported_not_a_crash(tmp_path):
     loaded = results.load([tmp_path])
     assert loaded.records == [] and "is a directory" in loaded.problems[0].why
