@@ -609,6 +609,48 @@ def test_a_strategy_whose_check_was_cut_off_is_never_called_exact(tmp_path, monk
         "check cut off on this device before their family was done, never recommended: s"]
 
 
+def test_a_cut_off_check_is_incomplete_on_the_page_never_proven_exact(tmp_path):
+    """A `varlen check` stopped by Ctrl-C (or a file cut short) left 400 passing cells and no "done": the summary
+    said "6 of 6 ... proven exact" and the matrix "All cells are equivalent". A later run that finishes the family
+    proves it; one run's markers say nothing of another's cells (they are kept per run)."""
+    def marker(kind, run, op="check", t=0.0):
+        return records.make("check", kind=kind, framework="torch", version="1", device="cpu", op=op,
+                            name="worker" if kind == "started" else "family", case="",
+                            quantity="run" if kind == "started" else "cells", equivalent=True, max_abs_err=0.0,
+                            kernel="", run_id=run, time=t)
+
+    def cell(name, run, t):
+        return {**_checked("torch", name), "run_id": run, "time": t}
+
+    def page(recs):
+        report.build(recs, tmp_path)
+        return (tmp_path / "report.md").read_text()
+
+    ops = [marker("started", "r0"), {**cell("pad", "r0", 0.5), "kind": "op", "op": "pad"},
+           marker("done", "r0", "ops", 1)]
+    cut = ops + [marker("started", "r1", t=2), cell("packed", "r1", 3), cell("bucketed", "r1", 4)]
+    text = page(cut)
+    assert ("1 of 3 checked ops and strategies (each framework and device apart) are proven exact against the "
+            "float64 reference — INCOMPLETE, never exact: 2 whose check was cut off before their family was done "
+            "(torch/rnn on cpu; run `varlen check` for them again).") in text, text[:600]
+    assert "2 rows are INCOMPLETE (red): their check was cut off before the family was done (torch/rnn on cpu)" in text
+    assert "All cells are equivalent" not in text
+    eq = report.equivalence_table(report.frame(cut, "check")).set_index("name")
+    assert list(eq.loc[["pad", "packed", "bucketed"], "proven_exact"]) == [True, False, False]
+    assert list(eq.loc[["packed", "bucketed"], "all_equivalent"]) == [True, True], "none failed: incomplete"
+    # a later run checks rnn to its end: its cells replace the cut run's, and its markers prove them
+    done = cut + [marker("started", "r2", t=5), cell("packed", "r2", 6), cell("bucketed", "r2", 7),
+                  marker("done", "r2", "rnn", 8)]
+    text = page(done)
+    assert "3 of 3 checked ops and strategies (each framework and device apart) are proven exact" in text
+    assert "INCOMPLETE" not in text and "All cells are equivalent." in text
+    # the cut run's "done" of another family does not prove its rnn cells, nor does a later run of another family
+    assert "INCOMPLETE" in page(cut + [marker("done", "r1", "attention", 5)])
+    later = [marker("started", "r3", t=5), {**cell("pad", "r3", 5.5), "kind": "op", "op": "pad"},
+             marker("done", "r3", "ops", 6)]
+    assert "INCOMPLETE, never exact: 2 whose check was cut off" in page(cut + later)
+
+
 def test_check_of_chosen_families_runs_and_marks_only_those(tmp_path):
     # `varlen check --family F`: a lent GPU's minutes let JAX's families run side by side, each its own process
     from harness import check as chk

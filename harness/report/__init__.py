@@ -18,6 +18,7 @@ from harness.report.render import Section, md_table, render
 from harness.report.tables import (
     bench_frame,
     bench_status,
+    cut_off,
     equivalence_table,
     failures_table,
     frame,
@@ -34,11 +35,15 @@ def check_sections(check: pd.DataFrame, bench: pd.DataFrame) -> list[Section]:
         s.p("No check records: every benchmarked strategy is unchecked (run `varlen check`).")
         return [s]
     eq = equivalence_table(check)
-    n_bad = int((~eq["all_equivalent"]).sum())
+    n_bad, n_cut = int((~eq["all_equivalent"]).sum()), int((eq["all_equivalent"] & ~eq["complete"]).sum())
     s.p("Every framework's ops and strategies against the NumPy float64 reference (outputs, final states, "
         "input and weight gradients; NaN in padding; zero-length rows; float32 and float64), per device. "
-        + ("All cells are equivalent." if n_bad == 0 else f"{n_bad} rows have FAILING cells (red)."))
-    s.table(eq, fail_col="all_equivalent")
+        + ("All cells are equivalent." if n_bad == n_cut == 0 else
+           " ".join(([f"{n_bad} rows have FAILING cells (red)."] if n_bad else [])
+                    + ([f"{n_cut} rows are INCOMPLETE (red): their check was cut off before the family was done "
+                        f"({', '.join(cut_off(check))}), so the cells they hold prove nothing; run `varlen check` "
+                        "for them again."] if n_cut else []))))
+    s.table(eq, fail_col="proven_exact")
     fails = failures_table(check)
     if len(fails):
         s.p("Failing cells:").table(fails.assign(equivalent=False), fail_col="equivalent")

@@ -76,7 +76,10 @@ def with_shape(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def equivalence_table(check: pd.DataFrame) -> pd.DataFrame:
-    """device x framework x family x kind x name x dtype: cells checked, cells failed, worst error."""
+    """device x framework x family x kind x name x dtype: cells checked, cells failed, worst error, whether the
+    family's check ran to its end ("complete": no cell `incomplete`) and so whether the row proves anything
+    ("proven_exact": complete and no cell failed)."""
+    check = check.assign(cut=incomplete(check))
     df = check[check["kind"].isin(["op", "strategy", "error"])].copy()
     df["dtype"] = df["dtype"].fillna("")
     df["kernel"] = df["kernel"].fillna("")
@@ -85,8 +88,10 @@ def equivalence_table(check: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(["device", "framework", "family", "kind", "name", "dtype"], sort=True)
     out = g.agg(cells=("equivalent", "size"), failed=("equivalent", lambda s: int((~s.astype(bool)).sum())),
                 max_abs_err=("max_abs_err", "max"),
-                kernel=("kernel", lambda s: ", ".join(sorted({k for k in s if k})))).reset_index()
+                kernel=("kernel", lambda s: ", ".join(sorted({k for k in s if k}))),
+                complete=("cut", lambda s: not s.any())).reset_index()
     out["all_equivalent"] = out["failed"] == 0
+    out["proven_exact"] = out["all_equivalent"] & out["complete"]
     return out
 
 
@@ -98,24 +103,45 @@ def failures_table(check: pd.DataFrame) -> pd.DataFrame:
     return bad[cols]
 
 
+def incomplete(check: pd.DataFrame) -> pd.Series:
+    """Per check record, True for a cell (op, strategy, recipe, native behaviour) whose run's worker recorded
+    that it started on that framework and device but no "done" for the cell's family: it was cut off (Ctrl-C, a
+    kill, a timeout, a crash) inside the family, so the cells it left are not the whole family's and none of them
+    proves it exact. Records of runs without markers (before workers wrote them) are judged by the cells they hold."""
+    if check.empty:
+        return pd.Series(False, index=check.index, dtype=bool)
+    dev, kind, fw, run = check["device"].fillna("cpu"), check["kind"], check["framework"], check["run_id"]
+    fam = check["op"].map(lambda op: check_family(op) or op)
+    on = kind == "started"
+    started = set(zip(run[on], fw[on], dev[on], strict=True))
+    on = kind == "done"
+    done = set(zip(run[on], fw[on], check["op"][on], dev[on], strict=True))
+    cell = kind.isin(["op", "strategy", "idiom", "native"])
+    return pd.Series([bool(c) and (r, f, d) in started and (r, f, m, d) not in done
+                      for c, r, f, m, d in zip(cell, run, fw, fam, dev, strict=True)], index=check.index, dtype=bool)
+
+
+def cut_off(check: pd.DataFrame) -> list[str]:
+    """"framework/family on device" of each family some cell of which is `incomplete`, sorted."""
+    bad = check[incomplete(check)]
+    return sorted({f"{f}/{check_family(op) or op} on {d}"
+                   for f, op, d in zip(bad["framework"], bad["op"], bad["device"].fillna("cpu"), strict=True)})
+
+
 def strategy_status(check: pd.DataFrame) -> dict[tuple[str, str, str, str], str]:
     """(framework, family, strategy, device) -> "exact" (every equivalence cell checked on that device passed),
-    "WRONG" (a cell failed there) or "incomplete" (no cell failed, but the check worker was cut off before the
-    family was done); a strategy of one family is judged by that family's cells only (TF's "keras" RNN and loss
-    differ), and on one device by that device's cells only (a strategy checked on the CPU is unchecked on a GPU).
-    Records from before workers marked their progress ("started" / "done") are judged by the cells they hold."""
+    "WRONG" (a cell failed there) or "incomplete" (no cell failed, but a cell's check worker was cut off before
+    the family was done: `incomplete`); a strategy of one family is judged by that family's cells only (TF's
+    "keras" RNN and loss differ), and on one device by that device's cells only (a strategy checked on the CPU is
+    unchecked on a GPU)."""
     st = check[check["kind"] == "strategy"]
     if st.empty:
         return {}
-    st = st.assign(family=st["op"].map(check_family), device=st["device"].fillna("cpu"))
-    dev = check["device"].fillna("cpu")
-    started = set(zip(check["framework"][check["kind"] == "started"], dev[check["kind"] == "started"]))
-    done = set(zip(check["framework"][check["kind"] == "done"], check["op"][check["kind"] == "done"],
-                   dev[check["kind"] == "done"]))
-    allok = st.groupby(["framework", "family", "name", "device"])["equivalent"].all()
-    return {k: "WRONG" if not v else
-            "incomplete" if (k[0], k[3]) in started and (k[0], k[1], k[3]) not in done else "exact"
-            for k, v in allok.items()}
+    st = st.assign(family=st["op"].map(check_family), device=st["device"].fillna("cpu"), cut=incomplete(check)[
+        check["kind"] == "strategy"])
+    g = st.groupby(["framework", "family", "name", "device"])
+    allok, cut = g["equivalent"].all(), g["cut"].any()
+    return {k: "WRONG" if not v else "incomplete" if cut[k] else "exact" for k, v in allok.items()}
 
 
 def bench_status(df: pd.DataFrame, check: pd.DataFrame) -> list[str]:
