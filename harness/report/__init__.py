@@ -36,13 +36,13 @@ def check_sections(check: pd.DataFrame, bench: pd.DataFrame) -> list[Section]:
         return [s]
     eq = equivalence_table(check)
     n_bad, n_cut = int((~eq["all_equivalent"]).sum()), int((eq["all_equivalent"] & ~eq["complete"]).sum())
+    found = ([f"{n_bad} {'row has' if n_bad == 1 else 'rows have'} FAILING cells (red)."] if n_bad else []) + (
+        [f"{n_cut} {'row is' if n_cut == 1 else 'rows are'} INCOMPLETE (red): their check was cut off before the "
+         f"family was done ({', '.join(cut_off(check))}), so the cells they hold prove nothing; run `varlen check` "
+         "for them again."] if n_cut else [])
     s.p("Every framework's ops and strategies against the NumPy float64 reference (outputs, final states, "
         "input and weight gradients; NaN in padding; zero-length rows; float32 and float64), per device. "
-        + ("All cells are equivalent." if n_bad == n_cut == 0 else
-           " ".join(([f"{n_bad} rows have FAILING cells (red)."] if n_bad else [])
-                    + ([f"{n_cut} rows are INCOMPLETE (red): their check was cut off before the family was done "
-                        f"({', '.join(cut_off(check))}), so the cells they hold prove nothing; run `varlen check` "
-                        "for them again."] if n_cut else []))))
+        + (" ".join(found) or "All cells are equivalent."))
     s.table(eq, fail_col="proven_exact")
     fails = failures_table(check)
     if len(fails):
