@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -143,11 +144,19 @@ def cmd_env(args) -> int:
 
 
 def _progress_bar(total: int, what: str):
+    """A progress bar on stderr: stdout carries only the command's result (`check --json` pipes into jq)."""
+    from rich.console import Console
     from rich.progress import Progress
 
-    bar = Progress(transient=False)
+    bar = Progress(transient=False, console=Console(stderr=True))
     task = bar.add_task(what, total=total)
     return bar, task
+
+
+def _strict_json(rec: dict) -> dict:
+    """`rec` for strict JSON (RFC 8259 has no Infinity or NaN: jq and most parsers refuse them): a non-finite float
+    becomes the string "inf", "-inf" or "nan" (a failed cell's max_abs_err is inf)."""
+    return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
 
 
 def cmd_check(args) -> int:
@@ -160,8 +169,10 @@ def cmd_check(args) -> int:
     _results_file(out)
     if "gpu" in devices:
         _probe_gpu(frameworks)
-    records.run_id()
+    run = records.run_id()
     fams = list(dict.fromkeys(args.family or families.FAMILIES))
+    print(f"varlen check: {_listed(frameworks)} on {_listed(devices)}, families {_listed(fams)} -> {out} (run {run})",
+          file=sys.stderr if args.json else sys.stdout)  # --json: stdout holds the records only
     bar, task = _progress_bar(len(frameworks) * len(devices) * len(fams), "varlen check")
     with bar:
         recs = check.run(frameworks, devices, str(out), families=fams, jobs=args.jobs or check.default_jobs(),
@@ -169,7 +180,7 @@ def cmd_check(args) -> int:
                                                                   description=f"check {fw} ({dev}): {fam} done"))
     if args.json:
         for r in recs:
-            print(json.dumps(r, allow_nan=True))
+            print(json.dumps(_strict_json(r), allow_nan=False))
     else:
         print(check_summary_text(recs))
     bad = check.failures(recs)
@@ -438,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu (default) and/or gpu (repeatable)")
     p.add_argument("--family", action="append", choices=list(FAMILIES),
                    help="limit to this op family (repeatable; default: every family)")
-    p.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
+    p.add_argument("--json", action="store_true", help="print the records as strict JSON lines (a non-finite "
+                   "number as the string \"inf\", \"-inf\" or \"nan\") instead of the summary")
     p.add_argument("--jobs", type=_positive("--jobs"), metavar="N",
                    help="frameworks checked at once on the CPU, one process each (default: one per core; a GPU's "
                         "are always checked one at a time)")

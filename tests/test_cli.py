@@ -420,3 +420,23 @@ def test_quick_resume_leaves_out_the_overhead_ratios_already_recorded(tmp_path, 
     assert timed[-1] == (("jax", "cpu"),)
     assert "overhead ratios already recorded for torch (cpu): not timed again" in capsys.readouterr().out
     assert cli.main(args) == 0 and timed[-1] == (("torch", "cpu"), ("jax", "cpu")), "without --resume: all again"
+
+
+def test_check_json_prints_strict_json_lines_only_and_says_its_run_on_stderr(tmp_path):
+    """`check --json | jq` broke: the progress bar came first on stdout, and a failed cell's max_abs_err was the
+    token Infinity, which strict JSON has not. stdout now holds the records only, each a strict JSON object (a
+    non-finite number as a string); the progress and the run id go to stderr."""
+    out = tmp_path / "c.jsonl"
+    proc = varlen("check", "--framework", "torch", "--family", "loss", "--json", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    lines = proc.stdout.splitlines()
+    recs = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert recs and all(isinstance(r, dict) and r["source"] == "check" for r in recs)
+    assert len(recs) == len(results.load([out]).records), "every record of the run, nothing else"
+    assert "inf" in {r["max_abs_err"] for r in recs}, "the loss recipes' infinite errors, as strings"
+    run = recs[0]["run_id"]
+    assert f"varlen check: torch on cpu, families loss -> {out} (run {run})" in proc.stderr
