@@ -138,8 +138,14 @@ def cmd_env(args) -> int:
             print(f"{name:<11} not installed")
             continue
         a = adapters.get(name)
-        fams = {f: a.strategies(f) for f in a.STRATEGIES}
-        print(f"{name:<11} {a.version}\n{'':<11} devices={a.devices()} strategies={fams}")
+        print(f"{name:<11} {a.version}\n{'':<11} devices: {_listed(a.devices())}")
+        for family in a.STRATEGIES:
+            declared = adapters.declared_strategies(name, family)
+            for device in a.devices():
+                usable = a.strategies(family, device=device)
+                print(f"{'':<11} {family} ({device}): {_listed(usable)}")
+                for s in (s for s in declared if s not in usable):
+                    print(f"{'':<11}   not on {device}: {s} ({a.why_not(family, s, device=device)})")
     return 0
 
 
@@ -441,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="varlen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("env", help="frameworks, versions, devices and strategies found").set_defaults(func=cmd_env)
+    sub.add_parser("env", help="frameworks, versions, devices, and each family's strategies per device (those whose "
+                   "precondition fails there with the reason)").set_defaults(func=cmd_env)
     fws = list(axes.FRAMEWORKS)
     p = sub.add_parser("check", help="equivalence matrix against the NumPy reference, and the recipes' verdicts")
     p.add_argument("--framework", action="append", choices=fws, help="limit to this framework (repeatable)")
@@ -529,9 +536,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"varlen {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        again = {"bench": "Resume with the same command plus --resume.",
+                 "check": "Run it again (`--family` for only the families it did not finish: the report shows "
+                          "them as incomplete until then)."}.get(args.command, "Run it again.")
         print(f"\nvarlen {args.command}: interrupted; every finished record is in the results file (run "
-              f"{os.environ.get(records.RUN_ENV, '?')}). Resume with the same command"
-              f"{' plus --resume' if args.command == 'bench' else ''}.", file=sys.stderr)
+              f"{os.environ.get(records.RUN_ENV, '?')}). {again}", file=sys.stderr)
         return 130
 
 

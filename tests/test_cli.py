@@ -440,3 +440,32 @@ def test_check_json_prints_strict_json_lines_only_and_says_its_run_on_stderr(tmp
     assert "inf" in {r["max_abs_err"] for r in recs}, "the loss recipes' infinite errors, as strings"
     run = recs[0]["run_id"]
     assert f"varlen check: torch on cpu, families loss -> {out} (run {run})" in proc.stderr
+
+
+def test_env_lists_every_declared_strategy_those_a_device_cannot_run_with_their_reason():
+    """`varlen env` listed only the strategies usable here, so torch's graph_loop, flex and varlen_flash and JAX's
+    cudnn_lstm did not exist for a CPU user; and TensorFlow's native log filled stderr."""
+    proc = varlen("env", timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    lines = proc.stdout.splitlines()
+    torch = lines[next(i for i, line in enumerate(lines) if line.startswith("torch ")):]
+    assert any(line.split() == ["devices:", "cpu"] for line in torch[:2]), torch[:2]
+    rnn = next(line for line in torch if line.strip().startswith("rnn (cpu): "))
+    assert rnn.split(": ", 1)[1].split(", ")[:2] == ["packed", "masked_loop"], "default first"
+    assert any(line.strip().startswith("not on cpu: graph_loop (") and "GPU only" in line for line in torch)
+    assert any(line.strip().startswith("not on cpu: cudnn_lstm (") for line in lines)
+
+
+def test_an_interrupted_check_says_how_to_finish_it_not_to_resume(tmp_path, capsys, monkeypatch):
+    """`check` has no --resume; its Ctrl-C message said "Resume with the same command" (which checks it all
+    again) like bench's. It now says what to run."""
+    from harness import check
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check, "run", interrupted)
+    assert cli.main(["check", "--framework", "torch", "--family", "ops", "--out", str(tmp_path / "c.jsonl")]) == 130
+    err = capsys.readouterr().err
+    assert "varlen check: interrupted; every finished record is in the results file" in err
+    assert "Run it again (`--family` for only the families it did not finish" in err and "--resume" not in err
