@@ -417,6 +417,10 @@ def cmd_report(args) -> int:
         paths = [q for p in args.results for q in (_results_in(Path(p)) if Path(p).is_dir() else [p])]
     else:
         paths = _results_in(RESULTS)
+        if not paths:
+            print(f"varlen report: no results file (*.jsonl) under {RESULTS.resolve()}, the default (results/ of the "
+                  "current folder): run `varlen check` and `varlen bench` here, or name the files or folders",
+                  file=sys.stderr)
     _report_dir(Path(args.out))
     asv_html = RESULTS / "asv" / "html" if args.asv_html is None else _asv_dashboard(Path(args.asv_html))
     loaded = results.load(paths)

@@ -469,3 +469,13 @@ def test_an_interrupted_check_says_how_to_finish_it_not_to_resume(tmp_path, caps
     err = capsys.readouterr().err
     assert "varlen check: interrupted; every finished record is in the results file" in err
     assert "Run it again (`--family` for only the families it did not finish" in err and "--resume" not in err
+
+
+def test_report_in_a_folder_without_results_says_where_it_looked(tmp_path):
+    """Run elsewhere, `varlen report` said "from 0 result file(s)" without saying it looked in ./results."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "report", "--out", str(tmp_path / "rep")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert f"no results file (*.jsonl) under {tmp_path / 'results'}, the default (results/ of the current folder)" \
+        in proc.stderr, proc.stderr
