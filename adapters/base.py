@@ -73,17 +73,33 @@ class Adapter(abc.ABC):
         """One line on what this framework sees (for "no GPU visible" messages)."""
         return f"{self.name} sees {self.devices()}"
 
-    @abc.abstractmethod
     def asarray(self, x: Any, device: str = "cpu") -> Any:
-        """A NumPy (or native) array as a native array on `device`, dtype kept."""
+        """A NumPy (or native) array as a native array on `device`, dtype kept. An unknown device, or one this
+        framework does not see here, is the same ValueError as every op's (`_check_device`)."""
+        if device != "cpu":  # "cpu" is always there: no check on the hot path
+            self._check_device(device)
+        return self._asarray(x, device)
+
+    @abc.abstractmethod
+    def _asarray(self, x: Any, device: str) -> Any:
+        """`asarray` on a device already validated."""
 
     @abc.abstractmethod
     def to_numpy(self, x: Any) -> np.ndarray:
         """A native (or NumPy) array as a NumPy array on the host (bfloat16 comes back as float32)."""
 
     def dtype_name(self, x: Any) -> str:
-        """NumPy-style dtype name of an array ("float32", "bfloat16", "int64", "bool")."""
-        return np.dtype(x.dtype).name if hasattr(x, "dtype") else np.asarray(x).dtype.name
+        """NumPy-style dtype name of an array ("float32", "bfloat16", "int64", "bool"). Another framework's array
+        (a torch tensor given to the jax adapter) is a ValueError naming what was given and what is accepted."""
+        if not hasattr(x, "dtype"):
+            return np.asarray(x).dtype.name
+        try:
+            return np.dtype(x.dtype).name
+        except TypeError:  # a dtype NumPy cannot read: another framework's
+            kind = f"{type(x).__module__.split('.')[0]}.{type(x).__name__}"
+            accepted = "a NumPy array or a nested list" if self.name == "numpy" else \
+                f"a NumPy array, a nested list or a {self.name} array"
+            raise ValueError(f"{self.name} cannot take a {kind} (dtype {x.dtype}): give {accepted}") from None
 
     def sync(self, device: str = "cpu") -> None:  # noqa: B027 - a no-op is right for synchronous frameworks
         """Block until all work queued on `device` has finished (timed callables end with this)."""
@@ -195,7 +211,9 @@ class Adapter(abc.ABC):
     def strategy_kernel(self, family: str, strategy: str, variant: str | None = None) -> str:
         """The static kernel name a strategy declares ("" if its results carry it), the one that runs for
         `variant` where that matters (a loss's kind, "embed" or "embedding_bag")."""
-        return self.strategy_table(family)[strategy].kernel_for(variant)
+        table = self.strategy_table(family)
+        check_choice(f"{self.name} {family} strategy", strategy, list(table))
+        return table[strategy].kernel_for(variant)
 
     def rnn_strategies(self, cell: str) -> list[str]:
         """The exact RNN strategies this adapter offers for `cell`, default first."""
@@ -310,6 +328,10 @@ class Adapter(abc.ABC):
         L = [shape[0] for shape in shapes]
         typed = {i: self.dtype_name(s) for i, s in enumerate(seqs) if hasattr(s, "dtype") and L[i] > 0}
         lists = {i: np.asarray(s) for i, s in enumerate(seqs) if not hasattr(s, "dtype") and L[i] > 0}
+        named = {**typed, **{i: values.dtype.name for i, values in lists.items()}}
+        for i in sorted(named):
+            if not _is_numeric_dtype(named[i]):
+                raise ValueError(f"sequences[{i}] has dtype {named[i]}: pad takes numeric or bool sequences")
         if typed:
             ref = min(typed)
             for i, dt in typed.items():
@@ -319,6 +341,8 @@ class Adapter(abc.ABC):
             dtype = typed[ref]
         else:
             dtype = (np.result_type(*lists.values()) if lists else np.asarray(seqs[0]).dtype).name
+            if not _is_numeric_dtype(dtype):  # only sequences of zero steps: their own dtype
+                raise ValueError(f"sequences[0] has dtype {dtype}: pad takes numeric or bool sequences")
         out = list(seqs)
         for i, values in lists.items():
             try:
@@ -350,6 +374,8 @@ class Adapter(abc.ABC):
         identity permutation (PyTorch returns None there; arrays keep the result's type uniform).
         """
         check_choice("side", side, SIDES)
+        if not isinstance(enforce_sorted, (bool, np.bool_)):
+            raise ValueError(f"enforce_sorted must be a bool, got {enforce_sorted!r}")
         B, T = self._batch_time(padded, min_rank=2)
         lengths = self._lengths(lengths, batch=B, maxlen=T)
         if enforce_sorted:
@@ -402,8 +428,10 @@ class Adapter(abc.ABC):
             got = sorted(cotangents) if isinstance(cotangents, dict) else type(cotangents).__name__
             raise ValueError(f"cotangents must be a dict with keys {sorted(want)}, got {got}")
         for key, shape in want.items():
-            if tuple(cotangents[key].shape) != shape:
-                raise ValueError(f"cotangents[{key!r}] has shape {tuple(cotangents[key].shape)}, expected {shape}")
+            got = _shape(cotangents[key])
+            if got != shape:
+                raise ValueError(f"cotangents[{key!r}] has shape {got}, expected {shape}")
+            self._check_float(f"rnn cotangents[{key!r}]", cotangents[key])
         return unit.vjp(self, spec, params, x, lengths, cotangents, side, device)
 
     # -- losses (ARCHITECTURE.md, "Losses") -------------------------------------------------------------------
@@ -417,18 +445,22 @@ class Adapter(abc.ABC):
         / their count), "sequence_mean" (mean over non-empty rows of each row's mean) or "sum". Padded logits and
         targets may hold anything (NaN, out-of-range ids): the result is bit-identical whatever they hold.
         """
-        lengths, unit = self._check_loss(logits, targets, lengths, kind, reduction, side, strategy, device)
+        targets, lengths, unit = self._check_loss(logits, targets, lengths, kind, reduction, side, strategy, device)
         return unit.forward(self, logits, targets, lengths, kind, reduction, side, device)
 
     def masked_loss_vjp(self, logits: Any, targets: Any, lengths: Any, *, kind: str = "softmax_ce",
                         reduction: str = "token_mean", side: str = "right", strategy: str | None = None,
                         device: str = "cpu") -> tuple[Any, Any]:
         """(loss, d loss / d logits): the gradient has logits' shape and dtype and is exactly 0 at padded steps."""
-        lengths, unit = self._check_loss(logits, targets, lengths, kind, reduction, side, strategy, device)
+        targets, lengths, unit = self._check_loss(logits, targets, lengths, kind, reduction, side, strategy, device)
         return unit.vjp(self, logits, targets, lengths, kind, reduction, side, device)
 
     def _check_loss(self, logits, targets, lengths, kind, reduction, side, strategy, device):
-        """Validate once on the host (same message in every adapter); (lengths as int64 NumPy, the unit)."""
+        """Validate once on the host (same message in every adapter); (targets, lengths as int64 NumPy, the unit).
+
+        Class targets of any integer dtype are taken (as NumPy and JAX take them): checked in range, then those
+        that no framework indexes with (int8, uint16...; TensorFlow's losses take int32/int64 only) become their
+        host int64 copy."""
         check_choice("loss kind", kind, LOSS_KINDS)
         check_choice("reduction", reduction, LOSS_REDUCTIONS)
         check_choice("side", side, SIDES)
@@ -437,11 +469,15 @@ class Adapter(abc.ABC):
         check_loss_inputs(kind, tuple(logits.shape), tuple(getattr(targets, "shape", np.shape(targets))),
                           self.dtype_name(logits), self.dtype_name(targets))
         lengths = self._lengths(lengths, batch=B, maxlen=T)
+        host = np.asarray(self.to_numpy(targets))
         if kind == "softmax_ce":
-            check_targets_in_range(np.asarray(self.to_numpy(targets)), lengths, side, int(logits.shape[2]))
+            check_targets_in_range(host, lengths, side, int(logits.shape[2]))
+            targets = _index_array(targets, host, self.dtype_name(targets))
+        else:
+            check_probabilities(host, lengths, side)
         unit = self._unit("loss", strategy, kind=kind, reduction=reduction, device=device,
                           dtype=self.dtype_name(logits))
-        return lengths, unit
+        return targets, lengths, unit
 
     # -- embeddings (ARCHITECTURE.md, "Embeddings") -----------------------------------------------------------
     #: embedding_bag's reductions over each row's valid tokens
@@ -454,7 +490,7 @@ class Adapter(abc.ABC):
         Padded tokens may hold anything (negative, >= V): the result is bit-identical whatever they hold. Token
         id 0 is an ordinary token (never implied padding).
         """
-        lengths, unit = self._check_embedding("embed", tokens, table, lengths, None, side, strategy, device)
+        tokens, lengths, unit = self._check_embedding("embed", tokens, table, lengths, None, side, strategy, device)
         return unit.forward(self, "embed", tokens, table, lengths, side, None, device)
 
     def embedding_bag(self, tokens: Any, table: Any, lengths: Any, *, mode: str = "mean", side: str = "right",
@@ -464,30 +500,37 @@ class Adapter(abc.ABC):
         max's gradient goes to the position holding the maximum; where several valid positions tie (the same
         token twice) every tie-breaking rule sends the same total to that table row.
         """
-        lengths, unit = self._check_embedding("embedding_bag", tokens, table, lengths, mode, side, strategy, device)
+        tokens, lengths, unit = self._check_embedding("embedding_bag", tokens, table, lengths, mode, side, strategy,
+                                                      device)
         return unit.forward(self, "embedding_bag", tokens, table, lengths, side, mode, device)
 
     def embed_vjp(self, tokens: Any, table: Any, lengths: Any, cotangent: Any, *, side: str = "right",
                   strategy: str | None = None, device: str = "cpu") -> tuple[Any, Any]:
         """(embed's output, d sum(output * cotangent) / d table [V, E]); padded steps contribute nothing, whatever
         the cotangent holds there."""
-        lengths, unit = self._check_embedding("embed", tokens, table, lengths, None, side, strategy, device,
-                                              cotangent=cotangent)
+        tokens, lengths, unit = self._check_embedding("embed", tokens, table, lengths, None, side, strategy, device,
+                                                      vjp=True, cotangent=cotangent)
         return unit.vjp(self, "embed", tokens, table, lengths, cotangent, side, None, device)
 
     def embedding_bag_vjp(self, tokens: Any, table: Any, lengths: Any, cotangent: Any, *, mode: str = "mean",
                           side: str = "right", strategy: str | None = None, device: str = "cpu") -> tuple[Any, Any]:
         """(embedding_bag's output [B, E], d sum(output * cotangent) / d table [V, E])."""
-        lengths, unit = self._check_embedding("embedding_bag", tokens, table, lengths, mode, side, strategy, device,
-                                              cotangent=cotangent)
+        tokens, lengths, unit = self._check_embedding("embedding_bag", tokens, table, lengths, mode, side, strategy,
+                                                      device, vjp=True, cotangent=cotangent)
         return unit.vjp(self, "embedding_bag", tokens, table, lengths, cotangent, side, mode, device)
 
     def _check_embedding(self, op: str, tokens: Any, table: Any, lengths: Any, mode: str | None, side: str,
-                         strategy: str | None, device: str, cotangent: Any = None) -> tuple[np.ndarray, Strategy]:
-        """Validate once on the host (the same message in every adapter); (lengths as int64 NumPy, the unit).
+                         strategy: str | None, device: str, vjp: bool = False,
+                         cotangent: Any = None) -> tuple[Any, np.ndarray, Strategy]:
+        """Validate once on the host (the same message in every adapter); (tokens, lengths as int64 NumPy, the
+        unit). A vjp needs a cotangent of the output's shape (None is no cotangent: the same error as
+        `attention_vjp`'s), floating-point.
 
         Reads the tokens back to the host to check every valid id against the table: the price of one message
         for every framework (an out-of-range id is an IndexError in torch, a clamp or NaN in JAX, zeros on TF GPU).
+        Ids of any integer dtype are taken (as NumPy and JAX take them): those no framework indexes with (int8,
+        uint16...: torch's F.embedding takes int32/int64 only) then become their host int64 copy. An empty table
+        (V=0) is an error even where no step is valid (no framework's lookup takes one).
         """
         if op == "embedding_bag":
             check_choice("mode", mode, self.EMBEDDING_MODES)
@@ -511,6 +554,8 @@ class Adapter(abc.ABC):
         dtype = self.dtype_name(table)
         if dtype not in FLOAT_DTYPES:
             raise ValueError(f"table must be floating-point ({', '.join(FLOAT_DTYPES)}), got dtype {dtype}")
+        if tshape[0] == 0:
+            raise ValueError(f"{op} needs at least one table row: table has V=0")
         B, T = shape
         lengths = self._lengths(lengths, batch=B, maxlen=T)
         ids = np.asarray(self.to_numpy(tokens))
@@ -518,12 +563,14 @@ class Adapter(abc.ABC):
         if bad.size:
             b, t = (int(i) for i in bad[0])
             raise ValueError(f"token id {int(ids[b, t])} at (row {b}, step {t}) is outside the table [0, {tshape[0]})")
-        if cotangent is not None:
+        if vjp:
             want = (B, T, tshape[1]) if op == "embed" else (B, tshape[1])
-            got = tuple(getattr(cotangent, "shape", np.shape(cotangent)))
+            got = _shape(cotangent)
             if got != want:
                 raise ValueError(f"cotangent has shape {got}, expected {want} (the shape of {op}'s output)")
-        return lengths, self._unit("embedding", strategy, op=op, mode=mode, device=device, dtype=dtype)
+            self._check_float(f"{op} cotangent", cotangent)
+        tokens = _index_array(tokens, ids, tok_dtype)
+        return tokens, lengths, self._unit("embedding", strategy, op=op, mode=mode, device=device, dtype=dtype)
 
     # -- attention (ARCHITECTURE.md, "Attention semantics") ----------------------------------------------------
     def attention(self, q: Any, k: Any, v: Any, q_lengths: Any, kv_lengths: Any = None, *, causal: bool = False,
@@ -589,7 +636,10 @@ class Adapter(abc.ABC):
             raise ValueError(f"k has batch size {k.shape[0]} but q has {B}")
         if k.shape[3] != Dh:
             raise ValueError(f"head dim mismatch: q has Dh={Dh} but k/v have Dh={k.shape[3]}")
-        if Hkv == 0 or Hq % Hkv:
+        if Hq == 0 or Hkv == 0:
+            raise ValueError(f"attention needs at least one query head and one key/value head, got Hq={Hq}, "
+                             f"Hkv={Hkv}")
+        if Hq % Hkv:
             raise ValueError(f"Hq={Hq} query heads is not a multiple of Hkv={Hkv} key/value heads")
         dtypes = {self.dtype_name(x) for x in (q, k, v)}
         if len(dtypes) > 1:
@@ -700,7 +750,16 @@ def check_params(spec: RnnSpec, params: Any) -> list:
                 raise ValueError(f"params[{layer}][{d}] must be a dict with keys {sorted(want)}")
             q = {}
             for k, shape in want.items():
-                v = p[k] if hasattr(p[k], "shape") else np.asarray(p[k], dtype=np.float64)
+                where = f"params[{layer}][{d}][{k!r}]"
+                if hasattr(p[k], "shape"):
+                    v = p[k]
+                    if isinstance(v, np.ndarray) and not _is_numeric_dtype(v.dtype.name):
+                        raise ValueError(f"{where} must be a numeric array, got dtype {v.dtype.name}")
+                else:
+                    try:
+                        v = np.asarray(p[k], dtype=np.float64)
+                    except (TypeError, ValueError) as e:
+                        raise ValueError(f"{where} must be a numeric array: {e}") from None
                 if tuple(v.shape) != shape:
                     raise ValueError(f"params[{layer}][{d}][{k!r}] has shape {tuple(v.shape)}, expected {shape}")
                 q[k] = v
@@ -709,23 +768,38 @@ def check_params(spec: RnnSpec, params: Any) -> list:
     return out
 
 
+#: bfloat16's largest finite value, (2 - 2**-7) * 2**127 (NumPy's finfo does not know bfloat16)
+BFLOAT16_MAX = (2 - 2**-7) * 2.0**127
+
+
 def check_pad_value(value: Any, dtype: str) -> None:
-    """`pad`'s value must be representable in the sequences' dtype (no NaN into ints, no 0.5 into bools)."""
+    """`pad`'s value must be representable in the sequences' dtype (no NaN into ints, no 0.5 into bools, no 1e40
+    into float32: a finite value beyond the dtype's largest is an error, as torch and TensorFlow make it, not inf as
+    a NumPy cast would; inf and NaN themselves go into any floating dtype)."""
     kind = np.dtype(dtype).kind if dtype != "bfloat16" else "f"
+    exact = isinstance(value, (int, np.integer))  # bool included: compared as an int, not through a float
     try:
         v = complex(value)
+    except OverflowError:  # an int beyond any float: only an integer dtype may still be asked about it
+        if kind not in "iub":
+            raise ValueError(f"pad value {value!r} is not representable in dtype {dtype}") from None
+        v = complex(0)
     except (TypeError, ValueError):
         raise ValueError(f"pad value {value!r} is not a number") from None
     if kind in "iub":
-        if v.imag or not np.isfinite(v.real) or v.real != int(v.real):
+        if not exact and (v.imag or not np.isfinite(v.real) or v.real != int(v.real)):
             raise ValueError(f"pad value {value!r} is not representable in dtype {dtype}")
-        info = np.iinfo(dtype) if kind != "b" else None
-        if kind == "b" and v.real not in (0, 1):
-            raise ValueError(f"pad value {value!r} is not representable in dtype {dtype}")
-        if info is not None and not info.min <= int(v.real) <= info.max:
+        n = int(value) if exact else int(v.real)  # 2**64 - 1 stays exact (a float would round it up)
+        lo, hi = (0, 1) if kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+        if not lo <= n <= hi:
             raise ValueError(f"pad value {value!r} is not representable in dtype {dtype}")
     elif kind == "f" and v.imag:
         raise ValueError(f"pad value {value!r} is not representable in dtype {dtype}")
+    elif kind in "fc":
+        top = BFLOAT16_MAX if dtype == "bfloat16" else float(np.finfo(dtype).max)
+        if any(np.isfinite(part) and abs(part) > top for part in (v.real, v.imag)):
+            raise ValueError(f"pad value {value!r} is not representable in dtype {dtype} (its largest finite value "
+                             f"is {top:.6g})")
 
 
 def check_packed(packed: Packed, to_numpy) -> tuple[np.ndarray, np.ndarray]:
@@ -754,7 +828,10 @@ def check_packed(packed: Packed, to_numpy) -> tuple[np.ndarray, np.ndarray]:
         i = int(up[0]) + 1
         raise ValueError(f"inconsistent Packed: batch_sizes must not increase (batch_sizes[{i}]="
                          f"{int(batch_sizes[i])} > batch_sizes[{i - 1}]={int(batch_sizes[i - 1])})")
-    rows = int(getattr(packed.data, "shape", (0,))[0])
+    shape = _shape(packed.data)
+    if len(shape) < 1:
+        raise ValueError(f"inconsistent Packed: data must be an array [N, *feat] of rank >= 1, got shape {shape}")
+    rows = int(shape[0])
     if rows != int(batch_sizes.sum()):
         raise ValueError(f"inconsistent Packed: data has {rows} rows but batch_sizes sum to {int(batch_sizes.sum())}")
     return batch_sizes.astype(np.int64), sorted_indices.astype(np.int64)
@@ -797,6 +874,44 @@ def check_targets_in_range(targets: np.ndarray, lengths: np.ndarray, side: str, 
         b, t = (int(i) for i in bad[0])
         raise ValueError(f"target {int(targets[b, t])} at (row {b}, step {t}) is outside [0, {classes}) "
                          f"(C={classes} classes)")
+
+
+def _shape(x: Any) -> tuple:
+    """The shape of a native array, NumPy array or nested list."""
+    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+
+
+def _is_numeric_dtype(name: str) -> bool:
+    """bool, integer, floating (bfloat16 included) or complex: what every framework's arrays hold (no object,
+    string or datetime)."""
+    if name in FLOAT_DTYPES:
+        return True
+    try:
+        return np.dtype(name).kind in "biufc"
+    except TypeError:  # a dtype NumPy does not know (a framework's string type, float8...)
+        return False
+
+
+def check_probabilities(targets: np.ndarray, lengths: np.ndarray, side: str) -> None:
+    """Every VALID binary target ([B, T] or [B, T, C]) lies in [0, 1] (NaN does not); padded ones may hold
+    anything."""
+    valid = valid_mask(lengths, targets.shape[1], side)
+    bad = np.argwhere((valid[..., None] if targets.ndim == 3 else valid) & ~((targets >= 0) & (targets <= 1)))
+    if bad.size:
+        b, t = (int(i) for i in bad[0][:2])
+        label = f", label {int(bad[0][2])}" if targets.ndim == 3 else ""
+        raise ValueError(f"target {float(targets[tuple(bad[0])]):g} at (row {b}, step {t}{label}) is outside [0, 1] "
+                         "(sigmoid_bce targets are probabilities)")
+
+
+#: the integer dtypes every framework indexes with (torch's F.embedding takes only these, TF's losses too)
+INDEX_DTYPES = ("int32", "int64")
+
+
+def _index_array(x: Any, host: np.ndarray, dtype: str) -> Any:
+    """Integer ids `x` (validated where valid) as every framework's index kernels take them: x itself when int32
+    or int64, else its host copy `host` as int64 (padded ids may wrap: they are never read)."""
+    return x if dtype in INDEX_DTYPES else host.astype(np.int64)
 
 
 def _is_int_dtype(name: str) -> bool:

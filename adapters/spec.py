@@ -191,16 +191,23 @@ def check_choice(what: str, value: Any, choices) -> None:
         raise ValueError(f"unknown {what} {value!r}; expected one of {list(choices)}")
 
 
-#: family -> {keyword of `Adapter.strategies(family, **spec)`: its choices, or None where any value goes}: every
-#: keyword a precondition of that family reads, and the only ones its callers may pass (the base class's ops pass
-#: exactly these; `attention_spec` builds the attention row's), so a misspelled keyword or an unknown value is an
-#: error instead of a spec the preconditions silently ignore. mode is None for "embed" (it has no mode).
-STRATEGY_SPEC: dict[str, dict[str, tuple | None]] = {
+def check_size(what: str, value: Any) -> None:
+    """A size keyword (head_dim) must be a non-negative integer (0 is legal: attention takes Dh=0)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+
+
+#: family -> {keyword of `Adapter.strategies(family, **spec)`: its choices, or a check(keyword, value) function for
+#: sizes}: every keyword a precondition of that family reads, and the only ones its callers may pass (the base
+#: class's ops pass exactly these; `attention_spec` builds the attention row's), so a misspelled keyword or an
+#: unknown value is an error instead of a spec the preconditions silently ignore. mode is None for "embed" (it has
+#: no mode).
+STRATEGY_SPEC: dict[str, dict[str, tuple | Callable[[str, Any], None]]] = {
     "rnn": {"cell": CELLS, "device": DEVICES, "dtype": FLOAT_DTYPES},
     "loss": {"kind": LOSS_KINDS, "reduction": LOSS_REDUCTIONS, "device": DEVICES, "dtype": FLOAT_DTYPES},
     "embedding": {"op": EMBEDDING_OPS, "mode": (*EMBEDDING_MODES, None), "device": DEVICES, "dtype": FLOAT_DTYPES},
     "attention": {"device": DEVICES, "dtype": FLOAT_DTYPES, "causal": (False, True), "gqa": (False, True),
-                  "side": SIDES, "cross": (False, True), "head_dim": None},
+                  "side": SIDES, "cross": (False, True), "head_dim": check_size},
 }
 
 
@@ -210,7 +217,9 @@ def check_strategy_spec(family: str, spec: dict[str, Any]) -> None:
     accepted = STRATEGY_SPEC.get(family, {})
     for key, value in spec.items():
         check_choice(f"{family} strategy spec keyword", key, list(accepted))
-        if accepted[key] is not None:
+        if callable(accepted[key]):
+            accepted[key](key, value)
+        else:
             check_choice(key, value, accepted[key])
 
 

@@ -210,3 +210,28 @@ def test_flex_refuses_a_head_size_its_gpu_kernels_cannot_lower():
         "flex_attention's Triton kernels need a head size of at least 16, got 8"
     assert fw.why_not("attention", "flex", **{**spec, "head_dim": 16}) is None
     assert fam.CHECK_DH >= 16, "the gate's head size must let flex run on a GPU"
+
+
+def test_float16_attention_runs_every_listed_strategy(fw, device):
+    """Every strategy `strategies` lists for float16 runs and gives NumPy's masked softmax attention (computed here
+    in float64 from the float16 inputs), the default included (JAX's dot_product_attention(xla) has no float16
+    kernel on CPU: it is not listed there, and "bucketed" runs "einsum" instead)."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 4, 2, 8)).astype(np.float16)
+    k, v = (rng.standard_normal((2, 4, 1, 8)).astype(np.float16) for _ in range(2))
+    L = np.array([4, 2])
+    spec = dict(device=device, dtype="float16", causal=False, gqa=True, side="right", cross=False, head_dim=8)
+    listed = fw.strategies("attention", **spec)
+    assert listed, f"{fw.name} lists no float16 attention strategy"
+    q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
+    s = np.einsum("bqhd,bkd->bhqk", q64, k64[:, :, 0]) / np.sqrt(8)
+    s = np.where(valid_mask(L, 4)[:, None, None, :], s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = np.einsum("bhqk,bkd->bqhd", p / p.sum(-1, keepdims=True), v64[:, :, 0])
+    want = np.where(valid_mask(L, 4)[:, :, None, None], want, 0)
+    for strategy in [None, *listed]:
+        out = fw.attention(fw.asarray(q, device), fw.asarray(k, device), fw.asarray(v, device), L,
+                           strategy=strategy, device=device)
+        got = fw.to_numpy(out.outputs).astype(np.float64)
+        assert fw.dtype_name(out.outputs) == "float16" and np.allclose(got, want, atol=1e-2, rtol=1e-2), (
+            f"{fw.name}/{strategy}: max abs err {np.nanmax(np.abs(got - want))}")

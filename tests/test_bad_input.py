@@ -11,6 +11,17 @@ from harness.data import cotangents
 SPEC = RnnSpec("lstm", input_size=3, hidden_size=2)
 PARAMS = init_params(SPEC)
 X = np.zeros((2, 4, 3), dtype="float32")
+TOK = np.array([[1, 2, 3, 0], [4, 0, 1, 2]])
+TAB = np.arange(15, dtype="float32").reshape(5, 3) / 10
+#: binary targets with one value outside [0, 1] at a valid step (row 1 has 4 valid steps)
+BCE_OVER = np.array([[0.0, 1.0, 0.5, 0.5], [0.25, 1.0, 1.5, 0.0]], "float32")
+
+
+class ForeignTensor:
+    """Another framework's array as an adapter sees it: a shape, and a dtype NumPy cannot read."""
+
+    shape = (2, 4, 3)
+    dtype = "foreign.float32"
 
 
 def ops(a):
@@ -93,10 +104,85 @@ def ops(a):
                                                         np.array([1, 0]))), "data has 4 rows"),
         "rnn_params_lists_bad_shape": (lambda: a.rnn(SPEC, [[{k: np.zeros(3).tolist() for k in PARAMS[0][0]}]], x, L),
                                        "has shape"),
+        # vjps need a cotangent: None is one of shape () (attention_vjp's and rnn_vjp's rule)
+        "embed_vjp_no_cotangent": (lambda: a.embed_vjp(TOK, TAB, L, None),
+                                   "cotangent has shape (), expected (2, 4, 3) (the shape of embed's output)"),
+        "bag_vjp_no_cotangent": (lambda: a.embedding_bag_vjp(TOK, TAB, L, None),
+                                 "cotangent has shape (), expected (2, 3) (the shape of embedding_bag's output)"),
+        "embed_empty_table": (lambda: a.embed(TOK, np.zeros((0, 3), "float32"), np.array([0, 0])),
+                              "embed needs at least one table row: table has V=0"),
+        "bag_empty_table": (lambda: a.embedding_bag_vjp(TOK, np.zeros((0, 3), "float32"), np.array([0, 0]),
+                                                        np.ones((2, 3), "float32")),
+                            "embedding_bag needs at least one table row: table has V=0"),
+        "attention_no_query_heads": (lambda: a.attention(np.zeros((2, 4, 0, 3)), np.zeros((2, 4, 1, 3)),
+                                                         np.zeros((2, 4, 1, 3)), L),
+                                     "attention needs at least one query head and one key/value head, got Hq=0, "
+                                     "Hkv=1"),
+        "asarray_unknown_device": (lambda: a.asarray(X, device="tpu"),
+                                   "unknown device 'tpu'; expected one of ['cpu', 'gpu']"),
+        "pad_overflow_float32": (lambda: a.pad([np.zeros(2, "float32"), np.zeros(3, "float32")], value=1e40),
+                                 "pad value 1e+40 is not representable in dtype float32 (its largest finite value "
+                                 "is 3.40282e+38)"),
+        "pad_overflow_float16": (lambda: a.pad([np.zeros(2, "float16")], value=-70000),
+                                 "pad value -70000 is not representable in dtype float16 (its largest finite value "
+                                 "is 65504)"),
+        "pad_overflow_bfloat16": (lambda: a.pad([np.zeros(2, _bfloat16())], value=1e39),
+                                  "pad value 1e+39 is not representable in dtype bfloat16 (its largest finite value "
+                                  "is 3.38953e+38)"),
+        "pad_int_beyond_float64": (lambda: a.pad([np.zeros(2)], value=10**400),
+                                   "is not representable in dtype float64"),
+        "pad_object_sequences": (lambda: a.pad([np.array([1, None], dtype=object), np.array([2], dtype=object)]),
+                                 "sequences[0] has dtype object: pad takes numeric or bool sequences"),
+        "pad_str_sequence": (lambda: a.pad([np.array([1.0]), np.array(["c"])]),
+                             "sequences[1] has dtype str32: pad takes numeric or bool sequences"),
+        "pad_str_lists": (lambda: a.pad([["a"], ["b", "c"]]),
+                          "sequences[0] has dtype str32: pad takes numeric or bool sequences"),
+        "rnn_vjp_int_cotangents": (lambda: a.rnn_vjp(SPEC, PARAMS, x, L, {k: np.ones(np.shape(c), np.int64) for k, c
+                                                                         in cotangents(SPEC, 2, 4).items()}),
+                                   "rnn cotangents['outputs'] needs floating-point x (float16, bfloat16, float32, "
+                                   "float64), got dtype int64"),
+        "embed_vjp_int_cotangent": (lambda: a.embed_vjp(TOK, TAB, L, np.ones((2, 4, 3), np.int64)),
+                                    "embed cotangent needs floating-point x (float16, bfloat16, float32, float64), "
+                                    "got dtype int64"),
+        "bag_vjp_int_cotangent": (lambda: a.embedding_bag_vjp(TOK, TAB, L, np.ones((2, 3), np.int32)),
+                                  "embedding_bag cotangent needs floating-point x"),
+        "unpack_scalar_data": (lambda: a.unpack(Packed(np.float32(0), np.array([2, 1]), np.array([1, 0]),
+                                                       np.array([1, 0]))),
+                               "inconsistent Packed: data must be an array [N, *feat] of rank >= 1, got shape ()"),
+        "strategy_kernel_unknown": (lambda: a.strategy_kernel("rnn", "magic"),
+                                    "rnn strategy 'magic'; expected one of"),
+        "rnn_params_strings": (lambda: a.rnn(SPEC, [[{**PARAMS[0][0], "b_ih": ["a"] * 8}]], x, L),
+                               "params[0][0]['b_ih'] must be a numeric array"),
+        "rnn_params_string_array": (lambda: a.rnn(SPEC, [[{**PARAMS[0][0], "b_ih": np.array(["a"] * 8)}]], x, L),
+                                    "params[0][0]['b_ih'] must be a numeric array, got dtype str32"),
+        "pack_enforce_sorted_not_bool": (lambda: a.pack(x, np.array([4, 2]), enforce_sorted="yes"),
+                                         "enforce_sorted must be a bool, got 'yes'"),
+        "strategies_head_dim_not_int": (lambda: a.strategies("attention", head_dim="x"),
+                                        "head_dim must be a non-negative integer, got 'x'"),
+        "strategies_head_dim_negative": (lambda: a.strategies("attention", head_dim=-1),
+                                         "head_dim must be a non-negative integer, got -1"),
+        "bce_target_over_one": (lambda: a.masked_loss(X[..., 0], BCE_OVER, L, kind="sigmoid_bce"),
+                                "target 1.5 at (row 1, step 2) is outside [0, 1] (sigmoid_bce targets are "
+                                "probabilities)"),
+        "bce_target_nan_at_valid_step": (lambda: a.masked_loss_vjp(X[..., 0], np.where(TOK == 2, np.nan, 0.5), L,
+                                                                   kind="sigmoid_bce"),
+                                         "target nan at (row 0, step 1) is outside [0, 1]"),
+        "bce_target_per_label": (lambda: a.masked_loss(X, np.where(np.arange(3) == 2, BCE_OVER[..., None] - 0.5, 0.5),
+                                                       L, kind="sigmoid_bce"),
+                                 "target -0.5 at (row 0, step 0, label 2) is outside [0, 1]"),
+        "another_frameworks_array": (lambda: a.masked_mean(ForeignTensor(), L),
+                                     f"{a.name} cannot take a tests.ForeignTensor (dtype foreign.float32): give a "
+                                     "NumPy array"),
     }
 
 
-CASE_NAMES = sorted(ops(type("Dummy", (), {"asarray": staticmethod(np.asarray)})))
+def _bfloat16():
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
+CASE_NAMES = sorted(ops(type("Dummy", (), {"asarray": staticmethod(np.asarray), "name": "dummy"})))
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
@@ -145,6 +231,16 @@ def test_params_as_nested_lists_work_like_arrays(any_adapter):
     assert np.allclose(got, want, rtol=1e-6, atol=1e-7), f"{a.name}: nested-list params differ"
 
 
+def test_cotangents_as_nested_lists_work_like_arrays(any_adapter):
+    """rnn_vjp takes its cotangents as nested lists, as embed_vjp does (its shape check read `.shape`)."""
+    a = any_adapter
+    x, L = a.asarray(X + 0.5), np.array([2, 4])
+    cot = {k: np.linspace(-1, 1, np.size(c)).reshape(np.shape(c)) for k, c in cotangents(SPEC, 2, 4).items()}
+    want = a.to_numpy(a.rnn_vjp(SPEC, PARAMS, x, L, cot)[1]["x"])
+    got = a.to_numpy(a.rnn_vjp(SPEC, PARAMS, x, L, {k: c.tolist() for k, c in cot.items()})[1]["x"])
+    assert np.allclose(got, want, rtol=1e-6, atol=1e-7) and np.abs(want).sum() > 0, f"{a.name}: list cotangents"
+
+
 def test_to_numpy_turns_bfloat16_into_float32(any_adapter):
     import ml_dtypes
 
@@ -154,3 +250,35 @@ def test_to_numpy_turns_bfloat16_into_float32(any_adapter):
     got = a.to_numpy(native)
     assert got.dtype == np.float32 and got.tolist() == [1.5, -2.25, 3.0], f"{a.name}: {got!r}"
     assert a.dtype_name(native) == "bfloat16"
+
+
+def test_asarray_refuses_a_device_it_does_not_see(any_adapter, monkeypatch):
+    """asarray validates its device like every op: a GPU this framework does not see is the same ValueError (not
+    torch's AssertionError, JAX's RuntimeError, or TensorFlow silently staying on the CPU)."""
+    a = any_adapter
+    monkeypatch.setattr(a, "devices", lambda: ["cpu"])
+    with pytest.raises(ValueError) as err:
+        a.asarray(X, device="gpu")
+    assert str(err.value) == f"device 'gpu' is not available to {a.name} here; it sees ['cpu']", str(err.value)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bfloat16_rnn_strategies_run_or_refuse(any_adapter, cell):
+    """On the CPU every RNN strategy in bfloat16 either is listed by `strategies` and runs (the default first), or
+    is not listed and refuses with `Unsupported` (a ValueError giving its reason): none crashes inside the framework
+    (TensorFlow's Keras layers have no bfloat16 CPU kernel)."""
+    import ml_dtypes
+
+    from adapters.spec import Unsupported
+
+    a, spec = any_adapter, RnnSpec(cell, 3, 2)
+    x = a.asarray(np.linspace(-1, 1, 24).reshape(2, 4, 3).astype(ml_dtypes.bfloat16))
+    listed = a.strategies("rnn", cell=cell, device="cpu", dtype="bfloat16")
+    assert listed and a.strategies("rnn", cell=cell, dtype="bfloat16") == listed, listed
+    for strategy in a.strategy_table("rnn"):
+        if strategy in listed:
+            out = a.rnn(spec, init_params(spec), x, np.array([3, 1]), strategy=strategy)
+            assert a.dtype_name(out.outputs) == "bfloat16", (a.name, strategy)
+        else:
+            with pytest.raises(Unsupported, match=f"{a.name} strategy '{strategy}' does not support"):
+                a.rnn(spec, init_params(spec), x, np.array([3, 1]), strategy=strategy)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import adapters
+from adapters.spec import valid_mask
 from harness.axes import FRAMEWORKS
 from harness.compare import close
 from harness.families import embedding as fam
@@ -259,3 +260,35 @@ def test_prepare_counts_bytes_for_the_floor_and_tokens_for_the_ideal(op, device)
     rows = 4 * n if op == "embed_forward_backward" else 2 * n + 2 * 4  # token rows moved, + one row per bag
     assert p.work == (rows + 50) * 8 * 4
     assert p.ideal_share == pytest.approx(n / (4 * 16))
+
+
+INT_DTYPES = ["int8", "int16", "int32", "uint8", "uint16", "uint32", "uint64"]
+
+
+@pytest.mark.parametrize("name,strategy", STRATS)
+def test_token_ids_of_every_integer_dtype(name, strategy, device):
+    """Token ids of any integer dtype give what int64 ids give (NumPy and JAX take them; torch's F.embedding and
+    TF's gathers take int32/int64 only, so the adapter casts after checking them), forward and VJP; the expected
+    values are NumPy's own lookup and scatter-add, not the reference adapter."""
+    fw = adapter_on(name, device)
+    tokens, L = np.array([[1, 2, 3, 0], [4, 0, 1, 2]]), np.array([2, 4])
+    table = np.arange(15, dtype=np.float32).reshape(5, 3) / 8
+    valid = valid_mask(L, 4)
+    rows = np.where(valid[..., None], table[tokens], 0)
+    grad = np.zeros_like(table)
+    np.add.at(grad, tokens[valid], 1.0)
+    bag_grad = np.zeros_like(table)
+    np.add.at(bag_grad, tokens[valid], (1.0 / np.repeat(L, L))[:, None])
+    for dtype in INT_DTYPES:
+        ids = fw.asarray(tokens.astype(dtype), device)
+        for op, want, want_grad in (("embed", rows, grad), ("embedding_bag", rows.sum(1) / L[:, None], bag_grad)):
+            if fw.why_not("embedding", strategy, op=op, mode="mean" if op == "embedding_bag" else None) is not None:
+                continue
+            kw = dict(strategy=strategy, device=device)
+            if op == "embed":
+                out, g = fw.embed_vjp(ids, table, L, np.ones(want.shape, np.float32), **kw)
+            else:
+                out, g = fw.embedding_bag_vjp(ids, table, L, np.ones(want.shape, np.float32), mode="mean", **kw)
+            for what, got, exp in (("output", out, want), ("grad", g, want_grad)):
+                got = fw.to_numpy(got)
+                assert np.allclose(got, exp, rtol=1e-6, atol=1e-7), f"{name}/{strategy} {op} {dtype} {what}: {got}"

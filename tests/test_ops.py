@@ -149,3 +149,40 @@ def test_ops_on_random_ragged_batches(fw, ref, device, batch):
     ok, err = close(fw.to_numpy(fw.masked_mean(fw.asarray(x, device), L, side=side)),
                     ref.masked_mean(x.astype("float64"), L, side=side), tolerance("float32", device))
     assert ok, f"{fw.name} masked_mean {batch}: max abs err {err}"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_masked_mean_sums_low_precision_in_float32(any_adapter, dtype, side):
+    """float16 / bfloat16 are summed in float32 and the mean returned in the input's dtype: four float16 steps of
+    60000 (whose float16 sum overflows to inf) average 60000; bfloat16 steps 256, 1, 1, 1 average 64.75, which
+    rounds to 65 (a bfloat16 sum gives 256 or 258: 64 or 64.5); 1, 2**-8, 2**-8, 1 and 1, 3, 3, 3 stay exact."""
+    import ml_dtypes
+
+    a = any_adapter
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    x = np.zeros((2, 5, 2), np.float32)
+    x[0, :4] = 60000.0 if dtype == "float16" else np.array([256.0, 1.0, 1.0, 1.0])[:, None]
+    x[1, :4] = [[1.0, 1.0], [2.0**-8, 3.0], [2.0**-8, 3.0], [1.0, 3.0]]
+    if side == "left":
+        x = x[:, ::-1]
+    got = a.to_numpy(a.masked_mean(a.asarray(x.astype(np_dtype)), np.array([4, 4]), side=side))
+    row0 = 60000.0 if dtype == "float16" else 65.0
+    want = np.array([[row0] * 2, [(2 + 2**-7) / 4, 2.5]], np.float64).astype(np_dtype).astype(np.float32)
+    assert a.dtype_name(a.masked_mean(a.asarray(x.astype(np_dtype)), np.array([4, 4]), side=side)) == dtype
+    assert np.array_equal(got, want), f"{a.name} {dtype} {side}: got {got.tolist()}, want {want.tolist()}"
+
+
+@pytest.mark.parametrize("value,dtype", [(2**63 - 1, "int64"), (2**64 - 1, "uint64"), (-(2**63), "int64"),
+                                         (1e300, "float64"), (1 - 2j, "complex128")],
+                         ids=["int64_max", "uint64_max", "int64_min", "float64_huge", "complex"])
+def test_pad_writes_every_representable_value_exactly(any_adapter, value, dtype):
+    """A pad value the dtype holds is written exactly: torch's pad_sequence takes a float (2**63 - 1 became
+    -2**63, 2**64 - 1 became 0, a complex one a TypeError) and TensorFlow's cast of 1e300 went through float32."""
+    a = any_adapter
+    seqs = [np.array([1, 2], dtype), np.array([3], dtype)]
+    want = np.array([[1, 2, value], [3, value, value]], dtype)
+    for side in ("right", "left"):
+        got = a.to_numpy(a.pad(seqs, value=value, maxlen=3, side=side))
+        exp = want if side == "right" else np.array([[value, 1, 2], [value, value, 3]], dtype)
+        assert got.dtype == exp.dtype and np.array_equal(got, exp), f"{a.name} {side}: {got.tolist()}"

@@ -63,7 +63,7 @@ class JaxAdapter(JaxOps, JaxLoss, JaxRnn, JaxEmbedding, JaxAttention, Adapter):
     def _device(self, device: str):
         return self.jax.devices(device)[0]
 
-    def asarray(self, x: Any, device: str = "cpu") -> Any:
+    def _asarray(self, x: Any, device: str) -> Any:
         """One transfer straight to `device` (jnp.asarray would first land on the default device)."""
         if not isinstance(x, (np.ndarray, self.jax.Array)):
             x = np.asarray(x)

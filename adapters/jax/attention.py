@@ -10,7 +10,8 @@ key, so no softmax row is ever fully masked and no NaN can reach the backward pa
   `key_value_seq_lengths` and `is_causal` (native GQA). Its length arguments mean right padding (a valid prefix),
   so left-padded rows are realigned to the right around it (the shared `Adapter.realign`, a per-row permutation).
   Not for float64: jax computes this softmax in float32 whatever the input dtype (errors ~1e-7), so float64 is
-  served by "einsum" (the default for float64 is then the first strategy that supports it).
+  served by "einsum" (the default for float64 is then the first strategy that supports it). Nor for float16 on
+  CPU: jax's XLA path asks dot_general for F16_F16_F32, which the CPU backend rejects ("einsum" runs there).
 - "cudnn_dpa": the same call with implementation="cudnn" (GPU, float16/bfloat16 only, as cuDNN requires).
 - "einsum": the plain formulation, grouped heads as a reshape: einsum scores, `jnp.where` with the shared
   `Adapter.attention_allowed` mask, `jax.nn.softmax`, einsum with V. Works for either side without realignment.
@@ -155,6 +156,10 @@ _einsum.kernel = "xla-einsum"
 
 
 def _xla_dpa_ok(a, **spec) -> str | None:
+    if spec.get("dtype") == "float16" and spec.get("device", "cpu") == "cpu":
+        return (f"jax {a.version} dot_product_attention(xla) has no float16 kernel on CPU (its dot_general asks "
+                "for precision F16_F16_F32, which the CPU backend rejects, whatever the matmul precision); "
+                "'einsum' runs there")
     if spec.get("dtype") == "float64":
         return (f"jax {a.version} dot_product_attention computes its softmax in float32 (the XLA path casts the "
                 "logits), so float64 inputs give float32-accurate results")

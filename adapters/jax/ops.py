@@ -68,7 +68,8 @@ class JaxOps:
             self._compiles += 1
             extra = (1,) * (x.ndim - 2)
             valid = self.valid(n, x.shape[1], side).reshape(*x.shape[:2], *extra)
-            total = jnp.where(valid, x, 0).sum(axis=1)
+            low = x.dtype in (jnp.float16, jnp.bfloat16)  # summed in float32 (as NumPy's mean does float16)
+            total = jnp.where(valid, x, 0).sum(axis=1, dtype=jnp.float32 if low else x.dtype)
             count = n.reshape(-1, *extra)
             mean = total / jnp.maximum(count, 1).astype(total.dtype)
             return jnp.where(count > 0, mean, 0).astype(x.dtype)

@@ -11,7 +11,7 @@ from adapters.spec import Packed, pack_order
 class NumpyOps:
     """The non-strategy ops of the reference, plus the primitives the shared algorithms of `Adapter` use."""
 
-    def asarray(self, x: Any, device: str = "cpu") -> np.ndarray:
+    def _asarray(self, x: Any, device: str) -> np.ndarray:
         return np.asarray(x)
 
     def to_numpy(self, x: Any) -> np.ndarray:
@@ -81,10 +81,13 @@ class NumpyOps:
         return out, lengths
 
     def _masked_mean(self, x, lengths, side):
+        """float16 and bfloat16 rows are averaged in float32 (NumPy's own mean does so for float16 only; the
+        frameworks do it for both), the result in x's dtype."""
         x = np.asarray(x)
         out = np.zeros((x.shape[0], *x.shape[2:]), dtype=x.dtype)
+        acc = np.float32 if x.dtype.name in ("float16", "bfloat16") else x.dtype
         for b, row in enumerate(self._rows(x, lengths, side)):
             if len(row):
-                out[b] = row.mean(axis=0)
+                out[b] = row.astype(acc).mean(axis=0)
         return out
 

@@ -69,7 +69,7 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
     def _dev(device: str) -> str:
         return "/GPU:0" if device == "gpu" else "/CPU:0"
 
-    def asarray(self, x: Any, device: str = "cpu") -> Any:
+    def _asarray(self, x: Any, device: str) -> Any:
         tf = self.tf
         if not isinstance(x, tf.Tensor):
             x = np.asarray(x)  # NumPy's dtype rules (int64, float64) for lists, like the reference

@@ -164,7 +164,9 @@ def _native_keras_default(fw, logits, targets, lengths, side="right", device="cp
 
 
 def _native_keras_mean_with_sample_weight(fw, logits, targets, lengths, side="right", device="cpu"):
-    """reduction="mean_with_sample_weight" divides by the mask's sum (divide_no_nan: 0 for an empty batch)."""
+    """reduction="mean_with_sample_weight" divides by the mask's sum (divide_no_nan: 0 for an empty batch): the
+    intended token mean, but every target must be in range, padded ones included: a pad of -100 or C raises
+    InvalidArgumentError on CPU although its weight is 0 (set padded targets to 0 first)."""
     return _keras_native(fw, logits, targets, lengths, side, device, reduction="mean_with_sample_weight")
 
 

@@ -35,7 +35,8 @@ class TensorflowOps:
             rt = tf.RaggedTensor.from_row_lengths(values, lens)
             if truncate == "left":  # keep the last maxlen items (to_tensor's own truncation keeps the first)
                 rt = rt[:, -maxlen:] if maxlen else rt[:, :0]
-            out = rt.to_tensor(default_value=tf.cast(value, dtype), shape=[len(arrays), maxlen, *feat])
+            fill = tf.constant(np.asarray(value).astype(dtype.as_numpy_dtype))  # tf.cast(1e300) overflows float32
+            out = rt.to_tensor(default_value=fill, shape=[len(arrays), maxlen, *feat])
             if side == "left" and maxlen:
                 out = self.realign(out, tf.constant(np.minimum(lens, maxlen)), to="left")
         return out
@@ -75,11 +76,14 @@ class TensorflowOps:
         return out, tf.scatter_nd(sorted_indices[:, None], lengths_sorted, [B])
 
     def _masked_mean(self, x, lengths, side):
-        """Sum of `tf.where`-selected valid steps over max(n, 1): NaN in padding never meets an arithmetic op."""
+        """Sum of `tf.where`-selected valid steps over max(n, 1): NaN in padding never meets an arithmetic op.
+        float16 and bfloat16 are summed in float32 (as NumPy's mean does float16) and the mean returned in x's
+        dtype."""
         tf = self.tf
         x = self._tensor(x)
+        acc = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype
         m = tf.reshape(self.valid(tf.constant(lengths), x.shape[1], side), [*x.shape[:2]] + [1] * (len(x.shape) - 2))
-        total = tf.reduce_sum(tf.where(m, x, tf.zeros_like(x)), axis=1)
+        total = tf.reduce_sum(tf.cast(tf.where(m, x, tf.zeros_like(x)), acc), axis=1)
         n = tf.reshape(tf.constant(np.maximum(lengths, 1)), [-1] + [1] * (len(x.shape) - 2))
-        return total / tf.cast(n, x.dtype)
+        return tf.cast(total / tf.cast(n, acc), x.dtype)
 

@@ -880,6 +880,28 @@ class _Impl:
         self.name, self.net, self.kernel_fallback = name, net, kernel_fallback
 
 
+def _keras_layers_ok(adapter: Any = None, device: str | None = None, dtype: str | None = None,
+                     **spec: Any) -> str | None:
+    """The precondition of every strategy that runs Keras's recurrent layers: on TensorFlow's CPU they have no
+    bfloat16 kernel (InvalidArgumentError: "Value for attr 'T' of bfloat16 is not in the list of allowed values"),
+    whatever the cell; "masked_scan" (its own tf.scan) runs there. A spec without a device means the default, "cpu".
+    Reads no adapter (a static precondition)."""
+    if dtype == "bfloat16" and device in (None, "cpu"):
+        return ("Keras's recurrent layers have no bfloat16 kernel on TensorFlow's CPU (InvalidArgumentError); "
+                "use 'masked_scan'")
+    return None
+
+
+def _saturated_ok(adapter: Any = None, **spec: Any) -> str | None:
+    return gated_only("keras", "bucketed")(adapter, **spec) or _keras_layers_ok(adapter, **spec)
+
+
+def _concat_ok(adapter: Any = None, cell: str | None = None, **spec: Any) -> str | None:
+    """concat_rows runs saturated_gate's Keras LSTM where packing leaves one sequence per row."""
+    why = _keras_layers_ok(adapter, **spec) if cell == "lstm" else None
+    return None if why is None else f"an LSTM grid of one sequence per row runs saturated_gate's Keras layers: {why}"
+
+
 def _unit(impl: _Impl, doc: str, **kw: Any) -> Strategy:
     return Strategy(impl.name, lambda a, *args: a._rnn_forward(impl, *args),
                     lambda a, *args: a._rnn_vjp(impl, *args), doc=doc, **kw)
@@ -890,26 +912,29 @@ _SATURATED = _Impl("saturated_gate", lambda a, spec, dtype, device: a._saturated
                    "keras-while")
 
 STRATEGIES = strategy_table(
-    _unit(_KERAS, "keras.layers LSTM/GRU/SimpleRNN with an explicit mask (cuDNN on GPU)"),
+    _unit(_KERAS, "keras.layers LSTM/GRU/SimpleRNN with an explicit mask (cuDNN on GPU)", supports=_keras_layers_ok),
     _unit(_Impl("masked_scan", lambda a, spec, dtype, device: _ScanNet(a, spec), "tf-while"),
           "tf.scan with a masked carry, both directions in one scan"),
     _unit(_SATURATED, "left-aligned rows + a padding-indicator input whose weight saturates the input (LSTM) / "
           "update (GRU) gate: Keras's plain unmasked call per layer and direction (cuDNN on GPU)",
-          supports=gated_only("keras", "bucketed")),
+          supports=_saturated_ok),
     Strategy("bucketed",
              lambda a, spec, params, x, L, side, dev: a._bucketed(_KERAS, spec, params, x, L, None, side, dev),
              lambda a, spec, params, x, L, cot, side, dev: a._bucketed(_KERAS, spec, params, x, L, cot, side, dev),
+             supports=_keras_layers_ok,
              doc="rows sorted by length into <= 4 trimmed buckets (shapes on a ladder), each through the Keras "
                  "layers (the faster network on CPU)"),
     Strategy("concat_rows",
              lambda a, spec, params, x, L, side, dev: a._concat(spec, params, x, L, None, side, dev),
              lambda a, spec, params, x, L, cot, side, dev: a._concat(spec, params, x, L, cot, side, dev),
+             supports=_concat_ok,
              doc="several sequences end to end per row (first-fit decreasing, grid shapes on ladders), one "
                  "XLA-compiled tf.scan per layer and direction over the grid with the carry reset to 0 at each "
                  "sequence's first step, its gradient written out (a reverse scan)"),
     Strategy("time_sliced",
              lambda a, spec, params, x, L, side, dev: a._sliced(spec, params, x, L, None, side, dev),
              lambda a, spec, params, x, L, cot, side, dev: a._sliced(spec, params, x, L, cot, side, dev),
+             supports=_keras_layers_ok,
              doc="rows sorted by length, Keras layers over <= 8 time segments (cuts and row counts on ladders), "
                  "the state carried across; masked steps carry each row's final state"),
 )

@@ -56,7 +56,7 @@ class TorchAdapter(TorchOps, TorchLoss, TorchRnn, TorchAttention, TorchEmbedding
         return (f"torch {self.version} sees {self.devices()} (CUDA build: {cuda or 'no, a CPU-only build'}, "
                 f"{self.torch.cuda.device_count()} CUDA device(s))")
 
-    def asarray(self, x: Any, device: str = "cpu") -> Any:
+    def _asarray(self, x: Any, device: str) -> Any:
         if isinstance(x, np.ndarray) and (not x.flags.writeable or any(s < 0 for s in x.strides)):
             x = np.array(x)  # torch.as_tensor warns on read-only arrays and refuses negative strides
         if isinstance(x, np.ndarray) and x.dtype.name == "bfloat16":  # NumPy's bfloat16 (ml_dtypes): exact via f32

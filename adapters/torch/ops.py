@@ -28,11 +28,20 @@ class TorchOps:
         first = self.asarray(seqs[0], device)
         rows = [self.asarray(s, device).to(first.dtype) for s in seqs]
         rows = [r[:maxlen] if truncate == "right" else r[max(len(r) - maxlen, 0):] for r in rows]
-        out = self.rnn_utils.pad_sequence(rows, batch_first=True, padding_value=value, padding_side=side)
+        # pad_sequence takes a float padding value: a complex one, or an int a float would round (2**63 - 1), is
+        # written afterwards with a select
+        inexact = isinstance(value, (complex, np.complexfloating)) or (
+            isinstance(value, (int, np.integer)) and int(float(value)) != int(value))
+        out = self.rnn_utils.pad_sequence(rows, batch_first=True, padding_value=0 if inexact else value,
+                                          padding_side=side)
         missing = maxlen - out.shape[1]
         if missing:
-            fill = out.new_full((out.shape[0], missing, *out.shape[2:]), value)
+            fill = out.new_full((out.shape[0], missing, *out.shape[2:]), 0 if inexact else value)
             out = torch.cat([out, fill] if side == "right" else [fill, out], dim=1)
+        if inexact:
+            kept = torch.as_tensor([len(r) for r in rows], device=out.device)
+            valid = self.valid(kept, maxlen, side).view(*out.shape[:2], *([1] * (out.ndim - 2)))
+            out = torch.where(valid, out, torch.full((), value, dtype=out.dtype, device=out.device))
         return out
 
     def _mask(self, lengths, maxlen, side, device):
@@ -79,12 +88,15 @@ class TorchOps:
         return out, torch.as_tensor(lengths)
 
     def _masked_mean(self, x, lengths, side):
-        """Sum of `where`-selected steps over max(length, 1): NaN padding is never read, empty rows give 0."""
+        """Sum of `where`-selected steps over max(length, 1): NaN padding is never read, empty rows give 0. float16
+        and bfloat16 are summed in float32 (as NumPy's mean does float16: four steps of 60000 overflow float16)
+        and the mean returned in x's dtype."""
         torch = self.torch
         x = self._native(x)
         B, T, extra = x.shape[0], x.shape[1], [1] * (x.ndim - 2)
         valid = self.valid(self.torch.as_tensor(lengths, device=x.device), T, side).view(B, T, *extra)
-        total = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=1)
+        acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        total = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=1, dtype=acc)
         count = torch.as_tensor(np.maximum(lengths, 1), device=x.device).view(B, *extra)
         return (total / count).to(x.dtype)
 
