@@ -19,7 +19,7 @@ import numpy as np
 
 from adapters.spec import RnnSpec, map_params, valid_mask
 from harness.compare import close, flat_grads
-from harness.data import cotangents, padded
+from harness.data import cotangents, padded, rng_for
 
 IDIOMS = {
     "mask_inputs": "multiplies padded inputs by the mask, runs the plain RNN over the padded batch and trusts its "
@@ -35,7 +35,29 @@ IDIOMS = {
                   "and the 'final' state of a right-padded sequence is reset to zero.",
     "mask_from_value": "derives the mask from x != 0: a real step whose features are all zero is taken for padding, "
                        "so that sequence is cut short.",
+    "sort_without_unsort": "sorts the batch by length (descending), packs it with enforce_sorted=True and runs the "
+                           "RNN, but never restores the original order (seed 001, example 3): outputs and h_n come "
+                           "back in sorted row order and are read against the unsorted targets.",
 }
+#: recipe -> what to use instead
+IDIOM_FIXES = {
+    "mask_inputs": "run the RNN with the true lengths (packing, or varlen's exact RNN strategies)",
+    "mask_outputs": "run the RNN with the true lengths (packing, or varlen's exact RNN strategies)",
+    "last_step": "the length-aware RNN's h_n (for a forward direction also outputs at each row's last valid step)",
+    "reset_loop": "a loop that freezes the state at padding (varlen's masked loop), or packing",
+    "mask_from_value": "lengths from the data pipeline, never from the values",
+    "sort_without_unsort": "index outputs[unsort] and h_n[:, unsort] with the inverse permutation, or pack with "
+                           "enforce_sorted=False, which restores the order itself",
+}
+#: recipe -> what its batch's padding holds: "garbage" (finite non-zero values, as a collate function's pad value
+#: or a reused buffer leaves them; a recipe that zeroes padding and one that does not then differ) unless the
+#: recipe's premise is zero padding ("zero": `mask_from_value` reads padding as all-zero steps).
+IDIOM_PADDING = {"mask_from_value": "zero"}
+
+
+def padding_for(name: str) -> str:
+    """What padding recipe `name` is judged on ("garbage" or "zero", see `IDIOM_PADDING`)."""
+    return IDIOM_PADDING.get(name, "garbage")
 
 
 class Verdict(NamedTuple):
@@ -94,7 +116,25 @@ def run_idiom(adapter, name: str, spec: RnnSpec, params, x: np.ndarray, lengths:
         out, grads = a.rnn_vjp(spec, params, xa, derived, cot, side=side, device=device)
         return {"outputs": a.to_numpy(out.outputs), "h_n": a.to_numpy(out.h_n), "grads": _grads_np(a, grads),
                 "kernel": out.kernel}
+    if name == "sort_without_unsort":
+        return _sort_without_unsort(a, spec, params, x, lengths, side, cot, device)
     raise ValueError(f"unknown idiom {name!r}; expected one of {list(IDIOMS)}")
+
+
+def _sort_without_unsort(a, spec, params, x, lengths, side, cot, device) -> dict:
+    """The sorted batch packs (enforce_sorted=True accepts it) and runs with its lengths; the user's loss pairs
+    sorted row i with original row i's targets (the cotangents in original order, masked by the lengths the user
+    passed); autodiff routes the input gradient back through the sort, so grads["x"] is in original order."""
+    order = np.argsort(-lengths, kind="stable")
+    xs, Ls = x[order], lengths[order]
+    a.pack(a.asarray(xs, device), Ls, side=side, enforce_sorted=True)  # the recipe's premise holds: no error
+    cot_in = _cot_zero_padding(cot, valid_mask(Ls, x.shape[1], side))
+    out, grads = a.rnn_vjp(spec, params, a.asarray(xs, device), Ls, cot_in, side=side, device=device)
+    g = _grads_np(a, grads)
+    gx = np.empty_like(g["x"])
+    gx[order] = g["x"]
+    return {"outputs": a.to_numpy(out.outputs), "h_n": a.to_numpy(out.h_n), "grads": {**g, "x": gx},
+            "kernel": out.kernel}
 
 
 def reference_for(ref, name: str, spec: RnnSpec, params, x: np.ndarray, lengths: np.ndarray, side: str,
@@ -113,14 +153,21 @@ def reference_for(ref, name: str, spec: RnnSpec, params, x: np.ndarray, lengths:
     return {"outputs": np.asarray(out.outputs), "h_n": np.asarray(out.h_n), "grads": _grads_np(ref, grads)}
 
 
-def idiom_case(spec: RnnSpec, side: str, *, seed: int = 0, dtype: str = "float64"):
-    """A batch where every recipe has something to get wrong: ragged lengths and one real all-zero step.
+def idiom_case(spec: RnnSpec, side: str, *, seed: int = 0, dtype: str = "float64", padding: str = "garbage"):
+    """A batch where every recipe has something to get wrong: ragged unsorted lengths and one real all-zero step.
 
-    Padding holds zeros (not NaN): the recipes are judged on clean data, where their failures are subtle.
+    Padding holds finite values, never NaN (the recipes are judged on data a user has, where their failures are
+    subtle): with padding="garbage" non-zero values (standard normal: what a collate function's pad value or a
+    reused buffer leaves there), with padding="zero" zeros (the premise of `mask_from_value`; see `padding_for`).
     """
+    if padding not in ("garbage", "zero"):
+        raise ValueError(f"unknown padding {padding!r}; expected 'garbage' or 'zero'")
     lengths = np.array([6, 3, 1, 4], dtype=np.int64)
     T = 6
     x = padded(lengths, T, (spec.input_size,), side=side, seed=seed, dtype=dtype)
+    if padding == "garbage":
+        pad = ~valid_mask(lengths, T, side)
+        x[pad] = rng_for(seed, 9).standard_normal((int(pad.sum()), spec.input_size)).astype(dtype)
     row = 3  # a real step of all zeros: row 3's last valid step (right) / first valid step (left)
     x[row, lengths[row] - 1 if side == "right" else T - lengths[row]] = 0
     return x, lengths, cotangents(spec, lengths.size, T, seed=seed, dtype=dtype)

@@ -751,3 +751,53 @@ def test_a_measured_record_without_a_kernel_labels_it_unknown_not_nan():
     text = " ".join(b for kind, b in report.sections.summary_section(report.frame(recs, "check"), df).blocks
                     if kind == "p")
     assert "torch: fast [?] (" in text, text
+
+
+def test_summary_says_where_a_recipe_is_wrong_and_what_it_raises():
+    """The summary's recipe table said "wrong quantities: grad, loss" for `sum / count`, which is wrong only on an
+    all-empty batch, and "runs" for a native behaviour that raises; information-only records never count."""
+    def rec(name, case, quantity, ok, **extra):
+        return records.make("check", kind="idiom" if name.startswith("r") else "native", framework="torch",
+                            version="1", device="cpu", op="loss", name=name, case=case, quantity=quantity,
+                            equivalent=ok, max_abs_err=0.0 if ok else float("inf"), kernel="", **extra)
+
+    recs = [rec("r_sum", "softmax_ce:skewed_lengths", "loss", True),
+            rec("r_sum", "softmax_ce:all_empty", "loss", False), rec("r_sum", "softmax_ce:all_empty", "grad", False),
+            rec("r_mean", "softmax_ce:skewed_lengths", "loss", False),
+            rec("n_raise", "keyless", "runs", False, error="RuntimeError: value cannot be converted\n  more"),
+            rec("n_info", "keyless", "padded_rows", False, judged=False)]
+    check = report.frame(recs, "check")
+    blocks = report.sections.summary_section(check, report.bench_frame(recs)).blocks
+    table = next(b[0] for kind, b in blocks if kind == "table").set_index("name")
+    assert table.loc["r_sum", "wrong"] == "grad, loss" and table.loc["r_sum", "on"] == "all-empty batch"
+    assert table.loc["r_mean", "on"] == "every case checked"
+    assert table.loc["n_raise", "wrong"] == "raises RuntimeError"
+    assert "n_info" not in table.index, "an information-only record is no verdict"
+
+
+def test_two_machines_measurements_of_one_case_are_both_kept_and_told_apart():
+    """Merging two hosts' files kept one host's bench record per case (the latest), so a machine's measurements
+    vanished from the report, and its baseline with them; the side-by-side table listed both hosts' pairs of a case
+    as two rows told apart by nothing."""
+    here = [{**_bench("torch", "packed", p, ms, host="vm"), "key": f"packed|{p}"}  # a case's key names no host
+            for p, ms in (("equal", 10.0), ("lognormal", 5.0))]
+    there = [{**r, "host": "gpuhost", "time": r["time"] + 60, "median_s": r["median_s"] * 3} for r in here]
+    kept = results.select(here + there)
+    assert sorted((r["host"], r["profile"]) for r in kept if r["source"] == "bench") == [
+        ("gpuhost", "equal"), ("gpuhost", "lognormal"), ("vm", "equal"), ("vm", "lognormal")]
+    t = report.recommendation_table(report.bench_frame(kept), report.frame([_checked("torch", "packed")], "check"))
+    skewed = t[t["profile"] == "lognormal"].set_index("host")
+    assert sorted(skewed.index) == ["gpuhost", "vm"] and skewed.loc["vm", "x vs padded baseline"] == 2.0
+
+    def pair(host):
+        return records.make(source="paired", framework="torch", version="1.0", op="rnn_forward_backward",
+                            device="cpu", dtype="float32", batch=64, max_len=128, **RNN, profile="lognormal",
+                            strategy="packed", kernel="k", key="packed|lognormal", base_strategy="packed",
+                            base_kernel="k", base_key="packed|equal", median_s=0.01, base_median_s=0.02, ratio=2.0,
+                            ratio_p25=2.0, ratio_p75=2.0, rounds=8, number=1, host=host)
+
+    table = next(b[0] for kind, b in report.sections.paired_section([pair("vm"), pair("gpuhost")]).blocks
+                 if kind == "table")
+    assert list(table["host"]) == ["gpuhost", "vm"]
+    one = next(b[0] for kind, b in report.sections.paired_section([pair("vm")]).blocks if kind == "table")
+    assert "host" not in one, "one machine: no host column"

@@ -14,7 +14,7 @@ import numpy as np
 from adapters.spec import SIDES, valid_mask
 from harness.compare import close, max_abs_err
 from harness.data import rng_for
-from harness.families.base import Prepared, record
+from harness.families.base import Prepared, error_text, record, use_strategy
 from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
@@ -139,8 +139,10 @@ NATIVES = {
                                              "does not stop 0 * NaN in the weighted sum or its gradient"),
     "additive_neg_inf_mask": ("keyless", "an additive 0/-inf mask: exact where a row has a key; a row with none "
                                          "is -inf - -inf, NaN unless the kernel guards it"),
-    "additive_neg1e9_float16": ("keyless", "an additive -1e9 mask in float16 (overflows to -inf) against the "
-                                           "boolean mask in float16"),
+    "additive_neg1e9_float16": ("keyless", "an additive -1e9 mask in float16 against the boolean mask in "
+                                           "float16: -1e9 is beyond float16's range (max 65504), so building the "
+                                           "mask either raises (PyTorch refuses the conversion) or rounds the fill "
+                                           "to -inf (a keyless row is then -inf - -inf = NaN)"),
     "additive_neg1e9_bfloat16": ("keyless", "an additive -1e9 mask in bfloat16 against the boolean mask in "
                                             "bfloat16: a finite fill turns a keyless row into mean(V)"),
     "mha_key_padding_mask": ("keyless", "nn.MultiheadAttention with key_padding_mask (True = ignore) given "
@@ -155,6 +157,19 @@ NATIVES = {
                                       "divided by T)"),
 }
 NATIVE_H, NATIVE_DH = 2, 3
+#: native name -> what to use instead, where it is more specific than varlen's exact strategy
+NATIVE_FIXES = {
+    "mha_polarity_swapped": "key_padding_mask=~valid (True = ignore), or varlen's exact strategy",
+    "seq_lengths_left_padding": "right padding with the seq lengths, a boolean key mask, or varlen's exact strategy",
+    "mean_pool_padded_rows": "sum over valid query rows / q_lengths (varlen's masked_mean)",
+    "additive_neg1e9_float16": "a boolean mask (or a fill within float16's range, e.g. finfo.min), or varlen's "
+                               "exact strategy",
+}
+#: quantities recorded as information only (`judged=False`, see `harness.families.base.record`): what a native
+#: leaves in padded query rows. Every downstream consumer (a masked loss, a masked pooling) ignores those rows, so
+#: they never make the native wrong; the native is judged on the rows it is about (valid rows with a key, keyless
+#: rows) and on the gradients. The contract's exact strategies still give 0 there (that is checked on them).
+INFO_QUANTITIES = ("padded_rows",)
 
 
 def _classify(rows: np.ndarray, v_mean: np.ndarray) -> str:
@@ -184,7 +199,9 @@ def native_case(name: str, dtype: str = "float32"):
 
 
 def native_verdicts(fw, name: str, res: dict, inputs: dict, ref, tol) -> Iterator[tuple[str, bool, float, str]]:
-    """(quantity, equivalent, max_abs_err, detail) for one native result against the reference."""
+    """(quantity, equivalent, max_abs_err, detail) for one native result against the reference: valid rows with a
+    key, keyless rows (the contract's 0), the gradients (the cotangent is 0 at padded query rows, as a masked loss
+    makes it), and, as information only, what padded query rows hold ("padded_rows", `INFO_QUANTITIES`)."""
     n = fw.to_numpy
     q, k, v, ql, kvl, side = (inputs[x] for x in ("q", "k", "v", "q_lengths", "kv_lengths", "side"))
     want, wgrads = reference(ref, q, k, v, ql, kvl, inputs["cotangent"], causal=inputs["causal"], side=side)
@@ -213,10 +230,12 @@ def native_verdicts(fw, name: str, res: dict, inputs: dict, ref, tol) -> Iterato
         err = max_abs_err(got[keyless], np.zeros_like(got[keyless]))
         yield "outputs_keyless", kind == "0", err, f"a valid query with no valid key gives {kind}"
     padded = ~q_valid
-    if padded.any():
+    if padded.any():  # information only (INFO_QUANTITIES): equivalent=True, the size of what is there as its err
         kind = _classify(got[padded], np.broadcast_to(v_mean, got.shape)[padded])
         err = max_abs_err(got[padded], np.zeros_like(got[padded]))
-        yield "outputs_padded", kind == "0", err, f"padded query rows give {kind}"
+        held = {"0": "0 (as the contract)", "NaN": "NaN (a mask multiply keeps it: 0 * NaN; select with where)",
+                "mean(V)": "values (mean(V))", "other": "values"}[kind]
+        yield "padded_rows", True, err, f"padded query rows hold {held}; ignored downstream, not judged"
     for x in ("qkv" if "grads" in res else ""):
         ok, err = close(n(res["grads"][x]), wgrads[x], tol)
         finite = bool(np.isfinite(n(res["grads"][x])).all())
@@ -224,21 +243,26 @@ def native_verdicts(fw, name: str, res: dict, inputs: dict, ref, tol) -> Iterato
 
 
 def native_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
-    """Each of the framework's native behaviours, judged quantity by quantity against the reference."""
+    """Each of the framework's native behaviours, judged quantity by quantity against the reference; a native
+    that raises is one record, quantity "runs", with the error; padded query rows are information (`judged`
+    False, see `INFO_QUANTITIES`)."""
     for name in fw.natives("attention"):
         case, inputs = native_case(name)
         why = NATIVES.get(name, ("", name))[1]
+        fix = NATIVE_FIXES.get(name) or use_strategy(fw, "attention")
         base = dict(kind="native", op="attention", name=name, case=case, side=inputs["side"], dtype="float32",
-                    why=why)
+                    why=why, fix=fix)
         try:
             res = fw.native("attention", name, device=device, **inputs)
             verdicts = list(native_verdicts(fw, name, res, inputs, ref, tolerance("float32", device)))
             kernel, error = res.get("kernel", ""), None
-        except Exception as e:  # noqa: BLE001 - e.g. a half dtype this CPU build refuses: reported, not fatal
-            verdicts, kernel, error = [("runs", False, float("inf"), "")], "", f"{type(e).__name__}: {e}"[:300]
+        except Exception as e:  # noqa: BLE001 - raising is the behaviour (e.g. torch refusing -1e9 in float16)
+            error = error_text(e)
+            verdicts, kernel = [("runs", False, float("inf"), f"raises {error.splitlines()[0]}")], ""
         for quantity, ok, err, detail in verdicts:
             yield record(fw, device, quantity=quantity, equivalent=bool(ok), max_abs_err=float(err), kernel=kernel,
-                         detail=detail, **({"error": error} if error else {}), **base)
+                         detail=detail, **({"error": error} if error else {}),
+                         **({"judged": False} if quantity in INFO_QUANTITIES else {}), **base)
 
 
 # -- benchmarks --------------------------------------------------------------------------------------------------
@@ -280,9 +304,11 @@ def report_sections(check_df, bench_df=None, out_path=None) -> list:
     nat = check_df[(check_df["kind"] == "native") & (check_df["op"] == "attention")]
     if nat.empty:
         return []
-    cols = [c for c in ("framework", "version", "kernel", "name", "quantity", "equivalent", "max_abs_err", "detail")
-            if c in nat]
+    cols = [c for c in ("framework", "version", "kernel", "name", "quantity", "equivalent", "max_abs_err", "detail",
+                        "error") if c in nat]
     sec = Section("Attention: native behaviours")
     sec.p("Each framework's attention primitive called the obvious way (no varlen fixes), judged against the "
-          "float64 reference per quantity; `detail` says what came back where the contract wants 0.")
+          "float64 reference per quantity; `detail` says what came back where the contract wants 0, or what was "
+          "raised. `padded_rows` is information, not a verdict: what the primitive leaves in padded query rows, "
+          "which every downstream masked loss or pooling ignores.")
     return [sec.table(nat[cols].sort_values(cols[:5]).reset_index(drop=True), fail_col="equivalent")]

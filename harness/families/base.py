@@ -36,7 +36,13 @@ class Prepared:
 
 
 def record(fw, device: str, **fields) -> dict:
-    """A check record's fields (`harness.records` adds run id, machine and time when it is written)."""
+    """A check record's fields (`harness.records` adds run id, machine and time when it is written).
+
+    Recipe ("idiom") and native records also carry `why` (what the recipe does and why it goes wrong, whole
+    sentences), `fix` (what to use instead, e.g. varlen's exact strategy) and, for a quantity recorded only as
+    information, `judged=False`: such a record says what the framework leaves where the user never reads (e.g.
+    attention's padded query rows) with `equivalent=True` (the recipe is not wrong for it) and its size in
+    `max_abs_err`; verdicts (`harness.report.tables.verdict_matrix`) show it apart and never count it as wrong."""
     return {"source": "check", "framework": fw.name, "version": fw.version, "device": device, "kernel": "",
             **fields}
 
@@ -47,3 +53,21 @@ def exact(a, b) -> dict:
 
     ok = a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
     return {"equivalent": bool(ok), "max_abs_err": 0.0 if ok else float("inf")}
+
+
+def doc_why(fn) -> str:
+    """The explanatory text of a native behaviour's docstring: its whole first paragraph, whitespace-normalised
+    (never cut mid-sentence: the reason a verdict is what it is often sits in its last clause)."""
+    doc = (getattr(fn, "__doc__", None) or "").strip()
+    return " ".join(doc.split("\n\n", 1)[0].split())
+
+
+def error_text(e: BaseException) -> str:
+    """How a recipe's or native's exception is recorded: "<ErrorType>: <message>" (the report shows the type and
+    the message's first line: "raises <ErrorType>: <first line>")."""
+    return f"{type(e).__name__}: {e}"[:300]
+
+
+def use_strategy(fw, family: str, **spec) -> str:
+    """A record's `fix` when the remedy is varlen's exact strategy: the framework's default one for `spec`."""
+    return f"varlen's exact strategy {fw.strategies(family, **spec)[0]!r}"

@@ -14,7 +14,7 @@ import numpy as np
 from adapters.spec import SIDES, RnnSpec, init_params, valid_mask
 from harness.compare import close
 from harness.data import rng_for
-from harness.families.base import Prepared, exact, record
+from harness.families.base import Prepared, doc_why, exact, record, use_strategy
 from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
@@ -45,7 +45,13 @@ IDIOMS = {
                         "the outputs, the bag and the gradient.",
     "embed_mask_rnn_final_state": "embeds, zeroes padded steps (embedding x mask), runs a plain RNN over all T steps "
                                   "and keeps its final state: the zeros are still inputs, so the state moves through "
-                                  "the padding.",
+                                  "the padding (and with left padding the valid outputs come after it).",
+}
+#: recipe -> what to use instead
+IDIOM_FIXES = {
+    "mask_from_tokens": "the mask from the true lengths (a pad id outside the vocabulary), or varlen's exact "
+                        "embedding strategy",
+    "embed_mask_rnn_final_state": "run the RNN with the true lengths (packed or masked: varlen's exact RNN strategy)",
 }
 
 
@@ -153,7 +159,8 @@ def native_case():
 
 
 def first_line(fn) -> str:
-    return (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+    """A native's `why`: its docstring's whole first paragraph, whitespace-normalised (`base.doc_why`)."""
+    return doc_why(fn)
 
 
 def native_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
@@ -168,7 +175,8 @@ def native_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
             ok, err = close(fw.to_numpy(a), e, tol)
             yield record(fw, device, kind="native", op=variant_op(got["op"], got["mode"]), name=name,
                          case="real_token_0_empty_row", side="right", dtype="float64", quantity=quantity,
-                         equivalent=ok, max_abs_err=err, why=first_line(fw.NATIVES["embedding"][name]))
+                         equivalent=ok, max_abs_err=err, why=first_line(fw.NATIVES["embedding"][name]),
+                         fix=use_strategy(fw, "embedding", device=device))
 
 
 def mask_from_tokens(fw, tokens, table, L, cot, device="cpu") -> dict:
@@ -202,7 +210,7 @@ def idiom_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
     for q in got:
         yield record(fw, device, kind="idiom", op="embed", name="mask_from_tokens", case="real_token_0",
                      side="right", dtype="float64", quantity=q, **_verdict(got[q], want[q], tol),
-                     kernel=default_kernel, why=IDIOMS["mask_from_tokens"])
+                     kernel=default_kernel, why=IDIOMS["mask_from_tokens"], fix=IDIOM_FIXES["mask_from_tokens"])
     spec = RnnSpec("rnn", input_size=E, hidden_size=4)
     params = init_params(spec, seed=1, dtype="float64")
     for side in SIDES:
@@ -213,7 +221,7 @@ def idiom_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
             yield record(fw, device, kind="idiom", op="embed+rnn", name="embed_mask_rnn_final_state",
                          case="ragged_batch", side=side, dtype="float64", quantity=q,
                          **_verdict(got[q], want[q], tol), kernel=kernel,
-                         why=IDIOMS["embed_mask_rnn_final_state"])
+                         why=IDIOMS["embed_mask_rnn_final_state"], fix=IDIOM_FIXES["embed_mask_rnn_final_state"])
 
 
 def _verdict(a, e, tol) -> dict:
@@ -282,7 +290,8 @@ def report_sections(check_df, bench_df=None, out_path=None) -> list:
                   (check_df["op"].astype(str).str.startswith("embed"))]
     if not len(df):
         return [s.p("No embedding native behaviours or recipes were checked.")]
-    cols = ["framework", "version", "kind", "name", "op", "side", "quantity", "equivalent", "max_abs_err", "why"]
+    cols = ["framework", "version", "kind", "name", "op", "side", "quantity", "equivalent", "max_abs_err", "why",
+            "fix"]
     table = df[[c for c in cols if c in df]].sort_values(["framework", "kind", "name", "side", "quantity"])
     s.p("Each framework primitive called the obvious way (native) and each recipe people copy, judged against the "
         "float64 reference per quantity; a row marked no is a wrong result, not a tolerance question.")

@@ -19,7 +19,7 @@ from adapters.base import LOSS_REDUCTIONS
 from adapters.spec import SIDES, valid_mask
 from harness.compare import close
 from harness.data import padded, rng_for
-from harness.families.base import Prepared, exact, record
+from harness.families.base import Prepared, doc_why, error_text, exact, record, use_strategy
 from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
@@ -49,7 +49,25 @@ RECIPES = {
                                              "the token mean exactly (the fix)",
     "sequence_mean as token_mean": "averaging each row's mean weights a token by 1/its row's length: on skewed "
                                    "lengths it is another objective, not the token mean",
+    "F.cross_entropy(logits * mask, target)": "zeroes padded logits and takes the mean cross entropy over every "
+                                              "position (seed 004): a padded step's zero logits are a uniform "
+                                              "prediction, so each adds log C to the sum, and the sum is divided "
+                                              "by every padded step too",
 }
+#: recipe -> what to use instead
+RECIPE_FIXES = {
+    "(loss * mask).mean()": "divide by mask.sum() (the valid token count), or varlen's token_mean",
+    "(loss * mask).sum() / mask.sum()": "divide by max(mask.sum(), 1), or varlen's token_mean (0 on an empty batch)",
+    "mean of micro-batch token means": "sum each micro-batch's masked loss and divide once by the global token count",
+    "micro-batch sums / global token count": "",  # exact: nothing to replace
+    "sequence_mean as token_mean": "varlen's token_mean (sum over valid tokens / their count)",
+    "F.cross_entropy(logits * mask, target)": "set padded targets to ignore_index (-100) and leave the logits "
+                                              "unmasked, or varlen's token_mean",
+}
+#: recipe -> the cases it is judged on, with the reference each one is judged against (`recipe_records`)
+RECIPE_CASES = {"(loss * mask).sum() / mask.sum()": ("skewed_lengths", "all_empty")}
+#: recipes of one kind only (the others run for softmax CE and sigmoid BCE)
+RECIPE_KINDS = {"F.cross_entropy(logits * mask, target)": ("softmax_ce",)}
 
 
 def expand(base: dict, grid: dict, strategies: list[str]) -> list[dict]:
@@ -152,20 +170,21 @@ def native_inputs(kind: str, case: str):
 
 
 def native_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
-    """Each native behaviour on clean padding, dirty padding and an all-empty batch, against the token mean."""
+    """Each native behaviour on clean padding, dirty padding and an all-empty batch, against the token mean; `why`
+    is its docstring's first paragraph, `fix` the framework's exact strategy for the kind."""
     for name, case in itertools.product(fw.natives("loss"), NATIVE_CASES):
         fn = fw.NATIVES["loss"][name]
         kind = getattr(fn, "kind", "softmax_ce")
         x, z, L = native_inputs(kind, case)
         want = _ref(ref, x, z, L, kind)
         base = dict(kind="native", op="loss", name=name, case=f"{kind}:{case}", dtype="float64", side="right",
-                    why=(fn.__doc__ or "").split("\n")[0].strip()[:200])
+                    why=doc_why(fn), fix=use_strategy(fw, "loss", kind=kind))
         try:
             got = [fw.to_numpy(a) for a in fw.native("loss", name, logits=fw.asarray(x, device),
                                                       targets=fw.asarray(z, device), lengths=L, device=device)]
             error = None
         except Exception as e:  # noqa: BLE001 - raising is the behaviour being recorded
-            got, error = None, f"{type(e).__name__}: {e}"[:300]
+            got, error = None, error_text(e)
         for q, i in (("loss", 0), ("grad", 1)):
             ok, err = (False, float("inf")) if got is None else close(got[i], want[i], tolerance("float64", device))
             yield record(fw, device, quantity=q, equivalent=ok, max_abs_err=err,
@@ -173,7 +192,8 @@ def native_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
 
 
 def recipe_results(fw, x, z, L, kind: str, device: str = "cpu") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """recipe name -> (loss, grad) as the recipe computes it, on top of the contract's exact reductions."""
+    """recipe name -> (loss, grad) as the recipe computes it, on top of the contract's exact reductions (the
+    contract's masked sum stands for the recipe's `(loss * mask).sum()`: the batch has clean padding)."""
     def vjp(x, z, L, reduction):
         out = fw.masked_loss_vjp(fw.asarray(x, device), fw.asarray(z, device), L, kind=kind, reduction=reduction,
                                  device=device)
@@ -181,38 +201,46 @@ def recipe_results(fw, x, z, L, kind: str, device: str = "cpu") -> dict[str, tup
 
     B, Tm = x.shape[:2]
     s_loss, s_grad = vjp(x, z, L, "sum")
+    n = float(L.sum())
     with np.errstate(invalid="ignore", divide="ignore"):
-        empty_loss, empty_grad = vjp(x, z, np.zeros_like(L), "sum")
         out = {"(loss * mask).mean()": (s_loss / (B * Tm), s_grad / (B * Tm)),
-               "(loss * mask).sum() / mask.sum()": (empty_loss / 0.0, empty_grad / 0.0)}
+               "(loss * mask).sum() / mask.sum()": (s_loss / n, s_grad / n)}
     parts = [(slice(a, b), vjp(x[a:b], z[a:b], L[a:b], "token_mean"), vjp(x[a:b], z[a:b], L[a:b], "sum"))
              for a, b in MICRO_BATCHES]
     k = len(parts)
     out["mean of micro-batch token means"] = (sum(m[0] for _, m, _ in parts) / k,
                                               np.concatenate([m[1] / k for _, m, _ in parts]))
-    n = float(L.sum())
-    out["micro-batch sums / global token count"] = (sum(s[0] for _, _, s in parts) / n,
-                                                    np.concatenate([s[1] / n for _, _, s in parts]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["micro-batch sums / global token count"] = (sum(s[0] for _, _, s in parts) / n,
+                                                        np.concatenate([s[1] / n for _, _, s in parts]))
     out["sequence_mean as token_mean"] = tuple(vjp(x, z, L, "sequence_mean"))
+    if kind == "softmax_ce":
+        # seed 004: F.cross_entropy(output * mask, target) over all B*T positions (padded targets in range)
+        mask = valid_mask(L, Tm, "right")[..., None].astype(x.dtype)
+        loss, grad = vjp(x * mask, z, np.full_like(L, Tm), "token_mean")
+        out["F.cross_entropy(logits * mask, target)"] = (loss, grad * mask)  # chain rule through x * mask
     return out
 
 
 def recipe_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
-    """Each recipe through the framework's default strategy, judged against the reference's token mean (of the
-    all-empty batch for the 0/0 recipe)."""
+    """Each recipe through the framework's default strategy on a batch with clean padding and skewed lengths, the
+    0/0 recipe also on an all-empty batch (where it breaks), judged against the reference's token mean of that
+    batch; `fix` says what to use instead."""
     for kind in ("softmax_ce", "sigmoid_bce"):
         x, z, L = loss_case(kind, "right", "float64", lengths=SKEWED, maxlen=max(SKEWED), dirty=False, seed=1)
-        want = _ref(ref, x, z, L, kind)
-        want_empty = _ref(ref, x, z, np.zeros_like(L), kind)
         kernel = fw.strategy_kernel("loss", fw.strategies("loss", kind=kind)[0], kind)
-        for name, got in recipe_results(fw, x, z, L, kind, device).items():
-            target = want_empty if name == "(loss * mask).sum() / mask.sum()" else want
-            case = f"{kind}:{'all_empty' if target is want_empty else 'skewed_lengths'}"
-            for q, i in (("loss", 0), ("grad", 1)):
-                ok, err = close(got[i], target[i], tolerance("float64", device))
-                yield record(fw, device, kind="idiom", op="loss", name=name, case=case, dtype="float64",
-                             side="right", quantity=q, equivalent=ok, max_abs_err=err, kernel=kernel,
-                             why=RECIPES[name])
+        for case, lengths in (("skewed_lengths", L), ("all_empty", np.zeros_like(L))):
+            want = _ref(ref, x, z, lengths, kind)
+            for name, got in recipe_results(fw, x, z, lengths, kind, device).items():
+                if case not in RECIPE_CASES.get(name, ("skewed_lengths",)) or \
+                        kind not in RECIPE_KINDS.get(name, (kind,)):
+                    continue
+                fix = RECIPE_FIXES[name]
+                for q, i in (("loss", 0), ("grad", 1)):
+                    ok, err = close(got[i], want[i], tolerance("float64", device))
+                    yield record(fw, device, kind="idiom", op="loss", name=name, case=f"{kind}:{case}",
+                                 dtype="float64", side="right", quantity=q, equivalent=ok, max_abs_err=err,
+                                 kernel=kernel, why=RECIPES[name], fix=fix)
 
 
 def prepare(adapter, case: dict) -> Prepared:
@@ -240,7 +268,8 @@ def report_sections(check_df, bench_df=None, out_path=None) -> list:
     df = check_df[(check_df["op"] == "loss") & check_df["kind"].isin(["native", "idiom"])]
     if df.empty:
         return []
-    cols = ["framework", "version", "kind", "name", "case", "quantity", "equivalent", "max_abs_err", "why"]
+    cols = ["framework", "version", "kind", "name", "case", "quantity", "equivalent", "max_abs_err", "error", "why",
+            "fix"]
     table = df[[c for c in cols if c in df]].sort_values(["kind", "framework", "name", "case", "quantity"])
     return [Section("Masked losses: native behaviours and recipes").p(
         "Each framework's loss primitive called the obvious way (native) and the recipes people copy (idiom), "

@@ -11,7 +11,7 @@ from harness.compare import close, flat_grads
 from harness.data import cotangents, padded
 from harness.families.base import Prepared, record
 from harness.floors import rnn_flops
-from harness.idioms import IDIOMS, idiom_case, reference_for, run_idiom, verdicts
+from harness.idioms import IDIOM_FIXES, IDIOMS, idiom_case, padding_for, reference_for, run_idiom, verdicts
 from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
@@ -89,14 +89,15 @@ def idiom_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
     """Each recipe of `harness.idioms` through the framework's default strategy, with a verdict per quantity."""
     for cell, side, bi, name in itertools.product(("lstm", "gru"), SIDES, (False, True), IDIOMS):
         spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=1, bidirectional=bi)
-        x, L, cot = idiom_case(spec, side)
+        padding = padding_for(name)
+        x, L, cot = idiom_case(spec, side, padding=padding)
         params = init_params(spec, seed=1, dtype="float64")
         got = run_idiom(fw, name, spec, params, x, L, side, cot, device=device)
         want = reference_for(ref, name, spec, params, x, L, side, cot)
         for v in verdicts(got, want, valid_mask(L, x.shape[1], side), tolerance("float64", device)):
-            yield record(fw, device, kind="idiom", op="rnn", name=name, case="idiom_batch", cell=cell, side=side,
-                         bidirectional=bi, dtype="float64", quantity=v.quantity, equivalent=v.equivalent,
-                         max_abs_err=v.max_abs_err, kernel=got["kernel"], why=IDIOMS[name])
+            yield record(fw, device, kind="idiom", op="rnn", name=name, case=f"{padding}_padding", cell=cell,
+                         side=side, bidirectional=bi, dtype="float64", quantity=v.quantity, equivalent=v.equivalent,
+                         max_abs_err=v.max_abs_err, kernel=got["kernel"], why=IDIOMS[name], fix=IDIOM_FIXES[name])
 
 
 def prepare(adapter, case: dict) -> Prepared:
@@ -171,10 +172,11 @@ def report_sections(check, bench, out) -> list:
     table = summary_table(check) if not check.empty else None
     if table is None:
         return [s.p("No recipe verdicts (run `varlen check`).")]
-    s.p("Each recipe run for real in each framework (LSTM and GRU, float64, one real all-zero step) and compared "
+    s.p("Each recipe run for real in each framework (LSTM and GRU, float64, ragged unsorted lengths, one real "
+        "all-zero step, non-zero finite values in the padding unless the recipe assumes zero padding) and compared "
         "with the masked reference: per framework, the quantities it gets WRONG (valid outputs, final state h_n, "
         "gradients) with the worst error, and those it gets right; 'exact here' where the recipe is honestly "
         "correct.")
     for name, why in IDIOMS.items():
-        s.p(f"{name}: {why}")
+        s.p(f"{name} ({padding_for(name)} padding): {why} Use instead: {IDIOM_FIXES[name]}.")
     return [s.table(table)]

@@ -14,9 +14,11 @@ from harness.report.tables import (
     FLOOR_RATES,
     compile_aware_table,
     cut_off,
+    error_head,
     frame,
     headline,
     incomplete,
+    judged_rows,
     kernel_names,
     labelled,
     machine_floors,
@@ -25,6 +27,7 @@ from harness.report.tables import (
     recommendation_table,
     setup_floor_rows,
     shape_label,
+    where_labels,
     with_shape,
 )
 from harness.speedups import RUNOFF
@@ -103,7 +106,7 @@ def paired_section(records: list[dict]) -> Section:
             "rounds p25-p75": speed["ratio_p25"].map("{:.2f}".format) + "-" + speed["ratio_p75"].map("{:.2f}".format),
             "ideal x": (1 / speed["ideal_share"].astype(float)).round(2),
         })
-        s.table(t.sort_values(["device", "op", "framework", "profile"]))
+        s.table(t.sort_values([c for c in ("host", "device", "op", "framework", "profile") if c in t]))
     equal = pr[pr["profile"] == "equal"]
     if not equal.empty:
         s.p("On equal lengths (no padding to skip), timed first: the sweep's fastest strategy here against each "
@@ -121,14 +124,17 @@ def paired_section(records: list[dict]) -> Section:
             "rounds p25-p75": (1 / equal["ratio_p75"]).map("{:.3f}".format) + "-"
             + (1 / equal["ratio_p25"]).map("{:.3f}".format),
         })
-        s.table(t.sort_values(["device", "op", "framework"]))
+        s.table(t.sort_values([c for c in ("host", "device", "op", "framework") if c in t]))
     return s
 
 
 def _pair_case(d: pd.DataFrame) -> dict:
-    """The case columns of a table of `paired` records."""
-    return {"device": d["device"], "framework": d["framework"], "op": d["op"].map(lambda op: OP_TITLES.get(op, op)),
-            "cell": d["cell"].fillna("-"), "B": d["batch"], "T": d["max_len"]}
+    """The case columns of a table of `paired` records, the host among them where the records come from several
+    (two machines' pairs of one case are otherwise two rows told apart by nothing)."""
+    host = {"host": d["host"]} if "host" in d and d["host"].nunique(dropna=True) > 1 else {}
+    return {**host, "device": d["device"], "framework": d["framework"],
+            "op": d["op"].map(lambda op: OP_TITLES.get(op, op)), "cell": d["cell"].fillna("-"), "B": d["batch"],
+            "T": d["max_len"]}
 
 
 def _labelled(d: pd.DataFrame, prefix: str) -> pd.Series:
@@ -477,13 +483,24 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
             + ("" if not unproven.any() else
                f" — INCOMPLETE, never exact: {int(unproven.sum())} whose check was cut off before their family was "
                f"done ({', '.join(cut_off(check))}; run `varlen check` for them again)") + ".")
-        wrong = check[check["kind"].isin(["idiom", "native"]) & ~check["equivalent"].astype(bool)]
+        verdicts = check[check["kind"].isin(["idiom", "native"])]
+        verdicts = verdicts[judged_rows(verdicts)]  # information-only records never count
+        wrong = verdicts[~verdicts["equivalent"].astype(bool)]
         lines = []
         for (kind, op, name), g in wrong.groupby(["kind", "op", "name"]):
             fws = ", ".join(sorted(set(g["framework"])))
-            qs = ", ".join(sorted(set(g["quantity"])))
+            every = verdicts[(verdicts["kind"] == kind) & (verdicts["op"] == op) & (verdicts["name"] == name)]
+            places = where_labels(every)
+            bad_places = list(dict.fromkeys(places.loc[g.index]))  # the cases it is wrong on
+            where = ("every case checked" if set(bad_places) == set(places) else
+                     "; ".join(bad_places[:3]) + (f"; +{len(bad_places) - 3} more" if len(bad_places) > 3 else ""))
+            errors = g["error"] if "error" in g else pd.Series(False, index=g.index)
+            raised = g[errors.map(lambda e: isinstance(e, str) and bool(e))]
+            qs = sorted(set(g.drop(raised.index)["quantity"]))
+            what = ([", ".join(qs)] if qs else []) + sorted({"raises " + error_head(e).split(":")[0]
+                                                             for e in raised["error"]})
             lines.append({"kind": "recipe" if kind == "idiom" else "native behaviour", "family": op, "name": name,
-                          "wrong in": fws, "wrong quantities": qs})
+                          "wrong in": fws, "wrong": "; ".join(what), "on": where})
         if lines:
             s.p(f"{len(lines)} recipes and native behaviours are wrong somewhere (details in their sections):")
             s.table(pd.DataFrame(lines), fold=False)

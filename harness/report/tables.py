@@ -520,21 +520,134 @@ def hand_overs(g: pd.DataFrame) -> str:
 
 
 def verdict_matrix(check: pd.DataFrame, ops: list[str] | None = None) -> pd.DataFrame:
-    """Recipes and native behaviours (kind idiom/native), one row each, one column per framework: "exact" or
-    "WRONG <quantities> (err x)"; for the families without a table of their own."""
+    """Recipes and native behaviours (kind idiom/native), one row each with what it does (`why`), one column per
+    framework, and what to use instead (`fix`); for the families without a table of their own.
+
+    A framework's cell says WHERE the recipe is wrong: "WRONG on: <cases> (<quantity> err x, ...); exact on:
+    <cases>", "raises <ErrorType>: <first line> on: <cases>" for a recipe that raises, "exact on: <cases>" when
+    nothing is wrong; information-only records (`judged` False, e.g. attention's padded query rows) are appended as
+    "info: ..." and never make a cell WRONG (`verdict_cell`)."""
     df = check[check["kind"].isin(["idiom", "native"])]
     if ops is not None:
         df = df[df["op"].isin(ops)]
     if df.empty:
         return pd.DataFrame()
+    keys = ["kind", "family", "name"]
     rows = []
     for (kind, op, name, fw), g in df.groupby(["kind", "op", "name", "framework"], sort=True):
-        bad = g[~g["equivalent"].astype(bool)]
-        verdict = "exact" if bad.empty else (
-            f"WRONG {', '.join(sorted(set(bad['quantity'])))} (err {fmt(float(bad['max_abs_err'].max()))})")
         rows.append({"kind": "recipe" if kind == "idiom" else "native", "family": op, "name": name,
-                     "framework": fw, "verdict": verdict})
-    m = pd.DataFrame(rows).pivot_table(index=["kind", "family", "name"], columns="framework", values="verdict",
-                                       aggfunc="first").reset_index()
+                     "framework": fw, "verdict": verdict_cell(g), "why": _texts(g, "why"), "fix": _texts(g, "fix")})
+    t = pd.DataFrame(rows)
+    m = t.pivot_table(index=keys, columns="framework", values="verdict", aggfunc="first")
     m.columns.name = None
-    return m.fillna("-")
+    grouped = t.groupby(keys, sort=True)
+    m.insert(0, "what it does", grouped["why"].agg(lambda s: " / ".join(dict.fromkeys(x for x in s if x))))
+    m["use instead"] = grouped.apply(_fixes, include_groups=False)
+    return m.reset_index().fillna("-").replace("", "-")
+
+
+# -- recipe / native verdicts (verdict_matrix) ------------------------------------------------------------------------
+#: case-id token -> what a reader calls it (a case id is tokens joined by ":"; unknown tokens read with spaces)
+CASE_WORDS = {
+    "softmax_ce": "softmax CE", "sigmoid_bce": "sigmoid BCE", "clean_padding": "clean padding",
+    "dirty_padding": "NaN/inf logits and out-of-range targets in padding", "all_empty": "all-empty batch",
+    "skewed_lengths": "skewed lengths", "keyless": "a batch with a keyless query row",
+    "nan_padding": "NaN in padded keys/values", "causal_left": "causal, left padding", "left_lengths": "left padding",
+    "pool": "mean pooling over time", "real_token_0": "a real token 0",
+    "real_token_0_empty_row": "a real token 0 and an empty row", "ragged_batch": "ragged batch",
+    "garbage_padding": "non-zero padding", "zero_padding": "zero padding",
+}
+#: record fields that tell two cases of one recipe apart, after `case`
+WHERE_FIELDS = ("side", "dtype", "cell", "bidirectional")
+
+
+def _texts(g: pd.DataFrame, col: str) -> str:
+    """The distinct non-empty values of a text column, joined."""
+    if col not in g:
+        return ""
+    return " / ".join(dict.fromkeys(str(v) for v in g[col] if isinstance(v, str) and v))
+
+
+def _fixes(g: pd.DataFrame) -> str:
+    """The 'use instead' cell: the fix once when every framework agrees, else "<framework>: <fix>" each."""
+    per = {fw: f for fw, f in zip(g["framework"], g["fix"], strict=True) if f}
+    if len(set(per.values())) <= 1:
+        return next(iter(per.values()), "")
+    return "; ".join(f"{fw}: {f}" for fw, f in per.items())
+
+
+def judged_rows(g: pd.DataFrame) -> pd.Series:
+    """Which records count toward a verdict: all but those marked `judged` False (information only)."""
+    if "judged" not in g:
+        return pd.Series(True, index=g.index, dtype=bool)
+    return g["judged"].map(lambda v: v is not False and v is not np.False_).astype(bool)  # bool even when empty
+
+
+def where_labels(g: pd.DataFrame) -> pd.Series:
+    """Each record's place in words: its case's words (those shared by every case of `g` left out when there are
+    several), then the fields of `WHERE_FIELDS` that vary within `g` (e.g. "left padding", "bi")."""
+    tokens = g["case"].astype(str).str.split(":")
+    shared = set.intersection(*map(set, tokens)) if g["case"].nunique() > 1 else set()
+    varying = [f for f in WHERE_FIELDS if f in g and g[f].nunique(dropna=True) > 1]
+
+    def label(i) -> str:
+        words = [CASE_WORDS.get(t, t.replace("_", " ")) for t in tokens[i] if t not in shared]
+        r = g.loc[i]
+        for f in varying:
+            v = r[f]
+            words.append(f"{v} padding" if f == "side" else ("bi" if v else "uni") if f == "bidirectional"
+                         else str(v))
+        return ", ".join(words) or "every case"
+
+    return pd.Series([label(i) for i in g.index], index=g.index)
+
+
+def _outcome(p: pd.DataFrame) -> tuple[str, str]:
+    """("wrong" | "raises" | "exact", text) for the judged records of one place."""
+    bad = p[~p["equivalent"].astype(bool)]
+    if bad.empty:
+        return "exact", ""
+    errors = [e for e in bad.get("error", pd.Series(dtype=object)) if isinstance(e, str) and e]
+    if errors:
+        return "raises", error_head(errors[0])
+    parts = []
+    for q, b in bad.groupby("quantity", sort=False):
+        detail = _texts(b, "detail") if "detail" in b else ""
+        detail = "" if detail == "finite" else detail  # says nothing about how the quantity is wrong
+        parts.append(f"{q} err {fmt(float(b['max_abs_err'].max()))}" + (f": {detail}" if detail else ""))
+    return "wrong", ", ".join(parts)
+
+
+def verdict_cell(g: pd.DataFrame) -> str:
+    """One framework's verdict on one recipe or native behaviour (the records `g`): where it is wrong (per case,
+    per quantity error), where it raises and what, where it is exact; then what information-only records hold."""
+    judged = judged_rows(g)
+    places = where_labels(g)
+    wrong, raises, exact = [], {}, []
+    for place, p in g[judged].groupby(places[judged], sort=False):
+        kind, text = _outcome(p)
+        if kind == "exact":
+            exact.append(place)
+        elif kind == "raises":
+            raises.setdefault(text, []).append(place)
+        else:
+            wrong.append(f"{place} ({text})")
+    parts = []
+    if wrong:
+        parts.append("WRONG on: " + "; ".join(wrong))
+    parts += [f"raises {err} (on: {'; '.join(where)})" for err, where in raises.items()]
+    if exact:
+        parts.append("exact on: " + "; ".join(exact))
+    info = g[~judged]
+    if len(info):
+        parts.append("info: " + _texts(info, "detail"))
+    return ". ".join(parts) or "-"
+
+
+def error_head(error: str) -> str:
+    """An error's type and the first sentence of its message's first line, without TF's "{{function_node ...}}"
+    prefix: "InvalidArgumentError: Received a label value of -100 which is outside the valid range of [0, 7)"."""
+    line = re.sub(r"\{\{[^}]*\}\}\s*", "", error.splitlines()[0] if error else "")
+    kind, _, msg = line.partition(": ")
+    first = re.split(r"(?<=[.!?])\s", msg, maxsplit=1)[0].rstrip(".")
+    return f"{kind}: {first}" if msg else kind
