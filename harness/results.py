@@ -108,8 +108,8 @@ def runs(records: list[dict]) -> list[str]:
 
 def select(records: list[dict], *, run: str | None = None) -> list[dict]:
     """Records of one run (`run`: an id, or "latest" for the last run), or by default every source's latest
-    record per case: bench by `key` (a completed measurement beats a failed one of an earlier run, the latest
-    wins otherwise), check by (framework, device, kind, op, name, case, cell, side, direction, dtype, quantity)
+    record per case: bench by host and `key` (a completed measurement beats a failed one of an earlier run, the
+    latest wins otherwise), check by (framework, device, kind, op, name, case, cell, side, direction, dtype, quantity)
     (a check worker's "started" / "done" markers: those of every run, which `report.tables.incomplete` needs),
     paired by (host, case, baseline case), floors and overhead by (host, framework, device)."""
     if run is not None:
@@ -127,8 +127,8 @@ def select(records: list[dict], *, run: str | None = None) -> list[dict]:
 
 def _case_identity(r: dict) -> tuple:
     s = r["source"]
-    if s == "bench":
-        return (s, r["key"])
+    if s == "bench":  # two machines' measurements of one case are two results, both kept
+        return (s, r.get("host"), r["key"])
     if s == "paired":
         return (s, r.get("host"), r["key"], r["base_key"])
     if s == "check" and r["kind"] in ("started", "done"):  # facts about one run: every run's are kept
