@@ -298,6 +298,9 @@ def cmd_bench(args) -> int:
     import adapters
     from harness import bench, cluster, families, paired, speedups
 
+    if args.cluster is not None and not args.cluster.strip():  # `--cluster "$SCHED"` with SCHED unset
+        raise Usage("--cluster was given an empty address (an unset variable?): a sweep meant for a cluster would "
+                    "run here")
     if args.cluster and not cluster.available():
         raise Usage("--cluster needs Dask's distributed: pip install 'varlen[cluster]'")
     try:

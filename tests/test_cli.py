@@ -479,3 +479,12 @@ def test_report_in_a_folder_without_results_says_where_it_looked(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert f"no results file (*.jsonl) under {tmp_path / 'results'}, the default (results/ of the current folder)" \
         in proc.stderr, proc.stderr
+
+
+def test_an_empty_cluster_address_is_a_usage_error_not_a_local_run(tmp_path):
+    """`--cluster "$SCHED"` with SCHED unset ran the sweep on the driver, exit 0."""
+    out = tmp_path / "r.jsonl"
+    proc = varlen("bench", "--framework", "torch", "--op", "pad", "--profile", "equal", "--batch", "2", "--max-len",
+                  "4", "--cluster", "", "--out", str(out))
+    assert proc.returncode == 2 and "--cluster was given an empty address" in proc.stderr, proc.stderr
+    assert not out.exists()
