@@ -187,7 +187,7 @@ def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) ->
                              f"{1 / p['ratio_p25']:.2f})" for s, p in on_equal))
         for profile, best, rivals in bests:
             x = first["median_s"] / best["median_s"]
-            ideal = 1 / best["ideal_share"] if best.get("ideal_share") else float("nan")
+            ideal = 1 / best["ideal_share"] if best.get("ideal_share") else None  # None: not one valid token
             p = side.get((shape, profile, best["strategy"], base["strategy"]))
             others = [(r, q) for r in rivals if r is not best
                       and (q := side.get((shape, profile, r["strategy"], base["strategy"])))]
@@ -195,11 +195,12 @@ def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) ->
                        f"[{best['kernel']}] {x:.2f}x "
                        + ("the sweep's fastest on equal lengths (" if rebased else "the padded baseline (")
                        + f"{first['strategy']} [{first['kernel']}]{'' if rebased else ' on equal lengths'}, "
-                       f"{first['median_s'] * 1e3:.1f} ms), ideal {ideal:.2f}x ({x / ideal:.2f} of it)"
+                       f"{first['median_s'] * 1e3:.1f} ms), "
+                       + (f"ideal {ideal:.2f}x ({x / ideal:.2f} of it)" if ideal else "no valid token, so no ideal")
                        + (f"; side by side {p['ratio']:.2f}x "
                           + (f"the padded baseline {base['strategy']} [{base['kernel']}] " if rebased else "")
-                          + f"(rounds {p['ratio_p25']:.2f}-{p['ratio_p75']:.2f}, {p['ratio'] / ideal:.2f} of the "
-                          "ideal)" if p else "")
+                          + f"(rounds {p['ratio_p25']:.2f}-{p['ratio_p75']:.2f}"
+                          + (f", {p['ratio'] / ideal:.2f} of the ideal)" if ideal else ")") if p else "")
                        + ("; also side by side: " + ", ".join(
                            f"{r['strategy']} [{r['kernel']}] {q['ratio']:.2f}x (its sweep time "
                            f"{r['median_s'] / best['median_s']:.2f}x this one's)" for r, q in others)

@@ -801,3 +801,15 @@ def test_two_machines_measurements_of_one_case_are_both_kept_and_told_apart():
     assert list(table["host"]) == ["gpuhost", "vm"]
     one = next(b[0] for kind, b in report.sections.paired_section([pair("vm")]).blocks if kind == "table")
     assert "host" not in one, "one machine: no host column"
+
+
+def test_a_summary_line_without_a_baseline_or_an_ideal_says_so_not_nan():
+    """A host with a profile's cases but not the equal-lengths baseline printed "(nanx the padded baseline, nan of
+    the ideal 3.1x)"; a profile without a valid token printed "inf"."""
+    recs = [_bench("torch", "packed", "lognormal", 5.0), _checked("torch", "packed")]
+    text = " ".join(b for kind, b in report.sections.summary_section(
+        report.frame(recs, "check"), report.bench_frame(recs)).blocks if kind == "p")
+    assert "nan" not in text and "torch: packed [packed-k] (no padded baseline measured at this shape on its " \
+        "machine, the ideal 2.0x)" in text, text
+    assert report.sections._ideal_text(float("inf"), float("nan")) == ", no valid token: no ideal"
+    assert report.sections._ideal_text(4.0, 0.5) == ", 0.50 of the ideal 4.0x"

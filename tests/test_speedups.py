@@ -51,3 +51,12 @@ def test_a_strategy_timed_twice_counts_with_its_fastest_record_in_its_place_amon
     assert "equal (0% padding): time / fastest: a [k-a] 1.00, b [k-b] 1.33" in out[0], out
     assert "zipf (75% padding): b [k-b] 3.00x the padded baseline (a [k-a] on equal lengths, 6.0 ms)" in out[1], out
     assert list(speedups.fastest_each(recs[:3], lambda r: r["median_s"], lambda r: r["strategy"])) == ["a", "b"]
+
+
+def test_a_profile_without_a_valid_token_says_so_instead_of_nan():
+    """A lengths file of zeros printed "ideal nanx (nan of it)": there is no valid work to scale the baseline by."""
+    recs = [rec("equal", "a", 0.010), rec("file:zeros", "a", 0.001, share=0.0, padding=1.0)]
+    out = speedups.lines(recs, ("rnn_forward_backward",))
+    assert len(out) == 2 and "nan" not in out[1], out
+    assert out[1].endswith("a [k-a] 10.00x the padded baseline (a [k-a] on equal lengths, 10.0 ms), no valid "
+                           "token, so no ideal"), out[1]

@@ -447,14 +447,15 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
                 pol = best_policy.get((device, profile, r["framework"]))
                 parts.append(f"{r['framework']}: {r['fastest exact strategy']} [{r['kernel']}]"
                              + (f" with {pol} batches" if pol else "")
-                             + f" ({r['x vs padded baseline']:.2f}x "
-                             + ("the padded baseline" if not rebased(r) else "the sweep's fastest padded strategy")
+                             + (" (no padded baseline measured at this shape on its machine"
+                                if pd.isna(r["x vs padded baseline"]) else
+                                f" ({r['x vs padded baseline']:.2f}x "
+                                + ("the padded baseline" if not rebased(r) else "the sweep's fastest padded strategy"))
                              + (f", {r['x side by side']:.2f}x side by side" if pd.notna(r["x side by side"]) else "")
                              + (f" against the padded baseline {r['padded baseline']}" if rebased(r) else "")
                              + (f", {r['x vs default']:.2f}x the framework's default strategy"
                                 if pd.notna(r["x vs default"]) and r["x vs default"] != 1 else "")
-                             + ", "
-                             f"{r['fraction of ideal']:.2f} of the ideal {r['ideal x']:.1f}x"
+                             + _ideal_text(r["ideal x"], r["fraction of ideal"])
                              + (f"; {r['cost on equal lengths']:.2f}x the baseline's time on equal lengths"
                                 if pd.notna(r["cost on equal lengths"]) and r["cost on equal lengths"] != 1 else "")
                              + _fresh(r) + ")")
@@ -530,6 +531,16 @@ def rebased(r) -> bool:
 def _fresh(r) -> str:
     """A recommendation row's "; new batches compiled <n> shapes over <k>", or "" where they compiled nothing."""
     return f"; new batches compiled {r['new batches compiled']}" if r["new batches compiled"] else ""
+
+
+def _ideal_text(ideal: float, fraction: float) -> str:
+    """", <fraction> of the ideal <ideal>x" of a recommendation row; what stands there when a part is missing (no
+    padded baseline: no fraction; a profile without one valid token: no ideal)."""
+    if pd.isna(ideal):
+        return ""
+    if np.isinf(ideal):
+        return ", no valid token: no ideal"
+    return f", {fraction:.2f} of the ideal {ideal:.1f}x" if pd.notna(fraction) else f", the ideal {ideal:.1f}x"
 
 
 def _other_ops(rec: pd.DataFrame) -> pd.DataFrame:
