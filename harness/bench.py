@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from adapters.spec import Unsupported
-from harness import memory, records, results, timing
+from harness import lengths, memory, records, results, timing
 from harness.axes import HEADLINE, case_key
 from harness.families import family_of, recommended_ops
 from harness.families.base import Prepared
@@ -97,6 +97,7 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
         "compile_s": max(p.first_call_s - med, 0.0) if compiles or adapter.compile_count() == 0 else None,
         "valid_tokens": p.valid_tokens, "padded_tokens": p.padded_tokens, "padding_fraction": p.padding_fraction,
         "ideal_share": p.ideal_share,
+        **lengths.truncated(case),  # a file profile's lengths above max_len, truncated to it
         "valid_tokens_per_s": p.valid_tokens / med, "padded_tokens_per_s": p.padded_tokens / med,
         "sec_per_M_valid_tokens": med / p.valid_tokens * 1e6 if p.valid_tokens else None,
         "floor": p.floor, "work": p.work, "floor_s": floor_s, "fraction_of_floor": floor_s / med if floor_s else None,

@@ -203,9 +203,9 @@ def cmd_check(args) -> int:
 
 def _file_profiles(args) -> list[dict]:
     """The user's length files as profile sources (read and validated now: a bad file is a usage error)."""
-    from harness.lengths import LengthsError, source_fields
+    from harness.lengths import LengthsError, is_table, source_fields
 
-    if args.lengths_column and not any(Path(p).suffix in (".csv", ".parquet") for p in args.lengths or []):
+    if args.lengths_column and not any(is_table(p) for p in args.lengths or []):
         raise Usage(f"--lengths-column {args.lengths_column!r} names a column of a --lengths CSV/Parquet file, and "
                     "none was given")
     given = ([(f"--lengths {p}", p, args.lengths_column, "values") for p in args.lengths or []]
@@ -237,6 +237,16 @@ def _bench_grids(args) -> list[dict]:
             if grid.get("with_files") or not args.quick:  # the quick grid's batch/length sweeps stay synthetic
                 grid["profiles"] = (*grid["profiles"], *files)
     return grids
+
+
+def _warn_truncation(cases: list[dict]) -> None:
+    """One line per lengths file and --max-len where the file holds longer lengths (truncated to it)."""
+    from harness.lengths import truncation_warnings
+
+    files = list({c["profile"]: {k: c[k] for k in c if k.startswith("lengths_") or k == "profile"}
+                  for c in cases if c.get("lengths_file")}.values())
+    for line in truncation_warnings(files, {c["max_len"] for c in cases if c.get("lengths_file")}):
+        print(f"varlen bench: {line}", file=sys.stderr)
 
 
 def _one_case_each(ops, frameworks: list[str], strategies: dict, devices: tuple[str, ...]) -> list[dict]:
@@ -328,6 +338,7 @@ def cmd_bench(args) -> int:
     _every_option_selects(args, cases, grids, frameworks, declared, devices)
     if not cases:
         raise Usage("these options select no case to run")
+    _warn_truncation(cases)
     if "gpu" in devices and not args.cluster:  # on a cluster, the GPUs are the workers' (placed by resource)
         _probe_gpu(frameworks)
     if args.shard:

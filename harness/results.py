@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -122,7 +123,27 @@ def select(records: list[dict], *, run: str | None = None) -> list[dict]:
         if old is None or not (old.get("status") == "ok" and r.get("status") == "failed"
                                and old["run_id"] != r["run_id"]):
             best[k] = r
-    return list(best.values())
+    return _newest_file_contents(list(best.values()))
+
+
+def _newest_file_contents(records: list[dict]) -> list[dict]:
+    """Leave out the bench and paired records of a lengths file's older contents: a file profile ("file:<name>")
+    whose file changed between sweeps has cases of both contents (their keys differ by `lengths_digest`); on each
+    host only the newest content's, by its newest bench record, is the profile now."""
+    newest: dict[tuple, tuple[float, str]] = {}
+    for r in records:
+        if r["source"] == "bench" and r.get("lengths_digest"):
+            k = (r.get("host"), r["profile"])
+            if k not in newest or r["time"] > newest[k][0]:
+                newest[k] = (r["time"], r["lengths_digest"])
+
+    def current(r: dict) -> bool:
+        if r["source"] not in ("bench", "paired") or (r.get("host"), r.get("profile")) not in newest:
+            return True
+        found = r.get("lengths_digest") or next(iter(re.findall(r"lengths_digest=([0-9a-f]+)", r["key"])), None)
+        return found is None or found == newest[(r.get("host"), r["profile"])][1]
+
+    return [r for r in records if current(r)]
 
 
 def _case_identity(r: dict) -> tuple:

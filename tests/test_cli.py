@@ -488,3 +488,21 @@ def test_an_empty_cluster_address_is_a_usage_error_not_a_local_run(tmp_path):
                   "4", "--cluster", "", "--out", str(out))
     assert proc.returncode == 2 and "--cluster was given an empty address" in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def test_bench_warns_when_a_lengths_file_is_truncated_and_takes_an_upper_case_csv(tmp_path, capsys, monkeypatch):
+    """Lengths above --max-len are truncated to it, which nothing said; `L.CSV --lengths-column n` was refused as
+    if no table had been given."""
+    from harness import bench
+
+    monkeypatch.setattr(bench, "sweep", lambda cases, out, **kw: [])
+    txt, csv = tmp_path / "over.txt", tmp_path / "L.CSV"
+    txt.write_text("5\n100\n200\n3\n")
+    csv.write_text("id,n\na,3\nb,40\n")
+    common = ["bench", "--framework", "torch", "--op", "pad", "--profile", "equal", "--batch", "2",
+              "--max-len", "16", "--out", str(tmp_path / "r.jsonl")]
+    assert cli.main([*common, "--lengths", str(txt)]) == 0
+    err = capsys.readouterr().err
+    assert f"varlen bench: {txt}: 2 of 4 lengths (50%) exceed --max-len 16 and are truncated to it" in err, err
+    assert cli.main([*common, "--lengths", str(csv), "--lengths-column", "n"]) == 0
+    assert f"{csv}: 1 of 2 lengths (50%) exceed --max-len 16" in capsys.readouterr().err

@@ -813,3 +813,23 @@ def test_a_summary_line_without_a_baseline_or_an_ideal_says_so_not_nan():
         "machine, the ideal 2.0x)" in text, text
     assert report.sections._ideal_text(float("inf"), float("nan")) == ", no valid token: no ideal"
     assert report.sections._ideal_text(4.0, 0.5) == ", 0.50 of the ideal 4.0x"
+
+
+def test_a_lengths_files_older_contents_leave_the_report_when_the_file_changes():
+    """A lengths file edited between sweeps gives cases of both contents (the case carries a digest of the
+    lengths); the report showed "file:mine" twice over. Per host, the newest content's records are the profile."""
+    def case(digest, ms, t, host="vm"):
+        r = _bench("torch", "packed", "lognormal", ms, host=host)
+        return {**r, "profile": "file:mine", "lengths_digest": digest, "time": t,
+                "key": f"packed|file:mine|lengths_digest={digest}"}
+
+    old, new, other = case("aaaaaaaaaaaa", 9.0, 1.0), case("bbbbbbbbbbbb", 5.0, 2.0), case("aaaaaaaaaaaa", 7, 3, "gpu")
+    pair = records.make("paired", framework="torch", version="1.0", op="rnn_forward_backward", device="cpu",
+                        dtype="float32", batch=64, max_len=128, **RNN, profile="file:mine", strategy="packed",
+                        kernel="k", key=old["key"], base_strategy="packed", base_kernel="k", base_key="packed|equal",
+                        median_s=0.01, base_median_s=0.02, ratio=2.0, ratio_p25=2.0, ratio_p75=2.0, rounds=8,
+                        number=1, host="vm", time=1.5)
+    kept = results.select([old, new, other, pair])
+    assert sorted((r["host"], r["lengths_digest"]) for r in kept if r["source"] == "bench") == [
+        ("gpu", "aaaaaaaaaaaa"), ("vm", "bbbbbbbbbbbb")], "each host's newest content"
+    assert not [r for r in kept if r["source"] == "paired"], "the old content's pair went with it"
