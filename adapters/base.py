@@ -945,7 +945,7 @@ def valid_steps(lengths: np.ndarray, maxlen: int, side: str, reduction: str,
 
 def valid_only_kernels(softmax_ce: str, sigmoid_bce: str) -> dict[str, str]:
     """A "valid_only" loss strategy's kernel name per kind, from the primitive it runs on the gathered rows."""
-    return {kind: f"valid rows gathered (none without padding) + {primitive}"
+    return {kind: f"valid rows gathered (skipped when nothing is padded) + {primitive}"
             for kind, primitive in (("softmax_ce", softmax_ce), ("sigmoid_bce", sigmoid_bce))}
 
 
