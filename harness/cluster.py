@@ -28,6 +28,7 @@ import os
 import platform
 import queue
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,20 +56,137 @@ def available() -> bool:
     return importlib.util.find_spec("distributed") is not None
 
 
-#: seconds to wait for the scheduler before `connect` gives up
+#: seconds to wait for the scheduler before `connect` gives up (see `connect` for the bound as a whole)
 CONNECT_TIMEOUT = 10.0
+
+#: what an address that is not a Dask scheduler usually is
+SUSPECTS = ("give the scheduler's own address, e.g. tcp://scheduler:8786 (its default port; 8787 is its dashboard, "
+            "an http:// URL is the dashboard's)")
 
 
 def connect(address):
-    """A `distributed.Client` for the scheduler at `address` (a Client is passed through)."""
+    """A `distributed.Client` for the scheduler at `address` (a Client is passed through), or `Unreachable`.
+
+    Dask alone does not bound this: `Client(address, timeout=...)` bounds the TCP connect, not Dask's handshake,
+    so a port that accepts and then stays silent (Dask's dashboard, any HTTP server) hangs it forever, and one that
+    answers junk can make it raise anything (a MemoryError for a junk frame length). Hence, in a daemon thread:
+    1. `_probe`: a bare Dask comm to `address` asks for the scheduler's identity, in its own event loop under
+       `asyncio.wait_for(CONNECT_TIMEOUT)`: what is not a Dask scheduler fails here, and no Client is built;
+    2. only then the Client (its own connect bounded by CONNECT_TIMEOUT, its handshake by the answer just seen).
+    The caller waits for the thread at most 2 x CONNECT_TIMEOUT + 2 s whatever blocks in it (even outside the
+    event loop), then gives up; every exception becomes `Unreachable`. A Client built but not handed over (it
+    failed while starting, or came after the caller gave up) is closed, so none is left for `Client.__del__`."""
     from distributed import Client
 
     if isinstance(address, Client):
         return address
+    address = getattr(address, "scheduler_address", address)  # a Cluster object: its scheduler's address
+    timeout = CONNECT_TIMEOUT
+    lock, box = threading.Lock(), {}
+
+    def attempt() -> None:
+        client = None
+        try:
+            _probe(address, timeout)
+            client = Client.__new__(Client)  # so that one whose __init__ fails can still be closed
+            client.__init__(address, timeout=timeout, set_as_default=False)
+        except BaseException as e:  # noqa: BLE001 - whatever it is, the caller reports it as Unreachable
+            _close(client, timeout)
+            with lock:
+                box.setdefault("error", e)
+            return
+        with lock:
+            if "error" not in box:  # the caller has not given up: hand it over
+                box["client"] = client
+                return
+        _close(client, timeout)
+
+    thread = threading.Thread(target=attempt, name=f"varlen-connect {address}", daemon=True)
+    thread.start()
+    interrupted = True
     try:
-        return Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as e:
-        raise Unreachable(f"cannot reach the Dask scheduler at {address!r}: {e}") from None
+        thread.join(2 * timeout + 2)
+        interrupted = False
+    finally:  # given up (or interrupted: Ctrl-C): a Client that comes later is the thread's to close
+        with lock:
+            client = box.get("client")
+            error = box.setdefault("error", TimeoutError(f"no answer within {2 * timeout + 2:g} s"))
+        if interrupted:
+            _close(client, timeout)
+    if client is not None:
+        return client
+    raise Unreachable(f"cannot reach the Dask scheduler at {address!r}: {_why(error)}; {SUSPECTS}") from None
+
+
+class NotAScheduler(Exception):
+    """Something answered at the address, but not a Dask scheduler."""
+
+
+class BadAddress(Exception):
+    """The address is none Dask can connect to (a wrong scheme, no port, ...)."""
+
+
+def _probe(address, timeout: float) -> None:
+    """Ask the server at `address` for its identity over a bare Dask comm, all of it within `timeout` seconds (in
+    a fresh event loop: call it from a thread of its own). Raises unless a Dask scheduler answers."""
+    import asyncio
+
+    from distributed.comm import connect as comm_connect
+    from distributed.comm import parse_address, parse_host_port, registry
+    from distributed.security import Security
+
+    try:  # what Dask's connect parses, up front: a ValueError later is not the address's
+        scheme, location = parse_address(address)
+        registry.get_backend(scheme)
+        if scheme != "inproc":
+            parse_host_port(location)
+    except ValueError as e:
+        raise BadAddress(f"not a Dask address ({e})") from None
+
+    async def ask() -> object:
+        # the comm's own connect retries a refused connection until `timeout`, then raises OSError; its handshake
+        # (reading the peer's) has no bound but ours
+        comm = await comm_connect(address, timeout=timeout, deserialize=False,
+                                  **Security().get_connection_args("client"))
+        try:
+            await comm.write({"op": "identity", "reply": True})  # no arguments: a worker answers it too
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    async def bounded() -> object:
+        try:  # a little past `timeout`: a refused connection ends in the comm's own error, which says so
+            return await asyncio.wait_for(ask(), timeout + 0.5)
+        except TimeoutError:
+            raise NotAScheduler(f"no Dask scheduler answered there within {timeout:g} s: something accepted the "
+                                "connection, then said nothing Dask understands") from None
+
+    answer = asyncio.run(bounded())
+    kind = answer.get("type") if isinstance(answer, dict) else None
+    if kind in ("Worker", "Nanny"):
+        raise NotAScheduler(f"a Dask {kind.lower()} answered there, not the scheduler")
+    if not (isinstance(kind, str) and "Scheduler" in kind):
+        raise NotAScheduler(f"no Dask scheduler answered there (the answer was {str(answer)[:80]!r})")
+
+
+def _why(error: BaseException) -> str:
+    """The reason a connect failed, for the usage error."""
+    if isinstance(error, (NotAScheduler, BadAddress)):
+        return str(error)
+    if isinstance(error, OSError):  # refused or timed out, retried until `timeout` (CommClosedError is one too)
+        return f"no Dask scheduler answered there: {error}"
+    # e.g. junk back (a MemoryError for a junk frame length, a msgpack error), or TLS without its configuration
+    return f"no Dask scheduler answered there ({type(error).__name__}: {str(error)[:160]})"
+
+
+def _close(client, timeout: float) -> None:
+    """Close a Client, however far it got; a failure to close is not worth more than the connect's own error."""
+    if client is None:
+        return
+    try:
+        client.close(timeout=timeout)
+    except Exception:  # noqa: BLE001, S110 - it may be half-built: nothing more to do
+        pass
 
 
 def devices(client) -> set[str]:
