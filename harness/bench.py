@@ -375,7 +375,8 @@ def sweep(cases: list[dict], out: str, *, resume: bool = False, timeout: float =
     if resume:
         skip = recorded(out, cases)[0]
         cases = [c for c in cases if case_key(c) not in skip]
-        overhead = tuple(pair for pair in overhead if pair not in overhead_recorded(out, overhead))
+        have = overhead_recorded(out, overhead)
+        overhead = tuple(pair for pair in overhead if pair not in have)
     floors: dict = {}
     from rich.progress import Progress
 

@@ -17,6 +17,7 @@ from adapters.spec import valid_mask
 from harness.axes import FRAMEWORKS
 from harness.compare import close
 from harness.families import embedding as fam
+from harness.families.base import doc_why
 from harness.tolerances import tolerance
 from tests.conftest import on_device, require, strategy_params
 
@@ -170,7 +171,7 @@ def test_native_verdicts(fw, ref, device):
         assert name in NATIVE_VERDICTS, f"{fw.name} native {name!r} has no expected verdicts in this test"
         assert verdicts == NATIVE_VERDICTS[name], f"{fw.name} native {name}: got {verdicts}, expected " \
                                                   f"{NATIVE_VERDICTS[name]}"
-        assert fam.first_line(fw.NATIVES["embedding"][name]), f"{fw.name} native {name} has no one-line why"
+        assert doc_why(fw.NATIVES["embedding"][name]), f"{fw.name} native {name} has no why"
 
 
 def test_recipe_verdicts(fw, ref, device):

@@ -158,11 +158,6 @@ def native_case():
     return tokens, table_for(nan_row=False), L, cotangents_for(L.size, 5)
 
 
-def first_line(fn) -> str:
-    """A native's `why`: its docstring's whole first paragraph, whitespace-normalised (`base.doc_why`)."""
-    return doc_why(fn)
-
-
 def native_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
     """Each native behaviour of the framework, judged against the reference on the same batch."""
     tokens, table, L, cot = native_case()
@@ -175,7 +170,7 @@ def native_records(fw, ref, device: str = "cpu") -> Iterator[dict]:
             ok, err = close(fw.to_numpy(a), e, tol)
             yield record(fw, device, kind="native", op=variant_op(got["op"], got["mode"]), name=name,
                          case="real_token_0_empty_row", side="right", dtype="float64", quantity=quantity,
-                         equivalent=ok, max_abs_err=err, why=first_line(fw.NATIVES["embedding"][name]),
+                         equivalent=ok, max_abs_err=err, why=doc_why(fw.NATIVES["embedding"][name]),
                          fix=use_strategy(fw, "embedding", device=device))
 
 
