@@ -18,6 +18,7 @@ from harness.report.render import Section, md_table, render
 from harness.report.tables import (
     bench_frame,
     bench_status,
+    check_frame,
     cut_off,
     equivalence_table,
     failures_table,
@@ -64,7 +65,7 @@ def problems_section(problems: list) -> Section:
 
 
 def check_summary_text(records: list[dict]) -> str:
-    check = frame(records, "check")
+    check = check_frame(records)
     if check.empty:
         return "no check records"
     lines = [md_table(equivalence_table(check))]
@@ -87,7 +88,7 @@ def build(records: list[dict], out: str | Path, *, title: str = "varlen comparis
     """Write the report; returns (index.html, whether it had anything measured or checked to show)."""
     out = Path(out)
     records = results.select(records, run=run)
-    check, df = frame(records, "check"), bench_frame(records)
+    check, df = check_frame(records), bench_frame(records)
     measured = not df.empty and (df["status"] == "ok").any()
     paired = frame(records, "paired")
     sections = [S.summary_section(check, df, paired), S.setup_section(records, df)]

@@ -22,6 +22,13 @@ def frame(records: list[dict], source: str) -> pd.DataFrame:
     return df.reindex(columns=list(dict.fromkeys([*cols, *df.columns])))
 
 
+def check_frame(records: list[dict]) -> pd.DataFrame:
+    """The check records (`frame`) with their "cut" column (`incomplete`) computed once, for every table that
+    asks."""
+    check = frame(records, "check")
+    return check.assign(cut=_incomplete(check))
+
+
 def bench_frame(records: list[dict]) -> pd.DataFrame:
     """The bench records; a measured one without a kernel (older or hand-written files) reads kernel "?", so no
     label built from it turns into NaN."""
@@ -104,6 +111,12 @@ def failures_table(check: pd.DataFrame) -> pd.DataFrame:
 
 
 def incomplete(check: pd.DataFrame) -> pd.Series:
+    """`_incomplete`, read from the "cut" column where `check_frame` computed it (a slice of that frame keeps it:
+    the markers it was computed from are all in the frame it came from)."""
+    return check["cut"].astype(bool) if "cut" in check.columns else _incomplete(check)
+
+
+def _incomplete(check: pd.DataFrame) -> pd.Series:
     """Per check record, True for a cell (op, strategy, recipe, native behaviour) whose run's worker recorded
     that it started on that framework and device but no "done" for the cell's family: it was cut off (Ctrl-C, a
     kill, a timeout, a crash) inside the family, so the cells it left are not the whole family's and none of them
