@@ -592,9 +592,9 @@ class Adapter(abc.ABC):
         """(AttnOut, {"q", "k", "v"}): the gradients of sum(outputs * cotangent), exactly 0 at padded steps and
         zero for the keyless queries' contribution; cotangent has q's shape (its padded entries are ignored)."""
         a = self._check_attention(q, k, v, q_lengths, kv_lengths, causal, side, scale, strategy, device)
-        if tuple(getattr(cotangent, "shape", ())) != tuple(q.shape):
-            raise ValueError(f"cotangent has shape {tuple(getattr(cotangent, 'shape', ()))}, expected q's shape "
-                             f"{tuple(q.shape)}")
+        got = _shape(cotangent)  # a nested list is taken, as by every vjp; None is a cotangent of shape ()
+        if got != tuple(q.shape):
+            raise ValueError(f"cotangent has shape {got}, expected q's shape {tuple(q.shape)}")
         self._check_float("attention cotangent", cotangent)
         return a.unit.vjp(self, q, k, v, a.q_lengths, a.kv_lengths, cotangent, causal, side, a.scale, device)
 
@@ -622,7 +622,8 @@ class Adapter(abc.ABC):
         if not isinstance(causal, (bool, np.bool_)):
             raise ValueError(f"causal must be a bool, got {causal!r}")
         for name, x in (("q", q), ("k", k), ("v", v)):
-            shape = tuple(getattr(x, "shape", ()))
+            _need_array(name, x, "of rank 4 [B, T, H, Dh]")
+            shape = tuple(x.shape)
             if len(shape) != 4:
                 raise ValueError(f"{name} must be rank 4 [B, T, H, Dh], got shape {shape}")
             self._check_float(f"attention {name}", x)
@@ -874,6 +875,13 @@ def check_targets_in_range(targets: np.ndarray, lengths: np.ndarray, side: str, 
         b, t = (int(i) for i in bad[0])
         raise ValueError(f"target {int(targets[b, t])} at (row {b}, step {t}) is outside [0, {classes}) "
                          f"(C={classes} classes)")
+
+
+def _need_array(name: str, x: Any, what: str) -> None:
+    """Attention's q, k and v are arrays only (NumPy's or the framework's), as the frameworks' attention functions
+    take them: a nested list (or None) is refused by its type, not read as a shape ()."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise ValueError(f"{name} must be an array {what} (NumPy's or the framework's), got {type(x).__name__}")
 
 
 def _shape(x: Any) -> tuple:

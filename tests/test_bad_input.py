@@ -118,6 +118,18 @@ def ops(a):
                                                          np.zeros((2, 4, 1, 3)), L),
                                      "attention needs at least one query head and one key/value head, got Hq=0, "
                                      "Hkv=1"),
+        "attention_q_nested_list": (lambda: a.attention(np.zeros((2, 4, 1, 3)).tolist(), np.zeros((2, 4, 1, 3)),
+                                                        np.zeros((2, 4, 1, 3)), L),
+                                    "q must be an array of rank 4 [B, T, H, Dh] (NumPy's or the framework's), "
+                                    "got list"),
+        "attention_v_none": (lambda: a.attention(np.zeros((2, 4, 1, 3)), np.zeros((2, 4, 1, 3)), None, L),
+                             "v must be an array of rank 4 [B, T, H, Dh] (NumPy's or the framework's), got NoneType"),
+        "attention_vjp_no_cotangent": (lambda: a.attention_vjp(*[np.zeros((2, 4, 1, 3), "float32")] * 3, L, None,
+                                                               None),
+                                       "cotangent has shape (), expected q's shape (2, 4, 1, 3)"),
+        "attention_vjp_list_cotangent_shape": (lambda: a.attention_vjp(*[np.zeros((2, 4, 1, 3), "float32")] * 3, L,
+                                                                       None, np.zeros((2, 4, 3)).tolist()),
+                                               "cotangent has shape (2, 4, 3), expected q's shape (2, 4, 1, 3)"),
         "asarray_unknown_device": (lambda: a.asarray(X, device="tpu"),
                                    "unknown device 'tpu'; expected one of ['cpu', 'gpu']"),
         "pad_overflow_float32": (lambda: a.pad([np.zeros(2, "float32"), np.zeros(3, "float32")], value=1e40),
@@ -282,3 +294,18 @@ def test_bfloat16_rnn_strategies_run_or_refuse(any_adapter, cell):
         else:
             with pytest.raises(Unsupported, match=f"{a.name} strategy '{strategy}' does not support"):
                 a.rnn(spec, init_params(spec), x, np.array([3, 1]), strategy=strategy)
+
+
+def test_attention_cotangent_as_nested_list_works_like_an_array(any_adapter):
+    """attention_vjp takes its cotangent as a nested list, as rnn_vjp and embed_vjp do (its shape check read
+    `.shape` and called every list one of shape ())."""
+    a = any_adapter
+    rng = np.random.default_rng(3)
+    q, k = (rng.standard_normal((2, 4, 2, 3)).astype("float32") for _ in range(2))
+    cot = rng.standard_normal((2, 4, 2, 3))
+    L = np.array([3, 1])
+    want = a.attention_vjp(q, k, k, L, None, cot)[1]
+    got = a.attention_vjp(q, k, k, L, None, cot.tolist())[1]
+    for name in ("q", "k", "v"):
+        assert np.array_equal(a.to_numpy(got[name]), a.to_numpy(want[name])), f"{a.name}: grad {name} differs"
+    assert np.any(a.to_numpy(want["q"]) != 0), "the cotangent reached no gradient: the comparison proves nothing"
