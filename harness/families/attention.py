@@ -170,6 +170,10 @@ NATIVE_FIXES = {
 #: they never make the native wrong; the native is judged on the rows it is about (valid rows with a key, keyless
 #: rows) and on the gradients. The contract's exact strategies still give 0 there (that is checked on them).
 INFO_QUANTITIES = ("padded_rows",)
+#: what records written before 2026-12-06 called "padded_rows": quantity "outputs_padded", with no `judged` field and
+#: `equivalent` False wherever padded rows held anything but 0; the report reads them as information, as the
+#: current records are (`harness.report.tables.judged_rows`)
+LEGACY_INFO_QUANTITIES = ("outputs_padded",)
 
 
 def _classify(rows: np.ndarray, v_mean: np.ndarray) -> str:

@@ -107,8 +107,8 @@ def build(records: list[dict], out: str | Path, *, title: str = "varlen comparis
         if extra is not None:
             sections += extra(check, df, out)
     if measured:
-        sections += [S.throughput_section(df, out), S.memory_section(df, out), S.compile_section(df, out),
-                     S.floor_section(df, records, out), S.overhead_section(records)]
+        sections += [S.throughput_section(df, out, check), S.memory_section(df, out, check),
+                     S.compile_section(df, out), S.floor_section(df, records, out, check), S.overhead_section(records)]
     if not df.empty:
         sections.append(S.failed_section(df))
     sections.append(S.asv_section(out, asv_html))

@@ -12,11 +12,15 @@ from harness.report.render import Section
 from harness.report.tables import (
     CONFIG,
     FLOOR_RATES,
+    check_frame,
     compile_aware_table,
+    config_text,
     cut_off,
+    device_names,
     error_head,
     frame,
     headline,
+    ideal_fraction,
     incomplete,
     judged_rows,
     kernel_names,
@@ -27,6 +31,9 @@ from harness.report.tables import (
     recommendation_table,
     setup_floor_rows,
     shape_label,
+    status_mark,
+    strategy_table,
+    varying_config,
     where_labels,
     with_shape,
 )
@@ -35,13 +42,20 @@ from harness.speedups import RUNOFF
 
 def setup_section(records: list[dict], bench: pd.DataFrame) -> Section:
     s = Section("Setup")
-    df = pd.DataFrame(records).reindex(columns=["host", "cpu", "cores", "python", "platform", "commit",
-                                                "framework", "version", "source"])
+    df = pd.DataFrame(records).reindex(columns=["host", "cpu", "cores", "python", "platform", "commit", "device",
+                                                "device_name", "framework", "version", "source"])
     if df.empty:
         return s.p("No records.")
-    cols = [c for c in ("host", "cpu", "cores", "python", "platform", "commit") if c in df.columns]
-    s.p("Machines and commits the results come from:")
-    s.table(df[cols].dropna(subset=["host"]).drop_duplicates().reset_index(drop=True))
+    named = df["device_name"].notna().any()  # records before the field name no device model
+    cols = ["host", "cpu", "cores", "python", "platform", "commit", *(["device", "device_name"] if named else [])]
+    s.p("Machines and commits the results come from" + (" (the device's model where the records name it)"
+                                                         if named else "") + ":")
+    machines = df[cols].dropna(subset=["host"])
+    if named:  # a record without a device name beside one with it on the same device adds no row of its own
+        machines = machines[machines["device_name"].notna() | machines["device"].isna()
+                            | ~machines["device"].isin(set(machines.dropna(subset=["device_name"])["device"]))]
+        machines = machines.rename(columns={"device_name": "device name"})
+    s.table(machines.drop_duplicates().astype(object).fillna("-").reset_index(drop=True))
     if "version" in df.columns:
         fw = df.dropna(subset=["framework", "version"])
         t = fw[["framework", "version"]].drop_duplicates().sort_values(["framework", "version"])
@@ -81,6 +95,7 @@ def paired_section(records: list[dict]) -> Section:
     padding to skip. `records` as `build` selected them (`results.select`: the latest record of each pair)."""
     s = Section("Speedups timed side by side")
     pr = frame(records, "paired")
+    check = check_frame(records)
     if pr.empty:
         return s.p("Not measured (`varlen bench` times each speedup it prints again side by side, unless "
                    "--no-side-by-side).")
@@ -94,17 +109,22 @@ def paired_section(records: list[dict]) -> Section:
         "baseline the same way, and the highest ratio is the one the recommendation shows: one row per strategy "
         "timed. 'x side by side' = the median of the per-round ratios (each round's baseline time over its "
         "strategy time: drift common to both cancels; records before 2026-12-05 hold baseline median / strategy "
-        "median); 'rounds p25-p75' = their quartiles; 'ideal x' = padded work / valid work.")
+        "median); 'rounds p25-p75' = their quartiles; 'ideal x' = padded work / valid work; 'fraction of ideal' = "
+        "the ideal time (the baseline's time x the valid share) over the strategy's, here from the side-by-side "
+        "ratio ('x side by side' / 'ideal x'), the definition every table of this report uses where a pair was timed "
+        "side by side. " + MARKS)
     speed = pr[pr["profile"] != "equal"]
     if not speed.empty:
         t = pd.DataFrame({
             **_pair_case(speed), "profile": speed["profile"],
             "padding": speed["padding_fraction"].astype(float).round(2),
-            "strategy [kernel]": _labelled(speed, ""), "baseline [kernel]": _labelled(speed, "base_"),
+            "strategy [kernel]": _labelled(speed, "", check), "baseline [kernel]": _labelled(speed, "base_", check),
             "baseline ms": (speed["base_median_s"] * 1e3).round(2), "strategy ms": (speed["median_s"] * 1e3).round(2),
             "x side by side": speed["ratio"].round(2),
             "rounds p25-p75": speed["ratio_p25"].map("{:.2f}".format) + "-" + speed["ratio_p75"].map("{:.2f}".format),
             "ideal x": (1 / speed["ideal_share"].astype(float)).round(2),
+            "fraction of ideal": [round(ideal_fraction(np.nan, x, share), 2)
+                                  for x, share in zip(speed["ratio"], speed["ideal_share"], strict=True)],
         })
         s.table(t.sort_values([c for c in ("host", "device", "op", "framework", "profile") if c in t]))
     equal = pr[pr["profile"] == "equal"]
@@ -117,8 +137,8 @@ def paired_section(records: list[dict]) -> Section:
             "strategy / baseline times (above 1.05: it costs more than 5% on unpadded batches; below 1: faster than "
             "the sweep's pick); its rounds p25-p75 likewise.")
         t = pd.DataFrame({
-            **_pair_case(equal), "strategy [kernel]": _labelled(equal, ""),
-            "fastest [kernel]": _labelled(equal, "base_"),
+            **_pair_case(equal), "strategy [kernel]": _labelled(equal, "", check),
+            "fastest [kernel]": _labelled(equal, "base_", check),
             "fastest ms": (equal["base_median_s"] * 1e3).round(2), "strategy ms": (equal["median_s"] * 1e3).round(2),
             "time / fastest": (1 / equal["ratio"]).round(3),
             "rounds p25-p75": (1 / equal["ratio_p75"]).map("{:.3f}".format) + "-"
@@ -137,9 +157,11 @@ def _pair_case(d: pd.DataFrame) -> dict:
             "T": d["max_len"]}
 
 
-def _labelled(d: pd.DataFrame, prefix: str) -> pd.Series:
-    """'strategy [kernel]' of a paired record's strategy (prefix "") or its baseline (prefix "base_")."""
-    return d[prefix + "strategy"] + " [" + d[prefix + "kernel"] + "]"
+def _labelled(d: pd.DataFrame, prefix: str, check: pd.DataFrame | None = None) -> pd.Series:
+    """'strategy [kernel]' of a paired record's strategy (prefix "") or its baseline (prefix "base_"), marked where
+    it is not proven exact on the record's device (`status_mark`)."""
+    return (d[prefix + "strategy"] + " [" + d[prefix + "kernel"] + "]"
+            + status_mark(d, check, strategy=prefix + "strategy"))
 
 
 def failed_section(df: pd.DataFrame) -> Section:
@@ -155,7 +177,10 @@ def failed_section(df: pd.DataFrame) -> Section:
                    .assign(ok=False), fail_col="ok")
 
 
-def throughput_section(df: pd.DataFrame, out: Path) -> Section:
+def throughput_section(df: pd.DataFrame, out: Path, check: pd.DataFrame | None = None) -> Section:
+    """Throughput against padding (each op's headline B and T) and against batch size, one line per strategy and
+    configuration (`varying_config`: cell, hidden size, host, ... where they vary: their values in the legend);
+    strategies not proven exact on the device are marked (`status_mark`, from `check`)."""
     s = Section("Throughput vs length skew and batch size")
     done = ok(df)
     for device, d in done.groupby("device"):
@@ -165,49 +190,91 @@ def throughput_section(df: pd.DataFrame, out: Path) -> Section:
             fig, axes = grid_fig(len(ops))
             for ax, op in zip(axes, ops):
                 at_op = head[head["op"] == op]
-                for label, g in at_op.groupby(labelled(at_op, ["impl"])):
+                cfg = varying_config(at_op) + _names_vary(at_op)
+                for label, g in at_op.groupby(_legend(at_op, cfg, check)):
                     errbar(ax, g, "padding_fraction", label)
-                _ideal_lines(ax, at_op)
+                _ideal_lines(ax, at_op, cfg, check)
                 at = at_op.iloc[0]
-                ax.set(title=f"{OP_TITLES[op]} ({device}, {shape_label(at['batch'], at['max_len'])})",
+                ax.set(title=f"{OP_TITLES[op]} ({_device(at_op, device)}, {shape_label(at['batch'], at['max_len'])})",
                        xlabel="padding fraction (share of padded steps)", ylabel="valid tokens / s", yscale="log")
                 legend_right(ax)
             s.figure(save(fig, out, f"throughput_skew_{device}.png"),
                      f"Valid tokens per second vs padding fraction ({device}); each point is one length profile "
-                     "(equal has 0 padding; zipf the most); error bars span the quartiles of the repeats. Dashed: "
-                     "each framework's ideal, its fastest time on the fully padded batch scaled by the valid share "
-                     "of the work (linear ops: valid/padded tokens; attention: sum L^2 / B T^2).")
+                     "(equal has 0 padding; zipf the most); error bars span the quartiles of the repeats; one line "
+                     "per strategy and model configuration (the legend names the configuration where it varies). "
+                     "Dashed: each framework's ideal per configuration, its fastest exact time on the fully padded "
+                     "batch scaled by the valid share of the work (linear ops: valid/padded tokens; attention: sum "
+                     "L^2 / B T^2); a line drawn from a baseline not proven exact on this device says so. "
+                     + MARKS)
         by_batch = d[d.groupby(["op", "max_len", "profile"])["batch"].transform("nunique") > 1]
         if not by_batch.empty:
             ops = [op for op in OP_TITLES if op in set(by_batch["op"])]
             fig, axes = grid_fig(len(ops))
             for ax, op in zip(axes, ops):
                 g_op = by_batch[by_batch["op"] == op]
-                for label, g in g_op.groupby(labelled(g_op, ["impl"])):
+                cfg = varying_config(g_op) + _names_vary(g_op) + [c for c in ("profile", "max_len")
+                                                                 if g_op[c].nunique() > 1]
+                for label, g in g_op.groupby(_legend(g_op, cfg, check)):
                     errbar(ax, g, "batch", label)
                 prof, T = g_op["profile"].iloc[0], g_op["max_len"].iloc[0]
-                ax.set(title=f"{OP_TITLES[op]} ({device}, {prof}, T={T})", xlabel="batch size (sequences)",
-                       ylabel="valid tokens / s", yscale="log")
+                where = ", ".join([*([prof] if "profile" not in cfg else []), *([f"T={T}"] if "max_len" not in cfg
+                                                                               else [])])
+                ax.set(title=f"{OP_TITLES[op]} ({_device(g_op, device)}{', ' + where if where else ''})",
+                       xlabel="batch size (sequences)", ylabel="valid tokens / s", yscale="log")
                 plain_log_x(ax, g_op["batch"])
                 legend_right(ax)
             s.figure(save(fig, out, f"throughput_batch_{device}.png"),
-                     f"Valid tokens per second vs batch size ({device}); error bars span the quartiles.")
+                     f"Valid tokens per second vs batch size ({device}); error bars span the quartiles; one line per "
+                     "strategy and configuration. " + MARKS)
     return s
 
 
-def _ideal_lines(ax, g: pd.DataFrame) -> None:
-    """The ideal throughput per framework: padded-baseline time x ideal_share, at each measured profile."""
-    for fw, f in g.groupby("framework"):
-        base = f.loc[f["profile"] == "equal", "median_s"]
-        if base.empty or f["ideal_share"].isna().all():
+def _device(d: pd.DataFrame, device: str) -> str:
+    """A figure title's device: "gpu: NVIDIA H100 80GB HBM3" where the records name its model, else "gpu"."""
+    names = device_names(d)
+    return f"{device}: {names}" if names else device
+
+
+def _names_vary(d: pd.DataFrame) -> list[str]:
+    """["device_name"] where d's records name more than one device model (each line then names its own)."""
+    return ["device_name"] if "device_name" in d and d["device_name"].nunique() > 1 else []
+
+
+#: what a figure's caption says of the marks `_legend` puts after a strategy
+MARKS = ("A strategy not proven exact on this device is marked '(unchecked)' (never checked there), '(incomplete)' "
+         "(its check was cut off) or '(WRONG)' (a cell failed).")
+
+
+def _legend(df: pd.DataFrame, cfg: list[str], check: pd.DataFrame | None) -> pd.Series:
+    """Each row's legend entry: "framework:strategy [kernels]" per strategy and configuration `cfg`, the values of
+    `cfg` (" (cell gru)") and the strategy's mark where it is not proven exact on the device (`status_mark`)."""
+    return labelled(df, ["impl", *cfg]) + config_text(df, cfg) + status_mark(df, check)
+
+
+def _ideal_lines(ax, g: pd.DataFrame, cfg: list[str], check: pd.DataFrame | None) -> None:
+    """The ideal throughput per framework and configuration `cfg`: its padded baseline's time (its fastest exact
+    strategy on equal lengths, as the recommendation's) x ideal_share, at each measured profile; where no strategy
+    on equal lengths is proven exact on the device, from the fastest one, and the legend says so."""
+    marks = status_mark(g, check)
+    for key, f in g.groupby(["framework", *cfg], dropna=False):
+        fw = key[0] if isinstance(key, tuple) else key
+        equal = f[f["profile"] == "equal"]
+        if equal.empty or f["ideal_share"].isna().all():
             continue
+        exact = equal[marks.loc[equal.index] == ""]
+        base = (exact if len(exact) else equal).loc[lambda e: e["median_s"] == e["median_s"].min()].iloc[0]
+        note = "" if len(exact) else f"; its baseline {base['strategy']} is not proven exact{marks.loc[base.name]}"
         pts = f.groupby("profile").agg(x=("padding_fraction", "first"), share=("ideal_share", "first"),
                                        valid=("valid_tokens", "first")).sort_values("x")
-        ax.plot(pts["x"], pts["valid"] / (base.min() * pts["share"]), linestyle="--", linewidth=1,
-                label=f"ideal ({fw})")
+        conf = config_text(f.iloc[:1], cfg).iloc[0]
+        ax.plot(pts["x"], pts["valid"] / (base["median_s"] * pts["share"]), linestyle="--", linewidth=1,
+                label=f"ideal ({fw}{', ' + conf.strip()[1:-1] if conf else ''}{note})")
 
 
-def memory_section(df: pd.DataFrame, out: Path) -> Section:
+def memory_section(df: pd.DataFrame, out: Path, check: pd.DataFrame | None = None) -> Section:
+    """Peak memory: how it was measured, the cases that fault their memory in afresh, RNN peaks against batch size
+    and length, and a table of each strategy's own peak per op (never a median over strategies or
+    configurations); strategies not proven exact on the device are marked (`status_mark`)."""
     s = Section("Memory")
     done = ok(df).dropna(subset=["peak_bytes"])
     s.p("Peak bytes of one call above what the inputs already hold: on CPU the process's peak RSS above its RSS "
@@ -228,14 +295,17 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
     panels = [("batch", "max_len"), ("max_len", "batch")]
     fig, axes = grid_fig(2)
     drawn = False
+    cfg = varying_config(rnn)
     for ax, (x, fixed) in zip(axes, panels):
-        for (impl, device), g in rnn.groupby(["impl", "device"]):
+        for _, g in rnn.groupby(["impl", "device", *cfg], dropna=False):
             g = g[g["profile"] == "lognormal"]
             g = g[g[fixed] == g[fixed].mode().iloc[0]] if len(g) else g
             if g[x].nunique() > 1:
                 g = g.sort_values(x)
+                first = g.iloc[:1]
                 ax.plot(g[x], g["peak_bytes"] / 2**20, marker="o",
-                        label=f"{impl} [{kernel_names(g['kernel'])}] ({device})")
+                        label=f"{first['impl'].iloc[0]} [{kernel_names(g['kernel'])}] ({first['device'].iloc[0]})"
+                        + config_text(first, cfg).iloc[0] + status_mark(first, check).iloc[0])
                 drawn = True
         ax.set(title=f"RNN fwd+bwd peak memory vs {x.replace('_', ' ')} (lognormal)",
                xlabel="batch size (sequences)" if x == "batch" else "max length T (steps)",
@@ -252,16 +322,27 @@ def memory_section(df: pd.DataFrame, out: Path) -> Section:
     head = headline(done)  # the point of every profile first: the batch and length sweeps are lognormal only
     head = with_shape(head[head["profile"] == profile])
     s.p(f"Peak MiB per op at each op's most frequent batch size and length on each device ('shape'), {profile} "
-        "lengths:")
+        "lengths: each strategy's own peak, one row per strategy and configuration (where one varies), its kernels "
+        "over the ops of the row; '-' where it did not run that op. " + MARKS)
     is_rnn = head["op"].str.startswith("rnn")
-    for part, index in ((head[~is_rnn], ["device", "shape", "framework"]),
-                        (head[is_rnn], ["device", "shape", "impl", "kernel"])):
-        if part.empty:
-            continue
-        t = part.pivot_table(index=index, columns="op", values="peak_bytes", aggfunc="median").div(2**20).round(2)
-        t.columns = [f"{OP_TITLES.get(c, c)} (MiB)" for c in t.columns]
-        s.table(t.reset_index())
+    for part in (head[~is_rnn], head[is_rnn]):
+        if not part.empty:
+            s.table(_peaks(part, check))
     return s
+
+
+def _peaks(part: pd.DataFrame, check: pd.DataFrame | None) -> pd.DataFrame:
+    """device x shape x configuration x strategy rows, one column of peak MiB per op: each strategy's own figure
+    (a case has one record per host and configuration: 'max' only ever meets one value)."""
+    cfg = varying_config(part)
+    keys = ["device", "shape", *cfg, "strategy [kernels]"]
+    part = part.assign(**{"strategy [kernels]": labelled(part, ["device", "shape", *cfg, "impl"])
+                          + status_mark(part, check)})
+    part = part.assign(**{c: part[c].astype(object).where(part[c].notna(), "-") for c in cfg})
+    t = part.pivot_table(index=keys, columns="op", values="peak_bytes", aggfunc="max").div(2**20).round(2)
+    t = t[[op for op in OP_TITLES if op in t.columns]]
+    t.columns = [f"{OP_TITLES.get(c, c)} (MiB)" for c in t.columns]
+    return t.reset_index()
 
 
 #: MiB faulted in per timed call from which a case is listed: its time includes faulting that memory in
@@ -301,15 +382,18 @@ def compile_section(df: pd.DataFrame, out: Path) -> Section:
     rnn = ok(df)[ok(df)["op"].isin(strategy_ops())].dropna(subset=["compile_s"])
     if rnn.empty:
         return s.p("No compile times (no strategy benchmarks, or every shape was compiled by an earlier case).")
-    t = rnn.groupby(["device", "op", "impl"]).agg(kernel=("kernel", kernel_names),
-                                                  compile_s=("compile_s", "median")).reset_index()
+    t = shape_compiles(rnn)
     s.p("First call minus a warm call, for the case's shape (jax.jit / tf.function trace and compile; eager "
-        "strategies show ~0). No timed region includes a compile (checked in every one).")
-    panels = [(OP_TITLES[op], g["impl"] + " [" + g["kernel"] + "] (" + g["device"] + ")", g["compile_s"])
+        "strategies show ~0). No timed region includes a compile (checked in every one). Each row is one shape "
+        "(B, T and model configuration) of a strategy: the compile its first case paid, the largest over the length "
+        "profiles, since later profiles of the same shape reuse what it compiled (they record ~0 or nothing).")
+    cfg = [c for c in t.columns if c in CONFIG]
+    labels = (t["impl"] + " [" + t["kernel"] + "] (" + t["device"] + ", " + t["shape"] + ")" + config_text(t, cfg))
+    panels = [(OP_TITLES[op], labels[g.index], g["compile s (max over profiles)"])
               for op, g in t.sort_values(["op", "impl", "device"], ascending=False).groupby("op", sort=False)]
-    fig = barh_panels(panels, "compile seconds (median over cases)")
-    s.figure(save(fig, out, "compile.png"), "Compile (trace) seconds per framework and strategy.")
-    s.table(t.round(3))
+    fig = barh_panels(panels, "compile seconds (the shape's first compile)")
+    s.figure(save(fig, out, "compile.png"), "Compile (trace) seconds per framework, strategy and shape.")
+    s.table(t.assign(**{c: t[c].astype(object).where(t[c].notna(), "-") for c in cfg}).round(3))
     stream = ok(df)[ok(df)["op"].isin(strategy_ops())].dropna(subset=["stream_batches"])
     if stream.empty:
         return s
@@ -337,7 +421,23 @@ def compile_section(df: pd.DataFrame, out: Path) -> Section:
                f"({', '.join(sorted(set(t.loc[t['new compiles'] == 0, 'impl'])))}).")
 
 
-def floor_section(df: pd.DataFrame, records: list[dict], out: Path) -> Section:
+def shape_compiles(d: pd.DataFrame) -> pd.DataFrame:
+    """device x op x strategy x shape (B, T and the configuration fields that vary, `varying_config`): the compile
+    of the shape, the largest `compile_s` over its profiles (the first case of a shape compiles it, the others of
+    the same worker find it compiled: a median would read ~0), with the kernels that ran."""
+    cfg = varying_config(d)
+    keys = ["device", "op", "impl", "batch", "max_len", *cfg]
+    t = d.groupby(keys, dropna=False).agg(kernel=("kernel", kernel_names), compile_s=("compile_s", "max"),
+                                          profiles=("profile", "nunique")).reset_index()
+    t.insert(3, "shape", [shape_label(b, m) for b, m in zip(t["batch"], t["max_len"], strict=True)])
+    return t.drop(columns=["batch", "max_len"]).rename(columns={"compile_s": "compile s (max over profiles)",
+                                                          "profiles": "profiles timed"})
+
+
+def floor_section(df: pd.DataFrame, records: list[dict], out: Path, check: pd.DataFrame | None = None) -> Section:
+    """Each framework's best strategy per op, device and configuration (`varying_config`: never one configuration's
+    strategy standing for another's) against the machine's floor; strategies not proven exact on the device are
+    marked (`status_mark`)."""
     s = Section("Fraction of the machine's floor")
     floors = machine_floors(records)
     done = ok(df)
@@ -345,10 +445,13 @@ def floor_section(df: pd.DataFrame, records: list[dict], out: Path) -> Section:
     if done.empty:
         return s.p("No floors measured.")
     head = headline(done)
-    best = (head.sort_values("median_s").groupby(["device", "op", "framework", "profile"]).head(1)
-            .groupby(["device", "op", "framework"]).apply(lambda g: g.loc[g["fraction_of_floor"].idxmax()],
-                                                          include_groups=False).reset_index())
-    best = best[["device", "op", "framework", "strategy", "profile", "fraction_of_floor", "floor", "kernel"]]
+    cfg = varying_config(head)
+    fastest = head.sort_values("median_s").groupby(["device", "op", *cfg, "framework", "profile"], dropna=False).head(1)
+    best = fastest.loc[fastest.groupby(["device", "op", *cfg, "framework"], dropna=False)["fraction_of_floor"].idxmax()]
+    best = best.sort_values(["device", "op", *cfg, "framework"])
+    best = best.assign(strategy=best["strategy"] + status_mark(best, check), conf=config_text(best, cfg))
+    best = best[["device", "op", *cfg, "framework", "strategy", "profile", "fraction_of_floor", "floor", "kernel",
+                 "conf"]].reset_index(drop=True)
     s.p("Floor time = ideal bytes / measured copy bandwidth (memory-bound ops) or matrix-product FLOPs on valid "
         "tokens / measured float32 GEMM rate (RNNs, attention); fraction = floor time / measured time, for the "
         "best strategy of each framework (its best profile). Each worker measures the floors with its own "
@@ -359,15 +462,18 @@ def floor_section(df: pd.DataFrame, records: list[dict], out: Path) -> Section:
     if not used.empty:
         s.table(pd.DataFrame({
             "machine": used["host"].astype(str) + " (" + used["cpu"].astype(str) + ", "
-            + used["cores"].map(lambda c: "?" if pd.isna(c) else str(int(c))) + " cores)", "device": used["device"],
+            + used["cores"].map(lambda c: "?" if pd.isna(c) else str(int(c))) + " cores)",
+            "device": used["device"] + used["device_name"].map(lambda n: "" if pd.isna(n) or not n else f": {n}"),
             "copy GB/s": (used["copy_bytes_per_s"] / 1e9).round(1), "copy measured with": used["copy_by"],
             "GEMM GFLOP/s": (used["gemm_flop_per_s"] / 1e9).round(0), "GEMM measured with": used["gemm_by"]}))
-    labels = (best["op"].map(OP_TITLES) + " / " + best["framework"] + ":" + best["strategy"] + " [" + best["kernel"]
-              + "] (" + best["device"] + ")")
-    fig = barh_panels([("Best strategy per framework and op", labels, best["fraction_of_floor"])],
+    labels = (best["op"].map(OP_TITLES) + best["conf"] + " / " + best["framework"] + ":" + best["strategy"] + " ["
+              + best["kernel"] + "] (" + best["device"] + ")")
+    fig = barh_panels([("Best strategy per framework, op and configuration", labels, best["fraction_of_floor"])],
                       "fraction of floor (log)", log=True)
-    s.figure(save(fig, out, "floor.png"), "Fraction of the copy-bandwidth / GEMM floor reached.")
-    return s.table(best.round(4))
+    s.figure(save(fig, out, "floor.png"), "Fraction of the copy-bandwidth / GEMM floor reached, per framework, op and "
+             "model configuration (named where it varies). " + MARKS)
+    best = best.drop(columns="conf").astype({c: object for c in cfg})
+    return s.table(best.fillna({c: "-" for c in cfg}).round(4))
 
 
 def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFrame | None = None) -> Section:
@@ -387,17 +493,27 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.Dat
         "equal lengths, timed side by side (1 where it is the baseline's own strategy; missing where not timed): what "
         "it costs where there is no padding; 'ideal x' = the speedup a strategy that skipped all padded work would "
         "get (padded work / valid work: valid / padded tokens, for attention sum L^2 / B T^2), and 'fraction of "
-        "ideal' = the ideal time over this time; above 1 the strategy also does its valid work faster than the "
-        "baseline's kernel does, or the baseline paid something the strategy does not (JAX's padded baselines faulted "
-        "their buffers in on every call until its workers ran glibc with one malloc arena: records from before read "
-        "JAX's concat_rows at 1.02-1.32 of the ideal, 0.94-0.95 since). For torch RNNs the baseline is one fused "
-        "padded call (oneDNN on CPU, cuDNN on GPU: 'time_sliced' on equal lengths runs exactly that call, kernel "
-        "'sliced[1]x ...'), so on a GPU, where an RNN step is latency-bound, it is also the practical floor: the time "
-        "of the inexact padded cuDNN call a user gives up for correctness. For embeddings and losses it is the plain "
-        "lookup and the loss primitive on the logits as they are (a batch without padding needs no mask, so every "
-        "strategy of those families runs that). Frameworks benchmarked but never checked are listed as unchecked and "
-        "never recommended.")
+        "ideal' = the ideal time (the padded baseline's time x the valid share) over this time, i.e. the speedup x "
+        "the valid share, from 'x side by side' where the pair was timed side by side, else from 'x vs padded "
+        "baseline' (the same definition in every table of this report); above 1 the strategy also does its valid work "
+        "faster than the baseline's kernel does, or the baseline paid something the strategy does not (JAX's padded "
+        "baselines faulted their buffers in on every call until its workers ran glibc with one malloc arena: records "
+        "from before read JAX's concat_rows at 1.02-1.32 of the ideal, 0.94-0.95 since). For torch RNNs the baseline "
+        "is one fused padded call (oneDNN on CPU, cuDNN on GPU: 'time_sliced' on equal lengths runs exactly that "
+        "call, kernel 'sliced[1]x ...'), so on a GPU, where an RNN step is latency-bound, it is also the practical "
+        "floor: the time of the inexact padded cuDNN call a user gives up for correctness. For embeddings and losses "
+        "it is the plain lookup and the loss primitive on the logits as they are (a batch without padding needs no "
+        "mask, so every strategy of those families runs that). Frameworks benchmarked but never checked are listed as "
+        "unchecked and never recommended.")
     s.table(t)
+    every = strategy_table(df, check, paired)
+    if not every.empty:
+        s.p("Every strategy of every case, exact or not: its time ('ms', the sweep's median), its speedup over its "
+            "framework's padded baseline (the same baseline as above) timed side by side where that pair was, else "
+            "from the sweep ('timed' says which), and its fraction of the ideal from that speedup (speedup x the "
+            "valid share, as above). A framework with no exact strategy on equal lengths at that shape has no padded "
+            "baseline ('-'). " + MARKS)
+        s.table(every)
     ca = compile_aware_table(df, check, paired)
     if not ca.empty:
         s.p("Counting compile cost: the fastest exact strategy for a given number of calls, each on a new batch of "
@@ -560,7 +676,8 @@ def _other_ops(rec: pd.DataFrame) -> pd.DataFrame:
         for _, r in g.sort_values("framework").iterrows():
             paired = pd.notna(r["x side by side"])
             x = r["x side by side"] if paired else r["x vs padded baseline"]
-            ideal = (f" ({x / r['ideal x']:.2f} of the ideal {r['ideal x']:.1f}x)" if pd.notna(r["ideal x"]) else "")
+            ideal = (f" ({r['fraction of ideal']:.2f} of the ideal {r['ideal x']:.1f}x)"
+                     if pd.notna(r["ideal x"]) and pd.notna(r["fraction of ideal"]) else "")
             row[r["framework"]] = (f"{r['fastest exact strategy']} [{r['kernel']}] {x:.2f}x"
                                    f"{' side by side' if paired else ''}{ideal}"
                                    f"{_fresh(r)}")

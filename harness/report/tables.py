@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from harness.families import OP_TITLES, check_family, family_of, recommended_ops
+from harness.families import FAMILIES, OP_TITLES, check_family, family_of, recommended_ops, strategy_ops
 from harness.records import COMMON_OPTIONAL, COMMON_REQUIRED, SOURCES
 from harness.report.render import fmt
 from harness.speedups import SHAPE, baseline, compiled_shapes, contenders, runoff
@@ -24,9 +24,29 @@ def frame(records: list[dict], source: str) -> pd.DataFrame:
 
 def check_frame(records: list[dict]) -> pd.DataFrame:
     """The check records (`frame`) with their "cut" column (`incomplete`) computed once, for every table that
-    asks."""
+    asks; legacy information-only records (`legacy_info`) read as the current writers record that quantity:
+    `judged` False and `equivalent` True (what it holds stays in `max_abs_err` and `detail`), so no table that
+    reads `equivalent` alone (a family's own section) shows them as failures."""
     check = frame(records, "check")
+    legacy = legacy_info(check)
+    if legacy.any():
+        check = check.astype({"judged": object, "equivalent": object})
+        check.loc[legacy, "judged"] = False
+        check.loc[legacy, "equivalent"] = True
     return check.assign(cut=_incomplete(check))
+
+
+def legacy_info(check: pd.DataFrame) -> pd.Series:
+    """Per check record, True for an information-only quantity written before records carried `judged` (a
+    family's LEGACY_INFO_QUANTITIES, e.g. attention's "outputs_padded", now "padded_rows"): no `judged` field, and
+    `equivalent` False wherever padded rows held anything but 0."""
+    pairs = {(op, q) for m in FAMILIES.values() for op in getattr(m, "CHECK_OPS", (m.NAME,))
+             for q in getattr(m, "LEGACY_INFO_QUANTITIES", ())}
+    if check.empty or not pairs:
+        return pd.Series(False, index=check.index, dtype=bool)
+    named = pd.Series([(o, q) in pairs for o, q in zip(frame_col(check, "op"), frame_col(check, "quantity"),
+                                                          strict=True)], index=check.index, dtype=bool)
+    return named & frame_col(check, "judged").isna()
 
 
 def bench_frame(records: list[dict]) -> pd.DataFrame:
@@ -177,10 +197,32 @@ def _key(r: pd.Series, fields) -> tuple:
     return tuple(None if pd.isna(v) else v for v in (r.get(f) for f in fields))
 
 
-def _varying(df: pd.DataFrame) -> list[str]:
+def varying_config(df: pd.DataFrame) -> list[str]:
     """The `CONFIG` fields with more than one value within some op of df: the columns a table needs to tell its rows
     apart (an RNN's cell beside a loss's missing one is no variation)."""
     return [c for c in CONFIG if c in df.columns and not df.empty and (df.groupby("op")[c].nunique() > 1).any()]
+
+
+def config_text(df: pd.DataFrame, cols: list[str]) -> pd.Series:
+    """Each row's values of configuration columns `cols` as " (cell gru, hidden 256)" for a label; missing values
+    (a loss has no cell) left out, "" where nothing is left."""
+    def one(r) -> str:
+        parts = [f"{c} {r[c]:g}" if isinstance(r[c], float) else f"{c} {r[c]}" for c in cols if not pd.isna(r[c])]
+        return f" ({', '.join(parts)})" if parts else ""
+
+    return pd.Series([one(r) for _, r in df[cols].iterrows()] if cols else "", index=df.index, dtype=object)
+
+
+def status_mark(df: pd.DataFrame, check: pd.DataFrame | None, strategy: str = "strategy") -> pd.Series:
+    """" (unchecked)", " (incomplete)" or " (WRONG)" after each row (bench or paired) of a strategy op whose strategy
+    (column `strategy`: "base_strategy" for a paired record's baseline) is not proven exact on the row's device
+    (`bench_status`); "" for an exact one and for ops without strategies (their cells are checked as ops)."""
+    if df.empty:
+        return pd.Series("", index=df.index, dtype=object)
+    check = check if check is not None else pd.DataFrame(columns=["kind"])
+    verdict = pd.Series(bench_status(df.assign(strategy=df[strategy]), check), index=df.index)
+    marked = df["op"].isin(strategy_ops()) & (verdict != "exact")
+    return verdict.where(marked, "").map(lambda v: f" ({v})" if v else "")
 
 
 def side_by_side(paired: pd.DataFrame | None, field: str = "ratio") -> dict[tuple, float]:
@@ -275,7 +317,7 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
         return pd.DataFrame()
     data = data.assign(verdict=bench_status(data, check))
     exact = data[(data["verdict"] == "exact") & ~data["retraced"].eq(True)]
-    varying, rows = _varying(exact), []
+    varying, rows = varying_config(exact), []
     for (op, device, batch, max_len, *_), d in exact.groupby(["op", "device", "batch", "max_len", *CONFIG],
                                                             dropna=False):
         firsts, bases = baselines(d[d["profile"] == "equal"], side, low, op, device)
@@ -293,7 +335,6 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                 b = base.get(r["framework"], float("nan"))
                 default = g[(g["framework"] == r["framework"])
                             & (g["strategy"] == default_strategy(r["framework"], op))]["median_s"]
-                ideal = b * r["ideal_share"] if pd.notna(r["ideal_share"]) else float("nan")
                 rows.append({"op": OP_TITLES.get(op, op), "device": device, "shape": shape_label(batch, max_len),
                              **{c: r[c] for c in varying},
                              "profile": profile, "padding": round(float(r["padding_fraction"]), 2),
@@ -309,7 +350,10 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                              "x vs default": round(default.min() / r["median_s"], 2) if len(default) else
                              float("nan"),
                              "ideal x": round(1 / r["ideal_share"], 2) if r["ideal_share"] else float("nan"),
-                             "fraction of ideal": round(ideal / r["median_s"], 2),
+                             "fraction of ideal": round(ideal_fraction(
+                                 b / r["median_s"], pair_ratio(side, r, op, device, profile,
+                                                               base_strategy.get(r["framework"])),
+                                 r["ideal_share"]), 2),
                              "cost on equal lengths": equal_cost(side, r, op, device, base_strategy),
                              "new batches compiled": fresh_compiles(r),
                              "overall best": r["framework"] == winner["framework"]})
@@ -325,6 +369,51 @@ def recommendation_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataF
                      "x side by side": float("nan"), "x vs default": float("nan"), "ideal x": float("nan"),
                      "fraction of ideal": float("nan"), "cost on equal lengths": float("nan"),
                      "new batches compiled": "", "overall best": False})
+    return pd.DataFrame(rows)
+
+
+def ideal_fraction(sweep_x: float, side_x: float, share: float) -> float:
+    """A strategy's fraction of the ideal: the ideal time (padded baseline time x ideal share) over its time, i.e.
+    its speedup over the padded baseline x the share; the speedup timed side by side (`side_x`) where the pair
+    was, else the sweep's (`sweep_x`). Missing where either part is."""
+    x = side_x if pd.notna(side_x) else sweep_x
+    return float(x) * float(share) if pd.notna(x) and pd.notna(share) else float("nan")
+
+
+def strategy_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every strategy of every case (op x device x headline B, T x configuration x profile), exact or not (marked,
+    `status_mark`): its time, its speedup over its framework's padded baseline (`baselines`, decided among the
+    exact strategies as the recommendation decides it) timed side by side where that pair was, else the sweep's,
+    and its fraction of the ideal (`ideal_fraction`, from the same speedup). Retraced timings (not warm) are left
+    out; a framework without an exact strategy on equal lengths there has no baseline: its figures are missing."""
+    side, low = side_by_side(paired), side_by_side(paired, "ratio_p25")
+    data = headline(ok(df)[ok(df)["op"].isin(recommended_ops())])
+    if data.empty:
+        return pd.DataFrame()
+    data = data[~data["retraced"].eq(True)]
+    data = data.assign(verdict=bench_status(data, check), mark=status_mark(data, check))
+    varying, rows = varying_config(data), []
+    for (op, device, batch, max_len, *_), d in data.groupby(["op", "device", "batch", "max_len", *CONFIG],
+                                                            dropna=False):
+        equal = d[(d["profile"] == "equal") & (d["verdict"] == "exact")]
+        firsts, bases = baselines(equal, side, low, op, device)
+        for _, r in d.sort_values(["profile", "framework", "median_s"]).iterrows():
+            fw, base = r["framework"], bases.get(r["framework"])
+            sweep_x = firsts[fw]["median_s"] / r["median_s"] if fw in firsts else float("nan")
+            side_x = pair_ratio(side, r, op, device, r["profile"], base["strategy"]) if base is not None else np.nan
+            itself = base is not None and r["profile"] == "equal" and r["strategy"] == base["strategy"]
+            side_x = 1.0 if itself else side_x
+            share = r["ideal_share"]
+            rows.append({"op": OP_TITLES.get(op, op), "device": device, "shape": shape_label(batch, max_len),
+                         **{c: "-" if pd.isna(r[c]) else r[c] for c in varying}, "profile": r["profile"],
+                         "padding": round(float(r["padding_fraction"]), 2), "framework": fw,
+                         "strategy [kernel]": f"{r['strategy']} [{r['kernel']}]{r['mark']}",
+                         "ms": round(r["median_s"] * 1e3, 3), "padded baseline": base["strategy"] if base is not None
+                         else "-", "x vs padded baseline": round(side_x if pd.notna(side_x) else sweep_x, 2),
+                         "timed": "-" if base is None else "(the baseline)" if itself else "side by side"
+                         if pd.notna(side_x) else "sweep",
+                         "ideal x": round(1 / share, 2) if pd.notna(share) and share else float("nan"),
+                         "fraction of ideal": round(ideal_fraction(sweep_x, side_x, share), 3)})
     return pd.DataFrame(rows)
 
 
@@ -348,8 +437,9 @@ def setup_floor_rows(records: list[dict]) -> pd.DataFrame:
 
 #: a bench record's floor kind -> the rate it is measured against
 FLOOR_RATES = {"copy": "copy_bytes_per_s", "gemm": "gemm_flop_per_s"}
-#: what names a machine and its device in the records (host names alone repeat: every VM here is "vm")
-MACHINE = ["host", "cpu", "cores", "device"]
+#: what names a machine and its device in the records (host names alone repeat: every VM here is "vm"; two VMs
+#: "vm" with different GPUs differ in `device_name`, which older records lack)
+MACHINE = ["host", "cpu", "cores", "device", "device_name"]
 
 
 def machine_floors(records: list[dict]) -> pd.DataFrame:
@@ -365,7 +455,7 @@ def machine_floors(records: list[dict]) -> pd.DataFrame:
     fl["by"] = measured_with(fl)
     rows = []
     for _, g in fl.groupby(machine_keys(fl)):
-        row = g.iloc[0][MACHINE].to_dict()
+        row = {c: frame_col(g, c).iloc[0] for c in MACHINE}
         for kind, col in FLOOR_RATES.items():
             rates = g[col].dropna()
             row[col] = rates.max() if not rates.empty else np.nan
@@ -383,9 +473,16 @@ def machine_keys(df: pd.DataFrame) -> pd.Series:
     """Each row's machine and device (`MACHINE`) as one hashable key, the same for 2 and 2.0 cores or a missing
     value on either side."""
     cores = pd.to_numeric(frame_col(df, "cores"), errors="coerce")
-    parts = [frame_col(df, c).astype(object).where(frame_col(df, c).notna(), "") for c in ("host", "cpu", "device")]
-    return pd.Series(list(zip(parts[0], parts[1], cores.fillna(-1).astype(int), parts[2])), index=df.index,
-                     dtype=object)
+    parts = [frame_col(df, c).astype(object).where(frame_col(df, c).notna(), "")
+             for c in ("host", "cpu", "device", "device_name")]
+    return pd.Series(list(zip(parts[0], parts[1], cores.fillna(-1).astype(int), parts[2], parts[3])),
+                     index=df.index, dtype=object)
+
+
+def device_names(df: pd.DataFrame) -> str:
+    """The distinct `device_name`s of df's records ("NVIDIA H100 80GB HBM3"), joined by " / "; "" where none
+    carries one (records older than the field)."""
+    return " / ".join(sorted({str(v) for v in frame_col(df, "device_name").dropna() if str(v)}))
 
 
 def frame_col(df: pd.DataFrame, col: str) -> pd.Series:
@@ -476,7 +573,7 @@ def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFr
                        batches=fresh["stream_batches"].fillna(0.0), impl=data["framework"] + ":" + data["strategy"])
     data = data[data["compile"].notna()]
     data = data.assign(median_s=warm_times(data, paired))
-    varying, rows = _varying(data), []
+    varying, rows = varying_config(data), []
     for (op, device, *_, profile), g in data.groupby(["op", "device", *CONFIG, "profile"], dropna=False):
         row = {"op": OP_TITLES.get(op, op), "device": device,
                "shape": shape_label(g["batch"].iloc[0], g["max_len"].iloc[0]), **{c: g[c].iloc[0] for c in varying},
@@ -590,10 +687,10 @@ def _fixes(g: pd.DataFrame) -> str:
 
 
 def judged_rows(g: pd.DataFrame) -> pd.Series:
-    """Which records count toward a verdict: all but those marked `judged` False (information only)."""
-    if "judged" not in g:
-        return pd.Series(True, index=g.index, dtype=bool)
-    return g["judged"].map(lambda v: v is not False and v is not np.False_).astype(bool)  # bool even when empty
+    """Which records count toward a verdict: all but those marked `judged` False (information only) and the
+    information-only quantities of records older than that field (`legacy_info`)."""
+    judged = frame_col(g, "judged").map(lambda v: v is not False and v is not np.False_)
+    return (judged.astype(bool) & ~legacy_info(g)).astype(bool)  # bool even when empty
 
 
 def where_labels(g: pd.DataFrame) -> pd.Series:
