@@ -73,6 +73,20 @@ class Adapter(abc.ABC):
         """One line on what this framework sees (for "no GPU visible" messages)."""
         return f"{self.name} sees {self.devices()}"
 
+    def device_name(self, device: str = "cpu") -> str | None:
+        """The model of the accelerator behind `device` as its framework names it ("NVIDIA H100 80GB HBM3"), for
+        the records: two machines of one host name (every VM here is "vm") and CPU model with different GPUs stay
+        apart, and the report names the GPU its figures ran on. None on the CPU (the records' `cpu` field names
+        it) and where the framework does not see the device."""
+        return None
+
+    def device_fields(self, device: str) -> dict:
+        """{"device_name": ...} for a record of work on `device`, {} where there is no name (`device_name`)."""
+        names = self.__dict__.setdefault("_device_names", {})  # asked once per device (a check writes thousands)
+        if device not in names:
+            names[device] = self.device_name(device) if device != "cpu" and device in self.devices() else None
+        return {"device_name": str(names[device])} if names[device] else {}
+
     def asarray(self, x: Any, device: str = "cpu") -> Any:
         """A NumPy (or native) array as a native array on `device`, dtype kept. An unknown device, or one this
         framework does not see here, is the same ValueError as every op's (`_check_device`)."""

@@ -53,7 +53,7 @@ def measure(framework: str, device: str = "cpu", backward: bool = False, repeats
                         strategy=a.rnn_strategies(spec.cell)[0], kernel=kernel,
                         op="rnn_forward_backward" if backward else "rnn_forward", batch=B, max_len=T, hidden=H,
                         cell=spec.cell, profile="lognormal", raw_median_s=raw_s, adapter_median_s=ours_s,
-                        overhead_ratio=timed["ratio"], repeats=repeats)
+                        overhead_ratio=timed["ratio"], repeats=repeats, **a.device_fields(device))
 
 
 def line(rec: dict) -> str:

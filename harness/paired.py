@@ -104,7 +104,8 @@ def worker(framework: str, out: str) -> None:
             if best["device"] not in warmed:
                 adapter.warmup(best["device"])
                 warmed.add(best["device"])
-            results.append(out, records.make("paired", **measure(adapter, base, best)))
+            results.append(out, records.make("paired", **measure(adapter, base, best),
+                                             **adapter.device_fields(best["device"])))
             print(f"DONE {i}", flush=True)
         except Exception as e:  # noqa: BLE001 - one pair that fails is skipped with its reason, not a lost run
             print(f"SKIP {i} {type(e).__name__}: {e}"[:500], flush=True)

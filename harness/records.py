@@ -30,7 +30,8 @@ Num = (int, float)
 STR, INT, FLOAT, BOOL = str, int, float, bool
 # field -> type; a value may be None only where the field is optional
 COMMON_REQUIRED = {"source": STR, "schema": INT, "run_id": STR, "time": FLOAT, "host": STR, "commit": STR}
-COMMON_OPTIONAL = {"cpu": STR, "cores": INT, "python": STR, "platform": STR, "malloc": STR}
+#: device_name: the accelerator's model where the record is of work on one (`Adapter.device_name`)
+COMMON_OPTIONAL = {"cpu": STR, "cores": INT, "python": STR, "platform": STR, "malloc": STR, "device_name": STR}
 
 SOURCES: dict[str, tuple[dict, dict]] = {
     # source: (required fields, optional fields)

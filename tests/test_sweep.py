@@ -265,8 +265,88 @@ def test_the_overhead_lines_name_the_kernel_the_adapter_ran(monkeypatch):
         def rnn_vjp(self, *args, **kw):
             return RnnOut(None, None, None, "fused-k"), {}
 
+        def device_fields(self, device):
+            return {}
+
     monkeypatch.setattr(adapters, "get", lambda name: Fake())
     for backward, op in ((False, "rnn_forward"), (True, "rnn_forward_backward")):
         rec = overhead.measure("fake", backward=backward, repeats=2)
         assert rec["kernel"] == "fused-k" and not records.problems(rec)
         assert overhead.line(rec).startswith(f"overhead fake packed [fused-k] {op} (cpu): adapter "), overhead.line(rec)
+
+
+#: floors the fake worker is given as known (it measures none)
+FLOORS = '{"fake:cpu": {"copy_bytes_per_s": 1e9}, "fake:gpu": {"copy_bytes_per_s": 1e9}}'
+
+
+def _fake_worker_adapter(monkeypatch, declined: str):
+    """A worker's adapter that sees a GPU named "Fake GPU 9000" and declares strategies [declined, "b"] per family
+    (`declined`'s precondition refuses the warm-up's tiny case); `prepare` and `measure_case` only log."""
+    import io
+    import json
+
+    import adapters
+    from adapters.spec import Unsupported
+
+    log = []
+
+    class Adapter:
+        name, version, peak_resettable = "fake", "0", True
+
+        def devices(self):
+            return ["cpu", "gpu"]
+
+        def device_name(self, device):
+            return "Fake GPU 9000" if device == "gpu" else "not asked on the CPU"
+
+        device_fields = adapters.base.Adapter.device_fields
+
+        def warmup(self, device):
+            log.append(("warmup", device))
+
+        def strategies(self, family):
+            return [declined, "b"]
+
+    def prepare(adapter, c):
+        log.append(("warm", c["op"], c["device"], c["strategy"], c["batch"], c["max_len"], c["profile"]))
+        if c["strategy"] == declined:
+            raise Unsupported("declined here")
+
+    def measure(adapter, c, rates, own_peak=True):
+        log.append(("case", c["op"], c["device"], c["batch"]))
+        return {**c, "status": "unsupported", "error": "only logged"}  # a valid record without timings
+
+    monkeypatch.setattr(adapters, "get", lambda name: Adapter())
+    monkeypatch.setattr(bench, "prepare", prepare)
+    monkeypatch.setattr(bench, "measure_case", measure)
+    return log, lambda cases: monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(cases)))
+
+
+def test_a_worker_warms_each_strategy_family_once_per_device_before_its_first_case(tmp_path, monkeypatch):
+    """The first case of each (strategy family, device) in a worker follows one untimed tiny call of that family's
+    first strategy whose precondition holds (here the second declared), so the libraries its kernels load on
+    first use start outside any measured case; ops without strategies and epochs are not warmed."""
+    log, stdin = _fake_worker_adapter(monkeypatch, declined="a")
+    rnn = case("rnn_forward_backward", 64)
+    stdin([{**rnn, "op": "rnn_epoch", "policy": "sorted", "dataset": 256}, rnn, {**rnn, "batch": 8},
+           case("loss_softmax_ce", 64, strategy="b"), {**rnn, "device": "gpu"}, case("pad", 64)])
+    bench.worker("fake", str(tmp_path / "r.jsonl"), FLOORS)
+    warm = lambda op, dev: [("warm", op, dev, s, bench.WARM_BATCH, bench.WARM_LEN, "equal") for s in "ab"]  # noqa: E731
+    assert [e for e in log if e[0] != "warmup"] == [
+        ("case", "rnn_epoch", "cpu", 64),
+        *warm("rnn_forward_backward", "cpu"), ("case", "rnn_forward_backward", "cpu", 64),
+        ("case", "rnn_forward_backward", "cpu", 8),
+        *warm("loss_softmax_ce", "cpu"), ("case", "loss_softmax_ce", "cpu", 64),
+        *warm("rnn_forward_backward", "gpu"), ("case", "rnn_forward_backward", "gpu", 64),
+        ("case", "pad", "cpu", 64)]
+
+
+def test_records_of_work_on_a_gpu_name_its_model(tmp_path, monkeypatch):
+    """Two lent machines are both host "vm" with one CPU model: a record of GPU work names the GPU
+    (`device_name`), a CPU record names none (its `cpu` field does)."""
+    _, stdin = _fake_worker_adapter(monkeypatch, declined="a")
+    stdin([case("mask", 8), case("mask", 8, device="gpu")])
+    bench.worker("fake", str(tmp_path / "r.jsonl"), FLOORS)
+    recs = [r for r in results.read([tmp_path / "r.jsonl"]) if r["source"] == "bench"]
+    assert [(r["device"], r.get("device_name")) for r in recs] == [("cpu", None), ("gpu", "Fake GPU 9000")]
+    assert not records.problems(recs[1])

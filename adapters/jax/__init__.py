@@ -57,6 +57,10 @@ class JaxAdapter(JaxOps, JaxLoss, JaxRnn, JaxEmbedding, JaxAttention, Adapter):
     def devices(self) -> list[str]:
         return list(self._devices)
 
+    def device_name(self, device: str = "cpu") -> str | None:
+        return getattr(self._device(device), "device_kind", None) if device == "gpu" and device in self._devices \
+            else None
+
     def device_report(self) -> str:
         return f"jax {self.version} sees {self.devices()} (backends' devices: {self.jax.devices()})"
 

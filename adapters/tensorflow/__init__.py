@@ -65,6 +65,11 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
     def devices(self) -> list[str]:
         return ["cpu", "gpu"] if self._gpus else ["cpu"]
 
+    def device_name(self, device: str = "cpu") -> str | None:
+        if device != "gpu" or not self._gpus:
+            return None
+        return self.tf.config.experimental.get_device_details(self._gpus[0]).get("device_name")
+
     @staticmethod
     def _dev(device: str) -> str:
         return "/GPU:0" if device == "gpu" else "/CPU:0"

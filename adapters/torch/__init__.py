@@ -51,6 +51,9 @@ class TorchAdapter(TorchOps, TorchLoss, TorchRnn, TorchAttention, TorchEmbedding
     def devices(self) -> list[str]:
         return ["cpu", "gpu"] if self.torch.cuda.is_available() else ["cpu"]
 
+    def device_name(self, device: str = "cpu") -> str | None:
+        return self.torch.cuda.get_device_name(0) if device == "gpu" and self.torch.cuda.is_available() else None
+
     def device_report(self) -> str:
         cuda = self.torch.version.cuda
         return (f"torch {self.version} sees {self.devices()} (CUDA build: {cuda or 'no, a CPU-only build'}, "

@@ -44,7 +44,7 @@ def record(fw, device: str, **fields) -> dict:
     attention's padded query rows) with `equivalent=True` (the recipe is not wrong for it) and its size in
     `max_abs_err`; verdicts (`harness.report.tables.verdict_matrix`) show it apart and never count it as wrong."""
     return {"source": "check", "framework": fw.name, "version": fw.version, "device": device, "kernel": "",
-            **fields}
+            **fw.device_fields(device), **fields}
 
 
 def exact(a, b) -> dict:
