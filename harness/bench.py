@@ -315,9 +315,9 @@ def _groups(cases: list[dict], shared: bool = False) -> list[tuple[str, list[dic
     for fw in dict.fromkeys(c["framework"] for c in cases):
         mine = [c for c in cases if c["framework"] == fw]
         fresh = not shared and not adapters.peak_resettable(fw)
-        shared = [c for c in mine if not (fresh and c["device"] == "gpu")]
-        if shared:
-            groups.append((fw, shared))
+        together = [c for c in mine if not (fresh and c["device"] == "gpu")]
+        if together:
+            groups.append((fw, together))
         groups += [(fw, [c]) for c in mine if fresh and c["device"] == "gpu"]
     return groups
 

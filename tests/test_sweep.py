@@ -183,6 +183,10 @@ def test_jax_gpu_cases_get_a_fresh_worker_each_unless_shared():
     sizes = lambda groups: sorted((fw, len(g)) for fw, g in groups)
     assert sizes(bench._groups(cases)) == [("jax", 1), ("jax", 1), ("jax", 1), ("torch", 2)]
     assert sizes(bench._groups(cases, shared=True)) == [("jax", 3), ("torch", 2)]
+    # torch's group first: its list of cases once took the name of the `shared` flag, which then read true for
+    # every framework after it (JAX's GPU cases all in one worker, no peak recorded)
+    torch_first = cases[3:] + cases[:3]
+    assert sizes(bench._groups(torch_first)) == [("jax", 1), ("jax", 1), ("jax", 1), ("torch", 2)]
 
 
 def test_a_shared_worker_records_no_peak_it_cannot_reset(monkeypatch):
