@@ -56,12 +56,13 @@ phase() {  # phase LIMIT_S NAME COMMAND...: run it under min(LIMIT_S, budget lef
 for name in "${phases[@]}"; do
     case $name in
         env) phase 60 env "$py" -m harness.cli env ;;
-        # the equivalence matrix and verdicts on the GPU (GPU tolerance row): torch's (~35 s on an H200), then
-        # JAX's families side by side, one process each (its compiles made one process need over 240 s for ~85%
-        # of the RNN family alone)
-        check) phase 270 check bash -c '"$0" -m harness.cli check --device "$1" --framework torch --out "$2"
-            for f in rnn ops embedding loss attention epoch; do
+        # the equivalence matrix and verdicts on the GPU (GPU tolerance row): JAX's families side by side, one
+        # process each, its RNN family (the longest: its compiles made one process need over 240 s for ~85% of it
+        # on the H200, before the skewed multi-plan case was added) started first, and torch's whole check (~35 s
+        # there at d5b0564, more now that flex compiles) beside them, not before them
+        check) phase 270 check bash -c 'for f in rnn ops embedding loss attention epoch; do
                 "$0" -m harness.cli check --device "$1" --framework jax --family "$f" --out "$2" & done
+            "$0" -m harness.cli check --device "$1" --framework torch --out "$2" &
             wait' "$py" "$dev" "$out/check.jsonl" ;;
         # the RNN gates (every strategy, Hypothesis sizes; graph_loop's real CUDA graphs) and bucketed attention
         gates) phase 270 gates "$py" -m pytest -q -p no:cacheprovider --device "$dev" tests/test_rnn.py \

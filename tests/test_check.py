@@ -168,3 +168,39 @@ def test_a_check_whose_families_were_not_recorded_to_their_end_fails(tmp_path, m
                          ["jax"], ["cpu"], ["ops", "loss"])
     assert got == ["jax/cpu/ops"]
 
+
+
+def test_the_rnn_checks_skewed_case_gets_split_by_every_planner_on_the_cpu():
+    """`varlen check` proves a strategy exact on the plans real batches get: its skewed RNN case must make every
+    planner of the CPU split it (several buckets, several segments, several sequences per concat_rows row), or a
+    multi-bucket path could be wrong while the check saw only one-bucket plans (the standard 5 x 6 case gives
+    one everywhere)."""
+    import numpy as np
+
+    from adapters.jax import rnn as jr
+    from adapters.spec import ladder_segments, pack_rows, plan_buckets
+    from adapters.tensorflow import rnn as tfr
+    from adapters.torch import rnn as tr
+    from harness.families.rnn import RNN_LENGTHS, RNN_T, SKEW_LENGTHS, SKEW_T
+
+    def splits(L, T):
+        n = {"torch time_sliced": len(tr._slice_plan(L, "lstm", False)),
+             "torch bucketed": len(tr._bucket_plan(L, "lstm", False)),
+             "jax bucketed": len(plan_buckets(L, T, step_cost=jr.STEP_COST, call_cost=jr.CALL_COST)),
+             "jax time_sliced": len(ladder_segments(L, T, jr.SLICE_MAX_SEGMENTS, jr.SLICE_STEP_COST,
+                                                    jr.SLICE_CALL_COST)),
+             "tf bucketed": len(plan_buckets(L, T, step_cost=tfr.STEP_COST, call_cost=tfr.CALL_COST)),
+             "tf time_sliced": len(ladder_segments(L, T, tfr.MAX_SEGMENTS, tfr.STEP_COST, tfr.SLICE_CALL_COST))}
+        pack = pack_rows(L, T, gap=0)
+        n["concat_rows sequences per row"] = np.count_nonzero(L) / pack.rows
+        return n
+
+    import adapters
+    from harness.families.rnn import PLANNED
+
+    for name in ("torch", "tensorflow", "jax"):  # the names the skewed case checks exist (a rename skips none)
+        assert set(PLANNED) <= set(adapters.declared_strategies(name, "rnn")), name
+    skewed = splits(np.array(SKEW_LENGTHS), SKEW_T)
+    assert all(v > 1 for v in skewed.values()), skewed
+    # and the standard case alone would not have: what the skewed case adds
+    assert splits(np.array(RNN_LENGTHS), RNN_T)["jax bucketed"] == 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,6 +21,35 @@ STRATEGY_FAMILY = "rnn"
 OPS = {"rnn_forward": "RNN forward", "rnn_forward_backward": "RNN forward + backward"}
 RNN_LENGTHS = (5, 0, 1, 3, 5)  # unsorted, a zero-length row, every row padded
 RNN_T = 6
+#: the skewed case: few long rows (two at the full T) among many short and empty ones, unsorted, so that the
+#: planners split it as a real batch is split (on the CPU: torch's bucketed 2 buckets, time_sliced 2 segments;
+#: JAX's 3 buckets and 3 segments; TF's 2 and 2; concat_rows 4 rows holding several sequences each), while the
+#: standard case's 5 rows x 6 steps leave every plan one bucket or segment. On a GPU torch's cost model keeps one
+#: segment of the 14 non-empty rows (its sort and gathers still run); the gates force several there.
+SKEW_LENGTHS = (40, 0, 1, 3, 2, 40, 7, 1, 0, 12, 2, 1, 1, 33, 5, 1)
+SKEW_T = 40
+#: the strategies whose work follows a plan made from the lengths (the same names in every framework)
+PLANNED = ("bucketed", "time_sliced", "concat_rows")
+
+
+class RnnCheckCase(NamedTuple):
+    """One batch of the RNN strategy check and the part of the matrix it runs in (None: all of it)."""
+
+    name: str
+    lengths: tuple
+    T: int
+    dtypes: tuple | None = None
+    cells: tuple | None = None
+    directions: tuple = (False, True)
+    strategies: tuple | None = None
+
+
+#: the skewed case runs only the planned strategies, bidirectional (both directions' plans in one net), in
+#: float32, for the LSTM (state h and c) and the GRU (h only, as the tanh RNN): its compiles are dear (JAX, every
+#: strategy, 12 configurations: 25 s each on 2 cores, against 7.6 s for one of the standard case)
+RNN_CASES = (RnnCheckCase("zero_length_nan_padding", RNN_LENGTHS, RNN_T),
+             RnnCheckCase("skewed_multi_plan_nan_padding", SKEW_LENGTHS, SKEW_T, dtypes=("float32",),
+                          cells=("lstm", "gru"), directions=(True,), strategies=PLANNED))
 
 
 def expand(base: dict, grid: dict, strategies: list[str]) -> list[dict]:
@@ -29,11 +59,11 @@ def expand(base: dict, grid: dict, strategies: list[str]) -> list[dict]:
             for cell, H, s in itertools.product(grid["cells"], grid["hidden"], strategies)]
 
 
-def rnn_case(spec: RnnSpec, side: str, dtype: str, seed: int = 0):
-    """x (NaN in padding), lengths, params and cotangents of the standard RNN gate case."""
-    L = np.array(RNN_LENGTHS)
-    x = padded(L, RNN_T, (spec.input_size,), side=side, seed=seed, dtype=dtype, fill=np.nan)
-    return x, L, init_params(spec, seed=seed, dtype=dtype), cotangents(spec, L.size, RNN_T, seed=seed, dtype=dtype)
+def rnn_case(spec: RnnSpec, side: str, dtype: str, seed: int = 0, lengths=RNN_LENGTHS, T: int = RNN_T):
+    """x (NaN in padding), lengths, params and cotangents of an RNN gate case (the standard one by default)."""
+    L = np.array(lengths)
+    x = padded(L, T, (spec.input_size,), side=side, seed=seed, dtype=dtype, fill=np.nan)
+    return x, L, init_params(spec, seed=seed, dtype=dtype), cotangents(spec, L.size, T, seed=seed, dtype=dtype)
 
 
 def compare_rnn(fw, out, grads, want_out, want_grads, valid, tol) -> dict[str, tuple[bool, float]]:
@@ -62,16 +92,24 @@ def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -
 
 
 def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
-    """Every strategy x cell x side x direction x dtype on a 2-layer net, NaN in padding, a zero-length row."""
-    for cell, side, bi, dtype in itertools.product(CELLS, SIDES, (False, True), dtypes):
+    """Every strategy x cell x side x direction x dtype on a 2-layer net, NaN in padding, zero-length rows: the
+    standard case in every dtype, the skewed one (`SKEW_LENGTHS`: the plans of several buckets, segments and
+    sequences per row that real batches get) for the strategies that plan (`PLANNED`): `RNN_CASES`."""
+    for case, cell, side, bi, dtype in itertools.product(RNN_CASES, CELLS, SIDES, (False, True), dtypes):
+        if (bi not in case.directions or case.dtypes is not None and dtype not in case.dtypes
+                or case.cells is not None and cell not in case.cells):
+            continue
+        T = case.T
         spec = RnnSpec(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=bi)
-        x, L, params, cot = rnn_case(spec, side, dtype)
+        x, L, params, cot = rnn_case(spec, side, dtype, lengths=case.lengths, T=T)
         up = lambda a: a.astype("float64")
         want_out, want_grads = ref.rnn_vjp(spec, map_params(up, params), up(x), L,
                                            {k: up(v) for k, v in cot.items()}, side=side)
-        valid = valid_mask(L, RNN_T, side)
+        valid = valid_mask(L, T, side)
         for strategy in fw.strategies("rnn", cell=cell, device=device, dtype=dtype):
-            base = dict(kind="strategy", op="rnn", name=strategy, case="zero_length_nan_padding", cell=cell,
+            if case.strategies is not None and strategy not in case.strategies:
+                continue
+            base = dict(kind="strategy", op="rnn", name=strategy, case=case.name, cell=cell,
                         side=side, bidirectional=bi, dtype=dtype, num_layers=2)
             try:
                 out, grads = fw.rnn_vjp(spec, params, fw.asarray(x, device), L, cot, side=side, strategy=strategy,
