@@ -775,6 +775,22 @@ def test_summary_says_where_a_recipe_is_wrong_and_what_it_raises():
     assert "n_info" not in table.index, "an information-only record is no verdict"
 
 
+def test_summary_says_where_each_quantity_is_wrong_when_they_differ():
+    """A plain RNN run over the padding (embed_mask_rnn_final_state): h_n is wrong with either padding, the outputs
+    only with left padding; the summary read "wrong: h_n, outputs on every case checked"."""
+    def rec(side, quantity, ok):
+        return records.make("check", kind="idiom", framework="torch", version="1", device="cpu", op="embed+rnn",
+                            name="r_rnn", case="ragged_batch", side=side, quantity=quantity, equivalent=ok,
+                            max_abs_err=0.0 if ok else 1.0, kernel="")
+
+    recs = [rec("left", "h_n", False), rec("left", "outputs", False), rec("right", "h_n", False),
+            rec("right", "outputs", True)]
+    blocks = report.sections.summary_section(report.frame(recs, "check"), report.bench_frame(recs)).blocks
+    row = next(b[0] for kind, b in blocks if kind == "table").set_index("name").loc["r_rnn"]
+    assert row["wrong"] == "h_n (every case checked); outputs (ragged batch, left padding)", row["wrong"]
+    assert row["on"] == "every case checked"
+
+
 def test_two_machines_measurements_of_one_case_are_both_kept_and_told_apart():
     """Merging two hosts' files kept one host's bench record per case (the latest), so a machine's measurements
     vanished from the report, and its baseline with them; the side-by-side table listed both hosts' pairs of a case

@@ -608,14 +608,16 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
             fws = ", ".join(sorted(set(g["framework"])))
             every = verdicts[(verdicts["kind"] == kind) & (verdicts["op"] == op) & (verdicts["name"] == name)]
             places = where_labels(every)
-            bad_places = list(dict.fromkeys(places.loc[g.index]))  # the cases it is wrong on
-            where = ("every case checked" if set(bad_places) == set(places) else
-                     "; ".join(bad_places[:3]) + (f"; +{len(bad_places) - 3} more" if len(bad_places) > 3 else ""))
+            where = _places(places.loc[g.index], places)  # the cases it is wrong on
             errors = g["error"] if "error" in g else pd.Series(False, index=g.index)
             raised = g[errors.map(lambda e: isinstance(e, str) and bool(e))]
-            qs = sorted(set(g.drop(raised.index)["quantity"]))
-            what = ([", ".join(qs)] if qs else []) + sorted({"raises " + error_head(e).split(":")[0]
-                                                             for e in raised["error"]})
+            quiet = g.drop(raised.index)
+            qs = sorted(set(quiet["quantity"]))
+            own = {q: _places(places.loc[quiet.index[quiet["quantity"] == q]], places) for q in qs}
+            # where the quantities are wrong on different cases, each says its own (a plain RNN run over the
+            # padding: h_n is wrong on both sides, the outputs only with left padding)
+            named = [", ".join(qs)] if len(set(own.values())) <= 1 else [f"{q} ({own[q]})" for q in qs]
+            what = (named if qs else []) + sorted({"raises " + error_head(e).split(":")[0] for e in raised["error"]})
             lines.append({"kind": "recipe" if kind == "idiom" else "native behaviour", "family": op, "name": name,
                           "wrong in": fws, "wrong": "; ".join(what), "on": where})
         if lines:
@@ -729,6 +731,15 @@ def _best_policies(df: pd.DataFrame) -> dict:
     for (device, profile, fw), g in ep.groupby(["device", "profile", "framework"]):
         out[(device, profile, fw)] = g.loc[g["first_call_s"].idxmin(), "policy"]
     return out
+
+
+def _places(bad: pd.Series, every: pd.Series) -> str:
+    """The places (`where_labels`) in `bad`, in words: "every case checked" where they are all of `every`'s, else
+    the first three and how many more."""
+    bad = list(dict.fromkeys(bad))
+    if set(bad) == set(every):
+        return "every case checked"
+    return "; ".join(bad[:3]) + (f"; +{len(bad) - 3} more" if len(bad) > 3 else "")
 
 
 def _failed_where(check: pd.DataFrame, fw: str, op: str, name: str, device: str) -> str:
