@@ -138,7 +138,8 @@ def cmd_env(args) -> int:
             print(f"{name:<11} not installed")
             continue
         a = adapters.get(name)
-        print(f"{name:<11} {a.version}\n{'':<11} devices: {_listed(a.devices())}")
+        named = [d + "".join(f" ({v})" for v in a.device_fields(d).values()) for d in a.devices()]  # the GPU's model
+        print(f"{name:<11} {a.version}\n{'':<11} devices: {_listed(named)}")
         for family in a.STRATEGIES:
             declared = adapters.declared_strategies(name, family)
             for device in a.devices():

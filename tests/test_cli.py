@@ -456,6 +456,22 @@ def test_env_lists_every_declared_strategy_those_a_device_cannot_run_with_their_
     assert any(line.strip().startswith("not on cpu: cudnn_lstm (") for line in lines)
 
 
+def test_env_names_the_gpu_model_beside_the_device(capsys, monkeypatch):
+    """Two lent machines are both "vm": `varlen env` names the GPU each framework sees (`device_name`)."""
+    import adapters
+
+    a = adapters.get("numpy")
+    monkeypatch.setattr(a, "devices", lambda: ["cpu", "gpu"])
+    monkeypatch.setattr(a, "device_name", lambda device: "Fake GPU 9000" if device == "gpu" else "a CPU")
+    monkeypatch.delitem(a.__dict__, "_device_names", raising=False)  # what earlier tests' records asked is kept
+    monkeypatch.setattr(adapters, "available", lambda: ["numpy"])
+    monkeypatch.setattr(adapters, "get", lambda name: a)
+    assert cli.main(["env"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    numpy = out[next(i for i, line in enumerate(out) if line.startswith("numpy "))]
+    assert out[out.index(numpy) + 1].split() == ["devices:", "cpu,", "gpu", "(Fake", "GPU", "9000)"], out
+
+
 def test_an_interrupted_check_says_how_to_finish_it_not_to_resume(tmp_path, capsys, monkeypatch):
     """`check` has no --resume; its Ctrl-C message said "Resume with the same command" (which checks it all
     again) like bench's. It now says what to run."""
