@@ -849,3 +849,20 @@ def test_a_lengths_files_older_contents_leave_the_report_when_the_file_changes()
     assert sorted((r["host"], r["lengths_digest"]) for r in kept if r["source"] == "bench") == [
         ("gpu", "aaaaaaaaaaaa"), ("vm", "bbbbbbbbbbbb")], "each host's newest content"
     assert not [r for r in kept if r["source"] == "paired"], "the old content's pair went with it"
+
+
+def test_a_side_by_side_pair_whose_rounds_spread_wide_is_marked_noisy():
+    """On a loaded machine a pair's rounds read 0.23-0.94 and its median decided a baseline; such a pair is marked
+    (p75 / p25 = 0.94 / 0.23 = 4.1 > 1.5) and a tight one (1.9-2.1: 1.11) is not."""
+    def pair(profile, p25, p75):
+        return records.make(source="paired", framework="torch", version="1.0", op="rnn_forward_backward",
+                            device="cpu", dtype="float32", batch=64, max_len=128, **RNN, profile=profile,
+                            strategy="packed", kernel="k", key=f"packed|{profile}", base_strategy="bucketed",
+                            base_kernel="k", base_key="bucketed|equal", median_s=0.01, base_median_s=0.02, ratio=2.0,
+                            ratio_p25=p25, ratio_p75=p75, rounds=8, number=1, host="vm")
+
+    tables = [b[0] for kind, b in report.sections.paired_section(
+        [pair("lognormal", 0.23, 0.94), pair("zipf", 1.9, 2.1), pair("equal", 0.23, 0.94)]).blocks if kind == "table"]
+    speed = tables[0].set_index("profile")["rounds p25-p75"]
+    assert speed["lognormal"] == "0.23-0.94 noisy" and speed["zipf"] == "1.90-2.10", speed
+    assert tables[1]["rounds p25-p75"].iloc[0] == "1.064-4.348 noisy"

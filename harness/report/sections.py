@@ -112,7 +112,8 @@ def paired_section(records: list[dict]) -> Section:
         "median); 'rounds p25-p75' = their quartiles; 'ideal x' = padded work / valid work; 'fraction of ideal' = "
         "the ideal time (the baseline's time x the valid share) over the strategy's, here from the side-by-side "
         "ratio ('x side by side' / 'ideal x'), the definition every table of this report uses where a pair was timed "
-        "side by side. " + MARKS)
+        f"side by side. Rounds whose quartiles lie more than {NOISY:g}x apart are marked 'noisy': the machine was "
+        "busy or drifting faster than a round, and that ratio says little. " + MARKS)
     speed = pr[pr["profile"] != "equal"]
     if not speed.empty:
         t = pd.DataFrame({
@@ -121,7 +122,8 @@ def paired_section(records: list[dict]) -> Section:
             "strategy [kernel]": _labelled(speed, "", check), "baseline [kernel]": _labelled(speed, "base_", check),
             "baseline ms": (speed["base_median_s"] * 1e3).round(2), "strategy ms": (speed["median_s"] * 1e3).round(2),
             "x side by side": speed["ratio"].round(2),
-            "rounds p25-p75": speed["ratio_p25"].map("{:.2f}".format) + "-" + speed["ratio_p75"].map("{:.2f}".format),
+            "rounds p25-p75": speed["ratio_p25"].map("{:.2f}".format) + "-" + speed["ratio_p75"].map("{:.2f}".format)
+            + _noisy(speed),
             "ideal x": (1 / speed["ideal_share"].astype(float)).round(2),
             "fraction of ideal": [round(ideal_fraction(np.nan, x, share), 2)
                                   for x, share in zip(speed["ratio"], speed["ideal_share"], strict=True)],
@@ -142,10 +144,21 @@ def paired_section(records: list[dict]) -> Section:
             "fastest ms": (equal["base_median_s"] * 1e3).round(2), "strategy ms": (equal["median_s"] * 1e3).round(2),
             "time / fastest": (1 / equal["ratio"]).round(3),
             "rounds p25-p75": (1 / equal["ratio_p75"]).map("{:.3f}".format) + "-"
-            + (1 / equal["ratio_p25"]).map("{:.3f}".format),
+            + (1 / equal["ratio_p25"]).map("{:.3f}".format) + _noisy(equal),
         })
         s.table(t.sort_values([c for c in ("host", "device", "op", "framework") if c in t]))
     return s
+
+
+#: a side-by-side pair whose rounds' quartiles lie further apart than this factor is marked noisy (a quiet 2-core
+#: machine keeps them within ~1.1x; a loaded one gave 0.23-0.94 for a pair of one strategy against another)
+NOISY = 1.5
+
+
+def _noisy(d: pd.DataFrame) -> pd.Series:
+    """" noisy" for each paired record whose rounds' p75 / p25 exceeds NOISY, else ""."""
+    spread = d["ratio_p75"].astype(float) / d["ratio_p25"].astype(float)
+    return pd.Series(np.where(spread > NOISY, " noisy", ""), index=d.index)
 
 
 def _pair_case(d: pd.DataFrame) -> dict:
