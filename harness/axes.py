@@ -23,6 +23,10 @@ DTYPES = ("float32", "float64")     # dtypes a sweep may ask for
 # Left out of the quick grid (still in full sweeps, asv and the gates): torch's jagged-tensor attention runs the
 # math backend one sequence at a time on the CPU (~15 s per fwd+bwd call at the quick point, 30x the others).
 QUICK_SKIP = (("torch", "njt", "cpu"),)
+# Left out of the quick grid's batch and length sweeps (still at its main point): torch's Python step loop, ~6 s a
+# call at T=512 on 2 cores, 131 s of one `make demo` for that one case (of ~27 min), the slowest strategy at every
+# size, which the plots need no more points of
+QUICK_SWEEP_SKIP = (*QUICK_SKIP, ("torch", "masked_loop", "cpu"))
 EPOCH_OPS = ("rnn_epoch",)
 # forward-only RNN and attention stay out of the quick grid (their forward + backward is the headline; the full
 # sweep, asv and the gates keep them): it has to fit `make demo` on 2 cores
@@ -35,9 +39,9 @@ QUICK = (
     # epochs: 256 sequences cut by each batching policy, the default strategy of each framework
     {**QUICK_BASE, "ops": EPOCH_OPS, "profiles": ("lognormal",), "dataset": 256},
     {**QUICK_BASE, "ops": ("masked_mean", "rnn_forward_backward"), "batches": (8, 256), "profiles": ("lognormal",),
-     "with_files": False},
+     "with_files": False, "skip": QUICK_SWEEP_SKIP},
     {**QUICK_BASE, "ops": ("pack_unpack", "rnn_forward_backward"), "max_lens": (32, 512), "profiles": ("lognormal",),
-     "with_files": False},
+     "with_files": False, "skip": QUICK_SWEEP_SKIP},
 )
 # The RNN point every note quotes: B=64, T=128, H=128, LSTM, float32.
 HEADLINE = {"batch": 64, "max_len": 128, "hidden": 128, "cell": "lstm"}
