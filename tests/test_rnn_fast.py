@@ -429,21 +429,26 @@ def test_concat_rows_packs_every_case(name, cell, side, layers, bi, dtype):
 
 @pytest.mark.parametrize("name", ["tensorflow", "jax"])
 @pytest.mark.parametrize("lengths,T,side", [([0, 0, 0], 4, "right"), ([0, 0], 0, "right"), ([5, 0, 1], 5, "right"),
-                                             ([5, 5, 5], 5, "right"), ([5, 5, 5], 5, "left")],
-                         ids=["all-empty", "T0", "one-row-each", "full-right", "full-left"])
+                                             ([5, 5, 5], 5, "right"), ([5, 5, 5], 5, "left"), ([3, 3, 3], 8, "left")],
+                         ids=["all-empty", "T0", "one-row-each", "full-right", "full-left", "one-row-each-trimmed"])
 def test_concat_rows_edge_batches(name, lengths, T, side):
     """Degenerate batches (LSTM). Where packing leaves one sequence per row, TF runs the plain padded call
-    (saturated_gate's, kernel "keras-while rows[B x T]") while JAX keeps its grid (its written-out gradient makes
-    the grid at least as fast as the masked scan on equal lengths); where nothing runs, JAX runs the masked scan."""
+    (saturated_gate's, kernel "keras-while rows[B x T]"), and so does JAX (the masked scan's call, kernel
+    "xla-scan rows[B x T]") where that grid also spans every step (equal lengths: its LSTM grid took 1.14x the
+    scan's time there side by side); where nothing runs, JAX runs the masked scan too."""
     require(name)
     fw = adapters.get(name)
     spec = RnnSpec("lstm", input_size=2, hidden_size=3, bidirectional=True)
+    grids = set(fw.rnn_concat_grids()) if name == "jax" else set()
     bad, out = against_reference(fw, spec, np.array(lengths), T, side=side, seed=2, strategy="concat_rows")
     assert not bad, bad
     p = pack_rows(np.array(lengths), T, gap=0)
     if name == "jax":
-        expected = f"xla-scan rows[{p.rows}x{p.steps}]" if p is not None else f"xla-scan rows[{len(lengths)}x{T}]"
+        grid = p is not None and not (p.used >= np.count_nonzero(lengths) and p.steps >= T)
+        expected = f"xla-scan rows[{p.rows}x{p.steps}]" if grid else f"xla-scan rows[{len(lengths)}x{T}]"
         assert out.kernel == expected, out.kernel
+        new = {g for g in set(fw.rnn_concat_grids()) - grids if g[1] == spec}
+        assert bool(new) == grid, (lengths, T, new)  # the grid compiled exactly where it runs
     elif T and any(lengths):
         assert out.kernel == f"keras-while rows[{len(lengths)}x{T}]", out.kernel
 

@@ -54,9 +54,11 @@ once per new bucket shape, a bounded set):
   none of them idle: B=64 T=128 H=128 LSTM forward + backward on XLA:CPU (2 cores), against the padded baseline,
   4.75x (lognormal, 20x128 grid; side by side 4.90x) and 13.8x (zipf, 8x96; 13.0x), where JAX's own transpose of
   the scan gave 3.76x / 4.06x and 6.64x / 7.11x in the same session. The slot maps are arguments of the jitted
-  function: one compile per grid shape (`rnn_concat_grids()`). Where packing leaves one sequence per row (equal
-  lengths) the grid still runs: with the written-out gradient it took 1.00x (LSTM), 0.98x (GRU) and 0.74x (tanh
-  RNN) "scan"'s time there; only where nothing runs does "scan"'s own call run (kernel "xla-scan rows[BxT]").
+  function: one compile per grid shape (`rnn_concat_grids()`). Where packing leaves one sequence per row over
+  every step (equal lengths) the grid of the GRU and the tanh RNN still runs (with the written-out gradient it
+  took 0.98x and 0.74x "scan"'s time there) but the LSTM's does not: 1.00x "scan"'s time when first measured, 1.14x
+  side by side on 2026-12-06 (rounds 1.11-1.15), so the LSTM runs "scan"'s own call there, as where nothing runs
+  (kernel "xla-scan rows[BxT]").
   Kernel "xla-scan rows[<rows>x<steps>]".
 - "bucketed", "time_sliced" and "concat_rows" unroll their scans per device (`UNROLL`): 1 on the CPU, 8 on a GPU,
   where a step is latency-bound (their kernel names then read "xla-scan unroll8 ...").
@@ -359,7 +361,10 @@ class JaxRnn:
         x = self.asarray(x, device)
         B, T = x.shape[:2]
         pack = remembered_pack(lengths, T, gap=0)  # no separator: the scan resets its carry itself
-        if pack is None:
+        if pack is None or (spec.cell == "lstm" and pack.used >= np.count_nonzero(lengths) and pack.steps >= T):
+            # nothing runs, or an LSTM grid of one sequence per row over every step (equal lengths): the masked
+            # scan's own call, which the grid does not beat there (side by side 1.14x its time, rounds 1.11-1.15,
+            # 2026-12-06; GRU and tanh RNN grids were 0.98x and 0.74x of it and keep theirs)
             return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
                                     f"{_scan_name(_unroll(device))} rows[{B}x{T}]")
         vjp, grid, unroll = cotangents is not None, (pack.rows, pack.steps), _unroll(device)
