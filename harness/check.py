@@ -47,27 +47,53 @@ def default_jobs() -> int:
     return os.cpu_count() or 1
 
 
+#: families whose check takes minutes per framework (the RNN matrix traces and compiles every strategy x cell x side
+#: x direction x dtype, plus the skewed case): with several workers at once, each gets a worker of its own
+HEAVY = ("rnn",)
+#: the frameworks whose heavy families take longest, started first so that the short workers fill the other cores
+#: meanwhile (`make demo` on 2 cores: JAX's RNN family 303 s, TF's 246 s, torch's 3 s; the other families together
+#: 60-85 s for JAX, ~30 s for TF, ~12 s for torch)
+SLOWEST_FIRST = ("jax", "tensorflow")
+
+
+def units(frameworks: list[str], families: list[str] | None, split: bool) -> list[tuple[str, list[str]]]:
+    """The workers to run, (framework, families; [] = all), in the order they start. One per framework, unless
+    `split` (several at once on the CPU): then each framework's `HEAVY` families get a worker of their own, and
+    those start first, the slowest frameworks' first. A worker imports its framework (TF ~7 s), so the light
+    families stay together."""
+    if not split:
+        return [(fw, list(families or [])) for fw in frameworks]
+    chosen = list(families or FAMILIES)
+    heavy, light = [f for f in chosen if f in HEAVY], [f for f in chosen if f not in HEAVY]
+    if not heavy or not light:
+        return [(fw, list(families or [])) for fw in frameworks]
+    order = sorted(frameworks, key=lambda fw: SLOWEST_FIRST.index(fw) if fw in SLOWEST_FIRST else len(SLOWEST_FIRST))
+    return [(fw, heavy) for fw in order] + [(fw, light) for fw in order]
+
+
 def run(frameworks: list[str], devices: list[str], out: str, *, families: list[str] | None = None,
         progress: Callable[[str, str, str], None] = lambda fw, device, family: None,
         timeout: float = 3600, jobs: int = 1) -> list[dict]:
-    """Check each (framework, device) in its own process (`families`: only these; default all); a crash or timeout
-    becomes an error record. On the CPU up to `jobs` frameworks' workers run at once (a check times nothing, and
-    each appends its records under the file's lock); a GPU's run one at a time (two frameworks' allocators on one
-    device: JAX takes 75% of its memory when it starts). Returns this run's records."""
+    """Check each (framework, device) in its own processes (`families`: only these; default all); a crash or
+    timeout becomes an error record. On the CPU up to `jobs` workers run at once (a check times nothing, and each
+    appends its records under the file's lock), a framework's heavy families in a worker of their own (`units`);
+    a GPU's run one at a time, one per framework (two frameworks' allocators on one device: JAX takes 75% of its
+    memory when it starts). Returns this run's records."""
     run = records.run_id()  # before any worker starts: they inherit it (VARLEN_RUN_ID)
     lock = threading.Lock()  # `progress` is called from one thread at a time
     for device in devices:
         stopping = threading.Event()
-        width = max(1, min(jobs if device == "cpu" else 1, len(frameworks)))
-        pending, procs = list(frameworks), []
+        width = max(1, jobs if device == "cpu" else 1)
+        pending, procs = units(frameworks, families, split=width > 1), []
+        width = min(width, len(pending))
 
         def next_worker():
             while True:
                 with lock:
                     if not pending:
                         return
-                    name = pending.pop(0)
-                    proc = spawn("harness.check", name, device, out, ",".join(families or []))
+                    name, fams = pending.pop(0)
+                    proc = spawn("harness.check", name, device, out, ",".join(fams))
                     procs.append(proc)
                 _supervise(proc, name, device, out, timeout, progress, lock, stopping)
 

@@ -62,7 +62,7 @@ def test_cpu_workers_run_side_by_side_and_a_gpus_one_at_a_time(tmp_path, monkeyp
     log = tmp_path / "log"
     _fake_workers(monkeypatch, log, {"a": 1.0, "b": 1.0, "c": 0.2})
     seen = []
-    chk.run(["a", "b", "c"], [device], str(tmp_path / "check.jsonl"), jobs=jobs,
+    chk.run(["a", "b", "c"], [device], str(tmp_path / "check.jsonl"), families=["ops"], jobs=jobs,
             progress=lambda fw, dev, fam: seen.append((fw, dev, fam)))
     spans = _spans(log)
     assert sorted(seen) == [("a", device, "ops"), ("b", device, "ops"), ("c", device, "ops")]
@@ -72,6 +72,47 @@ def test_cpu_workers_run_side_by_side_and_a_gpus_one_at_a_time(tmp_path, monkeyp
         order = sorted(spans, key=lambda n: spans[n][0])
         assert order == ["a", "b", "c"], "one at a time, in the order given"
         assert all(spans[x][1] <= spans[y][0] for x, y in zip(order, order[1:])), spans
+
+
+def test_on_the_cpu_each_frameworks_rnn_family_gets_a_worker_of_its_own_the_slowest_first(monkeypatch):
+    """`make demo`'s check on 2 cores took 423 s with one worker per framework: TF's ended at 277 s, and JAX's (its
+    RNN family alone 303 s) ran on alone. Each framework's RNN family now runs in a worker of its own, JAX's and
+    TF's first; a GPU keeps one worker per framework, one at a time."""
+    assert chk.units(["torch", "tensorflow", "jax"], None, split=True) == [
+        ("jax", ["rnn"]), ("tensorflow", ["rnn"]), ("torch", ["rnn"]),
+        *[(fw, [f for f in chk.FAMILIES if f != "rnn"]) for fw in ("jax", "tensorflow", "torch")]]
+    assert chk.units(["torch", "jax"], ["ops", "loss"], split=True) == [("torch", ["ops", "loss"]),
+                                                                        ("jax", ["ops", "loss"])]
+    assert chk.units(["torch", "jax"], ["rnn"], split=True) == [("torch", ["rnn"]), ("jax", ["rnn"])]
+    assert chk.units(["torch", "jax"], None, split=False) == [("torch", []), ("jax", [])]
+    spawned = []
+
+    class Done:
+        stdout, returncode = iter(()), 0
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+        def kill(self):
+            pass
+
+    def spawn(module, name, device, out, families, **kw):
+        spawned.append((name, device, families))
+        return Done()
+
+    monkeypatch.setattr(chk, "spawn", spawn)
+    monkeypatch.setattr(chk, "stderr_tail", lambda proc: lambda: "")
+    chk.run(["torch", "jax"], ["cpu", "gpu"], "/dev/null", families=["ops", "rnn"], jobs=1)
+    assert spawned == [("torch", "cpu", "ops,rnn"), ("jax", "cpu", "ops,rnn"), ("torch", "gpu", "ops,rnn"),
+                       ("jax", "gpu", "ops,rnn")], "one worker per framework with one job, and on a GPU"
+    spawned.clear()
+    chk.run(["torch", "jax"], ["cpu", "gpu"], "/dev/null", families=["ops", "rnn"], jobs=2)
+    assert sorted(spawned[:4]) == [("jax", "cpu", "ops"), ("jax", "cpu", "rnn"), ("torch", "cpu", "ops"),
+                                   ("torch", "cpu", "rnn")], spawned
+    assert spawned[4:] == [("torch", "gpu", "ops,rnn"), ("jax", "gpu", "ops,rnn")], spawned
 
 
 # `varlen check` interrupted while two stand-in workers run (a real SIGINT to a process of its own: pytest-xdist's
@@ -88,7 +129,8 @@ def spawn(module, name, device, out, families, **kw):
     return procs[-1]
 chk.spawn = spawn
 try:
-    chk.run(["quick", "slow"], ["cpu"], out, jobs=2, progress=lambda fw, dev, fam: print("PROGRESS", flush=True))
+    chk.run(["quick", "slow"], ["cpu"], out, families=["ops"], jobs=2,
+            progress=lambda fw, dev, fam: print("PROGRESS", flush=True))
 except KeyboardInterrupt:
     time.sleep(0.5)  # the threads that followed the workers see them die meanwhile
     print(json.dumps([p.pid for p in procs]), flush=True)
@@ -131,7 +173,7 @@ def test_a_worker_that_dies_is_recorded_and_the_others_go_on(tmp_path, monkeypat
         return proc
 
     monkeypatch.setattr(chk, "spawn", spawn)
-    chk.run(["a", "b"], ["cpu"], str(out), jobs=2)
+    chk.run(["a", "b"], ["cpu"], str(out), families=["ops"], jobs=2)
     errors = [r for r in results.read([out]) if r.get("kind") == "error"]
     assert [(r["framework"], r["equivalent"]) for r in errors] == [("a", False)], errors
     assert "b" in _spans(log) and len(procs) == 2
