@@ -21,8 +21,10 @@ DTYPES = ("float32", "float64")     # dtypes a sweep may ask for
 # The quick grid: every op, framework, strategy and three length profiles at one point, plus a batch-size sweep
 # and a max-length sweep on a few ops (for the report's batch and memory plots); a few minutes on 2 cores.
 # Left out of the quick grid (still in full sweeps, asv and the gates): torch's jagged-tensor attention runs the
-# math backend one sequence at a time on the CPU (~15 s per fwd+bwd call at the quick point, 30x the others).
-QUICK_SKIP = (("torch", "njt", "cpu"),)
+# math backend one sequence at a time on the CPU (~15 s per fwd+bwd call at the quick point, 30x the others); JAX's
+# scan unrolled 8 steps, the GPU's loop (on the CPU it ran 2.2x the plain scan's time at the quick point, and its
+# 8 cases took 59 s of a 1304 s `make demo` bench, 34 s of it compiling)
+QUICK_SKIP = (("torch", "njt", "cpu"), ("jax", "scan_unroll8", "cpu"))
 # Left out of the quick grid's batch and length sweeps (still at its main point): torch's Python step loop, ~6 s a
 # call at T=512 on 2 cores, 131 s of one `make demo` for that one case (of ~27 min), the slowest strategy at every
 # size, which the plots need no more points of

@@ -484,7 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results file, appended to, never rewritten; missing folders are made (default: %(default)s)")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("bench", help="timing / memory sweep, one tidy record per measurement")
-    p.add_argument("--quick", action="store_true", help="the quick grid (every op/framework/strategy once)")
+    p.add_argument("--quick", action="store_true",
+                   help="the quick grid (every op/framework/strategy once, but for torch's njt attention and JAX's "
+                   "scan_unroll8 on the CPU: harness/axes.py QUICK_SKIP)")
     p.add_argument("--framework", action="append", choices=fws, help="repeatable; default: every installed one")
     p.add_argument("--op", action="append", choices=list(OPS), metavar="OP",
                    help=f"repeatable; default: every op (--quick: all but the forward-only ones); one of {list(OPS)}")

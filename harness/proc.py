@@ -81,11 +81,18 @@ def adopt_malloc_tunables(framework: str | None = None) -> str | None:
     return ":".join(applied)
 
 
+#: environment of the workers that time (`spawn(framework=...)`): JAX's persistent compilation cache off. A compile
+#: figure is what a fresh process pays; one read from a cache on disk (JAX_COMPILATION_CACHE_DIR, which `make test`
+#: and `varlen check` use: they time nothing) would read too low (JAX's RNN check on 2 cores: 175 s compiling
+#: afresh, 44 s with every compile in the cache)
+TIMING_ENV = {"JAX_ENABLE_COMPILATION_CACHE": "false"}
+
+
 def worker_env(framework: str | None = None) -> dict[str, str]:
-    """The environment of a worker process (that runs `framework`): this one's, plus WORKER_ENV and the malloc
-    tunables."""
-    return {**os.environ, **WORKER_ENV, "GLIBC_TUNABLES": malloc_tunables(framework),
-            "VARLEN_PARENT_PID": str(os.getpid())}
+    """The environment of a worker process (that times `framework`'s calls; None: one that times nothing): this
+    one's, plus WORKER_ENV, the malloc tunables and, for a timing worker, TIMING_ENV."""
+    return {**os.environ, **WORKER_ENV, **(TIMING_ENV if framework is not None else {}),
+            "GLIBC_TUNABLES": malloc_tunables(framework), "VARLEN_PARENT_PID": str(os.getpid())}
 
 
 def die_with_parent() -> None:

@@ -48,7 +48,7 @@ def test_quick_grid(benchmark, case):
 def test_measure_case_record_is_consistent():
     """One full record: throughput, floor fraction and compile time derive from the same median."""
     name = next(n for n in ("torch", "jax", "tensorflow") if n in adapters.available())
-    case = [c for c in quick_cases(name) if c["op"] == "rnn_forward_backward"][-1]
+    case = {**[c for c in quick_cases(name) if c["op"] == "rnn_forward_backward"][-1], "batch": 8, "max_len": 32}
     rec = bench.measure_case(adapters.get(name), case, FLOORS)
     med = rec["median_s"]
     assert rec["status"] == "ok" and rec["p25_s"] <= med <= rec["p75_s"] and not rec["retraced"]

@@ -354,3 +354,27 @@ def test_records_of_work_on_a_gpu_name_its_model(tmp_path, monkeypatch):
     recs = [r for r in results.read([tmp_path / "r.jsonl"]) if r["source"] == "bench"]
     assert [(r["device"], r.get("device_name")) for r in recs] == [("cpu", None), ("gpu", "Fake GPU 9000")]
     assert not records.problems(recs[1])
+
+
+def test_timing_workers_compile_afresh_whatever_compilation_cache_the_environment_names(tmp_path, monkeypatch):
+    """`make test` and `varlen check` run with JAX's persistent compilation cache (the Makefile's JAX_CACHE); a
+    bench worker inheriting it would read its compiles from disk and record compile figures no fresh process pays.
+    Timing workers turn it off: nothing is written to (or read from) the cache; a worker that times nothing keeps
+    it."""
+    from harness import proc
+    from tests.conftest import require
+
+    require("jax")
+    cache = tmp_path / "jax-cache"
+    for k, v in (("JAX_COMPILATION_CACHE_DIR", str(cache)), ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
+                 ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")):
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "r.jsonl"
+    jax_case = axes.cases(ops=("masked_mean",), frameworks=("jax",), strategies={}, batches=(4,), max_lens=(8,),
+                          profiles=("lognormal",))
+    bench.sweep(jax_case, str(out), quiet=True)
+    recs = [r for r in results.read([out]) if r["source"] == "bench"]
+    assert [r["status"] for r in recs] == ["ok"] and recs[0]["compile_s"] > 0, recs
+    assert not cache.exists() or not list(cache.iterdir()), "a timing worker used the compilation cache"
+    assert "JAX_ENABLE_COMPILATION_CACHE" not in proc.worker_env(None), "the check's workers keep the cache"
+    assert proc.worker_env(None)["JAX_COMPILATION_CACHE_DIR"] == str(cache)
