@@ -61,11 +61,9 @@ def units(frameworks: list[str], families: list[str] | None, split: bool) -> lis
     `split` (several at once on the CPU): then each framework's `HEAVY` families get a worker of their own, and
     those start first, the slowest frameworks' first. A worker imports its framework (TF ~7 s), so the light
     families stay together."""
-    if not split:
-        return [(fw, list(families or [])) for fw in frameworks]
     chosen = list(families or FAMILIES)
     heavy, light = [f for f in chosen if f in HEAVY], [f for f in chosen if f not in HEAVY]
-    if not heavy or not light:
+    if not (split and heavy and light):
         return [(fw, list(families or [])) for fw in frameworks]
     order = sorted(frameworks, key=lambda fw: SLOWEST_FIRST.index(fw) if fw in SLOWEST_FIRST else len(SLOWEST_FIRST))
     return [(fw, heavy) for fw in order] + [(fw, light) for fw in order]
