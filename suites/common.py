@@ -23,9 +23,12 @@ def impls(family: str | None = None) -> list[str]:
 def setup_case(impl: str, **case) -> tuple[object, bench.Ready]:
     """(adapter, prepared case); NotImplementedError (asv: skipped) when the framework or device is missing. The
     process first takes the malloc settings `varlen bench`'s workers time this framework with (before the framework
-    starts a thread), so asv's time_* and peakmem_* figures are of the same steady state as its records."""
+    starts a thread), so asv's time_* and peakmem_* figures are of the same steady state as its records, and its
+    environment (`proc.TIMING_ENV`, before the framework is imported): no compile read from a persistent cache that
+    the environment names, which would leave the compiler's memory out of peakmem_*."""
     framework = impl.partition(":")[0]
     proc.adopt_malloc_tunables(framework)
+    os.environ.update(proc.TIMING_ENV)
     if framework not in adapters.available():
         raise NotImplementedError(f"{framework} is not installed")
     adapter = adapters.get(framework)

@@ -41,6 +41,25 @@ def test_tracks_skip_unmeasured_cases_instead_of_failing():
     assert t.track_times_floor(ok, "torch:packed", "gpu", "equal") == 4.0
 
 
+def test_a_benchmark_process_compiles_afresh_whatever_compilation_cache_the_environment_names(tmp_path):
+    """A user's JAX_COMPILATION_CACHE_DIR (or `make test`'s) reaches the processes asv starts; `setup_case` turns
+    the cache off there as in `varlen bench`'s timing workers, so peakmem_* includes the compile's memory and nothing
+    is read from (or written to) the cache."""
+    from tests.conftest import require
+
+    require("jax")
+    cache = tmp_path / "jax-cache"
+    probe = ("from suites import common\n"
+             "_, ready = common.setup_case('jax:scan', op='rnn_forward_backward', device='cpu', profile='lognormal',"
+             " batch=4, max_len=8, cell='gru', hidden=8, input_size=8, num_layers=1, bidirectional=False)\n"
+             "ready.call()\n")
+    env = {**common.proc.worker_env(), "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(cache),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+    subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+                   check=True)
+    assert not cache.exists() or not list(cache.iterdir()), "a benchmark process used the compilation cache"
+
+
 def test_a_benchmark_process_times_with_the_malloc_settings_of_varlen_bench(monkeypatch):
     """asv starts each benchmark's process itself, with one environment for every framework: `setup_case` gives it
     the malloc settings of a `varlen bench` worker of that framework before the framework starts a thread (JAX's:
