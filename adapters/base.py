@@ -229,6 +229,17 @@ class Adapter(abc.ABC):
         check_choice(f"{self.name} {family} strategy", strategy, list(table))
         return table[strategy].kernel_for(variant)
 
+    def programs(self, family: str, strategy: str, spec: Any, lengths: Any, T: int, *, vjp: bool) -> set | None:
+        """The compiled programs a [B, T] batch of `lengths` runs under `strategy` (forward, or forward + backward
+        with `vjp`), as keys found by the strategy's own host planner without compiling or running anything
+        (`Strategy.programs`); `spec` is the family's (an RnnSpec). None where the programs do not depend on the
+        lengths. Over a stream of batches of one shape, a batch compiles the keys that no earlier batch brought:
+        the bench counts them over many fresh batches (`harness.bench.planned_compiles`)."""
+        table = self.strategy_table(family)
+        check_choice(f"{self.name} {family} strategy", strategy, list(table))
+        plan = table[strategy].programs
+        return None if plan is None else set(plan(self, spec, np.asarray(lengths, dtype=np.int64), int(T), vjp))
+
     def rnn_strategies(self, cell: str) -> list[str]:
         """The exact RNN strategies this adapter offers for `cell`, default first."""
         check_choice("cell", cell, CELLS)

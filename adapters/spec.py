@@ -56,6 +56,11 @@ class Strategy:
     #: (variant, the primitive that runs for it) where that depends on the variant of the family's op (a loss's
     #: kind, "embed" or "embedding_bag"); `kernel` then names them all
     kernels: tuple[tuple[str, str], ...] = ()
+    #: for a strategy whose compiled programs follow the lengths (a plan made on the host): (adapter, spec, lengths,
+    #: T, vjp) -> the keys of the programs a batch of these lengths runs, found by the planner the strategy itself
+    #: runs, without compiling or running anything. A batch compiles the keys that no earlier batch of its shape
+    #: brought (`adapters.base.Adapter.programs`). None: the same programs for every batch of a shape.
+    programs: Callable[..., set] | None = None
 
     def kernel_for(self, variant: str | None = None) -> str:
         """The primitive that runs for `variant` (`kernel` where it does not depend on it)."""
@@ -341,6 +346,13 @@ class Bucket(NamedTuple):
     rows: np.ndarray  # int64 [n], n <= batch
     batch: int  # rows after padding with empty rows (on the batch ladder)
     steps: int  # trimmed time length (on the time ladder, >= the longest row, <= T)
+
+
+def bucket_rows(bucket: Bucket, B: int) -> tuple[np.ndarray, bool]:
+    """A bucket's rows padded to its batch (with its first row, run as an empty row: length 0) and whether they are
+    anything but the whole batch in order (the bucket's program then gathers them)."""
+    rows = np.concatenate([bucket.rows, np.full(bucket.batch - bucket.rows.size, bucket.rows[0])])
+    return rows, not np.array_equal(rows, np.arange(B))
 
 
 def whole_batch(plan: list[Bucket], B: int, T: int) -> bool:

@@ -275,6 +275,50 @@ def test_time_sliced_plans_stay_on_the_ladders(name):
     assert len(plans) <= 6
 
 
+#: a stream of [16, 24] batches for `programs`: skewed (several buckets, segments, sequences per row), the same
+#: lengths shuffled (the same programs: nothing new), moderate, every row full (the plain call, unmasked in JAX),
+#: one short row among empty ones, another skewed batch
+PROGRAM_T = 24
+PROGRAM_STREAM = [np.array([24, 3, 1, 0, 2, 1, 5, 1, 0, 2, 1, 1, 9, 1, 2, 1]),
+                  np.array([1, 2, 1, 9, 1, 1, 2, 0, 1, 5, 1, 2, 0, 1, 3, 24]),
+                  np.array([6, 8, 5, 12, 7, 4, 9, 6, 10, 5, 3, 7, 8, 6, 20, 5]),
+                  np.full(16, 24),
+                  np.array([0] * 15 + [4]),
+                  np.array([13, 1, 2, 0, 0, 1, 1, 3, 1, 1, 2, 17, 1, 0, 4, 1])]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("strategy", ["bucketed", "time_sliced", "concat_rows"])
+def test_programs_name_what_each_fresh_batch_compiles(name, strategy):
+    """`programs` (the strategy's own host planner, nothing compiled or run) names the programs a batch runs: over a
+    stream of fresh batches of one shape, each batch compiles exactly the keys that no earlier batch brought. The
+    bench counts them over hundreds of fresh batches (`harness.bench.planned_compiles`), which only holds if this
+    does. JAX's "bucketed" runs forward-only too: only its gradient sums the buckets in a jitted call of its own."""
+    require(name)
+    fw = adapters.get(name)
+    spec = RnnSpec("lstm", input_size=2, hidden_size=3)
+    params = init_params(spec, seed=0, dtype="float32")
+    cot = {k: np.ones(v, "float32") for k, v in (("outputs", (16, PROGRAM_T, 3)), ("h_n", (1, 16, 3)),
+                                                  ("c_n", (1, 16, 3)))}
+    modes = [True, False] if (name, strategy) == ("jax", "bucketed") else [True]
+    for vjp in modes:
+        fw.clear_compiled()
+        seen, news = set(), []
+        for i, L in enumerate(PROGRAM_STREAM):
+            keys = fw.programs("rnn", strategy, spec, L, PROGRAM_T, vjp=vjp)
+            x = fw.asarray(padded(L, PROGRAM_T, (2,), seed=i, dtype="float32"))
+            before = fw.compile_count()
+            if vjp:
+                fw.rnn_vjp(spec, params, x, L, cot, strategy=strategy)
+            else:
+                fw.rnn(spec, params, x, L, strategy=strategy)
+            news.append(len(keys - seen))
+            assert fw.compile_count() - before == news[-1], \
+                f"batch {i} {L.tolist()}: {fw.compile_count() - before} compiles, programs named {keys - seen} new"
+            seen |= keys
+        assert news[1] == 0 and sum(news) >= 4, news  # a repeated plan compiled nothing; the stream compiled
+
+
 def test_tensorflow_saturated_gate_excludes_the_tanh_rnn_with_a_reason():
     require("tensorflow")
     fw = adapters.get("tensorflow")

@@ -62,6 +62,10 @@ once per new bucket shape, a bounded set):
   Kernel "xla-scan rows[<rows>x<steps>]".
 - "bucketed", "time_sliced" and "concat_rows" unroll their scans per device (`UNROLL`): 1 on the CPU, 8 on a GPU,
   where a step is latency-bound (their kernel names then read "xla-scan unroll8 ...").
+- "bucketed", "time_sliced" and "concat_rows" name the programs a batch runs from their own host planners
+  (`Strategy.programs`: bucket shapes and the gradient sum per bucket count, segment plans, grid shapes), compiling
+  nothing, so the bench counts the compiles of hundreds of fresh batches. On zipf lengths (B=64, T=128) the segment
+  plans never settle: 197 new ones in 300 batches, 51 in the last 100, where the grids brought 14.
 - "cudnn_lstm" (GPU, LSTM, float32): `jax.experimental.rnn.lstm`, JAX's cuDNN LSTM with seq_lengths, every layer
   and direction in one call; left padding realigned; zero-length rows run as length 1 and are zeroed (cuDNN's own
   state for a zero length was seen 0.30 off on an H100). Kernel "cudnn". It has no CPU lowering, so on CPU only its
@@ -81,6 +85,7 @@ from adapters.spec import (
     RnnOut,
     RnnSpec,
     Strategy,
+    bucket_rows,
     ladder_segments,
     plan_buckets,
     remembered_pack,
@@ -192,7 +197,7 @@ class JaxRnn:
         """Plan on the host (lengths are NumPy here), run each bucket, put rows back; grads when cotangents."""
         x = self.asarray(x, device)
         B, T = x.shape[:2]
-        plan = plan_buckets(lengths, T, step_cost=STEP_COST, call_cost=CALL_COST)
+        plan = self._bucket_plan(lengths, T)
         if whole_batch(plan, B, T):  # the masked scan's own jitted call
             return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
                                     f"{_scan_name(_unroll(device))} bucketed[1]")
@@ -208,12 +213,25 @@ class JaxRnn:
                  "params": self.params_from_jax(self._sum_trees([r[1] for r in parts]))}
         return self._keep((out, grads))
 
+    @staticmethod
+    def _bucket_plan(lengths, T: int) -> list[Bucket]:
+        return plan_buckets(np.asarray(lengths), T, step_cost=STEP_COST, call_cost=CALL_COST)
+
+    def _bucketed_programs(self, spec, lengths, T: int, vjp: bool) -> set:
+        """`Strategy.programs` of "bucketed": one program per bucket shape (and whether it gathers rows), plus the
+        jitted sum of the buckets' gradients, traced once per bucket count; the masked scan's where one bucket is
+        the whole batch."""
+        plan = self._bucket_plan(lengths, T)
+        if whole_batch(plan, lengths.size, T):
+            return {_plain_program(lengths, T)}
+        keys = {("bucket", b.batch, b.steps, bucket_rows(b, lengths.size)[1]) for b in plan}
+        return keys | ({("bucket_sum", len(plan))} if vjp and len(plan) > 1 else set())
+
     def _run_bucket(self, spec, side, params, x, lengths, bucket: Bucket, cot, device):
         """One bucket's jitted call; its rows padded to the bucket's batch with empty rows (length 0)."""
-        n = bucket.rows.size
-        rows = np.concatenate([bucket.rows, np.full(bucket.batch - n, bucket.rows[0])])
-        lens = np.where(np.arange(bucket.batch) < n, lengths[rows], 0)
-        vjp, permute = cot is not None, not np.array_equal(rows, np.arange(x.shape[0]))
+        rows, permute = bucket_rows(bucket, x.shape[0])
+        lens = np.where(np.arange(bucket.batch) < bucket.rows.size, lengths[rows], 0)
+        vjp = cot is not None
         unroll = _unroll(device)
         fn = self._cached(("rnn_bucket", spec, side, bucket.steps, vjp, permute, unroll),
                           lambda: self._bucket_fn(spec, side, bucket.steps, vjp, permute, unroll))
@@ -283,7 +301,7 @@ class JaxRnn:
         lengths = np.asarray(lengths)
         x = self.asarray(x, device)
         B, T = x.shape[:2]
-        plan = ladder_segments(lengths, T, SLICE_MAX_SEGMENTS, SLICE_STEP_COST, SLICE_CALL_COST)
+        plan = self._sliced_plan(lengths, T)
         if not plan or whole_segment(plan, B, T):
             # nothing runs (the masked scan returns its zeros), or one segment of the whole batch over every step:
             # the masked scan's own jitted call, without the sort and gathers
@@ -299,6 +317,18 @@ class JaxRnn:
                           lambda: self._jit_net(partial(self._sliced_network, spec, side, plan, unroll), vjp, traced))
         return self._call_net(fn, params, x, lengths, cotangents, device,
                               f"{_scan_name(unroll)} sliced[{len(plan)}]")
+
+    @staticmethod
+    def _sliced_plan(lengths, T: int) -> tuple:
+        return ladder_segments(np.asarray(lengths), T, SLICE_MAX_SEGMENTS, SLICE_STEP_COST, SLICE_CALL_COST)
+
+    def _sliced_programs(self, spec, lengths, T: int, vjp: bool) -> set:
+        """`Strategy.programs` of "time_sliced": one program per segment plan (the masked scan's where the plan
+        is one segment of the whole batch, or runs nothing)."""
+        plan = self._sliced_plan(lengths, T)
+        if not plan or whole_segment(plan, lengths.size, T):
+            return {_plain_program(lengths, T)}
+        return {("sliced", plan)}
 
     def rnn_sliced_plans(self) -> set:
         """(mode, spec, side, dtype, B, T, plan) of every "time_sliced" function compiled so far."""
@@ -360,11 +390,8 @@ class JaxRnn:
         lengths = np.asarray(lengths, dtype=np.int64)
         x = self.asarray(x, device)
         B, T = x.shape[:2]
-        pack = remembered_pack(lengths, T, gap=0)  # no separator: the scan resets its carry itself
-        if pack is None or (spec.cell == "lstm" and pack.used >= np.count_nonzero(lengths) and pack.steps >= T):
-            # nothing runs, or an LSTM grid of one sequence per row over every step (equal lengths): the masked
-            # scan's own call, which the grid does not beat there (side by side 1.14x its time, rounds 1.11-1.15,
-            # 2026-12-06; GRU and tanh RNN grids were 0.98x and 0.74x of it and keep theirs)
+        pack = self._concat_pack(spec, lengths, T)
+        if pack is None:
             return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
                                     f"{_scan_name(_unroll(device))} rows[{B}x{T}]")
         vjp, grid, unroll = cotangents is not None, (pack.rows, pack.steps), _unroll(device)
@@ -377,6 +404,22 @@ class JaxRnn:
         maps = tuple(self.asarray(getattr(pack, k), device) for k in ("src", "mirror", "back", "last"))
         return self._call_net(fn, params, x, lengths, cotangents, device,
                               f"{_scan_name(unroll)} rows[{grid[0]}x{grid[1]}]", (maps,))
+
+    @staticmethod
+    def _concat_pack(spec, lengths, T: int):
+        """The batch's grid (no separator: the scan resets its carry itself), or None where the masked scan's own
+        call runs it: nothing runs, or an LSTM grid of one sequence per row over every step (equal lengths), which
+        does not beat the scan there (side by side 1.14x its time, rounds 1.11-1.15, 2026-12-06; GRU and tanh RNN
+        grids were 0.98x and 0.74x of it and keep theirs)."""
+        pack = remembered_pack(lengths, T, gap=0)
+        if pack is None or (spec.cell == "lstm" and pack.used >= np.count_nonzero(lengths) and pack.steps >= T):
+            return None
+        return pack
+
+    def _concat_programs(self, spec, lengths, T: int, vjp: bool) -> set:
+        """`Strategy.programs` of "concat_rows": one program per grid shape (the masked scan's where none)."""
+        pack = self._concat_pack(spec, lengths, T)
+        return {_plain_program(lengths, T)} if pack is None else {("grid", pack.rows, pack.steps)}
 
     def rnn_concat_grids(self) -> set:
         """(mode, spec, side, dtype, B, T, rows, steps) of every "concat_rows" function compiled so far."""
@@ -720,6 +763,11 @@ def _unroll(device: str) -> int:
     return UNROLL.get(device, 1)
 
 
+def _plain_program(lengths: np.ndarray, T: int) -> tuple:
+    """The key of the masked scan's own program (`_plain_scan`): unmasked where every row is T long."""
+    return ("scan", "full" if lengths.size > 0 and bool((lengths == T).all()) else "masked")
+
+
 def _scan_name(unroll: int) -> str:
     return "xla-scan" if unroll == 1 else f"xla-scan unroll{unroll}"
 
@@ -753,13 +801,16 @@ STRATEGIES = strategy_table(
           "length 1 and are zeroed", supports=_cudnn_ok),
     Strategy("bucketed", lambda a, spec, params, x, L, side, dev: a._bucketed(spec, params, x, L, None, side, dev),
              lambda a, spec, params, x, L, cot, side, dev: a._bucketed(spec, params, x, L, cot, side, dev),
-             doc="rows sorted by length into <= 4 trimmed buckets (shapes on a ladder), each a masked scan"),
+             doc="rows sorted by length into <= 4 trimmed buckets (shapes on a ladder), each a masked scan",
+             programs=lambda a, *args: a._bucketed_programs(*args)),
     Strategy("time_sliced", lambda a, spec, params, x, L, side, dev: a._sliced(spec, params, x, L, None, side, dev),
              lambda a, spec, params, x, L, cot, side, dev: a._sliced(spec, params, x, L, cot, side, dev),
              doc="rows sorted by length, the masked scan over <= 8 time segments (cuts and row counts on ladders) "
-                 "with the carry passed on, all in one jit per plan"),
+                 "with the carry passed on, all in one jit per plan",
+             programs=lambda a, *args: a._sliced_programs(*args)),
     Strategy("concat_rows", lambda a, spec, params, x, L, side, dev: a._concat(spec, params, x, L, None, side, dev),
              lambda a, spec, params, x, L, cot, side, dev: a._concat(spec, params, x, L, cot, side, dev),
              doc="several sequences end to end per row (first-fit decreasing, grid shapes on ladders), one scan per "
-                 "direction over the grid with the carry reset to 0 at each sequence's first step"),
+                 "direction over the grid with the carry reset to 0 at each sequence's first step",
+             programs=lambda a, *args: a._concat_programs(*args)),
 )

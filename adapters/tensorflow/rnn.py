@@ -76,6 +76,9 @@ bucket shape, a bounded set):
   and the tanh RNN keep their grid (faster than any Keras call on equal lengths). Row moves are gathers whose
   gradient is the inverse gather (`_moved_rows`). Kernel "xla-scan rows[<rows>x<steps>]".
 
+"bucketed", "time_sliced" and "concat_rows" name the tf.functions a batch runs from their own host planners
+(`Strategy.programs`), tracing nothing, so the bench counts the traces of hundreds of fresh batches.
+
 Gradients come from `tf.GradientTape` inside the compiled function ("concat_rows"' scan supplies its own through
 `tf.custom_gradient`); Keras-layout gradients are mapped back to the
 canonical PyTorch layout (`canonical_grads`: transposed, gate order restored, a merged bias gradient goes to both
@@ -93,6 +96,7 @@ from adapters.spec import (
     RnnOut,
     RnnSpec,
     Strategy,
+    bucket_rows,
     gated_only,
     ladder_segments,
     plan_buckets,
@@ -697,7 +701,7 @@ class TensorflowRnn:
         if x.shape[1] == 0:  # T == 0, nothing to run: the plain path returns the zeros
             return self._plain(*args, " bucketed[0]")
         tf = self.tf
-        plan = plan_buckets(lengths, x.shape[1], step_cost=STEP_COST, call_cost=CALL_COST)
+        plan = _bucket_plan(lengths, x.shape[1])
         if whole_batch(plan, x.shape[0], x.shape[1]):  # the strategy's own tf.function
             return self._plain(*args, " bucketed[1]")
         x, _, params = self._inputs(spec, params, x, lengths, device)
@@ -716,10 +720,8 @@ class TensorflowRnn:
 
     def _run_bucket(self, impl, spec, side, device, params, x, lengths, bucket: Bucket, cot):
         """One bucket's tf.function call -> (kernel, *its results); rows padded with empty rows (length 0)."""
-        n = bucket.rows.size
-        rows = np.concatenate([bucket.rows, np.full(bucket.batch - n, bucket.rows[0])])
-        lens = np.where(np.arange(bucket.batch) < n, lengths[rows], 0)
-        permute = not np.array_equal(rows, np.arange(x.shape[0]))
+        rows, permute = bucket_rows(bucket, x.shape[0])
+        lens = np.where(np.arange(bucket.batch) < bucket.rows.size, lengths[rows], 0)
         mode = "fwd" if cot is None else "vjp"
         key = ("bucket", mode, spec, impl.name, side, x.dtype.name, device, bucket.batch, bucket.steps, permute)
         if key not in self._fns:
@@ -774,7 +776,7 @@ class TensorflowRnn:
         plan's tf.function (one trace per distinct plan, `rnn_sliced_plans()`)."""
         lengths = np.asarray(lengths)
         T, B = np.shape(x)[1], lengths.size
-        plan = ladder_segments(lengths, T, MAX_SEGMENTS, STEP_COST, SLICE_CALL_COST)
+        plan = _sliced_plan(lengths, T)
         if not plan or whole_segment(plan, B, T):
             # nothing runs (the Keras path returns the zeros), or one segment of the whole batch over every step:
             # Keras's own masked call, without the sort and gathers
@@ -806,9 +808,9 @@ class TensorflowRnn:
         RNN's 0.41x the best Keras call, so those two keep their grid."""
         lengths = np.asarray(lengths, dtype=np.int64)
         T, B = np.shape(x)[1], lengths.size
-        pack = remembered_pack(lengths, T, gap=0)
-        if pack is None or (spec.cell == "lstm" and pack.used >= np.count_nonzero(lengths)):
-            plain = _KERAS if spec.cell == "rnn" else _SATURATED
+        pack = _concat_pack(spec, lengths, T)
+        if pack is None:
+            plain = _concat_plain(spec)
             return self._plain(plain, spec, params, x, lengths, cotangents, side, device, f" rows[{B}x{T}]")
         x, L, params = self._inputs(spec, params, x, lengths, device)
         mode = "fwd" if cotangents is None else "vjp"
@@ -902,6 +904,50 @@ def _concat_ok(adapter: Any = None, cell: str | None = None, **spec: Any) -> str
     return None if why is None else f"an LSTM grid of one sequence per row runs saturated_gate's Keras layers: {why}"
 
 
+# -- the programs a batch's plan runs (`Strategy.programs`: the bench counts them over many fresh batches) ---------
+def _bucket_plan(lengths, T: int) -> list:
+    return plan_buckets(np.asarray(lengths), T, step_cost=STEP_COST, call_cost=CALL_COST)
+
+
+def _sliced_plan(lengths, T: int) -> tuple:
+    return ladder_segments(np.asarray(lengths), T, MAX_SEGMENTS, STEP_COST, SLICE_CALL_COST)
+
+
+def _concat_pack(spec: RnnSpec, lengths, T: int):
+    """The batch's grid (no separator: the scan resets its carry itself), or None where one padded Keras call runs
+    it (`_concat_plain`): nothing runs, or packing leaves one LSTM sequence per row."""
+    pack = remembered_pack(lengths, T, gap=0)
+    if pack is None or (spec.cell == "lstm" and pack.used >= np.count_nonzero(lengths)):
+        return None
+    return pack
+
+
+def _concat_plain(spec: RnnSpec) -> _Impl:
+    return _KERAS if spec.cell == "rnn" else _SATURATED
+
+
+def _bucketed_programs(adapter, spec, lengths, T: int, vjp: bool) -> set:
+    """"bucketed": one tf.function per bucket shape (and whether it gathers rows); Keras's own where one bucket is
+    the whole batch (or nothing runs)."""
+    plan = _bucket_plan(lengths, T) if T else []
+    if not T or whole_batch(plan, lengths.size, T):
+        return {("plain", _KERAS.name)}
+    return {("bucket", b.batch, b.steps, bucket_rows(b, lengths.size)[1]) for b in plan}
+
+
+def _sliced_programs(adapter, spec, lengths, T: int, vjp: bool) -> set:
+    """"time_sliced": one tf.function per segment plan; Keras's own where the plan is one segment of the whole
+    batch, or runs nothing."""
+    plan = _sliced_plan(lengths, T)
+    return {("plain", _KERAS.name)} if not plan or whole_segment(plan, lengths.size, T) else {("sliced", plan)}
+
+
+def _concat_programs(adapter, spec, lengths, T: int, vjp: bool) -> set:
+    """"concat_rows": one XLA-compiled tf.function per grid shape; the padded Keras call's where none."""
+    pack = _concat_pack(spec, lengths, T)
+    return {("plain", _concat_plain(spec).name)} if pack is None else {("grid", pack.rows, pack.steps)}
+
+
 def _unit(impl: _Impl, doc: str, **kw: Any) -> Strategy:
     return Strategy(impl.name, lambda a, *args: a._rnn_forward(impl, *args),
                     lambda a, *args: a._rnn_vjp(impl, *args), doc=doc, **kw)
@@ -923,18 +969,21 @@ STRATEGIES = strategy_table(
              lambda a, spec, params, x, L, cot, side, dev: a._bucketed(_KERAS, spec, params, x, L, cot, side, dev),
              supports=_keras_layers_ok,
              doc="rows sorted by length into <= 4 trimmed buckets (shapes on a ladder), each through the Keras "
-                 "layers (the faster network on CPU)"),
+                 "layers (the faster network on CPU)",
+             programs=_bucketed_programs),
     Strategy("concat_rows",
              lambda a, spec, params, x, L, side, dev: a._concat(spec, params, x, L, None, side, dev),
              lambda a, spec, params, x, L, cot, side, dev: a._concat(spec, params, x, L, cot, side, dev),
              supports=_concat_ok,
              doc="several sequences end to end per row (first-fit decreasing, grid shapes on ladders), one "
                  "XLA-compiled tf.scan per layer and direction over the grid with the carry reset to 0 at each "
-                 "sequence's first step, its gradient written out (a reverse scan)"),
+                 "sequence's first step, its gradient written out (a reverse scan)",
+             programs=_concat_programs),
     Strategy("time_sliced",
              lambda a, spec, params, x, L, side, dev: a._sliced(spec, params, x, L, None, side, dev),
              lambda a, spec, params, x, L, cot, side, dev: a._sliced(spec, params, x, L, cot, side, dev),
              supports=_keras_layers_ok,
              doc="rows sorted by length, Keras layers over <= 8 time segments (cuts and row counts on ladders), "
-                 "the state carried across; masked steps carry each row's final state"),
+                 "the state carried across; masked steps carry each row's final state",
+             programs=_sliced_programs),
 )
