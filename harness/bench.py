@@ -26,6 +26,7 @@ from harness.axes import HEADLINE, case_key
 from harness.families import family_of, recommended_ops
 from harness.families.base import Prepared
 from harness.proc import die_with_parent, spawn, stderr_tail
+from harness.profiles import case_lengths
 
 
 class Ready:
@@ -83,6 +84,7 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
     if streams(adapter, case):
         try:
             stream = stream_compiles(adapter, case, warm=fresh)
+            stream.update(planned_compiles(adapter, case))
         except Exception as e:  # noqa: BLE001 - the case's own measurement stands; the stream says why it has none
             stream = {"stream_error": f"{type(e).__name__}: {e}"[:300]}
     rate = floor_rates.get("copy_bytes_per_s" if p.floor == "copy" else "gemm_flop_per_s")
@@ -164,6 +166,34 @@ def stream_compiles(adapter, case: dict, batches: int | None = None, warm: bool 
             seconds += max(p.first_call_s - (time.perf_counter() - t), 0.0)
     return {"stream_batches": batches, "stream_compiles": adapter.compile_count() - before,
             "stream_compile_s": seconds}
+
+
+#: fresh batches whose programs `planned_compiles` counts on the host, and the last ones it counts apart (does a
+#: stream still compile after that many batches?)
+PLAN_BATCHES, PLAN_TAIL = 300, 100
+
+
+def planned_compiles(adapter, case: dict, batches: int = PLAN_BATCHES, streamed: int | None = None) -> dict:
+    """What a long stream of fresh batches compiles, counted on the host without compiling: the programs each
+    batch's plan runs, named by the strategy's own planner (`Adapter.programs`: the gates prove that a batch compiles
+    exactly the keys no earlier batch brought), over the case's own batch and then `batches` fresh ones of the same
+    length distribution (seed + 1, + 2, ...: the first `streamed` are those `stream_compiles` ran and timed). {}
+    where the case's programs do not follow its lengths. Record fields plan_batches, plan_programs (the case's own
+    batch's), plan_compiles (new programs over the fresh batches), plan_compiles_streamed (over the first
+    `streamed` of them: `stream_compiles` measured the same batches), plan_compiles_tail (over the last
+    PLAN_TAIL)."""
+    named = getattr(family_of(case["op"]), "programs", None)
+    B, T, seed = case["batch"], case["max_len"], case.get("seed", 0)
+    keys = named(adapter, case, case_lengths(case, B, T)) if named else None
+    if keys is None:
+        return {}
+    streamed, own, news = stream_batches() if streamed is None else streamed, len(keys), []
+    for i in range(1, batches + 1):
+        batch = named(adapter, case, case_lengths({**case, "seed": seed + i}, B, T))
+        news.append(len(batch - keys))
+        keys |= batch
+    return {"plan_batches": batches, "plan_programs": own, "plan_compiles": sum(news),
+            "plan_compiles_streamed": sum(news[:streamed]), "plan_compiles_tail": sum(news[-PLAN_TAIL:])}
 
 
 #: the shape of `warm_family`'s untimed call: no grid's (so it compiles nothing a measured case reuses)

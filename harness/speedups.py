@@ -207,7 +207,7 @@ def lines(records: list[dict], ops: tuple[str, ...], paired: list[dict] = ()) ->
                           if p and others else "")
                        + (f"; new batches compiled {compiled_shapes(best['stream_compiles'], best['stream_batches'])} "
                           f"({best['stream_compile_s']:.1f} s: {best['stream_compile_s'] / best['median_s']:.0f} "
-                          f"warm calls)" if best.get("stream_compiles") else ""))
+                          f"warm calls){planned_shapes(best)}" if best.get("stream_compiles") else ""))
     return out
 
 
@@ -215,3 +215,14 @@ def compiled_shapes(n: int, batches: int) -> str:
     """"<n> shape(s) over <batches>": what fresh batches compiled (`harness.bench.stream_compiles`), as the bench
     lines and the report say it."""
     return f"{int(n)} shape{'s' if n != 1 else ''} over {int(batches)}"
+
+
+def planned_shapes(r) -> str:
+    """"; the planner: <n> over <batches> more (<m> in the last 100)" where the strategy's planner counted the
+    programs of many more fresh batches (`harness.bench.planned_compiles`), else ""."""
+    from harness.bench import PLAN_TAIL
+
+    n, k, tail = (r.get(f) for f in ("plan_compiles", "plan_batches", "plan_compiles_tail"))
+    if any(v is None or v != v for v in (n, k, tail)):  # missing, or NaN in a frame's row
+        return ""
+    return f"; the planner: {int(n)} over {int(k)} more ({int(tail)} in the last {PLAN_TAIL})"

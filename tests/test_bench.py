@@ -220,6 +220,26 @@ def test_new_batches_compile_only_where_the_plan_follows_the_lengths(name):
     assert again["stream_compiles"] == first["stream_compiles"], (first, again)
 
 
+@pytest.mark.parametrize("name", framework_params(["jax", "tensorflow"]))
+def test_the_planner_counts_what_the_streamed_batches_compiled_and_goes_on_over_many_more(name):
+    """For an RNN strategy whose programs follow its plan, `planned_compiles` names (compiling nothing) as many new
+    programs in the stream's fresh batches as `stream_compiles` measured compiling them, then goes on over more
+    fresh batches; a strategy with one program per shape gets no planner count."""
+    adapter = adapters.get(name)
+    case = dict(op="rnn_forward_backward", framework=name, device="cpu", dtype="float32", batch=16, max_len=32,
+                profile="zipf", seed=0, cell="lstm", hidden=4, input_size=4, num_layers=1, bidirectional=False,
+                strategy="time_sliced")
+    stream = bench.stream_compiles(adapter, case, batches=2)
+    c0 = adapter.compile_count()
+    planned = bench.planned_compiles(adapter, case, batches=40, streamed=2)
+    assert adapter.compile_count() == c0, "the planner compiled something"
+    assert planned["plan_compiles_streamed"] == stream["stream_compiles"] > 0, (planned, stream)
+    assert planned["plan_batches"] == 40 and planned["plan_compiles"] > planned["plan_compiles_streamed"], planned
+    assert 0 <= planned["plan_compiles_tail"] <= planned["plan_compiles"], planned
+    plain = {"jax": "scan", "tensorflow": "keras"}[name]
+    assert bench.planned_compiles(adapter, {**case, "strategy": plain}) == {}
+
+
 @pytest.mark.parametrize("name", framework_params(["jax"]))
 def test_a_streamed_case_compiles_afresh_once_and_its_fresh_batches_count_as_from_a_cold_start(name, monkeypatch):
     """A case whose fresh batches are due forgets what is compiled before it runs, not after it is timed: its

@@ -72,14 +72,16 @@ def test_speedup_line_states_the_fraction_of_the_ideal():
 
 
 def test_first_call_pays_no_fresh_batch_compile():
-    """Mutant: `np.minimum(n - 1, batches)` -> `np.minimum(n, batches)` in `calls_cost` (the first call charged a
-    fresh batch's compile). bucketed: compile 0.001 s, warm 4 ms, 1 s per fresh batch for up to 3; scan: 10 ms warm.
+    """Mutant: `np.minimum(n - 1, r["m3"])` -> `np.minimum(n, r["m3"])` in `calls_cost` (the first call charged a
+    fresh batch's compile). bucketed: compile 0.001 s, warm 4 ms, 1 s per fresh batch for up to 3 (its
+    `fresh_compile_curve` knots all at 3 batches, 3 s); scan: 10 ms warm.
     n=1: bucketed 0.001 + 0 + 0.004 = 0.005 < scan 0.010 -> bucketed (mutant: 0.001 + 1 + 0.004 = 1.005 -> scan).
     n=2: bucketed 0.001 + 1 + 0.008 = 1.009 > scan 0.020 -> scan.
     n>=4: bucketed 0.001 + 3 + 0.004 n vs scan 0.010 n: equal at n = 3.001 / 0.006 = 500.17;
     n=500: 5.001 > 5.000 -> scan; n=501: 5.005 < 5.010 -> bucketed."""
+    knots = {k: [0.0, 3.0] for k in ("m1", "c1", "m2", "c2", "m3", "c3")}
     g = pd.DataFrame({"impl": ["jax:scan", "jax:bucketed"], "compile": [0.0, 0.001], "median_s": [0.010, 0.004],
-                      "per_batch": [0.0, 1.0], "batches": [0.0, 3.0]})
+                      **knots})
     assert tables.cheapest_from(g) == [(1, "jax:bucketed"), (2, "jax:scan"), (501, "jax:bucketed")]
     assert tables.hand_overs(g) == ("jax:scan is cheaper from 2 calls on than jax:bucketed, "
                                     "then jax:bucketed from 501 calls on")

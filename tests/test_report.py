@@ -495,6 +495,27 @@ def test_compiles_that_new_batches_bring_are_charged_per_call_up_to_the_batches_
     assert ca.loc["lognormal", "break-even calls"] == "jax:bucketed is cheaper from 167 calls on than jax:scan"
 
 
+def test_the_programs_the_planner_counted_over_many_fresh_batches_are_charged_too():
+    # bucketed as above (1 s compile, 4 ms warm, 3 fresh batches compiled 3 programs in 3 s: 1 s a program), and
+    # its planner counted 100 new programs over 300 fresh batches: 3 in the measured ones, 10 in the last 100. So
+    # after m fresh batches: 3 s at m = 3, 90 s at m = 200, 100 s from m = 300 on. 10,000 calls: 1 + 100 + 40 = 141 s
+    # against scan's 100 s; bucketed is cheaper once 101 + 0.004 n < 0.010 n: from 16,834 calls on (and for 3 to
+    # 200 fresh batches 1 + 3 + 87 (m - 3) / 197 + 0.004 (m + 1): at 100 calls 47.3 s, against 1.0 s)
+    recs = [_bench("jax", "scan", "lognormal", 10.0, compile_s=0.0, stream_batches=3, stream_compiles=0,
+                   stream_compile_s=0.0),
+            _bench("jax", "bucketed", "lognormal", 4.0, compile_s=1.0, stream_batches=3, stream_compiles=3,
+                   stream_compile_s=3.0, plan_batches=300, plan_programs=2, plan_compiles=100,
+                   plan_compiles_streamed=3, plan_compiles_tail=10),
+            _checked("jax", "scan"), _checked("jax", "bucketed")]
+    df = report.bench_frame(recs[:2]).assign(compile=1.0)
+    row = df.assign(**report.tables.fresh_compile_curve(df)).set_index("strategy").loc["bucketed"]
+    assert [round(float(report.tables.calls_cost(row, n)), 6) for n in (1, 4, 101, 201, 301, 10_000)] == [
+        1.004, 4.016, round(1 + 3 + 87 * 97 / 197 + 0.404, 6), 91.804, 102.204, 141.0]
+    ca = _tables(recs)[1].set_index("profile")
+    assert ca.loc["lognormal", "best for 10,000 call(s)"] == "jax:scan"  # 141 s against 100 s
+    assert ca.loc["lognormal", "break-even calls"] == "jax:bucketed is cheaper from 16,834 calls on than jax:scan"
+
+
 def test_the_compile_section_lists_the_strategies_that_compile_for_new_batches(tmp_path):
     recs = [_bench("jax", "scan", "lognormal", 10.0, stream_batches=3, stream_compiles=0, stream_compile_s=0.0),
             _bench("jax", "bucketed", "lognormal", 4.0, compile_s=1.0, stream_batches=3, stream_compiles=6,
@@ -506,6 +527,29 @@ def test_the_compile_section_lists_the_strategies_that_compile_for_new_batches(t
     row = next(line for line in md.splitlines() if "jax:bucketed | lognormal" in line)
     assert row.split(" | ")[-5:] == ["3", "6", "3", "4", "750 |"], row  # batches, compiles, s, warm ms, calls
     assert "jax:scan | lognormal" not in md and "1 compiled nothing for their fresh batches (jax:scan)" in md
+
+
+def test_the_compile_section_shows_what_the_planner_counted_over_many_more_fresh_batches(tmp_path):
+    """Where the bench also counted the programs of many more fresh batches with the strategies' planners, the table
+    adds them after the measured columns, and lists a strategy that compiled nothing in its few fresh batches but
+    whose planner saw new programs later."""
+    planned = dict(stream_batches=3, plan_batches=300)
+    recs = [_bench("jax", "sliced", "lognormal", 4.0, compile_s=1.0, stream_compiles=3, stream_compile_s=3.0,
+                   plan_compiles=170, plan_compiles_streamed=3, plan_compiles_tail=57, **planned),
+            _bench("jax", "grid", "lognormal", 5.0, compile_s=1.0, stream_compiles=0, stream_compile_s=0.0,
+                   plan_compiles=2, plan_compiles_streamed=0, plan_compiles_tail=0, **planned),
+            _bench("jax", "scan", "lognormal", 10.0, stream_batches=3, stream_compiles=0, stream_compile_s=0.0)]
+    from harness.report.render import render
+
+    render([report.sections.compile_section(report.bench_frame(recs), tmp_path)], tmp_path, "t")
+    md = (tmp_path / "report.md").read_text()
+    header = next(line for line in md.splitlines() if "fresh batches |" in line)
+    assert header.split(" | ")[-4:] == ["planner: new programs in the fresh batches", "planner: more fresh batches",
+                                        "planner: new programs in them", "planner: of them in the last 100 |"], header
+    rows = {k: next(line for line in md.splitlines() if f"jax:{k} | lognormal" in line) for k in ("sliced", "grid")}
+    assert rows["sliced"].split(" | ")[-4:] == ["3", "300", "170", "57 |"], rows
+    assert rows["grid"].split(" | ")[-4:] == ["0", "300", "2", "0 |"], rows
+    assert "jax:scan | lognormal" not in md and "A few fresh batches cannot show whether compiles settle" in md
 
 
 def test_a_retraced_timing_is_never_recommended():

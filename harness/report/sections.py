@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.bench import PLAN_TAIL
 from harness.families import OP_TITLES, recommended_ops, strategy_ops
 from harness.report.figures import barh_panels, errbar, grid_fig, legend_right, plain_log_x, save
 from harness.report.render import Section
@@ -418,18 +419,33 @@ def compile_section(df: pd.DataFrame, out: Path) -> Section:
         "compiling batch's first call minus its second). The compile-aware ranking in 'Recommendation' charges "
         "them per new batch. Strategies that compiled nothing new are left out of the table; every one that was "
         "measured is counted in the last line.")
+    planned = ["plan_compiles_streamed", "plan_batches", "plan_compiles", "plan_compiles_tail"]
+    stream = stream.reindex(columns=[*stream.columns, *(c for c in planned if c not in stream.columns)])
     t = stream.groupby(["device", "op", "impl", "profile", "batch", "max_len"]).agg(
         fresh_batches=("stream_batches", "max"), new_compiles=("stream_compiles", "max"),
-        compile_s=("stream_compile_s", "max"), warm_s=("median_s", "median")).reset_index()
+        compile_s=("stream_compile_s", "max"), warm_s=("median_s", "median"),
+        **{c: (c, "max") for c in planned}).reset_index()
     t["their compile s in warm calls"] = (t["compile_s"] / t["warm_s"]).round(0)
     t = t.assign(warm_s=(t["warm_s"] * 1e3).round(2)).rename(columns={
         "fresh_batches": "fresh batches", "new_compiles": "new compiles", "compile_s": "their compile s",
-        "warm_s": "warm ms"})
-    grew = t[t["new compiles"] > 0]
+        "warm_s": "warm ms", "plan_compiles_streamed": "planner: new programs in the fresh batches",
+        "plan_batches": "planner: more fresh batches", "plan_compiles": "planner: new programs in them",
+        "plan_compiles_tail": f"planner: of them in the last {PLAN_TAIL}"})
+    plans = [c for c in t.columns if c.startswith("planner")]
+    t = t[[c for c in t.columns if c not in plans] + (plans if t[plans].notna().any().any() else [])]
+    grew = t[(t["new compiles"] > 0) | (t.get("planner: new programs in them", t["new compiles"]) > 0)]
     if grew.empty:
         s.p("No strategy compiled a new shape for a new batch.")
     else:
-        s.table(grew.round(3))
+        s.table(grew.assign(**{c: grew[c].astype(object).where(grew[c].notna(), "-")
+                               for c in grew.columns if c.startswith("planner")}).round(3))
+    if "planner: more fresh batches" in t.columns:
+        s.p("A few fresh batches cannot show whether compiles settle. Where a strategy's compiled programs follow "
+            "its plan, its own host planner named the programs of many more fresh batches, compiling nothing "
+            "(`Adapter.programs`; the gates prove it names exactly what each batch compiles): 'planner: new "
+            "programs in them' is what a stream of that many batches compiles, the last column whether it still "
+            f"compiles in the last {PLAN_TAIL} of them, and 'planner: new programs in the fresh batches' "
+            "its count for the timed fresh batches (the same batches as 'new compiles').")
     return s.p(f"Measured: {len(t)} cases; {len(t) - len(grew)} compiled nothing for their fresh batches "
                f"({', '.join(sorted(set(t.loc[t['new compiles'] == 0, 'impl'])))}).")
 
@@ -533,8 +549,10 @@ def recommendation_section(df: pd.DataFrame, check: pd.DataFrame, paired: pd.Dat
             "the profile's lengths (compile time + the compiles new batches brought + n x warm time, as the runoff "
             "above timed it where it decided; compiled "
             "strategies pay their jit / tf.function compile, torch's graph_loop its CUDA-graph capture, once per "
-            "shape; the compiles per new batch are those measured over a few fresh batches ('Compile time'), "
-            "charged for as many calls, so a strategy whose shapes keep growing past them costs at least this), "
+            "shape; the compiles of new batches are those measured over a few fresh batches ('Compile time'), "
+            "and, where the strategy's planner counted them, the new programs of many more fresh batches at the "
+            "seconds per program measured; batches past those are charged nothing, so a strategy whose programs "
+            "keep growing costs at least this), "
             "and the break-evens: the strategy that is cheapest for a single call, then each one that takes over as "
             "the calls grow, from the number of calls where it becomes the cheapest.")
         s.table(ca)

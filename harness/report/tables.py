@@ -7,10 +7,11 @@ import re
 import numpy as np
 import pandas as pd
 
+from harness.bench import PLAN_TAIL
 from harness.families import FAMILIES, OP_TITLES, check_family, family_of, recommended_ops, strategy_ops
 from harness.records import COMMON_OPTIONAL, COMMON_REQUIRED, SOURCES
 from harness.report.render import fmt
-from harness.speedups import SHAPE, baseline, compiled_shapes, contenders, runoff
+from harness.speedups import SHAPE, baseline, compiled_shapes, contenders, planned_shapes, runoff
 
 
 def frame(records: list[dict], source: str) -> pd.DataFrame:
@@ -421,7 +422,7 @@ def fresh_compiles(r) -> str:
     """"<n> shapes over <k>": what fresh batches of the profile compiled after the case (`stream_compiles`), or ""
     where none were measured or they compiled nothing."""
     n, k = r.get("stream_compiles"), r.get("stream_batches")
-    return "" if pd.isna(n) or pd.isna(k) or n <= 0 else compiled_shapes(n, k)
+    return "" if pd.isna(n) or pd.isna(k) or n <= 0 else compiled_shapes(n, k) + planned_shapes(r)
 
 
 def setup_floor_rows(records: list[dict]) -> pd.DataFrame:
@@ -558,7 +559,9 @@ def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFr
     A strategy with no compile time recorded anywhere is left out (its cost of n calls is unknown), as are retraced
     timings (not a warm time). The compiles of new batches (`stream_compile_s` over `stream_batches` fresh batches,
     `harness.bench.stream_compiles`) count 0 where they were not measured (eager frameworks, equal lengths, records
-    older than the measurement). `paired`: the warm time of strategies the sweep could not order but a side-by-side
+    older than the measurement); where the strategy's planner also counted the new programs of many more fresh
+    batches (`harness.bench.planned_compiles`), those are charged too, at the seconds per program measured
+    (`fresh_compile_curve`). `paired`: the warm time of strategies the sweep could not order but a side-by-side
     runoff did is their `warm_times` (so the many-calls columns agree with the recommendation)."""
     data = headline(ok(df)[ok(df)["op"].isin(recommended_ops())])
     if data.empty:
@@ -567,11 +570,10 @@ def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFr
     data = data[exact & ~data["retraced"].eq(True)]
     same = ["framework", "strategy", "op", "device", "batch", "max_len", *CONFIG]
     known = data["compile_s"].astype(float)
-    fresh = data.reindex(columns=["stream_batches", "stream_compile_s"]).astype(float)
     data = data.assign(compile=known.fillna(known.groupby([data[c].astype(str) for c in same]).transform("max")),
-                       per_batch=(fresh["stream_compile_s"] / fresh["stream_batches"]).fillna(0.0),
-                       batches=fresh["stream_batches"].fillna(0.0), impl=data["framework"] + ":" + data["strategy"])
+                       impl=data["framework"] + ":" + data["strategy"])
     data = data[data["compile"].notna()]
+    data = data.assign(**fresh_compile_curve(data))
     data = data.assign(median_s=warm_times(data, paired))
     varying, rows = varying_config(data), []
     for (op, device, *_, profile), g in data.groupby(["op", "device", *CONFIG, "profile"], dropna=False):
@@ -587,20 +589,52 @@ def compile_aware_table(df: pd.DataFrame, check: pd.DataFrame, paired: pd.DataFr
     return pd.DataFrame(rows)
 
 
+#: the knots of `fresh_compile_curve`: (fresh batches, seconds their compiles took in all), from the first on
+CURVE = (("m1", "c1"), ("m2", "c2"), ("m3", "c3"))
+
+
+def fresh_compile_curve(data: pd.DataFrame) -> dict[str, pd.Series]:
+    """The seconds the compiles of the first m fresh batches take, as a line through (0, 0) and three knots per row
+    (`CURVE`), flat after the last: the `stream_batches` batches the bench ran (their measured `stream_compile_s`);
+    where the planner counted more (`plan_batches`, `plan_compiles`, of them `plan_compiles_tail` in the last
+    PLAN_TAIL and `plan_compiles_streamed` in the measured ones), the start of the last PLAN_TAIL and their end,
+    each new program at the seconds per program measured (`stream_compile_s / stream_compiles`; where the measured
+    batches compiled none, the case's own compile over its own batch's `plan_programs`). Without a planner count
+    the three knots coincide: `stream_compile_s` after `stream_batches`; without a stream, no compile at all."""
+    cols = ["stream_batches", "stream_compiles", "stream_compile_s", "plan_batches", "plan_compiles",
+            "plan_compiles_streamed", "plan_compiles_tail", "plan_programs"]
+    f = data.reindex(columns=cols).astype(float)
+    m1, c1 = f["stream_batches"].fillna(0.0), f["stream_compile_s"].fillna(0.0)
+    each = (f["stream_compile_s"] / f["stream_compiles"]).where(f["stream_compiles"] > 0,
+                                                                data["compile"] / f["plan_programs"])
+    planned = f["plan_batches"].notna() & each.notna() & (f["plan_batches"] > m1 + PLAN_TAIL)
+    m3 = f["plan_batches"].where(planned, m1)
+    m2 = (m3 - PLAN_TAIL).where(planned, m1)
+    c2 = (c1 + each * (f["plan_compiles"] - f["plan_compiles_tail"] - f["plan_compiles_streamed"])).where(planned, c1)
+    c3 = (c2 + each * f["plan_compiles_tail"]).where(planned, c1)
+    return {"m1": m1, "c1": c1, "m2": m2, "c2": c2, "m3": m3, "c3": c3}
+
+
 def calls_cost(r, n: int):
     """Seconds of n calls on n batches of new lengths (a row or a frame of `compile_aware_table`'s data): the
-    first call's compile, the compiles each further batch brought as measured over `batches` fresh batches (pro
-    rata, for at most that many: shapes new batches compile past them are not counted), and n warm calls."""
-    return r["compile"] + r["per_batch"] * np.minimum(n - 1, r["batches"]) + n * r["median_s"]
+    first call's compile, the compiles of the n - 1 further batches (`fresh_compile_curve`: measured over a few
+    fresh batches, counted by the planner over many more where it could; batches past those bring nothing counted,
+    so a strategy whose programs still grow costs at least this), and n warm calls."""
+    m, fresh, lo = np.minimum(n - 1, r["m3"]), 0.0, (0.0, 0.0)
+    for mk, ck in CURVE:
+        span = r[mk] - lo[0]
+        step = (r[ck] - lo[1]) * np.clip((m - lo[0]) / np.where(span > 0, span, 1.0), 0.0, 1.0)
+        fresh, lo = fresh + np.where(span > 0, step, 0.0), (r[mk], r[ck])
+    return r["compile"] + fresh + n * r["median_s"]
 
 
 def cheapest_from(g: pd.DataFrame) -> list[tuple[int, str]]:
     """The lower envelope of the strategies' `calls_cost` over n = 1, 2, ...: [(n, impl), ...], the strategy
     (`impl`) that is cheapest from n calls on until the next entry's n (ties: the first row, as `idxmin` picks).
-    Every cost is linear in n past the knee (the most fresh batches measured, + 1), so the cheapest can change only
+    Every cost is linear in n past the knee (the most fresh batches counted, + 1), so the cheapest can change only
     at a call count up to the knee or next to a crossing of two of those lines: those are the only counts looked
     at, whatever n the hand-overs take."""
-    knee = int(g["batches"].max()) + 1
+    knee = int(g["m3"].max()) + 1
     at_knee = calls_cost(g, knee).to_numpy(float)
     slope = g["median_s"].to_numpy(float)
     ns = set(range(1, knee + 1))
