@@ -225,9 +225,7 @@ class Adapter(abc.ABC):
     def strategy_kernel(self, family: str, strategy: str, variant: str | None = None) -> str:
         """The static kernel name a strategy declares ("" if its results carry it), the one that runs for
         `variant` where that matters (a loss's kind, "embed" or "embedding_bag")."""
-        table = self.strategy_table(family)
-        check_choice(f"{self.name} {family} strategy", strategy, list(table))
-        return table[strategy].kernel_for(variant)
+        return self._declared(family, strategy).kernel_for(variant)
 
     def programs(self, family: str, strategy: str, spec: Any, lengths: Any, T: int, *, vjp: bool) -> set | None:
         """The compiled programs a [B, T] batch of `lengths` runs under `strategy` (forward, or forward + backward
@@ -235,10 +233,15 @@ class Adapter(abc.ABC):
         (`Strategy.programs`); `spec` is the family's (an RnnSpec). None where the programs do not depend on the
         lengths. Over a stream of batches of one shape, a batch compiles the keys that no earlier batch brought:
         the bench counts them over many fresh batches (`harness.bench.planned_compiles`)."""
+        plan = self._declared(family, strategy).programs
+        return None if plan is None else set(plan(self, spec, np.asarray(lengths, dtype=np.int64), int(T), vjp))
+
+    def _declared(self, family: str, strategy: str) -> Strategy:
+        """The unit of a strategy the family declares, whatever its precondition says (ValueError naming the
+        declared ones otherwise)."""
         table = self.strategy_table(family)
         check_choice(f"{self.name} {family} strategy", strategy, list(table))
-        plan = table[strategy].programs
-        return None if plan is None else set(plan(self, spec, np.asarray(lengths, dtype=np.int64), int(T), vjp))
+        return table[strategy]
 
     def rnn_strategies(self, cell: str) -> list[str]:
         """The exact RNN strategies this adapter offers for `cell`, default first."""
