@@ -317,6 +317,13 @@ def test_programs_name_what_each_fresh_batch_compiles(name, strategy):
                 f"batch {i} {L.tolist()}: {fw.compile_count() - before} compiles, programs named {keys - seen} new"
             seen |= keys
         assert news[1] == 0 and sum(news) >= 4, news  # a repeated plan compiled nothing; the stream compiled
+    # no step at all: what runs then (JAX: the scan over 0 steps, compiled; TF: zeros, no tf.function) is named too
+    fw.clear_compiled()
+    empty, before = np.zeros(3, dtype=np.int64), fw.compile_count()
+    keys = fw.programs("rnn", strategy, spec, empty, 0, vjp=True)
+    fw.rnn_vjp(spec, params, fw.asarray(np.zeros((3, 0, 2), "float32")), empty,
+               {k: v[:3, :0] if k == "outputs" else v[:, :3] for k, v in cot.items()}, strategy=strategy)
+    assert fw.compile_count() - before == len(keys), (keys, fw.compile_count() - before)
 
 
 def test_tensorflow_saturated_gate_excludes_the_tanh_rnn_with_a_reason():

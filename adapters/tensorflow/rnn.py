@@ -926,12 +926,20 @@ def _concat_plain(spec: RnnSpec) -> _Impl:
     return _KERAS if spec.cell == "rnn" else _SATURATED
 
 
+def _plain_programs(impl: _Impl, T: int) -> set:
+    """The program of strategy `impl`'s own call (`_plain`): its tf.function, none where there is no step (its
+    zeros are made without one)."""
+    return {("plain", impl.name)} if T else set()
+
+
 def _bucketed_programs(adapter, spec, lengths, T: int, vjp: bool) -> set:
     """"bucketed": one tf.function per bucket shape (and whether it gathers rows); Keras's own where one bucket is
     the whole batch (or nothing runs)."""
-    plan = _bucket_plan(lengths, T) if T else []
-    if not T or whole_batch(plan, lengths.size, T):
-        return {("plain", _KERAS.name)}
+    if not T:
+        return _plain_programs(_KERAS, T)
+    plan = _bucket_plan(lengths, T)
+    if whole_batch(plan, lengths.size, T):
+        return _plain_programs(_KERAS, T)
     return {("bucket", b.batch, b.steps, bucket_rows(b, lengths.size)[1]) for b in plan}
 
 
@@ -939,13 +947,13 @@ def _sliced_programs(adapter, spec, lengths, T: int, vjp: bool) -> set:
     """"time_sliced": one tf.function per segment plan; Keras's own where the plan is one segment of the whole
     batch, or runs nothing."""
     plan = _sliced_plan(lengths, T)
-    return {("plain", _KERAS.name)} if not plan or whole_segment(plan, lengths.size, T) else {("sliced", plan)}
+    return _plain_programs(_KERAS, T) if not plan or whole_segment(plan, lengths.size, T) else {("sliced", plan)}
 
 
 def _concat_programs(adapter, spec, lengths, T: int, vjp: bool) -> set:
     """"concat_rows": one XLA-compiled tf.function per grid shape; the padded Keras call's where none."""
     pack = _concat_pack(spec, lengths, T)
-    return {("plain", _concat_plain(spec).name)} if pack is None else {("grid", pack.rows, pack.steps)}
+    return _plain_programs(_concat_plain(spec), T) if pack is None else {("grid", pack.rows, pack.steps)}
 
 
 def _unit(impl: _Impl, doc: str, **kw: Any) -> Strategy:
