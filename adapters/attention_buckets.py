@@ -14,7 +14,8 @@ and are gathered back the same way, so padded steps get exactly 0. Rows without 
 key) are in no bucket: their outputs and gradients are 0, as the contract says.
 
 Compiled frameworks (JAX, TensorFlow) round each bucket's batch and lengths up the shape ladders, so the inner
-strategy compiles one function per bucket shape, a small set whatever lengths come (`compile_count` counts them);
+strategy compiles one function per bucket shape, a small set whatever lengths come (`compile_count` counts them;
+the unit's `programs` names them from the plan, compiling nothing, so the bench counts them over many batches);
 eager PyTorch trims to the exact lengths. Kernel: "<inner kernel> bucketed[k]", k the buckets that ran.
 
 Each framework provides two primitives: `_take_rows(x, index)` (gather along the batch axis with a host index) and
@@ -71,7 +72,7 @@ def _run(a, cost: dict, prefer: tuple[str, ...], graph, q, k, v, ql, kvl, cot, c
                           q.shape[3])
     inner_name = inner_strategy(a, prefer, **spec)
     inner = a.strategy_table("attention")[inner_name]
-    plan = plan_attention(ql, kvl, Tq, Tk, **cost_for(cost, device))
+    plan = plan_for(cost, ql, kvl, Tq, Tk, device)
 
     def call(q, k, v, ql, kvl, cot):
         if cot is None:
@@ -80,7 +81,7 @@ def _run(a, cost: dict, prefer: tuple[str, ...], graph, q, k, v, ql, kvl, cot, c
 
     q, k, v = (a.asarray(x, device) for x in (q, k, v))
     cot = None if cot is None else a.asarray(cot, device)
-    if not plan or (len(plan) == 1 and plan[0].rows.size == B and (plan[0].q_steps, plan[0].kv_steps) == (Tq, Tk)):
+    if not trims(plan, B, Tq, Tk):
         out, grads = call(q, k, v, ql, kvl, cot)  # nothing to trim (or no work at all): the inner call as it is
         return AttnOut(out.outputs, f"{out.kernel} bucketed[1]"), grads
     if graph is not None:
@@ -101,12 +102,25 @@ def _run(a, cost: dict, prefer: tuple[str, ...], graph, q, k, v, ql, kvl, cot, c
                  for name, x, index in (("q", q, q_index), ("k", k, kv_index), ("v", v, kv_index))}
 
 
+def plan_for(cost: dict, ql: np.ndarray, kvl: np.ndarray, Tq: int, Tk: int, device: str) -> list:
+    """The buckets of a batch with query and key lengths `ql`, `kvl` under the framework's cost model `cost` on
+    `device`: what the strategy runs, and what its `programs` name."""
+    return plan_attention(ql, kvl, Tq, Tk, **cost_for(cost, device))
+
+
+def trims(plan: list, B: int, Tq: int, Tk: int) -> bool:
+    """Whether `plan` runs buckets at all: not when no row has work (an empty plan) nor when one untrimmed bucket
+    holds every row in its order (the inner strategy's call on the whole batch runs then)."""
+    return bool(plan) and not (len(plan) == 1 and plan[0].rows.size == B
+                               and (plan[0].q_steps, plan[0].kv_steps) == (Tq, Tk))
+
+
 def cost_for(cost: dict, device: str) -> dict:
     """A framework's bucket cost model (one dict per device) for `device`: its own, else the CPU's."""
     return cost.get(device, cost["cpu"])
 
 
-def bucketed_unit(cost: dict, prefer: tuple[str, ...] = (), graph=None) -> Strategy:
+def bucketed_unit(cost: dict, prefer: tuple[str, ...] = (), graph=None, graph_programs=None) -> Strategy:
     """The framework's "bucketed" attention unit, planned with its cost model `cost` (`plan_attention`'s keywords:
     call_cost and token_cost in (row, query, key) scores, ladders for compiled frameworks), one per device
     ({"cpu": ..., "gpu": ...}; a device it lacks takes the CPU's). The dicts are read at every call, so they are
@@ -115,7 +129,11 @@ def bucketed_unit(cost: dict, prefer: tuple[str, ...] = (), graph=None) -> Strat
     `graph`: where a framework runs every bucket in one compiled call, `graph(a, inner, plan, q, k, v, ql, kvl, cot,
     causal, side, scale, device) -> (AttnOut, grads or None)` (inner: the strategy name the buckets run), used
     whenever the plan trims; it does the same takes and gathers back (`bucket_rows`, `window_index`,
-    `attention_unbucket_index`) inside the call."""
+    `attention_unbucket_index`) inside the call.
+    `graph_programs`: where `graph`'s compiled programs follow the plan, `graph_programs(plan) -> set` of their
+    keys (JAX: one per bucket shape; TensorFlow: one per bucket count); the unit's `programs` then names them, or
+    the inner strategy's one call where the plan trims nothing (`Strategy.programs`; spec: {"device": ...}, with
+    "kv_lengths" and "Tk" for cross-attention, else the keys are the queries')."""
 
     def forward(a, q, k, v, ql, kvl, causal, side, scale, device):
         return _run(a, cost, prefer, graph, q, k, v, ql, kvl, None, causal, side, scale, device)[0]
@@ -126,6 +144,11 @@ def bucketed_unit(cost: dict, prefer: tuple[str, ...] = (), graph=None) -> Strat
     def supports(a, **spec: Any) -> str | None:
         return None if inner_strategy(a, prefer, **spec) else f"no other {a.name} attention strategy runs for {spec}"
 
-    return Strategy(NAME, forward, vjp, supports=supports,
+    def programs(a, spec: dict, lengths: np.ndarray, T: int, vjp: bool) -> set:
+        kvl, Tk = np.asarray(spec.get("kv_lengths", lengths), np.int64), int(spec.get("Tk", T))
+        plan = plan_for(cost, lengths, kvl, T, Tk, spec["device"])
+        return set(graph_programs(plan)) if trims(plan, lengths.size, T, Tk) else {("inner",)}
+
+    return Strategy(NAME, forward, vjp, supports=supports, programs=None if graph_programs is None else programs,
                     doc="rows sorted by q_len x kv_len into a few buckets (cost model), each trimmed and run by the "
                         "framework's preferred (else default) exact strategy, results gathered back")

@@ -230,9 +230,11 @@ class Adapter(abc.ABC):
     def programs(self, family: str, strategy: str, spec: Any, lengths: Any, T: int, *, vjp: bool) -> set | None:
         """The compiled programs a [B, T] batch of `lengths` runs under `strategy` (forward, or forward + backward
         with `vjp`), as keys found by the strategy's own host planner without compiling or running anything
-        (`Strategy.programs`); `spec` is the family's (an RnnSpec). None where the programs do not depend on the
-        lengths. Over a stream of batches of one shape, a batch compiles the keys that no earlier batch brought:
-        the bench counts them over many fresh batches (`harness.bench.planned_compiles`)."""
+        (`Strategy.programs`). `spec` is what else the family's planner reads: an RnnSpec for "rnn"; for
+        "attention" {"device": ...}, with "kv_lengths" and "Tk" for cross-attention; None for "loss" and
+        "embedding". None where the programs do not depend on the lengths. Over a stream of batches of one shape,
+        a batch compiles the keys that no earlier batch brought: the bench counts them over many fresh batches
+        (`harness.bench.planned_compiles`)."""
         plan = self._declared(family, strategy).programs
         return None if plan is None else set(plan(self, spec, np.asarray(lengths, dtype=np.int64), int(T), vjp))
 
@@ -985,10 +987,11 @@ def valid_only_kernels(softmax_ce: str, sigmoid_bce: str) -> dict[str, str]:
             for kind, primitive in (("softmax_ce", softmax_ce), ("sigmoid_bce", sigmoid_bce))}
 
 
-def valid_only_unit(kernel: str | dict[str, str], doc: str) -> Strategy:
+def valid_only_unit(kernel: str | dict[str, str], doc: str, programs=None) -> Strategy:
     """The "valid_only" loss unit of a framework whose adapter has `_valid_only_run(logits, targets, lengths, kind,
     reduction, side, device, grad)` (TensorFlow, JAX; torch's runs through its own `_loss_run`); `kernel` per kind
-    as for `adapters.spec.kernel_fields`."""
+    as for `adapters.spec.kernel_fields`; `programs` its `Strategy.programs` where its compiles follow the
+    lengths."""
     return Strategy("valid_only", lambda fw, *a: fw._valid_only_run(*a, grad=False),
                     lambda fw, *a: fw._valid_only_run(*a, grad=True), supports=lambda fw, **spec: None,
-                    doc=doc, **kernel_fields(kernel))
+                    doc=doc, programs=programs, **kernel_fields(kernel))

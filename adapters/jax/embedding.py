@@ -101,11 +101,21 @@ class _Segment:
         return flat, flat // max(T, 1)
 
     @staticmethod
+    def size(lengths, T) -> int:
+        """The packed length: the valid tokens' count rounded up the ladder (one compiled program per size)."""
+        valid = int(np.sum(lengths))
+        return int(round_up(valid, shape_ladder(len(lengths) * T, quarters=True))) if valid else 0
+
+    @staticmethod
+    def programs(a, spec, lengths, T: int, vjp: bool) -> set:
+        """`Strategy.programs`: one per packed length, the plain lookup's where nothing is padded."""
+        return {("plain",)} if no_padding(lengths, T) else {("packed", _Segment.size(lengths, T))}
+
+    @staticmethod
     def extra(lengths, T, side) -> tuple:
         """`packed`, its length rounded up the ladder with entries past the end (position B*T, row B)."""
         flat, rows = _Segment.packed(lengths, T, side)
-        B = len(lengths)
-        size = int(round_up(flat.size, shape_ladder(B * T, quarters=True))) if flat.size else 0
+        B, size = len(lengths), _Segment.size(lengths, T)
         return np.append(flat, np.full(size - flat.size, B * T)), np.append(rows, np.full(size - flat.size, B))
 
     @staticmethod
@@ -126,7 +136,8 @@ class _Segment:
 
 def _unit(impl, kernel: str, doc: str) -> Strategy:
     return Strategy(impl.name, lambda a, *args: a._emb_run(impl, *args), lambda a, op, t, w, n, cot, *rest:
-                    a._emb_run(impl, op, t, w, n, *rest, cot=cot), doc=doc, **kernel_fields(kernel))
+                    a._emb_run(impl, op, t, w, n, *rest, cot=cot), doc=doc,
+                    programs=getattr(impl, "programs", None), **kernel_fields(kernel))
 
 
 STRATEGIES = strategy_table(

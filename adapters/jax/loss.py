@@ -117,18 +117,31 @@ class JaxLoss:
     def _valid_only_run(self, logits, targets, lengths, kind, reduction, side, device, grad: bool):
         x = self.asarray(logits, device)
         B, T = x.shape[:2]
-        at, w_at = valid_steps(lengths, T, side, reduction, x.dtype.name)
-        if at.size == B * T:  # no padding: nothing to skip, and XLA's gather of every row costs (CE: 3.6x)
+        n = _gathered_rows(lengths, T)
+        if n is None:  # no padding: nothing to skip, and XLA's gather of every row costs (CE: 3.6x)
             return self._loss_run("optax", JaxLoss._optax_per_step, x, targets, lengths, kind, reduction, side,
                                   device, grad)
+        at, w_at = valid_steps(lengths, T, side, reduction, x.dtype.name)
         z = self.asarray(targets, device)
         z = z if kind == "softmax_ce" else z.astype(x.dtype)
-        n = int(round_up(max(at.size, 1), shape_ladder(max(B * T, 1))))  # the row count on the ladder
         index, w = np.full(n, -1), np.zeros(n, x.dtype.name)
         index[:at.size], w[:at.size] = at, w_at
         # the maps go in as NumPy: jit moves them to x's device with its own arguments (three device_puts first
         # cost ~0.3-0.5 ms a call more here)
         return self._keep(self._valid_only_fn(kind, grad)(x, z, index, inverse_map(at, B * T), w))
+
+
+def _gathered_rows(lengths: np.ndarray, T: int) -> int | None:
+    """The rows "valid_only" gathers from a [B, T] batch of `lengths`: the valid steps' count rounded up the shape
+    ladder (one compiled program per count), or None where no step is padded (the plain optax call runs)."""
+    B, valid = len(lengths), int(np.sum(lengths))
+    return None if valid == B * T else int(round_up(max(valid, 1), shape_ladder(max(B * T, 1))))
+
+
+def _valid_only_programs(a, spec, lengths: np.ndarray, T: int, vjp: bool) -> set:
+    """`Strategy.programs` of "valid_only": one program per gathered row count, the plain call where none."""
+    n = _gathered_rows(lengths, T)
+    return {("plain",)} if n is None else {("rows", n)}
 
 
 def _unit(name, per_step, supports, kernel, doc):
@@ -147,7 +160,7 @@ STRATEGIES = strategy_table(
     valid_only_unit(valid_only_kernels("optax.softmax_cross_entropy_with_integer_labels",
                                        "optax.sigmoid_binary_cross_entropy"),
                     "the valid steps' rows gathered (count on the shape ladder), optax losses on them only, the "
-                    "gather's gradient the inverse gather, weighted sum, jitted"),
+                    "gather's gradient the inverse gather, weighted sum, jitted", programs=_valid_only_programs),
 )
 
 

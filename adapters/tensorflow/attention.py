@@ -217,7 +217,8 @@ BUCKET_PREFER = ("einsum",)
 STRATEGIES = strategy_table(
     _unit("keras_dpa", _keras_dpa, "keras.ops.dot_product_attention with a boolean mask"),
     _unit("einsum", _einsum, "masked tf.einsum + tf.nn.softmax, GQA as a reshape"),
-    bucketed_unit(BUCKET_COST, BUCKET_PREFER, graph=lambda a, inner, *args: a._attn_buckets(inner, *args)),
+    bucketed_unit(BUCKET_COST, BUCKET_PREFER, graph=lambda a, inner, *args: a._attn_buckets(inner, *args),
+                  graph_programs=lambda plan: {("buckets", len(plan))}),
 )
 #: the kernel each strategy's buckets run, by strategy name (for the one-graph bucketed call)
 ALGOS = {"keras_dpa": _keras_dpa, "einsum": _einsum}

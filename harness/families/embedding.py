@@ -274,6 +274,12 @@ def prepare(adapter, case: dict) -> Prepared:
 
 
 # -- report ---------------------------------------------------------------------------------------------------------
+def programs(adapter, case: dict, lengths) -> set | None:
+    """The compiled programs a batch of `lengths` runs in bench case `case` (forward + backward, `Adapter.programs`);
+    None where they do not follow the lengths."""
+    return adapter.programs(NAME, case["strategy"], None, lengths, case["max_len"], vjp=True)
+
+
 def report_sections(check_df, bench_df=None, out_path=None) -> list:
     """One section: the native behaviours' and recipes' verdicts per framework and version."""
     from harness.report.render import Section

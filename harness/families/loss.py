@@ -259,6 +259,12 @@ def prepare(adapter, case: dict) -> Prepared:
     return Prepared(run, n_valid, B * Tm, padding_fraction(L, Tm), work, "copy", n_valid / (B * Tm))
 
 
+def programs(adapter, case: dict, lengths) -> set | None:
+    """The compiled programs a batch of `lengths` runs in bench case `case` (forward + backward, `Adapter.programs`);
+    None where they do not follow the lengths."""
+    return adapter.programs(NAME, case["strategy"], None, lengths, case["max_len"], vjp=True)
+
+
 def report_sections(check_df, bench_df=None, out_path=None) -> list:
     """One section: the verdict of every native behaviour and recipe per framework and version."""
     from harness.report.render import Section
