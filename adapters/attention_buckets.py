@@ -144,7 +144,7 @@ def bucketed_unit(cost: dict, prefer: tuple[str, ...] = (), graph=None, graph_pr
     def supports(a, **spec: Any) -> str | None:
         return None if inner_strategy(a, prefer, **spec) else f"no other {a.name} attention strategy runs for {spec}"
 
-    def programs(a, spec: dict, lengths: np.ndarray, T: int, vjp: bool) -> set:
+    def programs(a, spec: dict, lengths: np.ndarray, T: int, vjp: bool, compiled: frozenset) -> set:
         kvl, Tk = np.asarray(spec.get("kv_lengths", lengths), np.int64), int(spec.get("Tk", T))
         plan = plan_for(cost, lengths, kvl, T, Tk, spec["device"])
         return set(graph_programs(plan)) if trims(plan, lengths.size, T, Tk) else {("inner",)}

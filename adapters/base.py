@@ -227,16 +227,20 @@ class Adapter(abc.ABC):
         `variant` where that matters (a loss's kind, "embed" or "embedding_bag")."""
         return self._declared(family, strategy).kernel_for(variant)
 
-    def programs(self, family: str, strategy: str, spec: Any, lengths: Any, T: int, *, vjp: bool) -> set | None:
+    def programs(self, family: str, strategy: str, spec: Any, lengths: Any, T: int, *, vjp: bool,
+                 compiled: Any = ()) -> set | None:
         """The compiled programs a [B, T] batch of `lengths` runs under `strategy` (forward, or forward + backward
         with `vjp`), as keys found by the strategy's own host planner without compiling or running anything
         (`Strategy.programs`). `spec` is what else the family's planner reads: an RnnSpec for "rnn"; for
         "attention" {"device": ...}, with "kv_lengths" and "Tk" for cross-attention; None for "loss" and
-        "embedding". None where the programs do not depend on the lengths. Over a stream of batches of one shape,
-        a batch compiles the keys that no earlier batch brought: the bench counts them over many fresh batches
-        (`harness.bench.planned_compiles`)."""
+        "embedding". `compiled`: the keys the stream's earlier batches named (what is compiled for this shape
+        since `clear_compiled`), for a strategy that runs a compiled program covering a batch rather than compile
+        its own ("time_sliced"). None where the programs do not depend on the lengths. Over a stream of batches of
+        one shape, a batch compiles the keys that no earlier batch brought: the bench counts them over many fresh
+        batches (`harness.bench.planned_compiles`)."""
         plan = self._declared(family, strategy).programs
-        return None if plan is None else set(plan(self, spec, np.asarray(lengths, dtype=np.int64), int(T), vjp))
+        return None if plan is None else set(plan(self, spec, np.asarray(lengths, dtype=np.int64), int(T), vjp,
+                                                  frozenset(compiled)))
 
     def _declared(self, family: str, strategy: str) -> Strategy:
         """The unit of a strategy the family declares, whatever its precondition says (ValueError naming the

@@ -176,8 +176,9 @@ PLAN_BATCHES, PLAN_TAIL = 300, 100
 def planned_compiles(adapter, case: dict, batches: int = PLAN_BATCHES, streamed: int | None = None) -> dict:
     """What a long stream of fresh batches compiles, counted on the host without compiling: the programs each
     batch's plan runs, named by the strategy's own planner (`Adapter.programs`: the gates prove that a batch compiles
-    exactly the keys no earlier batch brought), over the case's own batch and then `batches` fresh ones of the same
-    length distribution (seed + 1, + 2, ...: the first `streamed` are those `stream_compiles` ran and timed). {}
+    exactly the keys no earlier batch brought; each batch is told the keys named before it, which a strategy that
+    runs a compiled program covering a batch reads), over the case's own batch and then `batches` fresh ones of the
+    same length distribution (seed + 1, + 2, ...: the first `streamed` are those `stream_compiles` ran and timed). {}
     where the case's programs do not follow its lengths. Record fields plan_batches, plan_programs (the case's own
     batch's), plan_compiles (new programs over the fresh batches), plan_compiles_streamed (over the first
     `streamed` of them: `stream_compiles` measured the same batches), plan_compiles_tail (over the last
@@ -189,7 +190,7 @@ def planned_compiles(adapter, case: dict, batches: int = PLAN_BATCHES, streamed:
         return {}
     streamed, own, news = stream_batches() if streamed is None else streamed, len(keys), []
     for i in range(1, batches + 1):
-        batch = named(adapter, case, case_lengths({**case, "seed": seed + i}, B, T))
+        batch = named(adapter, case, case_lengths({**case, "seed": seed + i}, B, T), compiled=keys)
         news.append(len(batch - keys))
         keys |= batch
     return {"plan_batches": batches, "plan_programs": own, "plan_compiles": sum(news),

@@ -305,7 +305,7 @@ def test_programs_name_what_each_fresh_batch_compiles(name, strategy):
         fw.clear_compiled()
         seen, news = set(), []
         for i, L in enumerate(PROGRAM_STREAM):
-            keys = fw.programs("rnn", strategy, spec, L, PROGRAM_T, vjp=vjp)
+            keys = fw.programs("rnn", strategy, spec, L, PROGRAM_T, vjp=vjp, compiled=seen)
             x = fw.asarray(padded(L, PROGRAM_T, (2,), seed=i, dtype="float32"))
             before = fw.compile_count()
             if vjp:
@@ -324,6 +324,44 @@ def test_programs_name_what_each_fresh_batch_compiles(name, strategy):
     fw.rnn_vjp(spec, params, fw.asarray(np.zeros((3, 0, 2), "float32")), empty,
                {k: v[:3, :0] if k == "outputs" else v[:, :3] for k, v in cot.items()}, strategy=strategy)
     assert fw.compile_count() - before == len(keys), (keys, fw.compile_count() - before)
+
+
+#: "time_sliced" plan reuse, T = 40: A's own plan (4 segments: 16, 8, 4 and 1 rows) covers B, whose own plan (3
+#: segments) it is not, at 1.22x B's modelled cost under JAX's costs (TF's: A's 2 segments against B's 2); C has
+#: 6 rows running for 30 steps, more than A's plan runs from step 8 on
+REUSE_A = np.array([5, 1, 16, 25, 8, 27, 1, 1, 4, 6, 1, 3, 40, 4, 4, 1])
+REUSE_B = np.array([1, 13, 32, 1, 1, 2, 1, 1, 1, 2, 3, 40, 10, 2, 1, 1])
+REUSE_C = np.array([30] * 6 + [1] * 10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_time_sliced_runs_a_compiled_plan_that_covers_a_new_batch(name, monkeypatch):
+    """A batch whose own segment plan is not compiled runs a compiled plan that covers it (at every step at least
+    the rows still running, and steps up to its longest row) where that plan's modelled cost is within
+    SLICE_REUSE of its own: exact (two layers, both directions, left padding, NaN in padding), nothing compiled. A
+    batch the compiled plan does not cover compiles its own; with no tolerance every new plan compiles."""
+    require(name)
+    module = importlib.import_module(f"adapters.{name}.rnn")
+    fw = adapters.get(name)
+    spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    T = 40
+    own = {n: fw.programs("rnn", "time_sliced", spec, L, T, vjp=True) for n, L in (("A", REUSE_A), ("B", REUSE_B))}
+    assert own["A"] != own["B"], own  # B's own plan is another one
+    assert fw.programs("rnn", "time_sliced", spec, REUSE_B, T, vjp=True, compiled=own["A"]) == own["A"]
+    fw.clear_compiled()
+    for label, L, new in (("A", REUSE_A, 1), ("B", REUSE_B, 0), ("C", REUSE_C, 1)):
+        before = fw.compile_count()
+        bad, out = against_reference(fw, spec, L, T, side="left", seed=3, strategy="time_sliced")
+        assert not bad and "sliced[" in out.kernel, (label, out.kernel, bad)
+        assert fw.compile_count() - before == new, (label, fw.compile_count() - before)
+    monkeypatch.setattr(module, "SLICE_REUSE", 0.0)
+    fw.clear_compiled()
+    for L in (REUSE_A, REUSE_B):
+        before = fw.compile_count()
+        fw.rnn_vjp(spec, init_params(spec, seed=0), padded(L, T, (3,), seed=0), L,
+                   {k: np.ones(v) for k, v in (("outputs", (16, T, 8)), ("h_n", (4, 16, 4)), ("c_n", (4, 16, 4)))},
+                   strategy="time_sliced")
+        assert fw.compile_count() - before == 1
 
 
 def test_tensorflow_saturated_gate_excludes_the_tanh_rnn_with_a_reason():

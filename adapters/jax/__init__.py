@@ -114,6 +114,7 @@ class JaxAdapter(JaxOps, JaxLoss, JaxRnn, JaxEmbedding, JaxAttention, Adapter):
     def clear_compiled(self) -> None:
         self._jitted.clear()
         self.__dict__.pop("_bucket_shapes", None)
+        self.__dict__.pop("_sliced_compiled", None)
         self.jax.clear_caches()
         forget_packings()
 

@@ -107,7 +107,7 @@ class _Segment:
         return int(round_up(valid, shape_ladder(len(lengths) * T, quarters=True))) if valid else 0
 
     @staticmethod
-    def programs(a, spec, lengths, T: int, vjp: bool) -> set:
+    def programs(a, spec, lengths, T: int, vjp: bool, compiled: frozenset) -> set:
         """`Strategy.programs`: one per packed length, the plain lookup's where nothing is padded."""
         return {("plain",)} if no_padding(lengths, T) else {("packed", _Segment.size(lengths, T))}
 

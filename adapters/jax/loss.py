@@ -138,7 +138,7 @@ def _gathered_rows(lengths: np.ndarray, T: int) -> int | None:
     return None if valid == B * T else int(round_up(max(valid, 1), shape_ladder(max(B * T, 1))))
 
 
-def _valid_only_programs(a, spec, lengths: np.ndarray, T: int, vjp: bool) -> set:
+def _valid_only_programs(a, spec, lengths: np.ndarray, T: int, vjp: bool, compiled: frozenset) -> set:
     """`Strategy.programs` of "valid_only": one program per gathered row count, the plain call where none."""
     n = _gathered_rows(lengths, T)
     return {("plain",)} if n is None else {("rows", n)}

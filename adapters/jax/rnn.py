@@ -64,8 +64,13 @@ once per new bucket shape, a bounded set):
   where a step is latency-bound (their kernel names then read "xla-scan unroll8 ...").
 - "bucketed", "time_sliced" and "concat_rows" name the programs a batch runs from their own host planners
   (`Strategy.programs`: bucket shapes and the gradient sum per bucket count, segment plans, grid shapes), compiling
-  nothing, so the bench counts the compiles of hundreds of fresh batches. On zipf lengths (B=64, T=128) the segment
-  plans never settle: 197 new ones in 300 batches, 51 in the last 100, where the grids brought 14.
+  nothing, so the bench counts the compiles of hundreds of fresh batches. On zipf lengths (B=64, T=128) each
+  batch's own segment plan rarely repeats (197 new ones in 300 batches, 51 in the last 100, where the grids
+  brought 14), so "time_sliced" runs a plan compiled before for the batch's shape where it covers the batch (every
+  row still running at each step, steps up to the longest row: exact) within SLICE_REUSE (25%) of the own plan's
+  modelled cost (`adapters.spec.reuse_segments`): 37 plans over 300 zipf batches (5 lognormal), the plans run
+  costing 1.09x (1.06x) the own plans' on average in the cost model; measured on reused zipf batches, 1.13x where
+  the model said 1.17x.
 - "cudnn_lstm" (GPU, LSTM, float32): `jax.experimental.rnn.lstm`, JAX's cuDNN LSTM with seq_lengths, every layer
   and direction in one call; left padding realigned; zero-length rows run as length 1 and are zeroed (cuDNN's own
   state for a zero length was seen 0.30 off on an H100). Kernel "cudnn". It has no CPU lowering, so on CPU only its
@@ -89,6 +94,7 @@ from adapters.spec import (
     ladder_segments,
     plan_buckets,
     remembered_pack,
+    reuse_segments,
     strategy_table,
     unbucket_index,
     whole_batch,
@@ -217,7 +223,7 @@ class JaxRnn:
     def _bucket_plan(lengths, T: int) -> list[Bucket]:
         return plan_buckets(np.asarray(lengths), T, step_cost=STEP_COST, call_cost=CALL_COST)
 
-    def _bucketed_programs(self, spec, lengths, T: int, vjp: bool) -> set:
+    def _bucketed_programs(self, spec, lengths, T: int, vjp: bool, compiled: frozenset) -> set:
         """`Strategy.programs` of "bucketed": one program per bucket shape (and whether it gathers rows), plus the
         jitted sum of the buckets' gradients, traced once per bucket count; the masked scan's where one bucket is
         the whole batch."""
@@ -301,31 +307,42 @@ class JaxRnn:
         lengths = np.asarray(lengths)
         x = self.asarray(x, device)
         B, T = x.shape[:2]
-        plan = self._sliced_plan(lengths, T)
+        vjp, unroll = cotangents is not None, _unroll(device)
+        shape = (vjp, spec, side, x.dtype.name, device, B, T)  # what a compiled plan is compiled for
+        compiled = self.__dict__.setdefault("_sliced_compiled", {}).setdefault(shape, set())
+        plan = self._sliced_plan(lengths, T, compiled)
         if not plan or whole_segment(plan, B, T):
             # nothing runs (the masked scan returns its zeros), or one segment of the whole batch over every step:
             # the masked scan's own jitted call, without the sort and gathers
             name = _scan_name(_unroll(device))
             return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
                                     f"{name} sliced[1]" if plan else name)
-        vjp, unroll = cotangents is not None, _unroll(device)
 
         def traced(x):  # the plan's compiled shapes, recorded when JAX traces
             self.rnn_sliced_plans().add(("vjp" if vjp else "fwd", spec, side, x.dtype.name, *x.shape[:2], plan))
 
         fn = self._cached(("rnn_sliced", spec, side, plan, vjp, unroll),
                           lambda: self._jit_net(partial(self._sliced_network, spec, side, plan, unroll), vjp, traced))
-        return self._call_net(fn, params, x, lengths, cotangents, device,
-                              f"{_scan_name(unroll)} sliced[{len(plan)}]")
+        out = self._call_net(fn, params, x, lengths, cotangents, device, f"{_scan_name(unroll)} sliced[{len(plan)}]")
+        compiled.add(plan)  # compiled for this shape now: a later batch it covers may run it (`_sliced_plan`)
+        return out
 
     @staticmethod
-    def _sliced_plan(lengths, T: int) -> tuple:
-        return ladder_segments(np.asarray(lengths), T, SLICE_MAX_SEGMENTS, SLICE_STEP_COST, SLICE_CALL_COST)
+    def _sliced_plan(lengths, T: int, compiled=()) -> tuple:
+        """The segment plan a batch runs: its own (`ladder_segments`), or, where that one is not compiled yet, the
+        cheapest of the plans `compiled` for its shape that covers it within SLICE_REUSE of its modelled cost
+        (`reuse_segments`); its own where it is empty or one segment of the whole batch (the masked scan's call)."""
+        lengths = np.asarray(lengths)
+        plan = ladder_segments(lengths, T, SLICE_MAX_SEGMENTS, SLICE_STEP_COST, SLICE_CALL_COST)
+        if not plan or whole_segment(plan, lengths.size, T):
+            return plan
+        return reuse_segments(lengths, plan, compiled, SLICE_STEP_COST, SLICE_CALL_COST, SLICE_REUSE)
 
-    def _sliced_programs(self, spec, lengths, T: int, vjp: bool) -> set:
+    def _sliced_programs(self, spec, lengths, T: int, vjp: bool, compiled: frozenset) -> set:
         """`Strategy.programs` of "time_sliced": one program per segment plan (the masked scan's where the plan
-        is one segment of the whole batch, or runs nothing)."""
-        plan = self._sliced_plan(lengths, T)
+        is one segment of the whole batch, or runs nothing); a batch that a plan compiled before covers within
+        SLICE_REUSE runs that one."""
+        plan = self._sliced_plan(lengths, T, {key[1] for key in compiled if key[0] == "sliced"})
         if not plan or whole_segment(plan, lengths.size, T):
             return {_plain_program(lengths, T)}
         return {("sliced", plan)}
@@ -416,7 +433,7 @@ class JaxRnn:
             return None
         return pack
 
-    def _concat_programs(self, spec, lengths, T: int, vjp: bool) -> set:
+    def _concat_programs(self, spec, lengths, T: int, vjp: bool, compiled: frozenset) -> set:
         """`Strategy.programs` of "concat_rows": one program per grid shape (the masked scan's where none)."""
         pack = self._concat_pack(spec, lengths, T)
         return {_plain_program(lengths, T)} if pack is None else {("grid", pack.rows, pack.steps)}
@@ -742,6 +759,9 @@ STEP_COST, CALL_COST = 2.0, 64.0
 #: scan in the same jit (no dispatch, a little slicing and padding). At most SLICE_MAX_SEGMENTS scans per
 #: direction: each one is compiled, so more segments cost compile time.
 SLICE_STEP_COST, SLICE_CALL_COST, SLICE_MAX_SEGMENTS = 3.0, 16.0, 8
+#: "time_sliced" runs a plan compiled before for a batch's shape instead of compiling the batch's own where that
+#: plan covers the batch and its modelled cost is at most this much above the own plan's (`reuse_segments`)
+SLICE_REUSE = 0.25
 #: lax.scan's unroll in "bucketed", "time_sliced" and "concat_rows" (their fallbacks to one masked scan included),
 #: per device. GPU: an RNN step there is latency-bound, and on an H200 (JAX 0.11.2; B=64 T=128 H=128 LSTM forward +
 #: backward) scan_unroll8 took 3.86 ms against scan's 6.38, while these three, at unroll 1, took 1.72-1.86x

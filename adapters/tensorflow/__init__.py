@@ -106,6 +106,7 @@ class TensorflowAdapter(TensorflowOps, TensorflowLoss, TensorflowRnn,
         self._fns.clear()
         self._kernels.clear()
         self.__dict__.pop("_bucket_shapes", None)
+        self.__dict__.pop("_sliced_compiled", None)
         forget_packings()
 
     def compile_count(self) -> int:

@@ -77,7 +77,10 @@ bucket shape, a bounded set):
   gradient is the inverse gather (`_moved_rows`). Kernel "xla-scan rows[<rows>x<steps>]".
 
 "bucketed", "time_sliced" and "concat_rows" name the tf.functions a batch runs from their own host planners
-(`Strategy.programs`), tracing nothing, so the bench counts the traces of hundreds of fresh batches.
+(`Strategy.programs`), tracing nothing, so the bench counts the traces of hundreds of fresh batches. "time_sliced"
+runs a plan traced before for the batch's shape where it covers the batch within SLICE_REUSE (25%) of the own
+plan's modelled cost (`adapters.spec.reuse_segments`; own plans rarely repeat on zipf lengths: 195 new ones over
+300 batches, B=64 T=128, against 29 so, at 1.04x the own plans' modelled cost on average).
 
 Gradients come from `tf.GradientTape` inside the compiled function ("concat_rows"' scan supplies its own through
 `tf.custom_gradient`); Keras-layout gradients are mapped back to the
@@ -101,6 +104,7 @@ from adapters.spec import (
     ladder_segments,
     plan_buckets,
     remembered_pack,
+    reuse_segments,
     strategy_table,
     unbucket_index,
     whole_batch,
@@ -114,6 +118,9 @@ STEP_COST, CALL_COST = 30.0, 150.0
 #: "time_sliced": a segment is one more Keras layer call inside the same tf.function (no extra dispatch, gathers
 #: or weight assignment), cheaper than a bucket; at most MAX_SEGMENTS of them
 SLICE_CALL_COST, MAX_SEGMENTS = 50.0, 8
+#: "time_sliced" runs a plan traced before for a batch's shape instead of tracing the batch's own where that plan
+#: covers the batch and its modelled cost is at most this much above the own plan's (`reuse_segments`)
+SLICE_REUSE = 0.25
 
 #: "saturated_gate": the pre-activation the padding indicator adds to Keras's gate block 0 (LSTM i, GRU z), with
 #: its sign: the input gate shut (c and h stay exactly 0), the update gate open (h stays its initial 0).
@@ -776,14 +783,16 @@ class TensorflowRnn:
         plan's tf.function (one trace per distinct plan, `rnn_sliced_plans()`)."""
         lengths = np.asarray(lengths)
         T, B = np.shape(x)[1], lengths.size
-        plan = _sliced_plan(lengths, T)
+        mode = "fwd" if cotangents is None else "vjp"
+        shape = ("sliced", mode, spec, side, self.dtype_name(x), device, B, T)  # what a plan is traced for
+        traced = self.__dict__.setdefault("_sliced_compiled", {}).setdefault(shape, set())
+        plan = _sliced_plan(lengths, T, traced)
         if not plan or whole_segment(plan, B, T):
             # nothing runs (the Keras path returns the zeros), or one segment of the whole batch over every step:
             # Keras's own masked call, without the sort and gathers
             return self._plain(_KERAS, spec, params, x, lengths, cotangents, side, device, " sliced[1]" if plan else "")
         x, L, params = self._inputs(spec, params, x, lengths, device)
-        mode = "fwd" if cotangents is None else "vjp"
-        key = ("sliced", mode, spec, side, x.dtype.name, device, B, T, plan)
+        key = (*shape, plan)
         if key not in self._fns:
             base = (spec, x.dtype.name, device)
             if ("sliced", *base) not in self._nets:
@@ -792,7 +801,9 @@ class TensorflowRnn:
             net = _SlicedPlan(self, self._nets[("sliced", *base)], plan)
             self._fns[key] = self._trace(self._body(key, net, side, mode == "vjp"))
             self.rnn_sliced_plans().add(key[1:])
-        return self._call(self._fns[key], key, x, L, params, cotangents, device)
+        out = self._call(self._fns[key], key, x, L, params, cotangents, device)
+        traced.add(plan)  # traced for this shape now: a later batch it covers may run it (`_sliced_plan`)
+        return out
 
     def rnn_sliced_plans(self) -> set:
         """(mode, spec, side, dtype, device, B, T, plan) of every "time_sliced" function traced so far."""
@@ -909,8 +920,15 @@ def _bucket_plan(lengths, T: int) -> list:
     return plan_buckets(np.asarray(lengths), T, step_cost=STEP_COST, call_cost=CALL_COST)
 
 
-def _sliced_plan(lengths, T: int) -> tuple:
-    return ladder_segments(np.asarray(lengths), T, MAX_SEGMENTS, STEP_COST, SLICE_CALL_COST)
+def _sliced_plan(lengths, T: int, compiled=()) -> tuple:
+    """The segment plan a batch runs: its own (`ladder_segments`), or, where that one is not traced yet, the
+    cheapest of the plans `compiled` for its shape that covers it within SLICE_REUSE of its modelled cost
+    (`reuse_segments`); its own where it is empty or one segment of the whole batch (Keras's own call)."""
+    lengths = np.asarray(lengths)
+    plan = ladder_segments(lengths, T, MAX_SEGMENTS, STEP_COST, SLICE_CALL_COST)
+    if not plan or whole_segment(plan, lengths.size, T):
+        return plan
+    return reuse_segments(lengths, plan, compiled, STEP_COST, SLICE_CALL_COST, SLICE_REUSE)
 
 
 def _concat_pack(spec: RnnSpec, lengths, T: int):
@@ -932,7 +950,7 @@ def _plain_programs(impl: _Impl, T: int) -> set:
     return {("plain", impl.name)} if T else set()
 
 
-def _bucketed_programs(adapter, spec, lengths, T: int, vjp: bool) -> set:
+def _bucketed_programs(adapter, spec, lengths, T: int, vjp: bool, compiled: frozenset) -> set:
     """"bucketed": one tf.function per bucket shape (and whether it gathers rows); Keras's own where one bucket is
     the whole batch (or nothing runs)."""
     if not T:
@@ -943,14 +961,14 @@ def _bucketed_programs(adapter, spec, lengths, T: int, vjp: bool) -> set:
     return {("bucket", b.batch, b.steps, bucket_rows(b, lengths.size)[1]) for b in plan}
 
 
-def _sliced_programs(adapter, spec, lengths, T: int, vjp: bool) -> set:
+def _sliced_programs(adapter, spec, lengths, T: int, vjp: bool, compiled: frozenset) -> set:
     """"time_sliced": one tf.function per segment plan; Keras's own where the plan is one segment of the whole
-    batch, or runs nothing."""
-    plan = _sliced_plan(lengths, T)
+    batch, or runs nothing; a batch that a plan traced before covers within SLICE_REUSE runs that one."""
+    plan = _sliced_plan(lengths, T, {key[1] for key in compiled if key[0] == "sliced"})
     return _plain_programs(_KERAS, T) if not plan or whole_segment(plan, lengths.size, T) else {("sliced", plan)}
 
 
-def _concat_programs(adapter, spec, lengths, T: int, vjp: bool) -> set:
+def _concat_programs(adapter, spec, lengths, T: int, vjp: bool, compiled: frozenset) -> set:
     """"concat_rows": one XLA-compiled tf.function per grid shape; the padded Keras call's where none."""
     pack = _concat_pack(spec, lengths, T)
     return _plain_programs(_concat_plain(spec), T) if pack is None else {("grid", pack.rows, pack.steps)}

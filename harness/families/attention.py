@@ -299,11 +299,11 @@ def prepare(adapter, case: dict) -> Prepared:
     return Prepared(run, int(L.sum()), B * T, padding_fraction(L, T), work, "gemm", share)
 
 
-def programs(adapter, case: dict, lengths) -> set | None:
+def programs(adapter, case: dict, lengths, compiled=()) -> set | None:
     """The compiled programs a batch of `lengths` runs in bench case `case` (`Adapter.programs`: self-attention,
     the keys' lengths the queries'); None where they do not follow the lengths."""
     return adapter.programs(NAME, case["strategy"], {"device": case["device"]}, lengths, case["max_len"],
-                            vjp=case["op"] == "attention_forward_backward")
+                            vjp=case["op"] == "attention_forward_backward", compiled=compiled)
 
 
 def report_sections(check_df, bench_df=None, out_path=None) -> list:

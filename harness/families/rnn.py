@@ -161,12 +161,12 @@ def prepare(adapter, case: dict) -> Prepared:
     return Prepared(run, int(L.sum()), B * T, padding_fraction(L, T), work, "gemm", float(L.sum()) / (B * T))
 
 
-def programs(adapter, case: dict, lengths) -> set | None:
+def programs(adapter, case: dict, lengths, compiled=()) -> set | None:
     """The compiled programs a batch of `lengths` runs in bench case `case` (`Adapter.programs`); None where they do
     not follow the lengths."""
     spec = RnnSpec(case["cell"], case["input_size"], case["hidden"], case["num_layers"], case["bidirectional"])
     return adapter.programs(NAME, case["strategy"], spec, lengths, case["max_len"],
-                            vjp=case["op"] == "rnn_forward_backward")
+                            vjp=case["op"] == "rnn_forward_backward", compiled=compiled)
 
 
 def idiom_table(check):
