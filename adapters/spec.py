@@ -493,8 +493,9 @@ def reuse_segments(lengths: np.ndarray, plan: tuple, compiled, step_cost: float,
     length, and steps up to the longest row: exact, the extra rows and steps are masked and their carry does not
     move) if its modelled cost (`segments_cost`) is within `tolerance` of `plan`'s, else `plan` (a new compile).
     Own plans follow every batch's lengths and rarely repeat on skewed lengths (zipf, B=64 T=128: 197 new plans
-    over 300 fresh batches); reusing a covering one bounds what a stream compiles for a little more work. Ties go
-    to the smaller plan, so the choice does not depend on the order `compiled` lists them in."""
+    over 300 fresh batches); reusing a covering one cuts what a stream compiles for a little more work. Equal
+    costs are ordered by the plans themselves, so the choice does not depend on the order `compiled` lists them in
+    (the runtime's compiled set and the planner's keys give the same plan)."""
     compiled = set(compiled)
     if not compiled or plan in compiled:
         return plan
