@@ -68,7 +68,7 @@ once per new bucket shape, a bounded set):
   batch's own segment plan rarely repeats (197 new ones in 300 batches, 51 in the last 100, where the grids
   brought 14), so "time_sliced" runs a plan compiled before for the batch's shape where it covers the batch (every
   row still running at each step, steps up to the longest row: exact) within SLICE_REUSE (25%) of the own plan's
-  modelled cost (`adapters.spec.reuse_segments`): 37 plans over 300 zipf batches (5 lognormal), the plans run
+  modelled cost (`adapters.spec.reuse_segments`): 36 new plans over 300 zipf batches (4 lognormal), the plans run
   costing 1.09x (1.06x) the own plans' on average in the cost model; measured on reused zipf batches, 1.13x where
   the model said 1.17x.
 - "cudnn_lstm" (GPU, LSTM, float32): `jax.experimental.rnn.lstm`, JAX's cuDNN LSTM with seq_lengths, every layer

@@ -80,7 +80,7 @@ bucket shape, a bounded set):
 (`Strategy.programs`), tracing nothing, so the bench counts the traces of hundreds of fresh batches. "time_sliced"
 runs a plan traced before for the batch's shape where it covers the batch within SLICE_REUSE (25%) of the own
 plan's modelled cost (`adapters.spec.reuse_segments`; own plans rarely repeat on zipf lengths: 195 new ones over
-300 batches, B=64 T=128, against 29 so, at 1.04x the own plans' modelled cost on average).
+300 batches, B=64 T=128, against 28 so, at 1.04x the own plans' modelled cost on average).
 
 Gradients come from `tf.GradientTape` inside the compiled function ("concat_rows"' scan supplies its own through
 `tf.custom_gradient`); Keras-layout gradients are mapped back to the
