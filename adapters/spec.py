@@ -468,16 +468,23 @@ def plan_segments(sorted_lengths: np.ndarray, max_segments: int = MAX_SEGMENTS, 
     return [Segment(int(starts[i]), int(starts[j]), int(active[i])) for i, j in zip(bounds, bounds[1:])]
 
 
-def ladder_segments(lengths: np.ndarray, T: int, max_segments: int, step_cost: float, call_cost: float) -> tuple:
+def ladder_segments(lengths: np.ndarray, T: int, max_segments: int, step_cost: float, call_cost: float,
+                    compiled=(), reuse: float = 0.0) -> tuple:
     """A compiled framework's segment plan of a [B, T] batch: `plan_segments` over its non-empty rows, cuts on the
     time ladder and row counts up the batch ladder of powers of two (so plans repeat across batches and compiles
-    stay few); () when nothing runs (no step or no non-empty row)."""
+    stay few); () when nothing runs (no step or no non-empty row). Given the plans `compiled` for the batch's shape
+    so far, a batch whose own plan is not among them runs one of them that covers it within `reuse` of its own
+    plan's modelled cost (`reuse_segments`); an own plan of one segment of the whole batch is kept (the strategy
+    runs its plain call there)."""
     lengths = np.asarray(lengths)
     if not T or not np.any(lengths):
         return ()
-    return tuple(plan_segments(np.sort(lengths[lengths > 0])[::-1], max_segments=max_segments, step_cost=step_cost,
+    plan = tuple(plan_segments(np.sort(lengths[lengths > 0])[::-1], max_segments=max_segments, step_cost=step_cost,
                                call_cost=call_cost, cuts=shape_ladder(T),
                                rows_ladder=shape_ladder(lengths.size, halves=False)))
+    if whole_segment(plan, lengths.size, T):
+        return plan
+    return reuse_segments(lengths, plan, compiled, step_cost, call_cost, reuse)
 
 
 def segments_cost(plan: tuple, step_cost: float, call_cost: float) -> float:

@@ -94,7 +94,6 @@ from adapters.spec import (
     ladder_segments,
     plan_buckets,
     remembered_pack,
-    reuse_segments,
     strategy_table,
     unbucket_index,
     whole_batch,
@@ -314,7 +313,7 @@ class JaxRnn:
         if not plan or whole_segment(plan, B, T):
             # nothing runs (the masked scan returns its zeros), or one segment of the whole batch over every step:
             # the masked scan's own jitted call, without the sort and gathers
-            name = _scan_name(_unroll(device))
+            name = _scan_name(unroll)
             return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
                                     f"{name} sliced[1]" if plan else name)
 
@@ -329,14 +328,10 @@ class JaxRnn:
 
     @staticmethod
     def _sliced_plan(lengths, T: int, compiled=()) -> tuple:
-        """The segment plan a batch runs: its own (`ladder_segments`), or, where that one is not compiled yet, the
-        cheapest of the plans `compiled` for its shape that covers it within SLICE_REUSE of its modelled cost
-        (`reuse_segments`); its own where it is empty or one segment of the whole batch (the masked scan's call)."""
-        lengths = np.asarray(lengths)
-        plan = ladder_segments(lengths, T, SLICE_MAX_SEGMENTS, SLICE_STEP_COST, SLICE_CALL_COST)
-        if not plan or whole_segment(plan, lengths.size, T):
-            return plan
-        return reuse_segments(lengths, plan, compiled, SLICE_STEP_COST, SLICE_CALL_COST, SLICE_REUSE)
+        """The segment plan a batch runs: its own, or a plan `compiled` for its shape that covers it within
+        SLICE_REUSE of its modelled cost (`ladder_segments`)."""
+        return ladder_segments(np.asarray(lengths), T, SLICE_MAX_SEGMENTS, SLICE_STEP_COST, SLICE_CALL_COST,
+                               compiled, SLICE_REUSE)
 
     def _sliced_programs(self, spec, lengths, T: int, vjp: bool, compiled: frozenset) -> set:
         """`Strategy.programs` of "time_sliced": one program per segment plan (the masked scan's where the plan

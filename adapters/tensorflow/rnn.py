@@ -104,7 +104,6 @@ from adapters.spec import (
     ladder_segments,
     plan_buckets,
     remembered_pack,
-    reuse_segments,
     strategy_table,
     unbucket_index,
     whole_batch,
@@ -921,14 +920,9 @@ def _bucket_plan(lengths, T: int) -> list:
 
 
 def _sliced_plan(lengths, T: int, compiled=()) -> tuple:
-    """The segment plan a batch runs: its own (`ladder_segments`), or, where that one is not traced yet, the
-    cheapest of the plans `compiled` for its shape that covers it within SLICE_REUSE of its modelled cost
-    (`reuse_segments`); its own where it is empty or one segment of the whole batch (Keras's own call)."""
-    lengths = np.asarray(lengths)
-    plan = ladder_segments(lengths, T, MAX_SEGMENTS, STEP_COST, SLICE_CALL_COST)
-    if not plan or whole_segment(plan, lengths.size, T):
-        return plan
-    return reuse_segments(lengths, plan, compiled, STEP_COST, SLICE_CALL_COST, SLICE_REUSE)
+    """The segment plan a batch runs: its own, or a plan `compiled` (traced) for its shape that covers it within
+    SLICE_REUSE of its modelled cost (`ladder_segments`)."""
+    return ladder_segments(np.asarray(lengths), T, MAX_SEGMENTS, STEP_COST, SLICE_CALL_COST, compiled, SLICE_REUSE)
 
 
 def _concat_pack(spec: RnnSpec, lengths, T: int):

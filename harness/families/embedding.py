@@ -273,7 +273,6 @@ def prepare(adapter, case: dict) -> Prepared:
     return Prepared(run, n, B * T, padding_fraction(L, T), work, "copy", n / (B * T))
 
 
-# -- report ---------------------------------------------------------------------------------------------------------
 def programs(adapter, case: dict, lengths, compiled=()) -> set | None:
     """The compiled programs a batch of `lengths` runs in bench case `case` (forward + backward, `Adapter.programs`);
     None where they do not follow the lengths."""
@@ -281,6 +280,7 @@ def programs(adapter, case: dict, lengths, compiled=()) -> set | None:
                             compiled=compiled)
 
 
+# -- report ---------------------------------------------------------------------------------------------------------
 def report_sections(check_df, bench_df=None, out_path=None) -> list:
     """One section: the native behaviours' and recipes' verdicts per framework and version."""
     from harness.report.render import Section
