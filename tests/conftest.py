@@ -21,9 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # threads wait for one another at every op's barrier while the other worker holds the core they need: the per-case
 # peak test took 40 s in the suite and 3.3 s alone on 2 cores. Each worker gets its share of the cores (before any
 # framework is imported; the processes the gates spawn inherit it; an OMP_NUM_THREADS of your own wins).
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    os.environ.setdefault("OMP_NUM_THREADS",
-                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 REQUIRE_ALL = os.environ.get("VARLEN_REQUIRE_ALL") == "1"
 

@@ -330,7 +330,7 @@ class JaxRnn:
     def _sliced_plan(lengths, T: int, compiled=()) -> tuple:
         """The segment plan a batch runs: its own, or a plan `compiled` for its shape that covers it within
         SLICE_REUSE of its modelled cost (`ladder_segments`)."""
-        return ladder_segments(np.asarray(lengths), T, SLICE_MAX_SEGMENTS, SLICE_STEP_COST, SLICE_CALL_COST,
+        return ladder_segments(lengths, T, SLICE_MAX_SEGMENTS, SLICE_STEP_COST, SLICE_CALL_COST,
                                compiled, SLICE_REUSE)
 
     def _sliced_programs(self, spec, lengths, T: int, vjp: bool, compiled: frozenset) -> set:

@@ -922,7 +922,7 @@ def _bucket_plan(lengths, T: int) -> list:
 def _sliced_plan(lengths, T: int, compiled=()) -> tuple:
     """The segment plan a batch runs: its own, or a plan `compiled` (traced) for its shape that covers it within
     SLICE_REUSE of its modelled cost (`ladder_segments`)."""
-    return ladder_segments(np.asarray(lengths), T, MAX_SEGMENTS, STEP_COST, SLICE_CALL_COST, compiled, SLICE_REUSE)
+    return ladder_segments(lengths, T, MAX_SEGMENTS, STEP_COST, SLICE_CALL_COST, compiled, SLICE_REUSE)
 
 
 def _concat_pack(spec: RnnSpec, lengths, T: int):
