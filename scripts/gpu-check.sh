@@ -3,8 +3,8 @@
 # (torch, jax, pandas, pytest, hypothesis; no TensorFlow, which stays CPU-verified), the project from the working
 # tree. Usage there:
 #   PYTHONPATH=$PWD bash scripts/gpu-check.sh "$OUT" [PHASE...]
-# PHASE: env, check, gates, rnn, rnn-jax, attention, run in the order named (default: rnn rnn-jax check attention
-# env gates, the benchmarks first). Writes check.jsonl and bench.jsonl (copy them under results/gpu/ and commit them:
+# PHASE: env, check, gates, rnn, rnn-jax, attention, run in the order named (default: rnn-jax rnn check attention
+# env gates, the benchmarks first, JAX's first: its goal is the one not yet met on a GPU). Writes check.jsonl and bench.jsonl (copy them under results/gpu/ and commit them:
 # `varlen report` reads every results/**/*.jsonl), one log per phase and nvidia-smi.txt (8 files at most, what a
 # device call brings back). Each phase runs under its own time limit, cut to what is left of the whole run's budget
 # (VARLEN_GPU_CHECK_BUDGET_S, default 540 s: one device call may run 600 s); a phase is not started with less than
@@ -15,7 +15,7 @@ set -uo pipefail
 out=${1:-results/gpu}
 shift || true
 phases=("$@")
-[[ ${#phases[@]} -gt 0 ]] || phases=(rnn rnn-jax check attention env gates)
+[[ ${#phases[@]} -gt 0 ]] || phases=(rnn-jax rnn check attention env gates)
 for name in "${phases[@]}"; do  # misuse stops before any work starts
     [[ " env check gates rnn rnn-jax attention " == *" $name "* ]] || {
         echo "gpu-check.sh: unknown phase '$name' (env, check, gates, rnn, rnn-jax, attention)" >&2; exit 2; }

@@ -27,9 +27,9 @@ def test_default_phases_run_the_benchmarks_first(tmp_path):
     proc, out = gpu_check(tmp_path)
     assert proc.returncode == 0, proc.stderr
     ran = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("== ")]
-    assert ran == ["rnn", "rnn-jax", "check", "attention", "env", "gates"], proc.stdout
-    rnn = (out / "rnn.log").read_text()  # both RNN sweeps, torch's then JAX's, each in one worker (--shared-worker)
-    torch, jax = rnn.split("### rnn-jax:")
+    assert ran == ["rnn-jax", "rnn", "check", "attention", "env", "gates"], proc.stdout
+    rnn = (out / "rnn.log").read_text()  # both RNN sweeps, JAX's then torch's, each in one worker (--shared-worker)
+    jax, torch = rnn.split("### rnn:")
     bench = "-m harness.cli bench --device gpu --shared-worker --timeout 120 --out"
     assert f"{bench}" in torch and "--framework torch --op rnn_forward_backward --cell lstm --cell gru" in torch, rnn
     assert f"{bench}" in jax and "--framework jax --op rnn_forward_backward --cell lstm --batch 64" in jax, rnn
