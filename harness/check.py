@@ -14,14 +14,17 @@ import sys
 import threading
 from collections.abc import Callable
 
+from adapters import STRATEGY_FAMILIES
 from harness import records, results
 from harness.families import FAMILIES
 from harness.proc import die_with_parent, spawn, stderr_tail
 
 
-def worker(framework: str, device: str, out: str, families: str = "") -> None:
+def worker(framework: str, device: str, out: str, families: str = "", strategies: str = "") -> None:
     """Check one framework on one device, appending each record to `out` as soon as it exists; `families`: the
-    comma-separated families to check (default: all)."""
+    comma-separated families to check (default: all); `strategies`: only these strategies' equivalence cells
+    (comma-separated; default: every strategy, the ops, and the recipes' and native behaviours' verdicts), in the
+    families that have strategies (`STRATEGY_FAMILIES`); a family's "done" marker then names them."""
     import adapters
 
     fw, ref = adapters.get(framework), adapters.get("numpy")
@@ -29,15 +32,16 @@ def worker(framework: str, device: str, out: str, families: str = "") -> None:
                   max_abs_err=0.0, kernel="")
     results.append(out, records.make("check", **marker, kind="started", op="check", name="worker", quantity="run"))
     chosen = families.split(",") if families else list(FAMILIES)
+    only = frozenset(strategies.split(",")) if strategies else None
     for name, family in FAMILIES.items():
-        if name not in chosen:
+        if name not in chosen or only is not None and name not in STRATEGY_FAMILIES:
             continue
         n = 0
-        for rec in family.check_records(fw, ref, device):
+        for rec in family.check_records(fw, ref, device, **({} if only is None else {"strategies": only})):
             results.append(out, records.make(**rec))
             n += 1
         results.append(out, records.make("check", **marker, kind="done", op=name, name="family", quantity="cells",
-                                         cells=n))
+                                         cells=n, **({} if only is None else {"strategies": ",".join(sorted(only))})))
         print(f"DONE {name} {n}", flush=True)
 
 
@@ -71,12 +75,12 @@ def units(frameworks: list[str], families: list[str] | None, split: bool) -> lis
 
 def run(frameworks: list[str], devices: list[str], out: str, *, families: list[str] | None = None,
         progress: Callable[[str, str, str], None] = lambda fw, device, family: None,
-        timeout: float = 3600, jobs: int = 1) -> list[dict]:
+        timeout: float = 3600, jobs: int = 1, strategies: list[str] | None = None) -> list[dict]:
     """Check each (framework, device) in its own processes (`families`: only these; default all); a crash or
     timeout becomes an error record. On the CPU up to `jobs` workers run at once (a check times nothing, and each
     appends its records under the file's lock), a framework's heavy families in a worker of their own (`units`);
     a GPU's run one at a time, one per framework (two frameworks' allocators on one device: JAX takes 75% of its
-    memory when it starts). Returns this run's records."""
+    memory when it starts). `strategies`: only these strategies' cells (`worker`). Returns this run's records."""
     run = records.run_id()  # before any worker starts: they inherit it (VARLEN_RUN_ID)
     lock = threading.Lock()  # `progress` is called from one thread at a time
     for device in devices:
@@ -91,7 +95,8 @@ def run(frameworks: list[str], devices: list[str], out: str, *, families: list[s
                     if not pending:
                         return
                     name, fams = pending.pop(0)
-                    proc = spawn("harness.check", name, device, out, ",".join(fams))
+                    proc = spawn("harness.check", name, device, out, ",".join(fams),
+                                 *([",".join(strategies)] if strategies else []))
                     procs.append(proc)
                 _supervise(proc, name, device, out, timeout, progress, lock, stopping)
 
@@ -155,4 +160,4 @@ def unfinished(recs: list[dict], frameworks: list[str], devices: list[str], fami
 
 if __name__ == "__main__":
     die_with_parent()
-    worker(*sys.argv[1:5])
+    worker(*sys.argv[1:6])

@@ -172,17 +172,22 @@ def cmd_check(args) -> int:
 
     frameworks = _frameworks(args.framework)
     devices = list(dict.fromkeys(args.device or ["cpu"]))
+    fams = list(dict.fromkeys(args.family or families.FAMILIES))
+    strategies = list(dict.fromkeys(args.strategy or []))
+    if strategies:
+        frameworks, fams = _checked_strategies(strategies, frameworks, fams)
     out = Path(args.out)
     _results_file(out)
     if "gpu" in devices:
         _probe_gpu(frameworks)
     run = records.run_id()
-    fams = list(dict.fromkeys(args.family or families.FAMILIES))
-    print(f"varlen check: {_listed(frameworks)} on {_listed(devices)}, families {_listed(fams)} -> {out} (run {run})",
-          file=sys.stderr if args.json else sys.stdout)  # --json: stdout holds the records only
+    only = f", strategies {_listed(strategies)} only (no verdicts)" if strategies else ""
+    print(f"varlen check: {_listed(frameworks)} on {_listed(devices)}, families {_listed(fams)}{only} -> {out} "
+          f"(run {run})", file=sys.stderr if args.json else sys.stdout)  # --json: stdout holds the records only
     bar, task = _progress_bar(len(frameworks) * len(devices) * len(fams), "varlen check")
     with bar:
         recs = check.run(frameworks, devices, str(out), families=fams, jobs=args.jobs or check.default_jobs(),
+                         strategies=strategies or None,
                          progress=lambda fw, dev, fam: bar.update(task, advance=1,
                                                                   description=f"check {fw} ({dev}): {fam} done"))
     if args.json:
@@ -200,6 +205,23 @@ def cmd_check(args) -> int:
               f"checks not recorded to their end in {out} (run {records.run_id()}): {', '.join(missing[:6])}"
               + (", ..." if len(missing) > 6 else ""), file=sys.stderr)
     return 1 if bad or missing else 0
+
+
+def _checked_strategies(strategies: list[str], frameworks: list[str], fams: list[str]) -> tuple[list, list]:
+    """`varlen check --strategy`: the frameworks and families to check (those of the selected ones that declare one
+    of `strategies`); a usage error for a strategy that none of them declares."""
+    import adapters
+
+    declared = {(f, fam): adapters.declared_strategies(f, fam) for f in frameworks for fam in fams
+                if fam in adapters.STRATEGY_FAMILIES}
+    known = sorted({s for names in declared.values() for s in names})
+    for s in strategies:
+        if s not in known:
+            raise Usage(f"--strategy {s!r}: no strategy of that name in the families {_listed(fams)} of "
+                        f"{_listed(frameworks)}; declared there: {', '.join(known) or 'none'}")
+    hit = [key for key, names in declared.items() if set(names) & set(strategies)]
+    return ([f for f in frameworks if any(f == k[0] for k in hit)],
+            [fam for fam in fams if any(fam == k[1] for k in hit)])
 
 
 def _file_profiles(args) -> list[dict]:
@@ -475,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu (default) and/or gpu (repeatable)")
     p.add_argument("--family", action="append", choices=list(FAMILIES),
                    help="limit to this op family (repeatable; default: every family)")
+    p.add_argument("--strategy", action="append", metavar="S",
+                   help="only this strategy's equivalence cells (repeatable), in the families and frameworks that "
+                        "declare it, without the recipes' and native behaviours' verdicts (default: everything)")
     p.add_argument("--json", action="store_true", help="print the records as strict JSON lines (a non-finite "
                    "number as the string \"inf\", \"-inf\" or \"nan\") instead of the summary")
     p.add_argument("--jobs", type=_positive("--jobs"), metavar="N",

@@ -38,7 +38,7 @@ SOURCES: dict[str, tuple[dict, dict]] = {
     "check": ({"framework": STR, "version": STR, "device": STR, "kind": STR, "op": STR, "name": STR, "case": STR,
                "quantity": STR, "equivalent": BOOL, "max_abs_err": FLOAT, "kernel": STR},
               {"cell": STR, "side": STR, "bidirectional": BOOL, "dtype": STR, "num_layers": INT, "error": STR,
-               "why": STR, "detail": STR, "cells": INT, "fix": STR, "judged": BOOL}),
+               "why": STR, "detail": STR, "cells": INT, "fix": STR, "judged": BOOL, "strategies": STR}),
     "bench": ({"key": STR, "framework": STR, "op": STR, "strategy": STR, "device": STR, "dtype": STR, "batch": INT,
                "max_len": INT, "profile": STR, "status": STR},
               {"version": STR, "kernel": STR, "error": STR, "seed": INT, "features": INT, "cell": STR, "hidden": INT,

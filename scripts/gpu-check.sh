@@ -3,8 +3,9 @@
 # (torch, jax, pandas, pytest, hypothesis; no TensorFlow, which stays CPU-verified), the project from the working
 # tree. Usage there:
 #   PYTHONPATH=$PWD bash scripts/gpu-check.sh "$OUT" [PHASE...]
-# PHASE: env, check, gates, rnn, rnn-jax, attention, run in the order named (default: rnn-jax rnn check attention
-# env gates, the issue's benchmarks first, JAX's first: its goal is the one not yet met on a GPU). Writes check.jsonl and bench.jsonl (copy them under results/gpu/ and commit them:
+# PHASE: env, check, gates, rnn, rnn-jax, rnn-jax-rest, attention, run in the order named (default: rnn-jax check
+# rnn attention env gates rnn-jax-rest: JAX's RNN sweep and check first, its GPU goal being the one not yet shown
+# met, then the rest of the issue's benchmarks). Writes check.jsonl and bench.jsonl (copy them under results/gpu/ and commit them:
 # `varlen report` reads every results/**/*.jsonl), one log per phase and nvidia-smi.txt (8 files at most, what a
 # device call brings back). Each phase runs under its own time limit, cut to what is left of the whole run's budget
 # (VARLEN_GPU_CHECK_BUDGET_S, default 540 s: one device call may run 600 s); a phase is not started with less than
@@ -15,10 +16,11 @@ set -uo pipefail
 out=${1:-results/gpu}
 shift || true
 phases=("$@")
-[[ ${#phases[@]} -gt 0 ]] || phases=(rnn-jax rnn check attention env gates)
+[[ ${#phases[@]} -gt 0 ]] || phases=(rnn-jax check rnn attention env gates rnn-jax-rest)
 for name in "${phases[@]}"; do  # misuse stops before any work starts
-    [[ " env check gates rnn rnn-jax attention " == *" $name "* ]] || {
-        echo "gpu-check.sh: unknown phase '$name' (env, check, gates, rnn, rnn-jax, attention)" >&2; exit 2; }
+    [[ " env check gates rnn rnn-jax rnn-jax-rest attention " == *" $name "* ]] || {
+        echo "gpu-check.sh: unknown phase '$name' (env, check, gates, rnn, rnn-jax, rnn-jax-rest, attention)" >&2
+        exit 2; }
 done
 mkdir -p "$out"
 # JAX takes 75% of the GPU at its first use unless told not to: pytest (gates) runs torch beside it in one process
@@ -34,6 +36,17 @@ fws=(--framework torch --framework jax)
 bench=(env VARLEN_STREAM_BATCHES=0 "$py" -m harness.cli bench --device "$dev" --shared-worker --timeout 120
        --out "$out/bench.jsonl")
 profiles=(--profile equal --profile lognormal --profile zipf)
+# JAX's RNN strategies (adapters/jax/rnn.py's STRATEGIES: tests/test_gpu_check.py keeps the two lists equal); its
+# goal's: jax.experimental.rnn's cuDNN LSTM (what the goal is measured against), the unrolled padded scan (the
+# fastest on equal lengths at d5b0564) and the two that may beat them; the rest are timed last. On the H200 one
+# unroll-8 program took ~8 s to compile (scan_unroll8: 8.4 s, scan_flip at unroll 1: 1.1 s), and time_sliced
+# compiles one scan per segment: the whole JAX sweep would not fit its phase.
+jax_rnn=(scan scan_flip scan_unroll8 cudnn_lstm bucketed time_sliced concat_rows)
+jax_goal=(cudnn_lstm scan_unroll8 time_sliced concat_rows)
+jax_rest=(scan scan_flip bucketed)
+goal_flags=() rest_flags=()
+for s in "${jax_goal[@]}"; do goal_flags+=(--strategy "$s"); done
+for s in "${jax_rest[@]}"; do rest_flags+=(--strategy "$s"); done
 
 phase() {  # phase LIMIT_S NAME COMMAND...: run it under min(LIMIT_S, budget left), append its output to the log
     # of NAME up to its first '-' (rnn-jax -> rnn.log: a call brings back 8 files), print its tail
@@ -56,14 +69,19 @@ phase() {  # phase LIMIT_S NAME COMMAND...: run it under min(LIMIT_S, budget lef
 for name in "${phases[@]}"; do
     case $name in
         env) phase 60 env "$py" -m harness.cli env ;;
-        # the equivalence matrix and verdicts on the GPU (GPU tolerance row): JAX's families side by side, one
-        # process each, its RNN family (the longest: its compiles made one process need over 240 s for ~85% of it
-        # on the H200, before the skewed multi-plan case was added) started first, and torch's whole check (~35 s
-        # there at d5b0564, more now that flex compiles) beside them, not before them
-        check) phase 270 check bash -c 'for f in rnn ops embedding loss attention epoch; do
-                "$0" -m harness.cli check --device "$1" --framework jax --family "$f" --out "$2" & done
-            "$0" -m harness.cli check --device "$1" --framework torch --out "$2" &
-            wait' "$py" "$dev" "$out/check.jsonl" ;;
+        # the equivalence matrix and verdicts on the GPU (GPU tolerance row), side by side, one process each:
+        # JAX's RNN family one per strategy (`varlen check --strategy`: its compiles, CPU-bound, made one process
+        # need over 240 s for ~85% of the family on the H200 at d5b0564, before the skewed multi-plan case and the
+        # unroll of 8 on the GPU; the family's recipe verdicts are then left to the CPU), its other families, and
+        # torch's whole check (~35 s there at d5b0564, more now that flex compiles) beside them
+        check) phase 270 check bash -c 'py=$0 dev=$1 out=$2; shift 2
+            for s in "$@"; do
+                "$py" -m harness.cli check --device "$dev" --framework jax --family rnn --strategy "$s" --out "$out" &
+            done
+            for f in ops embedding loss attention epoch; do
+                "$py" -m harness.cli check --device "$dev" --framework jax --family "$f" --out "$out" & done
+            "$py" -m harness.cli check --device "$dev" --framework torch --out "$out" &
+            wait' "$py" "$dev" "$out/check.jsonl" "${jax_rnn[@]}" ;;
         # the RNN gates (every strategy, Hypothesis sizes; graph_loop's real CUDA graphs) and bucketed attention
         gates) phase 270 gates "$py" -m pytest -q -p no:cacheprovider --device "$dev" tests/test_rnn.py \
             tests/test_graph_loop.py tests/test_attention_buckets.py -k "torch or jax" ;;
@@ -73,8 +91,11 @@ for name in "${phases[@]}"; do
         # speedups against that baseline (harness/paired.py, ~3 s a pair)
         rnn) phase 200 rnn "${bench[@]}" --framework torch --op rnn_forward_backward --cell lstm --cell gru \
             --batch 64 --max-len 128 "${profiles[@]}" ;;
-        rnn-jax) phase 200 rnn-jax "${bench[@]}" --framework jax --op rnn_forward_backward --cell lstm \
-            --batch 64 --max-len 128 "${profiles[@]}" ;;
+        rnn-jax) phase 240 rnn-jax "${bench[@]}" --framework jax --op rnn_forward_backward --cell lstm \
+            --batch 64 --max-len 128 "${profiles[@]}" "${goal_flags[@]}" ;;
+        # JAX's other RNN strategies, not side by side (the goal's sweep timed its pairs)
+        rnn-jax-rest) phase 200 rnn-jax-rest "${bench[@]}" --no-side-by-side --framework jax \
+            --op rnn_forward_backward --cell lstm --batch 64 --max-len 128 "${profiles[@]}" "${rest_flags[@]}" ;;
         attention) phase 200 attention "${bench[@]}" "${fws[@]}" --op attention_forward_backward --batch 32 \
             --max-len 512 "${profiles[@]}" ;;
     esac

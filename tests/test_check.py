@@ -246,3 +246,23 @@ def test_the_rnn_checks_skewed_case_gets_split_by_every_planner_on_the_cpu():
     assert all(v > 1 for v in skewed.values()), skewed
     # and the standard case alone would not have: what the skewed case adds
     assert splits(np.array(RNN_LENGTHS), RNN_T)["jax bucketed"] == 1
+
+
+def test_a_check_of_chosen_strategies_runs_their_cells_only_and_marks_their_families_done(tmp_path):
+    """`varlen check --strategy`: a lent GPU's minutes cannot compile JAX's whole RNN matrix (every strategy, cell,
+    side, direction and dtype) and time it too, so a run may check the strategies at stake: all of their cells, in
+    every family that has strategies, no recipe or native verdict, each family done and naming them."""
+    full, only = tmp_path / "full.jsonl", tmp_path / "only.jsonl"
+    chk.worker("torch", "cpu", str(full), "rnn")
+    chk.worker("torch", "cpu", str(only), "ops,rnn,loss,embedding,attention,epoch", "time_sliced,concat_rows")
+    recs = results.read([only])
+    cells = [r for r in recs if r["kind"] not in ("started", "done")]
+    assert {r["kind"] for r in cells} == {"strategy"} and {r["name"] for r in cells} == {"time_sliced", "concat_rows"}
+    key = lambda r: (r["name"], r["case"], r["cell"], r["side"], r["bidirectional"], r["dtype"], r["quantity"])
+    want = sorted(key(r) for r in results.read([full]) if r["kind"] == "strategy"
+                  and r["name"] in ("time_sliced", "concat_rows"))
+    assert sorted(key(r) for r in cells) == want, "every cell of theirs that the whole family's check has"
+    done = {r["op"]: r for r in recs if r["kind"] == "done"}
+    assert sorted(done) == ["attention", "embedding", "loss", "rnn"], "those without strategies (ops, epoch): not run"
+    assert done["rnn"]["cells"] == len(cells) and done["loss"]["cells"] == done["attention"]["cells"] == 0
+    assert {r["strategies"] for r in done.values()} == {"concat_rows,time_sliced"}

@@ -8,6 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import adapters
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check.sh"
 
 
@@ -27,9 +29,14 @@ def test_default_phases_run_the_benchmarks_first(tmp_path):
     proc, out = gpu_check(tmp_path)
     assert proc.returncode == 0, proc.stderr
     ran = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("== ")]
-    assert ran == ["rnn-jax", "rnn", "check", "attention", "env", "gates"], proc.stdout
-    rnn = (out / "rnn.log").read_text()  # both RNN sweeps, JAX's then torch's, each in one worker (--shared-worker)
+    assert ran == ["rnn-jax", "check", "rnn", "attention", "env", "gates", "rnn-jax-rest"], proc.stdout
+    rnn = (out / "rnn.log").read_text()  # the RNN sweeps, JAX's goal's, torch's, JAX's rest, in one worker each
     jax, torch = rnn.split("### rnn:")
+    torch, rest = torch.split("### rnn-jax-rest:")
+    goal = "--strategy cudnn_lstm --strategy scan_unroll8 --strategy time_sliced --strategy concat_rows"
+    assert goal in jax and "--strategy scan " not in jax, jax
+    assert "--no-side-by-side --framework jax" in rest and "--strategy scan --strategy scan_flip --strategy bucketed" \
+        in rest, rest
     bench = "-m harness.cli bench --device gpu --shared-worker --timeout 120 --out"
     assert f"{bench}" in torch and "--framework torch --op rnn_forward_backward --cell lstm --cell gru" in torch, rnn
     assert f"{bench}" in jax and "--framework jax --op rnn_forward_backward --cell lstm --batch 64" in jax, rnn
@@ -40,7 +47,11 @@ def test_default_phases_run_the_benchmarks_first(tmp_path):
     check = (out / "check.log").read_text()  # JAX's six families and torch's check side by side
     assert "ARGV -m harness.cli check --device gpu --framework torch --out" in check, check
     jax = re.findall(r"ARGV -m harness.cli check --device gpu --framework jax --family (\w+) --out", check)
-    assert sorted(jax) == ["attention", "embedding", "epoch", "loss", "ops", "rnn"], check
+    assert sorted(jax) == ["attention", "embedding", "epoch", "loss", "ops"], check
+    # JAX's RNN family one process per strategy, every one of them
+    per = re.findall(r"ARGV -m harness.cli check --device gpu --framework jax --family rnn --strategy (\w+) --out",
+                     check)
+    assert sorted(per) == sorted(adapters.declared_strategies("jax", "rnn")), check
     assert len(list(out.iterdir())) <= 8, "a device call brings back 8 files at most"
 
 
@@ -60,5 +71,5 @@ def test_the_budget_cuts_the_limit_and_skips_what_cannot_start(tmp_path):
 def test_an_unknown_phase_stops_before_any_work(tmp_path):
     proc, out = gpu_check(tmp_path, "env", "bench")
     assert proc.returncode == 2
-    assert "unknown phase 'bench' (env, check, gates, rnn, rnn-jax, attention)" in proc.stderr
+    assert "unknown phase 'bench' (env, check, gates, rnn, rnn-jax, rnn-jax-rest, attention)" in proc.stderr
     assert not out.exists(), "nothing ran, not even nvidia-smi"

@@ -695,6 +695,41 @@ def test_a_cut_off_check_is_incomplete_on_the_page_never_proven_exact(tmp_path):
     assert "INCOMPLETE, never exact: 2 whose check was cut off" in page(cut + later)
 
 
+def test_a_check_of_chosen_strategies_proves_those_a_cut_off_run_left_incomplete(tmp_path, monkeypatch):
+    """The H200's JAX check was cut off inside its RNN family: every JAX RNN strategy read incomplete. A later run
+    of the strategies at stake (`varlen check --strategy`) to the family's end proves them; the others stay
+    incomplete, and a strategy that fails there reads WRONG."""
+    from harness import check as chk
+
+    def family(fail=()):
+        def check_records(fw, ref, device, strategies=None):
+            for name in ("a", "b"):
+                if strategies is None or name in strategies:
+                    yield dict(source="check", kind="strategy", framework=fw.name, version="1", name=name, op="rnn",
+                               case="c", device=device, quantity="outputs", equivalent=name not in fail,
+                               max_abs_err=0.0, kernel="k")
+            if strategies is None:
+                raise KeyboardInterrupt  # the first run is killed after its cells, before the family is done
+        return types.SimpleNamespace(check_records=check_records)
+
+    out = tmp_path / "check.jsonl"
+    monkeypatch.setattr(chk, "FAMILIES", {"rnn": family()})
+    monkeypatch.setenv(records.RUN_ENV, "r1")  # each `varlen check` is a run of its own
+    with pytest.raises(KeyboardInterrupt):
+        chk.worker("numpy", "cpu", str(out))
+    status = lambda: report.tables.strategy_status(  # noqa: E731
+        report.frame(results.select(results.read([out])), "check"))
+    assert status()[("numpy", "rnn", "a", "cpu")] == status()[("numpy", "rnn", "b", "cpu")] == "incomplete"
+    monkeypatch.setenv(records.RUN_ENV, "r2")
+    chk.worker("numpy", "cpu", str(out), "rnn", "a")
+    assert status()[("numpy", "rnn", "a", "cpu")] == "exact"
+    assert status()[("numpy", "rnn", "b", "cpu")] == "incomplete", "not checked again: still cut off"
+    monkeypatch.setattr(chk, "FAMILIES", {"rnn": family(fail=("b",))})
+    monkeypatch.setenv(records.RUN_ENV, "r3")
+    chk.worker("numpy", "cpu", str(out), "rnn", "b")
+    assert status()[("numpy", "rnn", "b", "cpu")] == "WRONG"
+
+
 def test_check_of_chosen_families_runs_and_marks_only_those(tmp_path):
     # `varlen check --family F`: a lent GPU's minutes let JAX's families run side by side, each its own process
     from harness import check as chk

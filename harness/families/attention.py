@@ -14,7 +14,7 @@ import numpy as np
 from adapters.spec import SIDES, valid_mask
 from harness.compare import close, max_abs_err
 from harness.data import rng_for
-from harness.families.base import Prepared, error_text, record, use_strategy
+from harness.families.base import Prepared, checked, error_text, record, use_strategy
 from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
@@ -84,9 +84,12 @@ def compare_attention(fw, out, grads, want_out, want_grads, q_valid, kv_valid, t
 
 
 # -- check records -----------------------------------------------------------------------------------------------
-def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
-    yield from strategy_records(fw, ref, device, dtypes)
-    yield from native_records(fw, ref, device)
+def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64"), strategies=None) -> Iterator[dict]:
+    """The strategies' equivalence cells, then the native behaviours' verdicts; `strategies`: only those
+    strategies' cells (`varlen check --strategy`), no verdicts."""
+    yield from strategy_records(fw, ref, device, dtypes, strategies)
+    if strategies is None:
+        yield from native_records(fw, ref, device)
 
 
 def _variants():
@@ -94,7 +97,7 @@ def _variants():
     return ((False, False), (False, True), (True, False))
 
 
-def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
+def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64"), strategies=None) -> Iterator[dict]:
     """Every strategy x dtype x side x (self, causal, cross) x head shape x padding fill, against the reference."""
     for dtype, side, (cross, causal), (Hq, Hkv), fill in itertools.product(dtypes, SIDES, _variants(), HEAD_SHAPES,
                                                                            FILLS):
@@ -105,7 +108,7 @@ def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")
         spec = dict(device=device, dtype=dtype, causal=causal, gqa=Hq != Hkv, side=side, cross=cross,
                     head_dim=CHECK_DH)
         case = f"{'cross' if cross else 'self'}{'_causal' if causal else ''}_h{Hq}x{Hkv}_{fill}_padding"
-        for strategy in fw.strategies("attention", **spec):
+        for strategy in checked(fw.strategies("attention", **spec), strategies):
             base = dict(kind="strategy", op="attention", name=strategy, case=case, side=side, dtype=dtype)
             try:
                 out, grads = fw.attention_vjp(*(fw.asarray(x, device) for x in (q, k, v)), ql, kvl, cot,

@@ -68,6 +68,12 @@ def error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:300]
 
 
+def checked(strategies, only) -> list[str]:
+    """The strategies a check covers for one case: `strategies` (the adapter's for it) limited to `only` (`varlen
+    check --strategy`; None: every one)."""
+    return [s for s in strategies if only is None or s in only]
+
+
 def use_strategy(fw, family: str, **spec) -> str:
     """A record's `fix` when the remedy is varlen's exact strategy: the framework's default one for `spec`."""
     return f"varlen's exact strategy {fw.strategies(family, **spec)[0]!r}"

@@ -14,7 +14,7 @@ import numpy as np
 from adapters.spec import SIDES, RnnSpec, init_params, valid_mask
 from harness.compare import close
 from harness.data import rng_for
-from harness.families.base import Prepared, doc_why, exact, record, use_strategy
+from harness.families.base import Prepared, checked, doc_why, exact, record, use_strategy
 from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
@@ -102,11 +102,14 @@ def run_vjp(fw, op, mode, tokens, table, lengths, cot: dict, **kw):
 
 
 # -- check records -----------------------------------------------------------------------------------------------
-def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
-    for strategy in fw.strategies("embedding", device=device):
+def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64"), strategies=None) -> Iterator[dict]:
+    """The strategies' equivalence cells, then the native behaviours' and recipes' verdicts; `strategies`: only
+    those strategies' cells (`varlen check --strategy`), no verdicts."""
+    for strategy in checked(fw.strategies("embedding", device=device), strategies):
         yield from strategy_records(fw, ref, strategy, device, dtypes)
-    yield from native_records(fw, ref, device)
-    yield from idiom_records(fw, ref, device)
+    if strategies is None:
+        yield from native_records(fw, ref, device)
+        yield from idiom_records(fw, ref, device)
 
 
 def strategy_cell(fw, ref, strategy, op, mode, case, side, dtype, device) -> dict[str, tuple[bool, float]]:

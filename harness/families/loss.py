@@ -19,7 +19,7 @@ from adapters.base import LOSS_REDUCTIONS
 from adapters.spec import SIDES, valid_mask
 from harness.compare import close
 from harness.data import padded, rng_for
-from harness.families.base import Prepared, doc_why, error_text, exact, record, use_strategy
+from harness.families.base import Prepared, checked, doc_why, error_text, exact, record, use_strategy
 from harness.profiles import case_lengths, padding_fraction
 from harness.tolerances import tolerance
 
@@ -109,10 +109,13 @@ def _ref(ref, x, z, L, kind, reduction="token_mean", side="right"):
                                reduction=reduction, side=side)
 
 
-def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
-    yield from strategy_records(fw, ref, device, dtypes)
-    yield from native_records(fw, ref, device)
-    yield from recipe_records(fw, ref, device)
+def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64"), strategies=None) -> Iterator[dict]:
+    """The strategies' equivalence cells, then the native behaviours' and recipes' verdicts; `strategies`: only
+    those strategies' cells (`varlen check --strategy`), no verdicts."""
+    yield from strategy_records(fw, ref, device, dtypes, strategies)
+    if strategies is None:
+        yield from native_records(fw, ref, device)
+        yield from recipe_records(fw, ref, device)
 
 
 def strategy_cell(fw, ref, strategy, kind, label_axis, reduction, dtype, side, device) -> dict[str, tuple]:
@@ -145,9 +148,10 @@ def strategy_cell(fw, ref, strategy, kind, label_axis, reduction, dtype, side, d
     return res
 
 
-def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
+def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64"), strategies=None) -> Iterator[dict]:
     for (kind, label_axis), reduction, dtype, side in itertools.product(KINDS, LOSS_REDUCTIONS, dtypes, SIDES):
-        for strategy in fw.strategies("loss", kind=kind, reduction=reduction, device=device, dtype=dtype):
+        for strategy in checked(fw.strategies("loss", kind=kind, reduction=reduction, device=device, dtype=dtype),
+                                strategies):
             base = dict(kind="strategy", op="loss", name=strategy, side=side, dtype=dtype,
                         case=f"{kind}{'' if label_axis else '_no_label_axis'}:{reduction}:dirty_padding",
                         kernel=fw.strategy_kernel("loss", strategy, kind))

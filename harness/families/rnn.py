@@ -10,7 +10,7 @@ import numpy as np
 from adapters.spec import CELLS, SIDES, RnnSpec, init_params, map_params, valid_mask
 from harness.compare import close, flat_grads
 from harness.data import cotangents, padded
-from harness.families.base import Prepared, record
+from harness.families.base import Prepared, checked, record
 from harness.floors import rnn_flops
 from harness.idioms import IDIOM_FIXES, IDIOMS, idiom_case, padding_for, reference_for, run_idiom, verdicts
 from harness.profiles import case_lengths, padding_fraction
@@ -86,12 +86,15 @@ def compare_rnn(fw, out, grads, want_out, want_grads, valid, tol) -> dict[str, t
     return res
 
 
-def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
-    yield from strategy_records(fw, ref, device, dtypes)
-    yield from idiom_records(fw, ref, device)
+def check_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64"), strategies=None) -> Iterator[dict]:
+    """The strategies' equivalence cells, then the recipes' verdicts; `strategies`: only those strategies' cells
+    (`varlen check --strategy`), no verdicts."""
+    yield from strategy_records(fw, ref, device, dtypes, strategies)
+    if strategies is None:
+        yield from idiom_records(fw, ref, device)
 
 
-def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")) -> Iterator[dict]:
+def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64"), strategies=None) -> Iterator[dict]:
     """Every strategy x cell x side x direction x dtype on a 2-layer net, NaN in padding, zero-length rows: the
     standard case in every dtype, the skewed one (`SKEW_LENGTHS`: the plans of several buckets, segments and
     sequences per row that real batches get) for the strategies that plan (`PLANNED`): `RNN_CASES`."""
@@ -106,7 +109,7 @@ def strategy_records(fw, ref, device: str = "cpu", dtypes=("float32", "float64")
         want_out, want_grads = ref.rnn_vjp(spec, map_params(up, params), up(x), L,
                                            {k: up(v) for k, v in cot.items()}, side=side)
         valid = valid_mask(L, T, side)
-        for strategy in fw.strategies("rnn", cell=cell, device=device, dtype=dtype):
+        for strategy in checked(fw.strategies("rnn", cell=cell, device=device, dtype=dtype), strategies):
             if case.strategies is not None and strategy not in case.strategies:
                 continue
             base = dict(kind="strategy", op="rnn", name=strategy, case=case.name, cell=cell,
