@@ -676,7 +676,8 @@ def test_a_cut_off_check_is_incomplete_on_the_page_never_proven_exact(tmp_path):
     text = page(cut)
     assert ("1 of 3 checked ops and strategies (each framework and device apart) are proven exact against the "
             "float64 reference — INCOMPLETE, never exact: 2 whose check was cut off before their family was done "
-            "(torch/rnn on cpu; run `varlen check` for them again).") in text, text[:600]
+            "(torch/rnn on cpu; run `varlen check` for them again, `--strategy S` for only some of them).") in text, \
+        text[:600]
     assert "2 rows are INCOMPLETE (red): their check was cut off before the family was done (torch/rnn on cpu)" in text
     assert "All cells are equivalent" not in text
     eq = report.equivalence_table(report.frame(cut, "check")).set_index("name")

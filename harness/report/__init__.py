@@ -40,7 +40,7 @@ def check_sections(check: pd.DataFrame, bench: pd.DataFrame) -> list[Section]:
     found = ([f"{n_bad} {'row has' if n_bad == 1 else 'rows have'} FAILING cells (red)."] if n_bad else []) + (
         [f"{n_cut} {'row is' if n_cut == 1 else 'rows are'} INCOMPLETE (red): their check was cut off before the "
          f"family was done ({', '.join(cut_off(check))}), so the cells they hold prove nothing; run `varlen check` "
-         "for them again."] if n_cut else [])
+         "for them again (`--strategy S`: only some of them, to the end)."] if n_cut else [])
     s.p("Every framework's ops and strategies against the NumPy float64 reference (outputs, final states, "
         "input and weight gradients; NaN in padding; zero-length rows; float32 and float64), per device. "
         + (" ".join(found) or "All cells are equivalent."))

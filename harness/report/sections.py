@@ -630,7 +630,8 @@ def summary_section(check: pd.DataFrame, df: pd.DataFrame, paired: pd.DataFrame 
             + ("" if per.all() else " — FAILING: " + failing)
             + ("" if not unproven.any() else
                f" — INCOMPLETE, never exact: {int(unproven.sum())} whose check was cut off before their family was "
-               f"done ({', '.join(cut_off(check))}; run `varlen check` for them again)") + ".")
+               f"done ({', '.join(cut_off(check))}; run `varlen check` for them again, `--strategy S` for only some "
+               "of them)") + ".")
         verdicts = check[check["kind"].isin(["idiom", "native"])]
         verdicts = verdicts[judged_rows(verdicts)]  # information-only records never count
         wrong = verdicts[~verdicts["equivalent"].astype(bool)]
