@@ -212,6 +212,31 @@ def test_jax_cudnn_lstm_glue_matches_reference(side, dtype, monkeypatch):
     assert not bad, f"cudnn_lstm glue side={side} {dtype}: {bad}"
 
 
+def test_jax_scan_graph_compiles_with_its_options(monkeypatch):
+    """scan_graph runs on GPUs only (XLA:GPU command buffers); on CPU, past its precondition, its program is
+    scan_unroll8's compiled with GRAPH_OPTIONS, which XLA:CPU accepts and ignores: exact there, and the options
+    reach the compile (a misspelt command type fails it), so a GPU run gets the graphs it names."""
+    require("jax")
+    from adapters.jax import rnn as jax_rnn
+
+    fw = adapters.get("jax")
+    why = fw.why_not("rnn", "scan_graph", cell="gru", device="cpu", dtype="float64")
+    assert why and "GPU" in why
+    assert fw.why_not("rnn", "scan_graph", cell="rnn", device="gpu", dtype="float64") is None
+    spec = RnnSpec("lstm", input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    L, T = SPLIT_LENGTHS, SPLIT_T
+    algo = jax_rnn.STRATEGIES["scan_graph"]  # the unit's own entry points, past its precondition
+    run = lambda params, x, cot: algo.vjp(fw, spec, params, x, L, cot, "left", "cpu")  # noqa: E731
+    bad, out = against_reference(fw, spec, L, T, side="left", dtype="float32", seed=3, run=run)
+    assert out.kernel == "xla-scan cuda-graph", out.kernel
+    assert not bad, f"scan_graph past its precondition: {bad}"
+    monkeypatch.setitem(jax_rnn.GRAPH_OPTIONS, "xla_gpu_enable_command_buffer", "FUSION,WHILST")
+    other = RnnSpec("gru", input_size=3, hidden_size=4)  # a program not compiled yet
+    with pytest.raises(Exception, match="WHILST"):
+        against_reference(fw, other, L, T, dtype="float32", run=lambda params, x, cot: algo.vjp(
+            fw, other, params, x, L, cot, "right", "cpu"))
+
+
 @pytest.mark.parametrize("name,cell,side,layers,bi,dtype", cases("time_sliced", [("lstm", "left", 1, True, "float64"),
                                                                                ("gru", "right", 2, False, "float64"),
                                                                                ("rnn", "right", 1, True, "float64")]))

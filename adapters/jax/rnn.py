@@ -19,6 +19,10 @@ once per new bucket shape, a bounded set):
   at step length-1, flip the outputs back.
 - "scan_unroll8": "scan" with `lax.scan(unroll=8)`, the usual JAX speed knob (fewer loop iterations, larger
   fused bodies; it pays on GPU, while on XLA:CPU its backward pass is about 2x slower than "scan").
+- "scan_graph" (GPU): "scan_unroll8"'s program compiled with `GRAPH_OPTIONS`, which make XLA:GPU record its while
+  loops into command buffers: CUDA graphs in which the device runs the loop (a conditional WHILE node) and each
+  step's kernels, where by default the host launches them one by one. The "graph-captured loop" of torch's
+  "graph_loop", for a step that is latency-bound on a GPU. Kernel "xla-scan cuda-graph". Not yet timed on a GPU.
 - "bucketed": turns padding into speed. On the host (lengths are NumPy when the strategy runs) the rows are sorted
   by length and cut into <= 4 buckets by a small dynamic program over a cost model (`plan_buckets`); each bucket's
   time is trimmed to its longest row and rounded UP a ladder (1, 2, 3, 4, 6, 8, 12, ... capped at T), its batch up
@@ -122,12 +126,13 @@ class JaxRnn:
 
     def _rnn_forward(self, algo, spec, params, x, lengths, side, device):
         fn = self._cached(("rnn", spec, algo, side), lambda: self._jit_net(partial(self._network, spec, algo, side),
-                                                                          False))
+                                                                          False, options=_options(algo)))
         return self._call_net(fn, params, self.asarray(x, device), lengths, None, device, _kernel(algo))
 
     def _rnn_vjp(self, algo, spec, params, x, lengths, cotangents, side, device):
         fn = self._cached(("rnn_vjp", spec, algo, side),
-                          lambda: self._jit_net(partial(self._network, spec, algo, side), True))
+                          lambda: self._jit_net(partial(self._network, spec, algo, side), True,
+                                                options=_options(algo)))
         return self._call_net(fn, params, self.asarray(x, device), lengths, cotangents, device, _kernel(algo))
 
     def _cotangents(self, cotangents: dict, dtype, device) -> tuple:
@@ -170,10 +175,10 @@ class JaxRnn:
             return lambda: jax.block_until_ready(bwd(p, x, n, cot))
         return lambda: jax.block_until_ready(fwd(p, jnp.asarray(x), n))
 
-    def _jit_net(self, net, vjp: bool, traced=None):
+    def _jit_net(self, net, vjp: bool, traced=None, options: dict | None = None):
         """`jax.jit` of net(params, x, lengths, *aux) -> (outputs, h_n, c_n), or with `vjp` of (that, the parameter
-        gradients, x's gradient) given the cotangents (before `aux`). Its Python body runs only when JAX traces: it
-        counts a compile and calls `traced(x)` if given."""
+        gradients, x's gradient) given the cotangents (before `aux`), compiled with XLA's `options` if given. Its
+        Python body runs only when JAX traces: it counts a compile and calls `traced(x)` if given."""
 
         def on_trace(x):
             self._compiles += 1
@@ -190,7 +195,8 @@ class JaxRnn:
             g_params, g_x = pullback(cot)
             return out, g_params, g_x
 
-        return self.jax.jit(forward_vjp if vjp else forward)
+        fn = forward_vjp if vjp else forward
+        return self.jax.jit(fn, compiler_options=options) if options else self.jax.jit(fn)
 
     # -- "bucketed": rows sorted by length, a few trimmed buckets, each through the jitted masked scan ------------
     def rnn_bucket_shapes(self) -> set:
@@ -485,7 +491,7 @@ class JaxRnn:
     def _network(self, spec: RnnSpec, algo: tuple, side: str, params, x, lengths):
         """(outputs [B,T,D*H], h_n, c_n) of the stacked, possibly bidirectional network; traced, never eager."""
         jnp = self.jnp
-        algorithm, unroll = algo
+        algorithm, unroll = algo[:2]
         T = x.shape[1]
         valid = self.valid(lengths, T, side)
         x = jnp.where(valid[..., None], x, 0)  # padding (even NaN) never reaches a matmul
@@ -787,14 +793,40 @@ def _scan_name(unroll: int) -> str:
     return "xla-scan" if unroll == 1 else f"xla-scan unroll{unroll}"
 
 
-def _unit(name: str, algorithm: str, unroll: int, doc: str, **extra) -> Strategy:
-    algo = (algorithm, unroll)
+def _unit(name: str, algorithm: str, unroll: int, doc: str, *compile_with: str, **extra) -> Strategy:
+    algo = (algorithm, unroll, *compile_with)
     return Strategy(name, lambda a, *args: a._rnn_forward(algo, *args), lambda a, *args: a._rnn_vjp(algo, *args),
                     doc=doc, **extra)
 
 
 def _kernel(algo: tuple) -> str:
-    return "cudnn" if algo[0] == "cudnn" else "xla-scan"
+    if algo[0] == "cudnn":
+        return "cudnn"
+    return "xla-scan cuda-graph" if "graph" in algo[2:] else "xla-scan"
+
+
+#: XLA's compile options of "scan_graph" (`jax.jit(compiler_options=...)`, this program only; XLA:CPU ignores
+#: them): XLA:GPU records the scans' while loops (and conditionals) into command buffers, i.e. CUDA graphs in which
+#: the loop is a conditional WHILE node run by the device, besides what it records by default (fusions, cuBLAS and
+#: cuBLASLt GEMMs, cuDNN, custom calls, dynamic-slice fusions), and graphs of any size (default: 5 commands). By
+#: default XLA:GPU records no while loop, so the host launches each step's kernels (a GEMM and a few fusions,
+#: microseconds each at B=64 H=128, where a step is latency-bound). The names are XLA's CommandBufferCmdType
+#: values, as a whole list: a jit's options take no "+WHILE" (XLA_FLAGS's syntax).
+GRAPH_OPTIONS = {
+    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE,DYNAMIC_SLICE_FUSION",
+    "xla_gpu_graph_min_graph_size": 1,
+}
+
+
+def _options(algo: tuple) -> dict | None:
+    return dict(GRAPH_OPTIONS) if "graph" in algo[2:] else None
+
+
+def _graph_ok(adapter, device: str = "cpu", **spec) -> str | None:
+    """scan_graph's precondition: command buffers are XLA:GPU's (on the CPU the program is scan_unroll8's)."""
+    if device != "gpu":
+        return "XLA:GPU command buffers (CUDA graphs) exist on GPUs only; on the CPU this is scan_unroll8's program"
+    return None
 
 
 def _cudnn_ok(adapter, cell: str | None = None, device: str = "cpu", dtype: str | None = None, **spec) -> str | None:
@@ -812,6 +844,8 @@ STRATEGIES = strategy_table(
     _unit("scan", "masked", 1, "lax.scan, carry frozen at padded steps"),
     _unit("scan_flip", "flip", 1, "Flax nn.RNN recipe: flip within length, unmasked scan, pick the final carry"),
     _unit("scan_unroll8", "masked", 8, "scan with lax.scan(unroll=8)"),
+    _unit("scan_graph", "masked", 8, "scan_unroll8 with its while loops captured in CUDA graphs (XLA:GPU command "
+          "buffers)", "graph", supports=_graph_ok),
     _unit("cudnn_lstm", "cudnn", 1, "jax.experimental.rnn.lstm (cuDNN) with seq_lengths; zero-length rows run as "
           "length 1 and are zeroed", supports=_cudnn_ok),
     Strategy("bucketed", lambda a, spec, params, x, L, side, dev: a._bucketed(spec, params, x, L, None, side, dev),
