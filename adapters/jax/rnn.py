@@ -22,7 +22,9 @@ once per new bucket shape, a bounded set):
 - "scan_graph" (GPU): "scan_unroll8"'s program compiled with `GRAPH_OPTIONS`, which make XLA:GPU record its while
   loops into command buffers: CUDA graphs in which the device runs the loop (a conditional WHILE node) and each
   step's kernels, where by default the host launches them one by one. The "graph-captured loop" of torch's
-  "graph_loop", for a step that is latency-bound on a GPU. Kernel "xla-scan cuda-graph". Not yet timed on a GPU.
+  "graph_loop", for a step that is latency-bound on a GPU. Kernel "xla-scan cuda-graph": what XLA was asked for,
+  since XLA keeps a loop it cannot record on the host without a word (its time beside "scan_unroll8"'s, the same
+  program, tells; an `xla_dump_to` dump shows the command buffers). Not yet timed on a GPU.
 - "bucketed": turns padding into speed. On the host (lengths are NumPy when the strategy runs) the rows are sorted
   by length and cut into <= 4 buckets by a small dynamic program over a cost model (`plan_buckets`); each bucket's
   time is trimmed to its longest row and rounded UP a ladder (1, 2, 3, 4, 6, 8, 12, ... capped at T), its batch up
