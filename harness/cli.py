@@ -204,7 +204,14 @@ def cmd_check(args) -> int:
         print(f"varlen check: {len(missing)} of {len(frameworks) * len(devices) * len(fams)} framework/device/family "
               f"checks not recorded to their end in {out} (run {records.run_id()}): {', '.join(missing[:6])}"
               + (", ..." if len(missing) > 6 else ""), file=sys.stderr)
-    return 1 if bad or missing else 0
+    # a strategy asked for by name that no cell checked (its precondition excludes it on these devices, e.g. a
+    # GPU-only one on the CPU) was not checked: an empty table must not read as a pass
+    named = {r.get("name") for r in recs if r.get("kind") == "strategy"}
+    unchecked = [s for s in strategies if s not in named]
+    if unchecked and not missing:
+        print(f"varlen check: --strategy {_listed(unchecked)}: no cell checked on {_listed(devices)} (its "
+              f"precondition excludes every case there; `varlen env` says why)", file=sys.stderr)
+    return 1 if bad or missing or unchecked else 0
 
 
 def _checked_strategies(strategies: list[str], frameworks: list[str], fams: list[str]) -> tuple[list, list]:

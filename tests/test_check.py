@@ -266,3 +266,21 @@ def test_a_check_of_chosen_strategies_runs_their_cells_only_and_marks_their_fami
     assert sorted(done) == ["attention", "embedding", "loss", "rnn"], "those without strategies (ops, epoch): not run"
     assert done["rnn"]["cells"] == len(cells) and done["loss"]["cells"] == done["attention"]["cells"] == 0
     assert {r["strategies"] for r in done.values()} == {"concat_rows,time_sliced"}
+
+
+def test_a_check_of_a_strategy_that_no_cell_can_run_here_fails_by_name(tmp_path, capsys):
+    """`varlen check --strategy graph_loop` on the CPU (graph_loop captures CUDA kernels: GPU only) checked nothing,
+    printed an empty table and exited 0, as if it had passed; beside a strategy that runs, it still fails, by name."""
+    from harness import cli
+
+    out = tmp_path / "r.jsonl"
+    args = ["check", "--framework", "torch", "--family", "rnn", "--out", str(out)]
+    assert cli.main([*args, "--strategy", "graph_loop"]) == 1
+    err = capsys.readouterr().err
+    assert "--strategy graph_loop: no cell checked on cpu" in err, err
+    assert cli.main([*args, "--strategy", "graph_loop", "--strategy", "time_sliced"]) == 1
+    err = capsys.readouterr().err
+    assert "--strategy graph_loop: no cell checked on cpu" in err and "time_sliced" not in err, err
+    assert {r["name"] for r in results.read([out]) if r["kind"] == "strategy"} == {"time_sliced"}
+    assert cli.main([*args, "--strategy", "time_sliced"]) == 0
+    assert "no cell checked" not in capsys.readouterr().err
