@@ -795,8 +795,8 @@ def _scan_name(unroll: int) -> str:
     return "xla-scan" if unroll == 1 else f"xla-scan unroll{unroll}"
 
 
-def _unit(name: str, algorithm: str, unroll: int, doc: str, *compile_with: str, **extra) -> Strategy:
-    algo = (algorithm, unroll, *compile_with)
+def _unit(name: str, algorithm: str, unroll: int, doc: str, graph: bool = False, **extra) -> Strategy:
+    algo = (algorithm, unroll, "graph") if graph else (algorithm, unroll)
     return Strategy(name, lambda a, *args: a._rnn_forward(algo, *args), lambda a, *args: a._rnn_vjp(algo, *args),
                     doc=doc, **extra)
 
@@ -804,7 +804,12 @@ def _unit(name: str, algorithm: str, unroll: int, doc: str, *compile_with: str, 
 def _kernel(algo: tuple) -> str:
     if algo[0] == "cudnn":
         return "cudnn"
-    return "xla-scan cuda-graph" if "graph" in algo[2:] else "xla-scan"
+    return "xla-scan cuda-graph" if _graph(algo) else "xla-scan"
+
+
+def _graph(algo: tuple) -> bool:
+    """Whether `algo` is compiled with `GRAPH_OPTIONS` ("scan_graph")."""
+    return algo[2:] == ("graph",)
 
 
 #: XLA's compile options of "scan_graph" (`jax.jit(compiler_options=...)`, this program only; XLA:CPU ignores
@@ -821,7 +826,7 @@ GRAPH_OPTIONS = {
 
 
 def _options(algo: tuple) -> dict | None:
-    return dict(GRAPH_OPTIONS) if "graph" in algo[2:] else None
+    return dict(GRAPH_OPTIONS) if _graph(algo) else None
 
 
 def _graph_ok(adapter, device: str = "cpu", **spec) -> str | None:
@@ -847,7 +852,7 @@ STRATEGIES = strategy_table(
     _unit("scan_flip", "flip", 1, "Flax nn.RNN recipe: flip within length, unmasked scan, pick the final carry"),
     _unit("scan_unroll8", "masked", 8, "scan with lax.scan(unroll=8)"),
     _unit("scan_graph", "masked", 8, "scan_unroll8 with its while loops captured in CUDA graphs (XLA:GPU command "
-          "buffers)", "graph", supports=_graph_ok),
+          "buffers)", graph=True, supports=_graph_ok),
     _unit("cudnn_lstm", "cudnn", 1, "jax.experimental.rnn.lstm (cuDNN) with seq_lengths; zero-length rows run as "
           "length 1 and are zeroed", supports=_cudnn_ok),
     Strategy("bucketed", lambda a, spec, params, x, L, side, dev: a._bucketed(spec, params, x, L, None, side, dev),
