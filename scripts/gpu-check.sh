@@ -38,12 +38,13 @@ bench=(env VARLEN_STREAM_BATCHES=0 "$py" -m harness.cli bench --device "$dev" --
 profiles=(--profile equal --profile lognormal --profile zipf)
 # JAX's RNN strategies (adapters/jax/rnn.py's STRATEGIES: tests/test_gpu_check.py keeps the two lists equal); its
 # goal's: jax.experimental.rnn's cuDNN LSTM (what the goal is measured against), the unrolled padded scan (the
-# fastest on equal lengths at d5b0564), the same program in CUDA graphs (scan_graph, not yet timed on a GPU) and
-# the two that may beat them; the others are timed last. On the H200 one unroll-8 program took ~8 s to compile
-# (scan_unroll8: 8.4 s, scan_flip at unroll 1: 1.1 s), and time_sliced compiles one scan per segment: the whole
-# JAX sweep would not fit its phase.
-jax_rnn=(scan scan_flip scan_unroll8 scan_graph cudnn_lstm bucketed time_sliced concat_rows)
-jax_goal=(cudnn_lstm scan_unroll8 scan_graph time_sliced concat_rows)
+# fastest on equal lengths at d5b0564), the same program in CUDA graphs (scan_graph), the packed grid with its
+# written-out gradient (concat_rows, unroll 8) and the same grid's loops as Pallas Triton kernels (concat_pallas),
+# none of the last three timed on a GPU yet; the others are timed last. On the H200 one unroll-8 program took ~8 s
+# to compile (scan_unroll8: 8.4 s, scan_flip at unroll 1: 1.1 s), and time_sliced compiles one scan per segment:
+# the whole JAX sweep would not fit its phase.
+jax_rnn=(scan scan_flip scan_unroll8 scan_graph cudnn_lstm bucketed time_sliced concat_rows concat_pallas)
+jax_goal=(cudnn_lstm scan_unroll8 scan_graph concat_rows concat_pallas)
 goal_flags=() rest_flags=()
 for s in "${jax_goal[@]}"; do goal_flags+=(--strategy "$s"); done
 for s in "${jax_rnn[@]}"; do [[ " ${jax_goal[*]} " == *" $s "* ]] || rest_flags+=(--strategy "$s"); done

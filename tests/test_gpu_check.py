@@ -33,11 +33,11 @@ def test_default_phases_run_the_benchmarks_first(tmp_path):
     rnn = (out / "rnn.log").read_text()  # the RNN sweeps, JAX's goal's, torch's, JAX's rest, in one worker each
     jax, torch = rnn.split("### rnn:")
     torch, rest = torch.split("### rnn-jax-rest:")
-    goal = ("--strategy cudnn_lstm --strategy scan_unroll8 --strategy scan_graph --strategy time_sliced "
-            "--strategy concat_rows")
+    goal = ("--strategy cudnn_lstm --strategy scan_unroll8 --strategy scan_graph --strategy concat_rows "
+            "--strategy concat_pallas")
     assert goal in jax and "--strategy scan " not in jax, jax
     assert "--no-side-by-side --framework jax" in rest and "--strategy scan --strategy scan_flip --strategy bucketed" \
-        in rest, rest
+        " --strategy time_sliced" in rest, rest
     bench = "-m harness.cli bench --device gpu --shared-worker --timeout 120 --out"
     assert f"{bench}" in torch and "--framework torch --op rnn_forward_backward --cell lstm --cell gru" in torch, rnn
     assert f"{bench}" in jax and "--framework jax --op rnn_forward_backward --cell lstm --batch 64" in jax, rnn

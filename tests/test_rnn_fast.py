@@ -502,8 +502,9 @@ def test_concat_rows_without_its_reset_is_caught(name, cell, monkeypatch):
         import adapters.jax.rnn as module
 
         real = module.reset_scan
-        monkeypatch.setattr(module, "reset_scan", lambda jax, cell, unroll=1: lambda xw, w_hh, b_hh, keep:
-                            real(jax, cell, unroll)(xw, w_hh, b_hh, jax.numpy.ones_like(keep)))
+        monkeypatch.setattr(module, "reset_scan", lambda jax, cell, unroll=1, kernels=None:
+                            lambda xw, w_hh, b_hh, keep:
+                            real(jax, cell, unroll, kernels)(xw, w_hh, b_hh, jax.numpy.ones_like(keep)))
     bad, _ = against_reference(fw, spec, PACK_LENGTHS, 40, side="right", seed=2, strategy="concat_rows")
     assert {"outputs", "h_n"} <= set(bad), bad
 

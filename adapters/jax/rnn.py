@@ -66,6 +66,15 @@ once per new bucket shape, a bounded set):
   side by side on 2026-12-06 (rounds 1.11-1.15), so the LSTM runs "scan"'s own call there, as where nothing runs
   (kernel "xla-scan rows[BxT]").
   Kernel "xla-scan rows[<rows>x<steps>]".
+- "concat_pallas" (GPU, LSTM): "concat_rows"' grid and written-out gradient with its two loops (the forward scan
+  and the gradient's reverse scan) as Pallas Triton kernels (`adapters/jax/pallas_rnn.py`): each program holds 16
+  rows and runs every step of the grid itself, so no step is a kernel launch (XLA runs a `lax.scan` step as a few
+  kernels the host launches, ~15 us a step for "scan_unroll8" on an H200). float32 products in 3xTF32 (as accurate
+  as float32 here, `tests/test_pallas_rnn.py`), float64 exact. Equal lengths run its grid too (one sequence per
+  row), not the masked scan. Kernel "pallas-triton 3xtf32 rows[<rows>x<steps>]" ("pallas-triton" in float64). On
+  the CPU it runs past its precondition only, in Pallas's interpret mode (the tests); its Triton lowering is built
+  there for CUDA without a device. Not yet timed on a GPU. Pallas's Triton backend is deprecated since JAX 0.11.0
+  (to be removed in a later version; Mosaic GPU is its successor).
 - "bucketed", "time_sliced" and "concat_rows" unroll their scans per device (`UNROLL`): 1 on the CPU, 8 on a GPU,
   where a step is latency-bound (their kernel names then read "xla-scan unroll8 ...").
 - "bucketed", "time_sliced" and "concat_rows" name the programs a batch runs from their own host planners
@@ -403,49 +412,60 @@ class JaxRnn:
         return (jnp.concatenate(ys) if len(ys) > 1 else ys[0]), carry
 
     # -- "concat_rows": several sequences end to end per row, the carry reset at each sequence's first step -----
-    def _concat(self, spec, params, x, lengths, cotangents, side, device):
+    def _concat(self, spec, params, x, lengths, cotangents, side, device, pallas: bool = False):
         """Pack on the host (remembered per batch), run the grid's jitted function with the slot maps as arguments
         (one compile per grid shape, `rnn_concat_grids()`), one sequence per row included. Where nothing runs, the
-        masked scan's own call runs the batch."""
+        masked scan's own call runs the batch. `pallas`: the LSTM's loops as Pallas kernels ("concat_pallas";
+        Triton on a GPU, interpret mode elsewhere), on every grid, one sequence per row included."""
         lengths = np.asarray(lengths, dtype=np.int64)
         x = self.asarray(x, device)
         B, T = x.shape[:2]
-        pack = self._concat_pack(spec, lengths, T)
+        pack = self._concat_pack(spec, lengths, T, pallas)
         if pack is None:
             return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
                                     f"{_scan_name(_unroll(device))} rows[{B}x{T}]")
         vjp, grid, unroll = cotangents is not None, (pack.rows, pack.steps), _unroll(device)
+        kernels, name = None, _scan_name(unroll)
+        if pallas:
+            from adapters.jax.pallas_rnn import kernel_name, lstm_loops
+
+            kernels = lstm_loops(self.jax, device != "gpu")
+            name = kernel_name(x.dtype.name, device != "gpu")
 
         def traced(x):  # the grid's compiled shapes, recorded when JAX traces
             self.rnn_concat_grids().add(("vjp" if vjp else "fwd", spec, side, x.dtype.name, *x.shape[:2], *grid))
 
-        fn = self._cached(("rnn_concat", spec, side, grid, vjp, unroll),
-                          lambda: self._jit_net(partial(self._concat_network, spec, side, grid, unroll), vjp, traced))
+        fn = self._cached(("rnn_concat", spec, side, grid, vjp, unroll, kernels),
+                          lambda: self._jit_net(partial(self._concat_network, spec, side, grid, unroll, kernels), vjp,
+                                                traced))
         maps = tuple(self.asarray(getattr(pack, k), device) for k in ("src", "mirror", "back", "last"))
-        return self._call_net(fn, params, x, lengths, cotangents, device,
-                              f"{_scan_name(unroll)} rows[{grid[0]}x{grid[1]}]", (maps,))
+        return self._call_net(fn, params, x, lengths, cotangents, device, f"{name} rows[{grid[0]}x{grid[1]}]",
+                              (maps,))
 
     @staticmethod
-    def _concat_pack(spec, lengths, T: int):
+    def _concat_pack(spec, lengths, T: int, pallas: bool = False):
         """The batch's grid (no separator: the scan resets its carry itself), or None where the masked scan's own
-        call runs it: nothing runs, or an LSTM grid of one sequence per row over every step (equal lengths), which
-        does not beat the scan there (side by side 1.14x its time, rounds 1.11-1.15, 2026-12-06; GRU and tanh RNN
-        grids were 0.98x and 0.74x of it and keep theirs)."""
+        call runs it: nothing runs, or (`lax.scan` loops) an LSTM grid of one sequence per row over every step
+        (equal lengths), which does not beat the scan there (side by side 1.14x its time, rounds 1.11-1.15,
+        2026-12-06; GRU and tanh RNN grids were 0.98x and 0.74x of it and keep theirs)."""
         pack = remembered_pack(lengths, T, gap=0)
-        if pack is None or (spec.cell == "lstm" and pack.used >= np.count_nonzero(lengths) and pack.steps >= T):
+        if pack is None or (not pallas and spec.cell == "lstm" and pack.used >= np.count_nonzero(lengths)
+                            and pack.steps >= T):
             return None
         return pack
 
-    def _concat_programs(self, spec, lengths, T: int, vjp: bool, compiled: frozenset) -> set:
-        """`Strategy.programs` of "concat_rows": one program per grid shape (the masked scan's where none)."""
-        pack = self._concat_pack(spec, lengths, T)
+    def _concat_programs(self, spec, lengths, T: int, vjp: bool, compiled: frozenset, pallas: bool = False) -> set:
+        """`Strategy.programs` of "concat_rows" and "concat_pallas": one program per grid shape (the masked scan's
+        where none)."""
+        pack = self._concat_pack(spec, lengths, T, pallas)
         return {_plain_program(lengths, T)} if pack is None else {("grid", pack.rows, pack.steps)}
 
     def rnn_concat_grids(self) -> set:
         """(mode, spec, side, dtype, B, T, rows, steps) of every "concat_rows" function compiled so far."""
         return self.__dict__.setdefault("_concat_grids", set())
 
-    def _concat_network(self, spec: RnnSpec, side: str, grid: tuple, unroll: int, params, x, lengths, maps):
+    def _concat_network(self, spec: RnnSpec, side: str, grid: tuple, unroll: int, kernels, params, x, lengths,
+                        maps):
         """(outputs, h_n, c_n) of the network over the packed grid; traced, never eager. Each direction is one scan
         over the grid's steps (all rows at once) whose carry is set to 0 at every sequence's first slot, so no
         state passes from one sequence to the next, forward or backward (`jnp.where`, not a product); the scan
@@ -469,7 +489,7 @@ class JaxRnn:
             outs = []
             for d, p in enumerate(layer):
                 seq = move(layer_in, mirror, mirror) if d else layer_in  # the mirror is its own inverse
-                history = self._reset_scan(spec.cell, p, grid_tm(seq), keep, unroll)
+                history = self._reset_scan(spec.cell, p, grid_tm(seq), keep, unroll, kernels)
                 flat = [jnp.swapaxes(s, 0, 1).reshape(rows * steps, -1) for s in history]  # back to slot order
                 finals.append(tuple(jnp.take(s, jnp.maximum(last, 0), axis=0) for s in flat))
                 outs.append(move(flat[0], mirror, mirror) if d else flat[0])
@@ -482,13 +502,13 @@ class JaxRnn:
         c_n = jnp.where(live, jnp.stack([s[1] for s in finals]), 0) if spec.cell == "lstm" else None
         return out, h_n, c_n
 
-    def _reset_scan(self, cell: str, p: dict, x, keep, unroll: int = 1) -> tuple:
+    def _reset_scan(self, cell: str, p: dict, x, keep, unroll: int = 1, kernels: tuple | None = None) -> tuple:
         """One direction over a time-major grid x [steps, rows, in]: the carry replaced by 0 where `keep` [steps,
         rows] is False, then one cell step; returns the carry at every slot ((h,) or (h, c), [steps, rows, H]).
         The input projection of every slot is one product before the loop; the loop and its gradient are
         `reset_scan`'s (written out)."""
         proj = x @ p["w_ih"].T + p["b_ih"]
-        return reset_scan(self.jax, cell, unroll)(proj, p["w_hh"], p["b_hh"], keep)
+        return reset_scan(self.jax, cell, unroll, kernels)(proj, p["w_hh"], p["b_hh"], keep)
 
     def _network(self, spec: RnnSpec, algo: tuple, side: str, params, x, lengths):
         """(outputs [B,T,D*H], h_n, c_n) of the stacked, possibly bidirectional network; traced, never eager."""
@@ -664,10 +684,12 @@ def cell_step(jax, cell: str, w_hh, b_hh):
 
 
 @cache
-def reset_scan(jax, cell: str, unroll: int = 1):
+def reset_scan(jax, cell: str, unroll: int = 1, kernels: tuple | None = None):
     """f(xw, w_hh, b_hh, keep) -> (h,) or (h, c) at every slot of a time-major grid, [steps, rows, H]: xw = W_ih x +
     b_ih [steps, rows, G*H] (PyTorch gate order and GRU formula), the carry replaced by 0 wherever `keep` [steps,
-    rows] is False (each sequence's first slot of "concat_rows"), then one cell step.
+    rows] is False (each sequence's first slot of "concat_rows"), then one cell step. `kernels`: the LSTM's two
+    loops as Pallas kernels ((forward, backward) of `adapters.jax.pallas_rnn.lstm_loops`, "concat_pallas") instead
+    of `lax.scan`s; the rest (the parameters' gradients after the loop) is the same.
 
     Its gradient is written out (`jax.custom_vjp`, one function per cell and unroll): the forward scan keeps each
     step's gate activations, a reverse scan turns the cotangents of h (and c) into those of the step's
@@ -683,6 +705,9 @@ def reset_scan(jax, cell: str, unroll: int = 1):
 
     def forward(xw, w_hh, b_hh, keep, save: bool):
         """(h (and c) at every slot, what the backward pass needs if `save`)."""
+        if kernels is not None:
+            saved = kernels[0](xw, w_hh, b_hh, keep)  # h, c, tanh c, gates
+            return saved if save else saved[:2]
         zero, cell_fn = jnp.zeros((xw.shape[1], w_hh.shape[1]), xw.dtype), cell_step(jax, cell, w_hh, b_hh)
 
         def step(carry, inputs):
@@ -701,6 +726,9 @@ def reset_scan(jax, cell: str, unroll: int = 1):
         zero = jnp.zeros(cot[0].shape[1:], cot[0].dtype)
         if cell == "lstm":
             hs, cs, tcs, gates = saved
+            if kernels is not None:
+                dxw = dhw = kernels[1](*cot, tcs, gates, shifted(cs, keep), keep, w_hh)
+                return dxw, jnp.einsum("srg,srh->gh", dhw, shifted(hs, keep)), dhw.sum((0, 1)), None
 
             def back(carry, inputs):
                 dh_t, dc_t, tc, a, c_prev, k = inputs
@@ -847,6 +875,16 @@ def _cudnn_ok(adapter, cell: str | None = None, device: str = "cpu", dtype: str 
     return None
 
 
+def _pallas_ok(adapter, cell: str | None = None, device: str = "cpu", **spec) -> str | None:
+    """concat_pallas's precondition: Triton kernels (CUDA GPUs), the LSTM's."""
+    if device != "gpu":
+        return ("Pallas's Triton kernels run on CUDA GPUs only; on the CPU Pallas has its interpret mode, which the "
+                "tests run")
+    if cell is not None and cell != "lstm":
+        return "the Pallas kernels are the LSTM's only"
+    return None
+
+
 STRATEGIES = strategy_table(
     _unit("scan", "masked", 1, "lax.scan, carry frozen at padded steps"),
     _unit("scan_flip", "flip", 1, "Flax nn.RNN recipe: flip within length, unmasked scan, pick the final carry"),
@@ -869,4 +907,10 @@ STRATEGIES = strategy_table(
              doc="several sequences end to end per row (first-fit decreasing, grid shapes on ladders), one scan per "
                  "direction over the grid with the carry reset to 0 at each sequence's first step",
              programs=lambda a, *args: a._concat_programs(*args)),
+    Strategy("concat_pallas",
+             lambda a, spec, params, x, L, side, dev: a._concat(spec, params, x, L, None, side, dev, pallas=True),
+             lambda a, spec, params, x, L, cot, side, dev: a._concat(spec, params, x, L, cot, side, dev, pallas=True),
+             doc="concat_rows' grid with the LSTM's two loops (forward, written-out backward) as Pallas Triton "
+                 "kernels in which each block of 16 rows runs every step",
+             supports=_pallas_ok, programs=lambda a, *args: a._concat_programs(*args, pallas=True)),
 )

@@ -1,0 +1,144 @@
+"""JAX "concat_pallas": concat_rows' grid with the LSTM's two loops as Pallas kernels (adapters/jax/pallas_rnn.py).
+
+Its kernels are Triton's on a GPU; here (no GPU) they run in Pallas's interpret mode, past the strategy's
+precondition, and their Triton lowering is built for CUDA without a device (`lowering_platforms`), which is where
+Pallas refuses what Triton cannot take (a primitive it does not lower, a tensor whose size is not a power of two).
+The GPU itself runs them in `scripts/gpu-check.sh` (the equivalence matrix, the gates and the goal's sweep)."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import adapters
+from adapters.spec import RnnSpec
+from tests.conftest import require
+from tests.rnn_cases import against_reference
+
+#: lengths whose grid packs several sequences into some rows (resets inside a row), with an empty row
+LENGTHS = np.array([64, 60] + [20] * 6 + [2] * 7 + [0])
+T = 64
+
+
+def unit_vjp(fw, spec, lengths, side):
+    """The strategy's own vjp entry point on the CPU, past its precondition (interpret mode)."""
+    from adapters.jax import rnn as jax_rnn
+
+    algo = jax_rnn.STRATEGIES["concat_pallas"]
+    return lambda params, x, cot: algo.vjp(fw, spec, params, x, lengths, cot, side, "cpu")
+
+
+def test_precondition_names_gpu_and_lstm():
+    require("jax")
+    fw = adapters.get("jax")
+    assert "GPU" in fw.why_not("rnn", "concat_pallas", cell="lstm", device="cpu", dtype="float32")
+    assert "LSTM" in fw.why_not("rnn", "concat_pallas", cell="gru", device="gpu", dtype="float32")
+    for dtype in ("float32", "float64"):
+        assert fw.why_not("rnn", "concat_pallas", cell="lstm", device="gpu", dtype=dtype) is None
+
+
+@pytest.mark.parametrize("side,layers,bi,dtype,hidden", [("left", 2, True, "float32", 5),
+                                                         ("right", 1, False, "float64", 4),
+                                                         ("right", 2, True, "float64", 17),
+                                                         ("left", 1, False, "float32", 16)])
+def test_concat_pallas_exact_in_interpret_mode(side, layers, bi, dtype, hidden):
+    """Every quantity against the float64 reference: NaN in the padding, a zero-length row, sequences sharing grid
+    rows, stacked and bidirectional layers, hidden sizes padded to the kernels' power of two (5 -> 16, 17 -> 32) or
+    not (16), both dtypes. The kernel name says interpret mode and the grid."""
+    require("jax")
+    fw = adapters.get("jax")
+    spec = RnnSpec("lstm", input_size=3, hidden_size=hidden, num_layers=layers, bidirectional=bi)
+    bad, out = against_reference(fw, spec, LENGTHS, T, side=side, dtype=dtype, seed=3,
+                                 run=unit_vjp(fw, spec, LENGTHS, side))
+    assert not bad, f"concat_pallas {side} {layers}x{'bi' if bi else 'uni'} {dtype} H={hidden}: {bad}"
+    assert out.kernel.startswith("pallas-interpret rows["), out.kernel
+    rows = int(out.kernel.split("rows[")[1].split("x")[0])
+    assert rows < np.count_nonzero(LENGTHS), out.kernel  # sequences share rows: resets inside the kernels' loop
+
+
+def test_concat_pallas_equal_lengths_runs_its_grid():
+    """Equal lengths (one sequence per row over every step) still run the kernels, not the masked scan (which
+    concat_rows' LSTM falls back to there)."""
+    require("jax")
+    fw = adapters.get("jax")
+    spec = RnnSpec("lstm", input_size=3, hidden_size=4)
+    L = np.full(5, 9)
+    bad, out = against_reference(fw, spec, L, 9, dtype="float64", run=unit_vjp(fw, spec, L, "right"))
+    assert not bad, bad
+    assert out.kernel == "pallas-interpret rows[5x9]", out.kernel
+
+
+def tf32(jax, a):
+    """a rounded to TF32 (float32's exponent, 10 mantissa bits), as a tensor core reads it."""
+    return jax.lax.reduce_precision(a, exponent_bits=8, mantissa_bits=10)
+
+
+def emulated_dot(jax, terms: int, a, b):
+    """A float32 product as Triton's `tl.dot` computes it on tensor cores: 3xTF32 (terms=3: each operand split into
+    a TF32 high part and a TF32 rest, hi*hi + hi*lo + lo*hi) or plain TF32 (terms=1). Products of TF32 parts are
+    exact in float32; the sums are float32."""
+    jnp = jax.numpy
+    dot = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
+    a_hi, b_hi = tf32(jax, a), tf32(jax, b)
+    if terms == 1:
+        return dot(a_hi, b_hi)
+    a_lo, b_lo = tf32(jax, a - a_hi), tf32(jax, b - b_hi)
+    return dot(a_lo, b_hi) + dot(a_hi, b_lo) + dot(a_hi, b_hi)
+
+
+def test_float32_products_in_3xtf32_are_as_accurate_as_float32(monkeypatch):
+    """The GPU kernels multiply float32 in 3xTF32 (adapters/jax/pallas_rnn.py says why). Emulated inside the kernels
+    on the benchmark's size (H=128, 128 steps, rows sharing grid rows), every quantity is within float32's
+    tolerance of the float64 reference and its error at most 1.5x that of full float32 products (measured: equal
+    to 3 digits but for grad_x, 0.85x); plain TF32, emulated the same way, is > 100x off float32's (measured 136x
+    on grad_x to 410x on c_n: the emulation does change the products)."""
+    require("jax")
+    from adapters.jax import pallas_rnn
+
+    fw = adapters.get("jax")
+    original = pallas_rnn.lstm_loops
+    spec = RnnSpec("lstm", input_size=32, hidden_size=128)
+    L = np.array([128, 100, 77, 60, 41, 33, 25, 20, 12, 9, 5, 3])
+    errors = {}
+    for name, terms in [("float32", None), ("3xtf32", 3), ("tf32", 1)]:
+        dot = None if terms is None else functools.partial(emulated_dot, fw.jax, terms)
+        monkeypatch.setattr(pallas_rnn, "lstm_loops", lambda jax, interpret, d=dot: original(jax, interpret, d))
+        errors[name] = {}
+        bad, _ = against_reference(fw, spec, L, 128, dtype="float32", seed=5, run=unit_vjp(fw, spec, L, "right"),
+                                   errors=errors[name])
+        if name != "tf32":
+            assert not bad, f"{name} products: {bad}"
+    quantities = ("outputs", "h_n", "c_n", "grad_x", "grad_params")
+    assert all(errors["float32"][q] > 0 for q in quantities), errors["float32"]
+    worst = max(errors["3xtf32"][q] / errors["float32"][q] for q in quantities)
+    assert worst <= 1.5, f"3xTF32's errors over float32's: {worst:.2f} ({errors})"
+    assert min(errors["tf32"][q] / errors["float32"][q] for q in quantities) > 100, errors
+
+
+@pytest.mark.parametrize("hidden,rows,steps,dtype", [(128, 20, 128, "float32"), (5, 3, 7, "float32"),
+                                                     (128, 8, 96, "float64")])
+def test_kernels_lower_to_triton_for_cuda(hidden, rows, steps, dtype):
+    """The forward and the gradient, jitted for CUDA on this CPU machine (`lowering_platforms`): Pallas lowers
+    both kernels to Triton (two Triton custom calls), i.e. every primitive in them has a Triton lowering and every
+    tensor they load or store is a power of two in size. The benchmark's grid (H=128), a hidden size that is padded
+    (5 -> 16), float64. Not checked here: Triton's own compile to PTX (XLA's, on the GPU)."""
+    require("jax")
+    fw = adapters.get("jax")  # jax_enable_x64 and full-precision matmuls, as the adapter sets them
+    jax, jnp = fw.jax, fw.jnp
+    from adapters.jax.pallas_rnn import lstm_loops
+    from adapters.jax.rnn import reset_scan
+
+    scan = reset_scan(jax, "lstm", 1, lstm_loops(jax, False))
+
+    def loss(xw, w, b, keep, ch, cc):
+        hs, cs = scan(xw, w, b, keep)
+        return jnp.sum(hs * ch) + jnp.sum(cs * cc)
+
+    def spec(*shape):
+        return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+
+    args = (spec(steps, rows, 4 * hidden), spec(4 * hidden, hidden), spec(4 * hidden),
+            jax.ShapeDtypeStruct((steps, rows), jnp.bool_), spec(steps, rows, hidden), spec(steps, rows, hidden))
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(*args).lower(lowering_platforms=("cuda",))
+    assert lowered.as_text().count("xla.gpu.triton") == 2
