@@ -1,4 +1,4 @@
-"""JAX "concat_pallas": concat_rows' grid with the LSTM's two loops as Pallas kernels (adapters/jax/pallas_rnn.py).
+"""JAX "concat_pallas": concat_rows' grid with its two loops as Pallas kernels (adapters/jax/pallas_rnn.py).
 
 Its kernels are Triton's on a GPU; here (no GPU) they run in Pallas's interpret mode, past the strategy's
 precondition, and their Triton lowering is built for CUDA without a device (`lowering_platforms`), which is where
@@ -29,29 +29,33 @@ def unit_vjp(fw, spec, lengths, side):
     return lambda params, x, cot: algo.vjp(fw, spec, params, x, lengths, cot, side, "cpu")
 
 
-def test_precondition_names_gpu_and_lstm():
+def test_precondition_names_the_gpu():
     require("jax")
     fw = adapters.get("jax")
     assert "GPU" in fw.why_not("rnn", "concat_pallas", cell="lstm", device="cpu", dtype="float32")
-    assert "LSTM" in fw.why_not("rnn", "concat_pallas", cell="gru", device="gpu", dtype="float32")
-    for dtype in ("float32", "float64"):
-        assert fw.why_not("rnn", "concat_pallas", cell="lstm", device="gpu", dtype=dtype) is None
+    for cell in ("lstm", "gru", "rnn"):
+        for dtype in ("float32", "float64"):
+            assert fw.why_not("rnn", "concat_pallas", cell=cell, device="gpu", dtype=dtype) is None
 
 
-@pytest.mark.parametrize("side,layers,bi,dtype,hidden", [("left", 2, True, "float32", 5),
-                                                         ("right", 1, False, "float64", 4),
-                                                         ("right", 2, True, "float64", 17),
-                                                         ("left", 1, False, "float32", 16)])
-def test_concat_pallas_exact_in_interpret_mode(side, layers, bi, dtype, hidden):
-    """Every quantity against the float64 reference: NaN in the padding, a zero-length row, sequences sharing grid
-    rows, stacked and bidirectional layers, hidden sizes padded to the kernels' power of two (5 -> 16, 17 -> 32) or
-    not (16), both dtypes. The kernel name says interpret mode and the grid."""
+@pytest.mark.parametrize("cell,side,layers,bi,dtype,hidden", [("lstm", "left", 2, True, "float32", 5),
+                                                              ("lstm", "right", 1, False, "float64", 4),
+                                                              ("lstm", "right", 2, True, "float64", 17),
+                                                              ("lstm", "left", 1, False, "float32", 16),
+                                                              ("gru", "right", 2, True, "float64", 5),
+                                                              ("gru", "left", 1, False, "float32", 16),
+                                                              ("rnn", "left", 2, True, "float64", 3),
+                                                              ("rnn", "right", 1, False, "float32", 17)])
+def test_concat_pallas_exact_in_interpret_mode(cell, side, layers, bi, dtype, hidden):
+    """Every quantity against the float64 reference, every cell: NaN in the padding, a zero-length row, sequences
+    sharing grid rows, stacked and bidirectional layers, hidden sizes padded to the kernels' power of two (3, 4, 5
+    -> 16, 17 -> 32) or not (16), both dtypes. The kernel name says interpret mode and the grid."""
     require("jax")
     fw = adapters.get("jax")
-    spec = RnnSpec("lstm", input_size=3, hidden_size=hidden, num_layers=layers, bidirectional=bi)
+    spec = RnnSpec(cell, input_size=3, hidden_size=hidden, num_layers=layers, bidirectional=bi)
     bad, out = against_reference(fw, spec, LENGTHS, T, side=side, dtype=dtype, seed=3,
                                  run=unit_vjp(fw, spec, LENGTHS, side))
-    assert not bad, f"concat_pallas {side} {layers}x{'bi' if bi else 'uni'} {dtype} H={hidden}: {bad}"
+    assert not bad, f"concat_pallas {cell} {side} {layers}x{'bi' if bi else 'uni'} {dtype} H={hidden}: {bad}"
     assert out.kernel.startswith("pallas-interpret rows["), out.kernel
     rows = int(out.kernel.split("rows[")[1].split("x")[0])
     assert rows < np.count_nonzero(LENGTHS), out.kernel  # sequences share rows: resets inside the kernels' loop
@@ -97,13 +101,14 @@ def test_float32_products_in_3xtf32_are_as_accurate_as_float32(monkeypatch):
     from adapters.jax import pallas_rnn
 
     fw = adapters.get("jax")
-    original = pallas_rnn.lstm_loops
+    original = pallas_rnn.rnn_loops
     spec = RnnSpec("lstm", input_size=32, hidden_size=128)
     L = np.array([128, 100, 77, 60, 41, 33, 25, 20, 12, 9, 5, 3])
     errors = {}
     for name, terms in [("float32", None), ("3xtf32", 3), ("tf32", 1)]:
         dot = None if terms is None else functools.partial(emulated_dot, fw.jax, terms)
-        monkeypatch.setattr(pallas_rnn, "lstm_loops", lambda jax, interpret, d=dot: original(jax, interpret, d))
+        monkeypatch.setattr(pallas_rnn, "rnn_loops",
+                            lambda jax, cell, interpret, d=dot: original(jax, cell, interpret, d))
         errors[name] = {}
         bad, _ = against_reference(fw, spec, L, 128, dtype="float32", seed=5, run=unit_vjp(fw, spec, L, "right"),
                                    errors=errors[name])
@@ -116,9 +121,11 @@ def test_float32_products_in_3xtf32_are_as_accurate_as_float32(monkeypatch):
     assert min(errors["tf32"][q] / errors["float32"][q] for q in quantities) > 100, errors
 
 
-@pytest.mark.parametrize("hidden,rows,steps,dtype", [(128, 20, 128, "float32"), (5, 3, 7, "float32"),
-                                                     (128, 8, 96, "float64")])
-def test_kernels_lower_to_triton_for_cuda(hidden, rows, steps, dtype):
+@pytest.mark.parametrize("cell,hidden,rows,steps,dtype", [
+    ("lstm", 128, 20, 128, "float32"), ("lstm", 5, 3, 7, "float32"), ("lstm", 128, 8, 96, "float64"),
+    ("gru", 128, 20, 128, "float32"), ("gru", 5, 3, 7, "float64"),
+    ("rnn", 128, 20, 128, "float32"), ("rnn", 5, 3, 7, "float64")])
+def test_kernels_lower_to_triton_for_cuda(cell, hidden, rows, steps, dtype):
     """The forward and the gradient, jitted for CUDA on this CPU machine (`lowering_platforms`): Pallas lowers
     both kernels to Triton (two Triton custom calls), i.e. every primitive in them has a Triton lowering and every
     tensor they load or store is a power of two in size. The benchmark's grid (H=128), a hidden size that is padded
@@ -126,19 +133,19 @@ def test_kernels_lower_to_triton_for_cuda(hidden, rows, steps, dtype):
     require("jax")
     fw = adapters.get("jax")  # jax_enable_x64 and full-precision matmuls, as the adapter sets them
     jax, jnp = fw.jax, fw.jnp
-    from adapters.jax.pallas_rnn import lstm_loops
+    from adapters.jax.pallas_rnn import GATES, rnn_loops
     from adapters.jax.rnn import reset_scan
 
-    scan = reset_scan(jax, "lstm", 1, lstm_loops(jax, False))
+    scan, G = reset_scan(jax, cell, 1, rnn_loops(jax, cell, False)), GATES[cell][0]
 
-    def loss(xw, w, b, keep, ch, cc):
-        hs, cs = scan(xw, w, b, keep)
-        return jnp.sum(hs * ch) + jnp.sum(cs * cc)
+    def loss(xw, w, b, keep, *cots):
+        return sum(jnp.sum(s * c) for s, c in zip(scan(xw, w, b, keep), cots, strict=True))
 
     def spec(*shape):
         return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
 
-    args = (spec(steps, rows, 4 * hidden), spec(4 * hidden, hidden), spec(4 * hidden),
-            jax.ShapeDtypeStruct((steps, rows), jnp.bool_), spec(steps, rows, hidden), spec(steps, rows, hidden))
+    cots = [spec(steps, rows, hidden)] * (2 if cell == "lstm" else 1)
+    args = (spec(steps, rows, G * hidden), spec(G * hidden, hidden), spec(G * hidden),
+            jax.ShapeDtypeStruct((steps, rows), jnp.bool_), *cots)
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(*args).lower(lowering_platforms=("cuda",))
     assert lowered.as_text().count("xla.gpu.triton") == 2

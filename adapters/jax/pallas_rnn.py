@@ -1,6 +1,7 @@
 """Pallas kernels of the JAX "concat_pallas" strategy: the two loops of `reset_scan` (adapters/jax/rnn.py), the
-LSTM's forward scan over a time-major grid and the reverse scan of its written-out gradient, each one kernel in
-which a block of rows runs every step of the grid (a persistent loop: no launch per step, no while loop on the host).
+forward scan over a time-major grid and the reverse scan of its written-out gradient (LSTM, GRU, tanh RNN), each one
+kernel in which a block of rows runs every step of the grid (a persistent loop: no launch per step, no while loop
+on the host).
 
 Why: on a GPU an RNN step at B=64 H=128 is latency-bound. XLA runs each step of a `lax.scan` as a few kernels (a
 cuBLAS GEMM, fusions) that the host launches one by one, ~15 us a step for "scan_unroll8" on an H200 (forward +
@@ -10,12 +11,15 @@ more than a thread block's registers or shared memory), applies the gates and st
 
 Layout and padding: rows are padded to a multiple of ROW_BLOCK (rows of 0 input, cut off after), the hidden size up
 to a power of two >= 16 (Triton's tensors are powers of two in size; `tl.dot` needs K, N >= 16) with zero weights,
-under which a padded unit stays exactly 0 forward (gates 0.5, g = 0, c = 0) and gets 0 gradient backward.
+under which a padded unit stays exactly 0 forward (LSTM: gates 0.5, g = 0, c = 0; GRU: n = 0, h = h/2 from 0; tanh
+RNN: tanh 0) and gets 0 gradient backward.
 
 Precision: float32 products on the GPU use `TF32_TF32_F32_X3` (3xTF32: each operand split into two TF32 parts,
 three tensor-core products, float32 accumulation; ~2^-21 relative per product, where float32's is 2^-24), because
 Triton's full-float32 `tl.dot` runs on the FMA units with its operands in registers: compiled offline for sm_90 (pip
-triton 3.9) the kernel spilled 27 KB a thread at 4 warps, where 3xTF32 at 8 warps spilled 252 bytes.
+triton 3.9) the kernel spilled 27 KB a thread at 4 warps, where 3xTF32 at 8 warps spilled 252 bytes (the
+gradient's kernel 44; float64 876 and 96). Above H=128 the kernels hold too much a thread: at H=256 the same compile
+spilled ~39 KB (still exact, but slow; the benchmarks run H=128).
 `tests/test_pallas_rnn.py` emulates 3xTF32 (`lax.reduce_precision` to TF32's 10 mantissa bits) inside the kernel on
 the CPU and checks an H=128, 128-step grid against the float64 reference within the float32 tolerance. float64
 products are exact (Triton's fp64 `tl.dot`). On the CPU the kernels run in Pallas's interpret mode (no Triton),
@@ -45,16 +49,25 @@ def kernel_name(dtype: str, interpret: bool) -> str:
     return "pallas-triton 3xtf32" if dtype == "float32" else "pallas-triton"
 
 
+#: per cell: the gates of its input projection xw (and of W_hh), and the width (in H) of the gate activations its
+#: gradient needs (`adapters.jax.rnn.cell_step`'s second part: LSTM i, f, g, o; GRU r, z, n, W_hn h + b_hn)
+GATES = {"lstm": (4, 4), "gru": (3, 4), "rnn": (1, 0)}
+
+
 @cache
-def lstm_loops(jax, interpret: bool, dot=None):
-    """(forward, backward) of the LSTM reset scan, as `reset_scan` defines them:
-    forward(xw [S,R,4H], w_hh [4H,H], b_hh [4H], keep [S,R] bool) -> (h, c, tanh c [S,R,H], gates [S,R,4H]:
-    i, f, g, o after their activations);
-    backward(dh, dc, tanh c, gates, c_prev [S,R,H or 4H], keep, w_hh) -> d of each slot's pre-activations [S,R,4H].
+def rnn_loops(jax, cell: str, interpret: bool, dot=None):
+    """(forward, backward) of `reset_scan`'s two loops for `cell` (PyTorch gate order and GRU formula):
+    forward(xw [S,R,G*H], w_hh [G*H,H], b_hh [G*H], keep [S,R] bool) -> what `reset_scan`'s forward scan saves: LSTM
+    (h, c, tanh c, gates), GRU (h, gates), tanh RNN (h,), each [S,R,H] or gates [S,R,4H];
+    backward(cotangents (of h, and of c for the LSTM), saved (as forward returned it), prev (c_prev for the LSTM,
+    h_prev for the GRU, None), keep, w_hh) -> (d xw, d (W_hh h + b_hh)) [S,R,G*H] (the same array but for the GRU's
+    n gate), from which `reset_scan` sums the parameters' gradients after the loop.
     `interpret`: Pallas's interpret mode (CPU); otherwise Triton. `dot(a, b)`: the product inside the kernels (tests
     pass an emulation); default: float32 in F32_ALGORITHM on Triton, HIGHEST in interpret mode; float64 exact."""
     jnp, lax = jax.numpy, jax.lax
     from jax.experimental import pallas as pl
+
+    G, A = GATES[cell]
 
     def product(a, b):
         if dot is not None:
@@ -66,7 +79,7 @@ def lstm_loops(jax, interpret: bool, dot=None):
         return jnp.dot(a, b)
 
     def call(kernel, S: int, Rp: int, ins: list, outs: list, params: list):
-        """pallas_call over row blocks: `ins`/`outs` give each array's last dimension (None: a whole parameter)."""
+        """pallas_call over row blocks: `ins`/`outs` give each array's last dimension (a tuple: a whole array)."""
         if interpret:
             extra = {"interpret": True}
         else:
@@ -87,66 +100,107 @@ def lstm_loops(jax, interpret: bool, dot=None):
     def sigmoid(v):
         return 1 / (1 + jnp.exp(-v))
 
-    def shapes(a):
-        S, R, G = a.shape
-        H = G // 4
-        return S, R, H, padded_size(H), -(-R // ROW_BLOCK) * ROW_BLOCK
+    class Grid:
+        """A grid of S steps, R rows, hidden size H, and its padded sizes: Hp (hidden), Rp (rows)."""
 
-    def pad(a, S, R, H, Hp, Rp, parts: int = 1):
-        """[S, R, parts*H] -> [S, Rp, parts*Hp], zeros in what is added."""
-        a = a.reshape(S, R, parts, H)
-        return jnp.pad(a, [(0, 0), (0, Rp - R), (0, 0), (0, Hp - H)]).reshape(S, Rp, parts * Hp)
+        def __init__(self, S: int, R: int, H: int):
+            self.S, self.R, self.H = S, R, H
+            self.Hp, self.Rp = padded_size(H), -(-R // ROW_BLOCK) * ROW_BLOCK
 
-    def cut(a, S, R, H, Hp, parts: int = 1):
-        return a[:, :R].reshape(S, R, parts, Hp)[..., :H].reshape(S, R, parts * H)
+        def pad(self, a, parts: int = 1):
+            """[S, R, parts*H] -> [S, Rp, parts*Hp], zeros in what is added."""
+            a = a.reshape(self.S, self.R, parts, self.H)
+            pads = [(0, 0), (0, self.Rp - self.R), (0, 0), (0, self.Hp - self.H)]
+            return jnp.pad(a, pads).reshape(self.S, self.Rp, parts * self.Hp)
 
-    def mask(keep, Rp, dt):
-        return jnp.pad(keep, [(0, 0), (0, Rp - keep.shape[1])]).astype(dt)[..., None]
+        def cut(self, a, parts: int = 1):
+            return a[:, :self.R].reshape(self.S, self.R, parts, self.Hp)[..., :self.H].reshape(
+                self.S, self.R, parts * self.H)
 
-    def weights(w_hh, H, Hp):
-        """w_hh [4H, H] -> [4Hp, Hp], each gate's block padded with zeros."""
-        return jnp.pad(w_hh.reshape(4, H, H), [(0, 0), (0, Hp - H), (0, Hp - H)]).reshape(4 * Hp, Hp)
+        def mask(self, keep, dt):
+            return jnp.pad(keep, [(0, 0), (0, self.Rp - self.R)]).astype(dt)[..., None]
+
+        def weights(self, w_hh):
+            """w_hh [G*H, H] -> [G*Hp, Hp], each gate's block padded with zeros."""
+            H, Hp = self.H, self.Hp
+            return jnp.pad(w_hh.reshape(G, H, H), [(0, 0), (0, Hp - H), (0, Hp - H)]).reshape(G * Hp, Hp)
+
+        def bias(self, b_hh):
+            return jnp.pad(b_hh.reshape(G, self.H), [(0, 0), (0, self.Hp - self.H)]).reshape(1, G * self.Hp)
+
+    def loop(S: int, Hp: int, dt, step, n: int, reverse: bool = False):
+        """Run step(t, carry) over t = 0..S-1 (or back) from `n` zero states [ROW_BLOCK, Hp]."""
+        zero = tuple(jnp.zeros((ROW_BLOCK, Hp), dt) for _ in range(n))
+        lax.fori_loop(0, S, (lambda i, c: step(S - 1 - i, c)) if reverse else step, zero)
 
     def forward(xw, w_hh, b_hh, keep):
-        S, R, H, Hp, Rp = shapes(xw)
-        dt = xw.dtype
+        S, R, GH = xw.shape
+        g, dt = Grid(S, R, GH // G), xw.dtype
+        Hp = g.Hp
 
-        def kernel(x_ref, k_ref, u_ref, b_ref, h_ref, c_ref, tc_ref, a_ref):
+        def part(ref, t, j):  # gate j of slot t
+            return ref[t, :, pl.ds(j * Hp, Hp)]
+
+        def lstm(x_ref, k_ref, u_ref, b_ref, h_ref, c_ref, tc_ref, a_ref):
             def step(t, carry):
                 on = k_ref[t] > 0  # [ROW_BLOCK, 1]: False at a sequence's first slot
                 h, c = (jnp.where(on, s, 0) for s in carry)
-                z = [x_ref[t, :, pl.ds(j * Hp, Hp)] + product(h, u_ref[:, pl.ds(j * Hp, Hp)])
-                     + b_ref[:, pl.ds(j * Hp, Hp)] for j in range(4)]
-                i, f, g, o = sigmoid(z[0]), sigmoid(z[1]), jnp.tanh(z[2]), sigmoid(z[3])
-                c = f * c + i * g
+                z = [part(x_ref, t, j) + product(h, u_ref[:, pl.ds(j * Hp, Hp)]) + b_ref[:, pl.ds(j * Hp, Hp)]
+                     for j in range(4)]
+                i, f, gg, o = sigmoid(z[0]), sigmoid(z[1]), jnp.tanh(z[2]), sigmoid(z[3])
+                c = f * c + i * gg
                 tc = jnp.tanh(c)
                 h = o * tc
                 h_ref[t], c_ref[t], tc_ref[t] = h, c, tc
-                for j, gate in enumerate((i, f, g, o)):
-                    a_ref[t, :, pl.ds(j * Hp, Hp)] = gate
+                for j, a in enumerate((i, f, gg, o)):
+                    a_ref[t, :, pl.ds(j * Hp, Hp)] = a
                 return h, c
 
-            zero = jnp.zeros((ROW_BLOCK, Hp), dt)
-            lax.fori_loop(0, S, step, (zero, zero))
+            loop(S, Hp, dt, step, 2)
 
-        u = weights(w_hh, H, Hp).T  # [Hp, 4Hp]: h @ u is W_hh h
-        b = jnp.pad(b_hh.reshape(4, H), [(0, 0), (0, Hp - H)]).reshape(1, 4 * Hp)
-        params = [pad(xw, S, R, H, Hp, Rp, 4), mask(keep, Rp, dt), u, b]
-        h, c, tc, a = call(kernel, S, Rp, [4 * Hp, 1, (Hp, 4 * Hp), (1, 4 * Hp)], [Hp, Hp, Hp, 4 * Hp], params)
-        return cut(h, S, R, H, Hp), cut(c, S, R, H, Hp), cut(tc, S, R, H, Hp), cut(a, S, R, H, Hp, 4)
+        def gru(x_ref, k_ref, u_ref, b_ref, h_ref, a_ref):
+            def step(t, carry):
+                h = jnp.where(k_ref[t] > 0, carry[0], 0)
+                hr, hz, hn = (product(h, u_ref[:, pl.ds(j * Hp, Hp)]) + b_ref[:, pl.ds(j * Hp, Hp)]
+                              for j in range(3))
+                r, z = sigmoid(part(x_ref, t, 0) + hr), sigmoid(part(x_ref, t, 1) + hz)
+                n = jnp.tanh(part(x_ref, t, 2) + r * hn)
+                h = (1 - z) * n + z * h
+                h_ref[t] = h
+                for j, a in enumerate((r, z, n, hn)):
+                    a_ref[t, :, pl.ds(j * Hp, Hp)] = a
+                return (h,)
 
-    def backward(dh, dc, tc, gates, c_prev, keep, w_hh):
-        S, R, H, Hp, Rp = shapes(gates)
-        dt = gates.dtype
+            loop(S, Hp, dt, step, 1)
 
-        def kernel(gh_ref, gc_ref, tc_ref, a_ref, cp_ref, k_ref, w_ref, dz_ref):
-            def step(n, carry):
-                t = S - 1 - n
-                i, f, g, o = (a_ref[t, :, pl.ds(j * Hp, Hp)] for j in range(4))
+        def rnn(x_ref, k_ref, u_ref, b_ref, h_ref):
+            def step(t, carry):
+                h = jnp.where(k_ref[t] > 0, carry[0], 0)
+                h = jnp.tanh(x_ref[t] + product(h, u_ref[...]) + b_ref[...])
+                h_ref[t] = h
+                return (h,)
+
+            loop(S, Hp, dt, step, 1)
+
+        kernel, outs = {"lstm": (lstm, [Hp, Hp, Hp, 4 * Hp]), "gru": (gru, [Hp, 4 * Hp]), "rnn": (rnn, [Hp])}[cell]
+        params = [g.pad(xw, G), g.mask(keep, dt), g.weights(w_hh).T, g.bias(b_hh)]  # h @ u is W_hh h
+        saved = call(kernel, S, g.Rp, [G * Hp, 1, (Hp, G * Hp), (1, G * Hp)], outs, params)
+        return tuple(g.cut(a, F // Hp) for a, F in zip(saved, outs, strict=True))
+
+    def backward(cot, saved, prev, keep, w_hh):
+        g, dt = Grid(*saved[0].shape), saved[0].dtype
+        S, Hp = g.S, g.Hp
+
+        def part(ref, t, j):  # gate j of slot t
+            return ref[t, :, pl.ds(j * Hp, Hp)]
+
+        def lstm(gh_ref, gc_ref, tc_ref, a_ref, cp_ref, k_ref, w_ref, dz_ref):
+            def step(t, carry):
+                i, f, gg, o = (part(a_ref, t, j) for j in range(4))
                 tc = tc_ref[t]
                 dh = gh_ref[t] + carry[0]
                 dc = gc_ref[t] + carry[1] + dh * o * (1 - tc * tc)
-                dz = (dc * g * i * (1 - i), dc * cp_ref[t] * f * (1 - f), dc * i * (1 - g * g),
+                dz = (dc * gg * i * (1 - i), dc * cp_ref[t] * f * (1 - f), dc * i * (1 - gg * gg),
                       dh * tc * o * (1 - o))
                 back = product(dz[0], w_ref[pl.ds(0, Hp), :])
                 for j in range(4):
@@ -156,13 +210,45 @@ def lstm_loops(jax, interpret: bool, dot=None):
                 on = k_ref[t] > 0  # a reset passes nothing back
                 return jnp.where(on, back, 0), jnp.where(on, dc * f, 0)
 
-            zero = jnp.zeros((ROW_BLOCK, Hp), dt)
-            lax.fori_loop(0, S, step, (zero, zero))
+            loop(S, Hp, dt, step, 2, reverse=True)
 
-        params = [pad(dh, S, R, H, Hp, Rp), pad(dc, S, R, H, Hp, Rp), pad(tc, S, R, H, Hp, Rp),
-                  pad(gates, S, R, H, Hp, Rp, 4), pad(c_prev, S, R, H, Hp, Rp), mask(keep, Rp, dt),
-                  weights(w_hh, H, Hp)]
-        (dz,) = call(kernel, S, Rp, [Hp, Hp, Hp, 4 * Hp, Hp, 1, (4 * Hp, Hp)], [4 * Hp], params)
-        return cut(dz, S, R, H, Hp, 4)
+        def gru(gh_ref, a_ref, hp_ref, k_ref, w_ref, dx_ref, dw_ref):
+            def step(t, carry):
+                r, z, n, hn = (part(a_ref, t, j) for j in range(4))
+                dh = gh_ref[t] + carry[0]
+                dn = dh * (1 - z) * (1 - n * n)
+                dr = dn * hn * r * (1 - r)
+                dz = dh * (hp_ref[t] - n) * z * (1 - z)
+                back = dh * z
+                for j, (dx, dw) in enumerate(((dr, dr), (dz, dz), (dn, dn * r))):
+                    dx_ref[t, :, pl.ds(j * Hp, Hp)] = dx
+                    dw_ref[t, :, pl.ds(j * Hp, Hp)] = dw
+                    back = back + product(dw, w_ref[pl.ds(j * Hp, Hp), :])
+                return (jnp.where(k_ref[t] > 0, back, 0),)
+
+            loop(S, Hp, dt, step, 1, reverse=True)
+
+        def rnn(gh_ref, h_ref, k_ref, w_ref, dz_ref):
+            def step(t, carry):
+                h = h_ref[t]
+                dz = (gh_ref[t] + carry[0]) * (1 - h * h)
+                dz_ref[t] = dz
+                return (jnp.where(k_ref[t] > 0, product(dz, w_ref[...]), 0),)
+
+            loop(S, Hp, dt, step, 1, reverse=True)
+
+        w, k = g.weights(w_hh), g.mask(keep, dt)
+        if cell == "lstm":
+            (_, _, tc, gates), (dh, dc) = saved, cot
+            params = [g.pad(dh), g.pad(dc), g.pad(tc), g.pad(gates, 4), g.pad(prev), k, w]
+            (dz,) = call(lstm, S, g.Rp, [Hp, Hp, Hp, 4 * Hp, Hp, 1, (4 * Hp, Hp)], [4 * Hp], params)
+            return (g.cut(dz, 4),) * 2
+        if cell == "gru":
+            (_, gates), (dh,) = saved, cot
+            params = [g.pad(dh), g.pad(gates, 4), g.pad(prev), k, w]
+            dx, dw = call(gru, S, g.Rp, [Hp, 4 * Hp, Hp, 1, (3 * Hp, Hp)], [3 * Hp, 3 * Hp], params)
+            return g.cut(dx, 3), g.cut(dw, 3)
+        (dz,) = call(rnn, S, g.Rp, [Hp, Hp, 1, (Hp, Hp)], [Hp], [g.pad(cot[0]), g.pad(saved[0]), k, w])
+        return (g.cut(dz),) * 2
 
     return forward, backward

@@ -66,15 +66,15 @@ once per new bucket shape, a bounded set):
   side by side on 2026-12-06 (rounds 1.11-1.15), so the LSTM runs "scan"'s own call there, as where nothing runs
   (kernel "xla-scan rows[BxT]").
   Kernel "xla-scan rows[<rows>x<steps>]".
-- "concat_pallas" (GPU, LSTM): "concat_rows"' grid and written-out gradient with its two loops (the forward scan
+- "concat_pallas" (GPU): "concat_rows"' grid and written-out gradient with its two loops (the forward scan
   and the gradient's reverse scan) as Pallas Triton kernels (`adapters/jax/pallas_rnn.py`): each program holds 16
   rows and runs every step of the grid itself, so no step is a kernel launch (XLA runs a `lax.scan` step as a few
-  kernels the host launches, ~15 us a step for "scan_unroll8" on an H200). float32 products in 3xTF32 (as accurate
-  as float32 here, `tests/test_pallas_rnn.py`), float64 exact. Equal lengths run its grid too (one sequence per
-  row), not the masked scan. Kernel "pallas-triton 3xtf32 rows[<rows>x<steps>]" ("pallas-triton" in float64). On
-  the CPU it runs past its precondition only, in Pallas's interpret mode (the tests); its Triton lowering is built
-  there for CUDA without a device. Not yet timed on a GPU. Pallas's Triton backend is deprecated since JAX 0.11.0
-  (to be removed in a later version; Mosaic GPU is its successor).
+  kernels the host launches, ~15 us a step for "scan_unroll8" on an H200). Every cell. float32 products in 3xTF32
+  (as accurate as float32 here, `tests/test_pallas_rnn.py`), float64 exact. Equal lengths run its grid too (one
+  sequence per row), not the masked scan. Kernel "pallas-triton 3xtf32 rows[<rows>x<steps>]" ("pallas-triton" in
+  float64). On the CPU it runs past its precondition only, in Pallas's interpret mode (the tests); its Triton
+  lowering is built there for CUDA without a device. Not yet timed on a GPU. Pallas's Triton backend is deprecated
+  since JAX 0.11.0 (to be removed in a later version; Mosaic GPU is its successor).
 - "bucketed", "time_sliced" and "concat_rows" unroll their scans per device (`UNROLL`): 1 on the CPU, 8 on a GPU,
   where a step is latency-bound (their kernel names then read "xla-scan unroll8 ...").
 - "bucketed", "time_sliced" and "concat_rows" name the programs a batch runs from their own host planners
@@ -427,9 +427,9 @@ class JaxRnn:
         vjp, grid, unroll = cotangents is not None, (pack.rows, pack.steps), _unroll(device)
         kernels, name = None, _scan_name(unroll)
         if pallas:
-            from adapters.jax.pallas_rnn import kernel_name, lstm_loops
+            from adapters.jax.pallas_rnn import kernel_name, rnn_loops
 
-            kernels = lstm_loops(self.jax, device != "gpu")
+            kernels = rnn_loops(self.jax, spec.cell, device != "gpu")
             name = kernel_name(x.dtype.name, device != "gpu")
 
         def traced(x):  # the grid's compiled shapes, recorded when JAX traces
@@ -687,9 +687,9 @@ def cell_step(jax, cell: str, w_hh, b_hh):
 def reset_scan(jax, cell: str, unroll: int = 1, kernels: tuple | None = None):
     """f(xw, w_hh, b_hh, keep) -> (h,) or (h, c) at every slot of a time-major grid, [steps, rows, H]: xw = W_ih x +
     b_ih [steps, rows, G*H] (PyTorch gate order and GRU formula), the carry replaced by 0 wherever `keep` [steps,
-    rows] is False (each sequence's first slot of "concat_rows"), then one cell step. `kernels`: the LSTM's two
-    loops as Pallas kernels ((forward, backward) of `adapters.jax.pallas_rnn.lstm_loops`, "concat_pallas") instead
-    of `lax.scan`s; the rest (the parameters' gradients after the loop) is the same.
+    rows] is False (each sequence's first slot of "concat_rows"), then one cell step. `kernels`: the two loops as
+    Pallas kernels ((forward, backward) of `adapters.jax.pallas_rnn.rnn_loops`, "concat_pallas") instead of
+    `lax.scan`s; the rest (the parameters' gradients after the loop) is the same.
 
     Its gradient is written out (`jax.custom_vjp`, one function per cell and unroll): the forward scan keeps each
     step's gate activations, a reverse scan turns the cotangents of h (and c) into those of the step's
@@ -706,8 +706,8 @@ def reset_scan(jax, cell: str, unroll: int = 1, kernels: tuple | None = None):
     def forward(xw, w_hh, b_hh, keep, save: bool):
         """(h (and c) at every slot, what the backward pass needs if `save`)."""
         if kernels is not None:
-            saved = kernels[0](xw, w_hh, b_hh, keep)  # h, c, tanh c, gates
-            return saved if save else saved[:2]
+            saved = kernels[0](xw, w_hh, b_hh, keep)  # the carry at every slot, then what the gradient needs
+            return saved if save else saved[:2 if cell == "lstm" else 1]
         zero, cell_fn = jnp.zeros((xw.shape[1], w_hh.shape[1]), xw.dtype), cell_step(jax, cell, w_hh, b_hh)
 
         def step(carry, inputs):
@@ -724,11 +724,12 @@ def reset_scan(jax, cell: str, unroll: int = 1, kernels: tuple | None = None):
         W_hh h + b_hh, which differs for the GRU's n gate); the parameters' gradients are summed over slots after."""
         w_hh, keep, saved = res
         zero = jnp.zeros(cot[0].shape[1:], cot[0].dtype)
+        if kernels is not None:
+            prev = shifted(saved[1], keep) if cell == "lstm" else shifted(saved[0], keep) if cell == "gru" else None
+            dxw, dhw = kernels[1](cot, saved, prev, keep, w_hh)
+            return dxw, jnp.einsum("srg,srh->gh", dhw, shifted(saved[0], keep)), dhw.sum((0, 1)), None
         if cell == "lstm":
             hs, cs, tcs, gates = saved
-            if kernels is not None:
-                dxw = dhw = kernels[1](*cot, tcs, gates, shifted(cs, keep), keep, w_hh)
-                return dxw, jnp.einsum("srg,srh->gh", dhw, shifted(hs, keep)), dhw.sum((0, 1)), None
 
             def back(carry, inputs):
                 dh_t, dc_t, tc, a, c_prev, k = inputs
@@ -875,13 +876,11 @@ def _cudnn_ok(adapter, cell: str | None = None, device: str = "cpu", dtype: str 
     return None
 
 
-def _pallas_ok(adapter, cell: str | None = None, device: str = "cpu", **spec) -> str | None:
-    """concat_pallas's precondition: Triton kernels (CUDA GPUs), the LSTM's."""
+def _pallas_ok(adapter, device: str = "cpu", **spec) -> str | None:
+    """concat_pallas's precondition: Triton kernels (CUDA GPUs)."""
     if device != "gpu":
         return ("Pallas's Triton kernels run on CUDA GPUs only; on the CPU Pallas has its interpret mode, which the "
                 "tests run")
-    if cell is not None and cell != "lstm":
-        return "the Pallas kernels are the LSTM's only"
     return None
 
 
@@ -910,7 +909,7 @@ STRATEGIES = strategy_table(
     Strategy("concat_pallas",
              lambda a, spec, params, x, L, side, dev: a._concat(spec, params, x, L, None, side, dev, pallas=True),
              lambda a, spec, params, x, L, cot, side, dev: a._concat(spec, params, x, L, cot, side, dev, pallas=True),
-             doc="concat_rows' grid with the LSTM's two loops (forward, written-out backward) as Pallas Triton "
-                 "kernels in which each block of 16 rows runs every step",
+             doc="concat_rows' grid with its two loops (forward, written-out backward) as Pallas Triton kernels "
+                 "in which each block of 16 rows runs every step",
              supports=_pallas_ok, programs=lambda a, *args: a._concat_programs(*args, pallas=True)),
 )
