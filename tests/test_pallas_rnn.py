@@ -136,7 +136,7 @@ def test_kernels_lower_to_triton_for_cuda(cell, hidden, rows, steps, dtype):
     from adapters.jax.pallas_rnn import GATES, rnn_loops
     from adapters.jax.rnn import reset_scan
 
-    scan, G = reset_scan(jax, cell, 1, rnn_loops(jax, cell, False)), GATES[cell][0]
+    scan, G = reset_scan(jax, cell, 1, rnn_loops(jax, cell, False)), GATES[cell]
 
     def loss(xw, w, b, keep, *cots):
         return sum(jnp.sum(s * c) for s, c in zip(scan(xw, w, b, keep), cots, strict=True))
