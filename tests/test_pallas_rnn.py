@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import adapters
-from adapters.spec import RnnSpec
+from adapters.spec import RnnSpec, init_params
+from harness.data import padded
 from tests.conftest import require
 from tests.rnn_cases import against_reference
 
@@ -59,6 +60,31 @@ def test_concat_pallas_exact_in_interpret_mode(cell, side, layers, bi, dtype, hi
     assert out.kernel.startswith("pallas-interpret rows["), out.kernel
     rows = int(out.kernel.split("rows[")[1].split("x")[0])
     assert rows < np.count_nonzero(LENGTHS), out.kernel  # sequences share rows: resets inside the kernels' loop
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_concat_pallas_forward_alone_matches_the_reference(cell):
+    """The forward call without a gradient (`rnn_forward`'s path: the kernels' primal, which drops what the
+    gradient would need) against the reference: outputs, h_n and c_n."""
+    require("jax")
+    from adapters.jax import rnn as jax_rnn
+    from harness.tolerances import tolerance
+
+    fw = adapters.get("jax")
+    spec = RnnSpec(cell, input_size=3, hidden_size=5, num_layers=2, bidirectional=True)
+    x = padded(LENGTHS, T, (3,), side="left", seed=4, dtype="float64", fill=np.nan)
+    params = init_params(spec, seed=4, dtype="float64")
+    out = jax_rnn.STRATEGIES["concat_pallas"].forward(fw, spec, params, fw.asarray(x), LENGTHS, "left", "cpu")
+    want = adapters.get("numpy").rnn(spec, params, x, LENGTHS, side="left")
+    tol = tolerance("float64")
+    for name in ("outputs", "h_n", "c_n"):
+        got, ref = getattr(out, name), getattr(want, name)
+        if ref is None:
+            assert got is None, name
+            continue
+        err = float(np.max(np.abs(np.asarray(got) - ref)))
+        assert err <= tol.atol + tol.rtol * float(np.max(np.abs(ref))), f"{cell} {name}: {err}"
+    assert out.kernel.startswith("pallas-interpret rows["), out.kernel
 
 
 def test_concat_pallas_equal_lengths_runs_its_grid():
