@@ -415,7 +415,7 @@ class JaxRnn:
     def _concat(self, spec, params, x, lengths, cotangents, side, device, pallas: bool = False):
         """Pack on the host (remembered per batch), run the grid's jitted function with the slot maps as arguments
         (one compile per grid shape, `rnn_concat_grids()`), one sequence per row included. Where nothing runs, the
-        masked scan's own call runs the batch. `pallas`: the LSTM's loops as Pallas kernels ("concat_pallas";
+        masked scan's own call runs the batch. `pallas`: the grid's two loops as Pallas kernels ("concat_pallas";
         Triton on a GPU, interpret mode elsewhere), on every grid, one sequence per row included."""
         lengths = np.asarray(lengths, dtype=np.int64)
         x = self.asarray(x, device)
@@ -461,7 +461,8 @@ class JaxRnn:
         return {_plain_program(lengths, T)} if pack is None else {("grid", pack.rows, pack.steps)}
 
     def rnn_concat_grids(self) -> set:
-        """(mode, spec, side, dtype, B, T, rows, steps) of every "concat_rows" function compiled so far."""
+        """(mode, spec, side, dtype, B, T, rows, steps) of every "concat_rows" and "concat_pallas" function compiled so
+        far."""
         return self.__dict__.setdefault("_concat_grids", set())
 
     def _concat_network(self, spec: RnnSpec, side: str, grid: tuple, unroll: int, kernels, params, x, lengths,
