@@ -352,7 +352,7 @@ def test_a_device_no_worker_advertises_is_recorded_failed_not_left_pending(tmp_p
     cluster.sweep(cases, str(out), local_cluster, timeout=60)
     by_key = {r["key"]: r for r in _bench(out)}
     gpu, cpu = by_key[axes.case_key(cases[0])], by_key[axes.case_key(cases[1])]
-    assert cpu["status"] == "ok"
+    assert cpu["status"] == "ok", cpu.get("error")  # failed once in a loaded CI run (2026-12-07), reason unrecorded
     assert gpu["status"] == "failed" and "advertises the resource 'gpu'" in gpu["error"]
     assert axes.case_key(cases[0]) not in bench.done_keys(str(out)), "--resume must retry it"
 
