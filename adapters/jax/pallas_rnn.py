@@ -97,9 +97,6 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None):
         return pl.pallas_call(kernel, grid=(Rp // ROW_BLOCK,), in_specs=specs, out_specs=[rows(F) for F in outs],
                               out_shape=[jax.ShapeDtypeStruct((S, Rp, F), dt) for F in outs], **extra)(*params)
 
-    def sigmoid(v):
-        return 1 / (1 + jnp.exp(-v))
-
     class Grid:
         """A grid of S steps, R rows, hidden size H, and its padded sizes: Hp (hidden), Rp (rows)."""
 
@@ -128,6 +125,10 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None):
         def bias(self, b_hh):
             return jnp.pad(b_hh.reshape(G, self.H), [(0, 0), (0, self.Hp - self.H)]).reshape(1, G * self.Hp)
 
+    def part(ref, t, j: int, Hp: int):
+        """Gate j of slot t of a [S, rows, gates*Hp] block."""
+        return ref[t, :, pl.ds(j * Hp, Hp)]
+
     def loop(S: int, Hp: int, dt, step, n: int, reverse: bool = False):
         """Run step(t, carry) over t = 0..S-1 (or back) from `n` zero states [ROW_BLOCK, Hp]."""
         zero = tuple(jnp.zeros((ROW_BLOCK, Hp), dt) for _ in range(n))
@@ -136,16 +137,13 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None):
     def forward(xw, w_hh, b_hh, keep):
         S, R, GH = xw.shape
         g, dt = Grid(S, R, GH // G), xw.dtype
-        Hp = g.Hp
-
-        def part(ref, t, j):  # gate j of slot t
-            return ref[t, :, pl.ds(j * Hp, Hp)]
+        Hp, sigmoid = g.Hp, jax.nn.sigmoid
 
         def lstm(x_ref, k_ref, u_ref, b_ref, h_ref, c_ref, tc_ref, a_ref):
             def step(t, carry):
                 on = k_ref[t] > 0  # [ROW_BLOCK, 1]: False at a sequence's first slot
                 h, c = (jnp.where(on, s, 0) for s in carry)
-                z = [part(x_ref, t, j) + product(h, u_ref[:, pl.ds(j * Hp, Hp)]) + b_ref[:, pl.ds(j * Hp, Hp)]
+                z = [part(x_ref, t, j, Hp) + product(h, u_ref[:, pl.ds(j * Hp, Hp)]) + b_ref[:, pl.ds(j * Hp, Hp)]
                      for j in range(4)]
                 i, f, gg, o = sigmoid(z[0]), sigmoid(z[1]), jnp.tanh(z[2]), sigmoid(z[3])
                 c = f * c + i * gg
@@ -163,8 +161,8 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None):
                 h = jnp.where(k_ref[t] > 0, carry[0], 0)
                 hr, hz, hn = (product(h, u_ref[:, pl.ds(j * Hp, Hp)]) + b_ref[:, pl.ds(j * Hp, Hp)]
                               for j in range(3))
-                r, z = sigmoid(part(x_ref, t, 0) + hr), sigmoid(part(x_ref, t, 1) + hz)
-                n = jnp.tanh(part(x_ref, t, 2) + r * hn)
+                r, z = sigmoid(part(x_ref, t, 0, Hp) + hr), sigmoid(part(x_ref, t, 1, Hp) + hz)
+                n = jnp.tanh(part(x_ref, t, 2, Hp) + r * hn)
                 h = (1 - z) * n + z * h
                 h_ref[t] = h
                 for j, a in enumerate((r, z, n, hn)):
@@ -191,12 +189,9 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None):
         g, dt = Grid(*saved[0].shape), saved[0].dtype
         S, Hp = g.S, g.Hp
 
-        def part(ref, t, j):  # gate j of slot t
-            return ref[t, :, pl.ds(j * Hp, Hp)]
-
         def lstm(gh_ref, gc_ref, tc_ref, a_ref, cp_ref, k_ref, w_ref, dz_ref):
             def step(t, carry):
-                i, f, gg, o = (part(a_ref, t, j) for j in range(4))
+                i, f, gg, o = (part(a_ref, t, j, Hp) for j in range(4))
                 tc = tc_ref[t]
                 dh = gh_ref[t] + carry[0]
                 dc = gc_ref[t] + carry[1] + dh * o * (1 - tc * tc)
@@ -214,7 +209,7 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None):
 
         def gru(gh_ref, a_ref, hp_ref, k_ref, w_ref, dx_ref, dw_ref):
             def step(t, carry):
-                r, z, n, hn = (part(a_ref, t, j) for j in range(4))
+                r, z, n, hn = (part(a_ref, t, j, Hp) for j in range(4))
                 dh = gh_ref[t] + carry[0]
                 dn = dh * (1 - z) * (1 - n * n)
                 dr = dn * hn * r * (1 - r)
