@@ -147,21 +147,66 @@ def test_float32_products_in_3xtf32_are_as_accurate_as_float32(monkeypatch):
     assert min(errors["tf32"][q] / errors["float32"][q] for q in quantities) > 100, errors
 
 
-@pytest.mark.parametrize("cell,hidden,rows,steps,dtype", [
-    ("lstm", 128, 20, 128, "float32"), ("lstm", 5, 3, 7, "float32"), ("lstm", 128, 8, 96, "float64"),
-    ("gru", 128, 20, 128, "float32"), ("gru", 5, 3, 7, "float64"),
-    ("rnn", 128, 20, 128, "float32"), ("rnn", 5, 3, 7, "float64")])
-def test_kernels_lower_to_triton_for_cuda(cell, hidden, rows, steps, dtype):
+@pytest.mark.parametrize("cell,side,dtype,hidden", [("lstm", "left", "float64", 40), ("lstm", "right", "float32", 17),
+                                                     ("gru", "right", "float64", 17), ("gru", "left", "float32", 33),
+                                                     ("rnn", "right", "float64", 40), ("rnn", "left", "float32", 17)])
+def test_hidden_units_in_column_blocks_are_exact(monkeypatch, cell, side, dtype, hidden):
+    """A padded hidden size above the kernels' one-block size runs in column blocks (W_hh's products in tiles, the
+    states as tuples of blocks: what H > 128 runs on a GPU). Here the blocks are 16 units wide (17 and 33 -> 2 and 4
+    blocks of a padded 32 and 64, 40 -> 4 of 64): every quantity against the float64 reference, 2 layers
+    bidirectional, NaN in the padding, a zero-length row, sequences sharing grid rows."""
+    require("jax")
+    from adapters.jax import pallas_rnn
+
+    original = pallas_rnn.rnn_loops
+    monkeypatch.setattr(pallas_rnn, "rnn_loops",
+                        lambda jax, cell, interpret: original(jax, cell, interpret, None, (16, 16)))
+    fw = adapters.get("jax")
+    spec = RnnSpec(cell, input_size=3, hidden_size=hidden, num_layers=2, bidirectional=True)
+    bad, _ = against_reference(fw, spec, LENGTHS, T, side=side, dtype=dtype, seed=6,
+                               run=unit_vjp(fw, spec, LENGTHS, side))
+    assert not bad, f"concat_pallas in 16-unit blocks, {cell} {side} {dtype} H={hidden}: {bad}"
+
+
+def test_column_blocks_and_the_kernel_name():
+    from adapters.jax.pallas_rnn import column_block, kernel_name
+
+    assert [column_block(Hp) for Hp in (16, 128, 256, 1024)] == [16, 128, 64, 64]
+    assert column_block(64, (32, 16)) == 16
+    for bad in ((128, 48), (128, 8), (32, 64)):
+        with pytest.raises(ValueError, match="column blocks"):
+            column_block(256, bad)
+    assert kernel_name("float32", False, 128) == "pallas-triton 3xtf32"
+    assert kernel_name("float32", False, 129) == "pallas-triton 3xtf32 tiles[64]"
+    assert kernel_name("float64", False, 256) == "pallas-triton tiles[64]"
+    assert kernel_name("float64", True, 5) == "pallas-interpret"
+
+
+@pytest.mark.parametrize("cell,hidden,rows,steps,dtype,tile,blocks", [
+    ("lstm", 128, 20, 128, "float32", 128, 1), ("lstm", 5, 3, 7, "float32", 16, 1),
+    ("lstm", 128, 8, 96, "float64", 128, 1), ("lstm", 256, 20, 16, "float32", 64, 4),
+    ("gru", 128, 20, 128, "float32", 128, 1), ("gru", 5, 3, 7, "float64", 16, 1),
+    ("gru", 200, 20, 16, "float64", 64, 4), ("rnn", 128, 20, 128, "float32", 128, 1),
+    ("rnn", 5, 3, 7, "float64", 16, 1), ("rnn", 129, 20, 16, "float32", 64, 4)])
+def test_kernels_lower_to_triton_for_cuda(monkeypatch, capsys, cell, hidden, rows, steps, dtype, tile, blocks):
     """The forward and the gradient, jitted for CUDA on this CPU machine (`lowering_platforms`): Pallas lowers
     both kernels to Triton (two Triton custom calls), i.e. every primitive in them has a Triton lowering and every
     tensor they load or store is a power of two in size. The benchmark's grid (H=128), a hidden size that is padded
-    (5 -> 16), float64. Not checked here: Triton's own compile to PTX (XLA's, on the GPU)."""
+    (5 -> 16), float64, and hidden sizes above 128 (padded to 256), which run in 64-unit column blocks.
+    In the Triton modules (Pallas's debug print) every product is a [16, tile] block by a [tile, tile] tile of
+    W_hh, G * blocks^2 of them a step in each kernel (blocks: the padded hidden size's column blocks), float32 ones
+    in 3xTF32. One H=256 gate slice as one tile (256 x 256 float32: 256 KB, staged in shared memory) would not fit
+    an H100's thread block (227 KB).
+    Not checked here: Triton's own compile to PTX (XLA's, on the GPU)."""
     require("jax")
     fw = adapters.get("jax")  # jax_enable_x64 and full-precision matmuls, as the adapter sets them
     jax, jnp = fw.jax, fw.jnp
+    from jax.experimental import pallas as pl
+
     from adapters.jax.pallas_rnn import GATES, rnn_loops
     from adapters.jax.rnn import reset_scan
 
+    monkeypatch.setattr(pl, "pallas_call", functools.partial(pl.pallas_call, debug=True))
     scan, G = reset_scan(jax, cell, 1, rnn_loops(jax, cell, False)), GATES[cell]
 
     def loss(xw, w, b, keep, *cots):
@@ -175,3 +220,12 @@ def test_kernels_lower_to_triton_for_cuda(cell, hidden, rows, steps, dtype):
             jax.ShapeDtypeStruct((steps, rows), jnp.bool_), *cots)
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(*args).lower(lowering_platforms=("cuda",))
     assert lowered.as_text().count("xla.gpu.triton") == 2
+    modules = capsys.readouterr().out.split("The Triton module for pallas_call")[1:]
+    assert len(modules) == 2
+    f = "f32" if dtype == "float32" else "f64"
+    want = f"tensor<16x{tile}x{f}> * tensor<{tile}x{tile}x{f}> -> tensor<16x{tile}x{f}>"
+    for module in modules:
+        dots = [line for line in module.splitlines() if " tt.dot " in line]
+        assert len(dots) == G * blocks ** 2, (len(dots), dots[:2])
+        assert all(want in d for d in dots), dots[:2]
+        assert all(("inputPrecision = tf32x3" in d) == (dtype == "float32") for d in dots), dots[:2]

@@ -17,14 +17,24 @@ RNN: tanh 0) and gets 0 gradient backward.
 Precision: float32 products on the GPU use `TF32_TF32_F32_X3` (3xTF32: each operand split into two TF32 parts,
 three tensor-core products, float32 accumulation; ~2^-21 relative per product, where float32's is 2^-24), because
 Triton's full-float32 `tl.dot` runs on the FMA units with its operands in registers: compiled offline for sm_90 (pip
-triton 3.9) the kernel spilled 27 KB a thread at 4 warps, where 3xTF32 at 8 warps spilled 252 bytes (the
-gradient's kernel 44; float64 876 and 96). Above H=128 the kernels hold too much a thread: at H=256 the same compile
-spilled ~39 KB (still exact, but slow; the benchmarks run H=128).
+triton 3.9) the kernel spilled 27 KB a thread at 4 warps, where 3xTF32 at 8 warps spills 260 bytes (the gradient's
+kernel 60; float64 876 and 96).
+
 `tests/test_pallas_rnn.py` emulates 3xTF32 (`lax.reduce_precision` to TF32's 10 mantissa bits) inside the kernels
 on the CPU: on an H=128, 128-step grid every quantity's error against the float64 reference is that of full float32
 products (equal to 3 digits, grad_x 0.85x of it), where plain TF32's is 136-410x larger. float64 products are exact
-(Triton's fp64 `tl.dot`). On the CPU the kernels run in Pallas's interpret mode (no Triton),
-for the tests.
+(Triton's fp64 `tl.dot`). On the CPU the kernels run in Pallas's interpret mode (no Triton), for the tests.
+
+Column blocks (hidden sizes above ONE_BLOCK = 128, padded to 256 and up): each product takes W_hh's gate slice as
+one Hp x Hp tile, which Triton stages in shared memory: at Hp = 256 that is 256 KB in float32, more than an H100's
+thread block may have (227 KB), and the same offline compile spilled ~39 KB a thread. Above 128 the hidden units
+run in COL_BLOCK = 64-unit column blocks instead: the states are tuples of [ROW_BLOCK, 64] blocks, each product a
+sum over the left operand's blocks of 64 x 64 tiles (16 KB), every sum in the blocks' order; the gradient's kernel
+takes one left block at a time into all its tiles, so one left operand is live at a time (taken the other way
+round it spilled ~40 KB at H=256). Offline at H=256, 8 warps: LSTM 1.9 KB / 1.0 KB spilled (forward / gradient),
+GRU 1.9 KB / 0.3 KB, tanh RNN 0.9 KB / 40 B; H=512 12 KB / 3.9 KB. Their tiles fit any thread block, but no GPU
+has run or timed them. The benchmarks run H=128 as one block: 64-unit blocks there would spill 40 B where one block
+spills 260, a trade of fewer spills for more, smaller products that only a GPU can settle.
 """
 from __future__ import annotations
 
@@ -34,6 +44,11 @@ from functools import cache
 ROW_BLOCK = 16
 #: Triton's warps per program (8: 3xTF32's operands fit in registers; see the module docstring)
 NUM_WARPS = 8
+#: padded hidden sizes up to this run as one column block: one product per gate, W_hh's gate slice in one tile
+ONE_BLOCK = 128
+#: above ONE_BLOCK, the hidden units' column block: W_hh in COL_BLOCK x COL_BLOCK tiles (16 KB of shared memory in
+#: float32, where H=256 as one block took 256 KB, more than an H100's thread block has; see the module docstring)
+COL_BLOCK = 64
 #: the float32 products' algorithm on the GPU (a `jax.lax.DotAlgorithmPreset` name); float64 takes the default
 F32_ALGORITHM = "TF32_TF32_F32_X3"
 
@@ -43,11 +58,20 @@ def padded_size(n: int, lo: int = 16) -> int:
     return max(lo, 1 << max(0, (n - 1).bit_length()))
 
 
-def kernel_name(dtype: str, interpret: bool) -> str:
-    """What the kernels run as, for the records' kernel field."""
-    if interpret:
-        return "pallas-interpret"
-    return "pallas-triton 3xtf32" if dtype == "float32" else "pallas-triton"
+def column_block(Hp: int, blocks: tuple[int, int] = (ONE_BLOCK, COL_BLOCK)) -> int:
+    """The hidden units' column block for a padded hidden size Hp: Hp itself up to blocks[0], else blocks[1]."""
+    one, split = blocks
+    if split < 16 or split & (split - 1) or split > one:
+        raise ValueError(f"column blocks must be powers of two >= 16, the split one at most the other, got {blocks}")
+    return Hp if Hp <= one else split
+
+
+def kernel_name(dtype: str, interpret: bool, hidden: int) -> str:
+    """What the kernels run as, for the records' kernel field ("tiles[W]" where the hidden units run in blocks)."""
+    name = "pallas-interpret" if interpret else "pallas-triton 3xtf32" if dtype == "float32" else "pallas-triton"
+    Hp = padded_size(hidden)
+    W = column_block(Hp)
+    return name if W == Hp else f"{name} tiles[{W}]"
 
 
 #: per cell: the gates of its input projection xw and of W_hh
@@ -55,7 +79,7 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 @cache
-def rnn_loops(jax, cell: str, interpret: bool, dot=None):
+def rnn_loops(jax, cell: str, interpret: bool, dot=None, blocks: tuple[int, int] = (ONE_BLOCK, COL_BLOCK)):
     """(forward, backward) of `reset_scan`'s two loops for `cell` (PyTorch gate order and GRU formula):
     forward(xw [S,R,G*H], w_hh [G*H,H], b_hh [G*H], keep [S,R] bool) -> what `reset_scan`'s forward scan saves: LSTM
     (h, c, tanh c, gates), GRU (h, gates), tanh RNN (h,), each [S,R,H] or gates [S,R,4H];
@@ -63,9 +87,12 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None):
     h_prev for the GRU, None), keep, w_hh) -> (d xw, d (W_hh h + b_hh)) [S,R,G*H] (the same array but for the GRU's
     n gate), from which `reset_scan` sums the parameters' gradients after the loop.
     `interpret`: Pallas's interpret mode (CPU); otherwise Triton. `dot(a, b)`: the product inside the kernels (tests
-    pass an emulation); default: float32 in F32_ALGORITHM on Triton, HIGHEST in interpret mode; float64 exact."""
+    pass an emulation); default: float32 in F32_ALGORITHM on Triton, HIGHEST in interpret mode; float64 exact.
+    `blocks`: (one, split): a padded hidden size above `one` runs in column blocks of `split` units (W_hh's
+    products in split x split tiles, the states as tuples of blocks; `column_block`), tests pass small ones."""
     jnp, lax = jax.numpy, jax.lax
     from jax.experimental import pallas as pl
+    column_block(16, blocks)  # checks them
 
     G = GATES[cell]
 
@@ -103,6 +130,8 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None):
         def __init__(self, S: int, R: int, H: int):
             self.S, self.R, self.H = S, R, H
             self.Hp, self.Rp = padded_size(H), -(-R // ROW_BLOCK) * ROW_BLOCK
+            self.W = column_block(self.Hp, blocks)  # the hidden units' column block
+            self.nb = self.Hp // self.W
 
         def pad(self, a, parts: int = 1):
             """[S, R, parts*H] -> [S, Rp, parts*Hp], zeros in what is added."""
@@ -125,60 +154,83 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None):
         def bias(self, b_hh):
             return jnp.pad(b_hh.reshape(G, self.H), [(0, 0), (0, self.Hp - self.H)]).reshape(1, G * self.Hp)
 
-    def part(ref, t, j: int, Hp: int):
-        """Gate j of slot t of a [S, rows, gates*Hp] block."""
-        return ref[t, :, pl.ds(j * Hp, Hp)]
+    def cols(ref, t, start: int, width: int):
+        """Columns start..start+width of slot t of a [S, rows, F] block."""
+        return ref[t, :, pl.ds(start, width)]
 
-    def loop(S: int, Hp: int, dt, step, n: int, reverse: bool = False):
-        """Run step(t, carry) over t = 0..S-1 (or back) from `n` zero states [ROW_BLOCK, Hp]."""
-        zero = tuple(jnp.zeros((ROW_BLOCK, Hp), dt) for _ in range(n))
+    def mul(blocks, ref, starts, W: int, accs=None):
+        """[acc + sum_i blocks[i] @ ref[i*W:(i+1)*W, c:c+W] for c, acc in zip(starts, accs)]: products by a weight
+        held as W x W tiles, the blocks ([ROW_BLOCK, W] each) being the left operand's column blocks in order. Each
+        block meets all its tiles before the next block is read (one left operand live at a time); every sum runs
+        in the blocks' order."""
+        out = list(accs) if accs is not None else [None] * len(starts)
+        for i, b in enumerate(blocks):
+            for o, c in enumerate(starts):
+                p = product(b, ref[pl.ds(i * W, W), pl.ds(c, W)])
+                out[o] = p if out[o] is None else out[o] + p
+        return out
+
+    def loop(g, dt, step, n: int, reverse: bool = False):
+        """Run step(t, carry) over t = 0..S-1 (or back) from `n` zero states, each g.nb blocks [ROW_BLOCK, g.W]."""
+        zero = tuple(tuple(jnp.zeros((ROW_BLOCK, g.W), dt) for _ in range(g.nb)) for _ in range(n))
+        S = g.S
         lax.fori_loop(0, S, (lambda i, c: step(S - 1 - i, c)) if reverse else step, zero)
 
     def forward(xw, w_hh, b_hh, keep):
         S, R, GH = xw.shape
         g, dt = Grid(S, R, GH // G), xw.dtype
-        Hp, sigmoid = g.Hp, jax.nn.sigmoid
+        Hp, W, nb, sigmoid = g.Hp, g.W, g.nb, jax.nn.sigmoid
 
         def lstm(x_ref, k_ref, u_ref, b_ref, h_ref, c_ref, tc_ref, a_ref):
             def step(t, carry):
                 on = k_ref[t] > 0  # [ROW_BLOCK, 1]: False at a sequence's first slot
-                h, c = (jnp.where(on, s, 0) for s in carry)
-                z = [part(x_ref, t, j, Hp) + product(h, u_ref[:, pl.ds(j * Hp, Hp)]) + b_ref[:, pl.ds(j * Hp, Hp)]
-                     for j in range(4)]
-                i, f, gg, o = sigmoid(z[0]), sigmoid(z[1]), jnp.tanh(z[2]), sigmoid(z[3])
-                c = f * c + i * gg
-                tc = jnp.tanh(c)
-                h = o * tc
-                h_ref[t], c_ref[t], tc_ref[t] = h, c, tc
-                for j, a in enumerate((i, f, gg, o)):
-                    a_ref[t, :, pl.ds(j * Hp, Hp)] = a
-                return h, c
+                h, c = ([jnp.where(on, s, 0) for s in blocks] for blocks in carry)
+                hs, cs = [], []
+                for n in range(nb):  # the hidden units' column blocks
+                    at = [j * Hp + n * W for j in range(4)]
+                    z = [cols(x_ref, t, a, W) + mul(h, u_ref, [a], W)[0] + b_ref[:, pl.ds(a, W)] for a in at]
+                    i, f, gg, o = sigmoid(z[0]), sigmoid(z[1]), jnp.tanh(z[2]), sigmoid(z[3])
+                    cn = f * c[n] + i * gg
+                    tc = jnp.tanh(cn)
+                    hn = o * tc
+                    span = pl.ds(n * W, W)
+                    h_ref[t, :, span], c_ref[t, :, span], tc_ref[t, :, span] = hn, cn, tc
+                    for a, act in zip(at, (i, f, gg, o), strict=True):
+                        a_ref[t, :, pl.ds(a, W)] = act
+                    hs.append(hn)
+                    cs.append(cn)
+                return tuple(hs), tuple(cs)
 
-            loop(S, Hp, dt, step, 2)
+            loop(g, dt, step, 2)
 
         def gru(x_ref, k_ref, u_ref, b_ref, h_ref, a_ref):
             def step(t, carry):
-                h = jnp.where(k_ref[t] > 0, carry[0], 0)
-                hr, hz, hn = (product(h, u_ref[:, pl.ds(j * Hp, Hp)]) + b_ref[:, pl.ds(j * Hp, Hp)]
-                              for j in range(3))
-                r, z = sigmoid(part(x_ref, t, 0, Hp) + hr), sigmoid(part(x_ref, t, 1, Hp) + hz)
-                n = jnp.tanh(part(x_ref, t, 2, Hp) + r * hn)
-                h = (1 - z) * n + z * h
-                h_ref[t] = h
-                for j, a in enumerate((r, z, n, hn)):
-                    a_ref[t, :, pl.ds(j * Hp, Hp)] = a
-                return (h,)
+                h = [jnp.where(k_ref[t] > 0, s, 0) for s in carry[0]]
+                hs = []
+                for n in range(nb):
+                    at = [j * Hp + n * W for j in range(4)]
+                    hr, hz, hn = (mul(h, u_ref, [a], W)[0] + b_ref[:, pl.ds(a, W)] for a in at[:3])
+                    r, z = sigmoid(cols(x_ref, t, at[0], W) + hr), sigmoid(cols(x_ref, t, at[1], W) + hz)
+                    new = jnp.tanh(cols(x_ref, t, at[2], W) + r * hn)
+                    hs.append((1 - z) * new + z * h[n])
+                    h_ref[t, :, pl.ds(n * W, W)] = hs[-1]
+                    for a, act in zip(at, (r, z, new, hn), strict=True):
+                        a_ref[t, :, pl.ds(a, W)] = act
+                return (tuple(hs),)
 
-            loop(S, Hp, dt, step, 1)
+            loop(g, dt, step, 1)
 
         def rnn(x_ref, k_ref, u_ref, b_ref, h_ref):
             def step(t, carry):
-                h = jnp.where(k_ref[t] > 0, carry[0], 0)
-                h = jnp.tanh(x_ref[t] + product(h, u_ref[...]) + b_ref[...])
-                h_ref[t] = h
-                return (h,)
+                h = [jnp.where(k_ref[t] > 0, s, 0) for s in carry[0]]
+                hs = []
+                for n in range(nb):
+                    a = n * W
+                    hs.append(jnp.tanh(cols(x_ref, t, a, W) + mul(h, u_ref, [a], W)[0] + b_ref[:, pl.ds(a, W)]))
+                    h_ref[t, :, pl.ds(a, W)] = hs[-1]
+                return (tuple(hs),)
 
-            loop(S, Hp, dt, step, 1)
+            loop(g, dt, step, 1)
 
         kernel, outs = {"lstm": (lstm, [Hp, Hp, Hp, 4 * Hp]), "gru": (gru, [Hp, 4 * Hp]), "rnn": (rnn, [Hp])}[cell]
         params = [g.pad(xw, G), g.mask(keep, dt), g.weights(w_hh).T, g.bias(b_hh)]  # h @ u is W_hh h
@@ -187,50 +239,64 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None):
 
     def backward(cot, saved, prev, keep, w_hh):
         g, dt = Grid(*saved[0].shape), saved[0].dtype
-        S, Hp = g.S, g.Hp
+        S, Hp, W, nb = g.S, g.Hp, g.W, g.nb
+
+        def back(w_ref, on, dz, acc=None):
+            """The carried gradient's column blocks: acc + dz @ W_hh (dz: per column block, its gates' blocks),
+            nothing passed back across a reset (`on` False)."""
+            flat = [blocks[j] for j in range(len(dz[0])) for blocks in dz]  # W_hh's row order: gate, then block
+            return tuple(jnp.where(on, d, 0) for d in mul(flat, w_ref, [k * W for k in range(nb)], W, acc))
 
         def lstm(gh_ref, gc_ref, tc_ref, a_ref, cp_ref, k_ref, w_ref, dz_ref):
             def step(t, carry):
-                i, f, gg, o = (part(a_ref, t, j, Hp) for j in range(4))
-                tc = tc_ref[t]
-                dh = gh_ref[t] + carry[0]
-                dc = gc_ref[t] + carry[1] + dh * o * (1 - tc * tc)
-                dz = (dc * gg * i * (1 - i), dc * cp_ref[t] * f * (1 - f), dc * i * (1 - gg * gg),
-                      dh * tc * o * (1 - o))
-                back = product(dz[0], w_ref[pl.ds(0, Hp), :])
-                for j in range(4):
-                    dz_ref[t, :, pl.ds(j * Hp, Hp)] = dz[j]
-                    if j:
-                        back = back + product(dz[j], w_ref[pl.ds(j * Hp, Hp), :])
+                dzs, dcs = [], []
+                for n in range(nb):
+                    at, span = [j * Hp + n * W for j in range(4)], pl.ds(n * W, W)
+                    i, f, gg, o = (cols(a_ref, t, a, W) for a in at)
+                    tc = tc_ref[t, :, span]
+                    dh = gh_ref[t, :, span] + carry[0][n]
+                    dc = gc_ref[t, :, span] + carry[1][n] + dh * o * (1 - tc * tc)
+                    dz = (dc * gg * i * (1 - i), dc * cp_ref[t, :, span] * f * (1 - f), dc * i * (1 - gg * gg),
+                          dh * tc * o * (1 - o))
+                    for a, d in zip(at, dz, strict=True):
+                        dz_ref[t, :, pl.ds(a, W)] = d
+                    dzs.append(dz)
+                    dcs.append(dc * f)
                 on = k_ref[t] > 0  # a reset passes nothing back
-                return jnp.where(on, back, 0), jnp.where(on, dc * f, 0)
+                return back(w_ref, on, dzs), tuple(jnp.where(on, d, 0) for d in dcs)
 
-            loop(S, Hp, dt, step, 2, reverse=True)
+            loop(g, dt, step, 2, reverse=True)
 
         def gru(gh_ref, a_ref, hp_ref, k_ref, w_ref, dx_ref, dw_ref):
             def step(t, carry):
-                r, z, n, hn = (part(a_ref, t, j, Hp) for j in range(4))
-                dh = gh_ref[t] + carry[0]
-                dn = dh * (1 - z) * (1 - n * n)
-                dr = dn * hn * r * (1 - r)
-                dz = dh * (hp_ref[t] - n) * z * (1 - z)
-                back = dh * z
-                for j, (dx, dw) in enumerate(((dr, dr), (dz, dz), (dn, dn * r))):
-                    dx_ref[t, :, pl.ds(j * Hp, Hp)] = dx
-                    dw_ref[t, :, pl.ds(j * Hp, Hp)] = dw
-                    back = back + product(dw, w_ref[pl.ds(j * Hp, Hp), :])
-                return (jnp.where(k_ref[t] > 0, back, 0),)
+                dws, direct = [], []
+                for n in range(nb):
+                    at, span = [j * Hp + n * W for j in range(4)], pl.ds(n * W, W)
+                    r, z, new, hn = (cols(a_ref, t, a, W) for a in at)
+                    dh = gh_ref[t, :, span] + carry[0][n]
+                    dn = dh * (1 - z) * (1 - new * new)
+                    dr = dn * hn * r * (1 - r)
+                    dz = dh * (hp_ref[t, :, span] - new) * z * (1 - z)
+                    for a, (dx, dw) in zip(at, ((dr, dr), (dz, dz), (dn, dn * r))):
+                        dx_ref[t, :, pl.ds(a, W)] = dx
+                        dw_ref[t, :, pl.ds(a, W)] = dw
+                    dws.append((dr, dz, dn * r))
+                    direct.append(dh * z)
+                return (back(w_ref, k_ref[t] > 0, dws, direct),)
 
-            loop(S, Hp, dt, step, 1, reverse=True)
+            loop(g, dt, step, 1, reverse=True)
 
         def rnn(gh_ref, h_ref, k_ref, w_ref, dz_ref):
             def step(t, carry):
-                h = h_ref[t]
-                dz = (gh_ref[t] + carry[0]) * (1 - h * h)
-                dz_ref[t] = dz
-                return (jnp.where(k_ref[t] > 0, product(dz, w_ref[...]), 0),)
+                dzs = []
+                for n in range(nb):
+                    span = pl.ds(n * W, W)
+                    h = h_ref[t, :, span]
+                    dzs.append(((gh_ref[t, :, span] + carry[0][n]) * (1 - h * h),))
+                    dz_ref[t, :, span] = dzs[-1][0]
+                return (back(w_ref, k_ref[t] > 0, dzs),)
 
-            loop(S, Hp, dt, step, 1, reverse=True)
+            loop(g, dt, step, 1, reverse=True)
 
         w, k = g.weights(w_hh), g.mask(keep, dt)
         if cell == "lstm":

@@ -66,15 +66,17 @@ once per new bucket shape, a bounded set):
   side by side on 2026-12-06 (rounds 1.11-1.15), so the LSTM runs "scan"'s own call there, as where nothing runs
   (kernel "xla-scan rows[BxT]").
   Kernel "xla-scan rows[<rows>x<steps>]".
-- "concat_pallas" (GPU): "concat_rows"' grid and written-out gradient with its two loops (the forward scan
-  and the gradient's reverse scan) as Pallas Triton kernels (`adapters/jax/pallas_rnn.py`): each program holds 16
-  rows and runs every step of the grid itself, so no step is a kernel launch (XLA runs a `lax.scan` step as a few
-  kernels the host launches, ~15 us a step for "scan_unroll8" on an H200). Every cell. float32 products in 3xTF32
-  (as accurate as float32 here, `tests/test_pallas_rnn.py`), float64 exact. Equal lengths run its grid too (one
-  sequence per row), not the masked scan. Kernel "pallas-triton 3xtf32 rows[<rows>x<steps>]" ("pallas-triton" in
-  float64). On the CPU it runs past its precondition only, in Pallas's interpret mode (the tests); its Triton
-  lowering is built there for CUDA without a device. Not yet timed on a GPU. Pallas's Triton backend is deprecated
-  since JAX 0.11.0 (to be removed in a later version; Mosaic GPU is its successor).
+- "concat_pallas" (GPU): "concat_rows"' grid and written-out gradient with its two loops (the forward scan and the
+  gradient's reverse scan) as Pallas Triton kernels (`adapters/jax/pallas_rnn.py`): each program holds 16 rows and
+  runs every step of the grid itself, so no step is a kernel launch (XLA runs a `lax.scan` step as a few kernels the
+  host launches, ~15 us a step for "scan_unroll8" on an H200). Every cell. float32 products in 3xTF32 (as accurate as
+  float32 here, `tests/test_pallas_rnn.py`), float64 exact. Equal lengths run its grid too (one sequence per row), not
+  the masked scan. Hidden sizes above 128 run in 64-unit column blocks (W_hh in 64 x 64 tiles: one 256 x 256 tile
+  would not fit a thread block's shared memory). Kernel "pallas-triton 3xtf32 rows[<rows>x<steps>]" ("pallas-triton"
+  in float64; "... tiles[64] rows[...]" in column blocks). On the CPU it runs past its precondition only, in Pallas's
+  interpret mode (the tests); its Triton lowering is built there for CUDA without a device. Not yet timed on a GPU.
+  Pallas's Triton backend is deprecated since JAX 0.11.0 (to be removed in a later version; Mosaic GPU is its
+  successor).
 - "bucketed", "time_sliced" and "concat_rows" unroll their scans per device (`UNROLL`): 1 on the CPU, 8 on a GPU,
   where a step is latency-bound (their kernel names then read "xla-scan unroll8 ...").
 - "bucketed", "time_sliced" and "concat_rows" name the programs a batch runs from their own host planners
@@ -430,7 +432,7 @@ class JaxRnn:
             from adapters.jax.pallas_rnn import kernel_name, rnn_loops
 
             kernels = rnn_loops(self.jax, spec.cell, device != "gpu")
-            name = kernel_name(x.dtype.name, device != "gpu")
+            name = kernel_name(x.dtype.name, device != "gpu", spec.hidden_size)
 
         def traced(x):  # the grid's compiled shapes, recorded when JAX traces
             self.rnn_concat_grids().add(("vjp" if vjp else "fwd", spec, side, x.dtype.name, *x.shape[:2], *grid))
