@@ -83,9 +83,10 @@ for name in "${phases[@]}"; do
                 "$py" -m harness.cli check --device "$dev" --framework jax --family "$f" --out "$out" & done
             "$py" -m harness.cli check --device "$dev" --framework torch --out "$out" &
             wait' "$py" "$dev" "$out/check.jsonl" "${jax_rnn[@]}" ;;
-        # the RNN gates (every strategy, Hypothesis sizes; graph_loop's real CUDA graphs) and bucketed attention
+        # the RNN gates (every strategy, Hypothesis sizes; graph_loop's real CUDA graphs; concat_pallas's column
+        # blocks, H > 128, through Triton) and bucketed attention
         gates) phase 270 gates "$py" -m pytest -q -p no:cacheprovider --device "$dev" tests/test_rnn.py \
-            tests/test_graph_loop.py tests/test_attention_buckets.py -k "torch or jax" ;;
+            tests/test_graph_loop.py tests/test_pallas_rnn.py tests/test_attention_buckets.py -k "torch or jax" ;;
         # issue 13's points: B=64 T=128 H=128 forward + backward, torch LSTM and GRU (its goals), JAX LSTM (its
         # goal: against jax.experimental.rnn's cuDNN LSTM); attention B=32 T=512 (the headline); each sweep ends by
         # timing, side by side, its fastest strategies on equal lengths (which decide the padded baseline), then its

@@ -168,6 +168,26 @@ def test_hidden_units_in_column_blocks_are_exact(monkeypatch, cell, side, dtype,
     assert not bad, f"concat_pallas in 16-unit blocks, {cell} {side} {dtype} H={hidden}: {bad}"
 
 
+@pytest.mark.parametrize("cell,dtype,hidden", [("lstm", "float32", 256), ("gru", "float64", 129)])
+def test_jax_concat_pallas_in_column_blocks_on_the_device(device, cell, dtype, hidden):
+    """On a GPU (`--device gpu`, `scripts/gpu-check.sh`'s gates): hidden sizes above 128 through Triton's kernels
+    in 64-unit column blocks, every quantity against the reference within the GPU's tolerance (the blocks'
+    arithmetic is checked in interpret mode above; this is Triton's compile and launch of them). The kernel name
+    says the tiles."""
+    if device != "gpu":
+        pytest.skip("Triton's kernels run on a GPU only (pytest --device gpu); the blocks' arithmetic is checked "
+                    "in interpret mode by test_hidden_units_in_column_blocks_are_exact")
+    require("jax")
+    from tests.conftest import on_device
+
+    fw = on_device(adapters.get("jax"), device)
+    spec = RnnSpec(cell, input_size=8, hidden_size=hidden)
+    L = np.array([24, 20, 9, 3, 3, 1, 0])
+    bad, out = against_reference(fw, spec, L, 24, dtype=dtype, seed=7, strategy="concat_pallas", device=device)
+    assert not bad, f"concat_pallas {cell} {dtype} H={hidden} on the GPU: {bad}"
+    assert out.kernel.startswith("pallas-triton") and " tiles[64] rows[" in out.kernel, out.kernel
+
+
 def test_column_blocks_and_the_kernel_name():
     from adapters.jax.pallas_rnn import column_block, kernel_name
 
