@@ -13,8 +13,10 @@ import pytest
 
 import adapters
 from adapters.spec import RnnSpec, init_params
+from harness.compare import close
 from harness.data import padded
-from tests.conftest import require
+from harness.tolerances import tolerance
+from tests.conftest import on_device, require
 from tests.rnn_cases import against_reference
 
 #: lengths whose grid packs several sequences into some rows (resets inside a row), with an empty row
@@ -68,7 +70,6 @@ def test_concat_pallas_forward_alone_matches_the_reference(cell):
     gradient would need) against the reference: outputs, h_n and c_n."""
     require("jax")
     from adapters.jax import rnn as jax_rnn
-    from harness.tolerances import tolerance
 
     fw = adapters.get("jax")
     spec = RnnSpec(cell, input_size=3, hidden_size=5, num_layers=2, bidirectional=True)
@@ -82,8 +83,8 @@ def test_concat_pallas_forward_alone_matches_the_reference(cell):
         if ref is None:
             assert got is None, name
             continue
-        err = float(np.max(np.abs(np.asarray(got) - ref)))
-        assert err <= tol.atol + tol.rtol * float(np.max(np.abs(ref))), f"{cell} {name}: {err}"
+        ok, err = close(fw.to_numpy(got), ref, tol)
+        assert ok, f"{cell} {name}: {err}"
     assert out.kernel.startswith("pallas-interpret rows["), out.kernel
 
 
@@ -178,8 +179,6 @@ def test_jax_concat_pallas_in_column_blocks_on_the_device(device, cell, dtype, h
         pytest.skip("Triton's kernels run on a GPU only (pytest --device gpu); the blocks' arithmetic is checked "
                     "in interpret mode by test_hidden_units_in_column_blocks_are_exact")
     require("jax")
-    from tests.conftest import on_device
-
     fw = on_device(adapters.get("jax"), device)
     spec = RnnSpec(cell, input_size=8, hidden_size=hidden)
     L = np.array([24, 20, 9, 3, 3, 1, 0])

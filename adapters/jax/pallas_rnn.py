@@ -92,7 +92,6 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None, blocks: tuple[int, int]
     products in split x split tiles, the states as tuples of blocks; `column_block`), tests pass small ones."""
     jnp, lax = jax.numpy, jax.lax
     from jax.experimental import pallas as pl
-    column_block(16, blocks)  # checks them
 
     G = GATES[cell]
 
@@ -132,6 +131,11 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None, blocks: tuple[int, int]
             self.Hp, self.Rp = padded_size(H), -(-R // ROW_BLOCK) * ROW_BLOCK
             self.W = column_block(self.Hp, blocks)  # the hidden units' column block
             self.nb = self.Hp // self.W
+
+        def starts(self, n: int) -> list[int]:
+            """Where column block n of each of 4 gate-sized parts starts in a [..., 4*Hp] array (the saved gates,
+            or the first G of them in xw, W_hh^T and b_hh)."""
+            return [j * self.Hp + n * self.W for j in range(4)]
 
         def pad(self, a, parts: int = 1):
             """[S, R, parts*H] -> [S, Rp, parts*Hp], zeros in what is added."""
@@ -187,7 +191,7 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None, blocks: tuple[int, int]
                 h, c = ([jnp.where(on, s, 0) for s in blocks] for blocks in carry)
                 hs, cs = [], []
                 for n in range(nb):  # the hidden units' column blocks
-                    at = [j * Hp + n * W for j in range(4)]
+                    at = g.starts(n)
                     z = [cols(x_ref, t, a, W) + mul(h, u_ref, [a], W)[0] + b_ref[:, pl.ds(a, W)] for a in at]
                     i, f, gg, o = sigmoid(z[0]), sigmoid(z[1]), jnp.tanh(z[2]), sigmoid(z[3])
                     cn = f * c[n] + i * gg
@@ -208,7 +212,7 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None, blocks: tuple[int, int]
                 h = [jnp.where(k_ref[t] > 0, s, 0) for s in carry[0]]
                 hs = []
                 for n in range(nb):
-                    at = [j * Hp + n * W for j in range(4)]
+                    at = g.starts(n)
                     hr, hz, hn = (mul(h, u_ref, [a], W)[0] + b_ref[:, pl.ds(a, W)] for a in at[:3])
                     r, z = sigmoid(cols(x_ref, t, at[0], W) + hr), sigmoid(cols(x_ref, t, at[1], W) + hz)
                     new = jnp.tanh(cols(x_ref, t, at[2], W) + r * hn)
@@ -251,7 +255,7 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None, blocks: tuple[int, int]
             def step(t, carry):
                 dzs, dcs = [], []
                 for n in range(nb):
-                    at, span = [j * Hp + n * W for j in range(4)], pl.ds(n * W, W)
+                    at, span = g.starts(n), pl.ds(n * W, W)
                     i, f, gg, o = (cols(a_ref, t, a, W) for a in at)
                     tc = tc_ref[t, :, span]
                     dh = gh_ref[t, :, span] + carry[0][n]
@@ -271,7 +275,7 @@ def rnn_loops(jax, cell: str, interpret: bool, dot=None, blocks: tuple[int, int]
             def step(t, carry):
                 dws, direct = [], []
                 for n in range(nb):
-                    at, span = [j * Hp + n * W for j in range(4)], pl.ds(n * W, W)
+                    at, span = g.starts(n), pl.ds(n * W, W)
                     r, z, new, hn = (cols(a_ref, t, a, W) for a in at)
                     dh = gh_ref[t, :, span] + carry[0][n]
                     dn = dh * (1 - z) * (1 - new * new)
