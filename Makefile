@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install chromium data test demo check bench asv report vendor lint clean
+.PHONY: install chromium data test demo check bench asv report vendor lint clean gpu-aot
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,19 @@ $(KJV):
 
 data: $(KJV)
 
+## JAX's CUDA plugin (with ptxas) in a venv of its own, ~1.2 GB: scripts/gpu_aot.py has XLA compile JAX's GPU
+## programs for a compile-only H100 here, with no GPU (a gate of `make test` among them). Not in .venv: there the
+## plugin would look for a GPU in every JAX process.
+CUDA_VENV  := .venv-cuda
+CUDA_STAMP := $(CUDA_VENV)/.installed-stamp
+$(CUDA_STAMP): pyproject.toml constraints.txt
+	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[jax,gpu-aot]'
+	touch $(CUDA_STAMP)
+
+gpu-aot: $(CUDA_STAMP)
+	$(CUDA_VENV)/bin/python scripts/gpu_aot.py
+
 ## JAX's persistent compilation cache for the runs that time nothing (the gates, the check): `make test` fills it and
 ## `make demo`'s check then reads the compiles of its standard RNN case from it (JAX's RNN check on 2 cores: 175 s
 ## compiling afresh, 44 s from the cache). Timing workers turn it off (harness/proc.py: TIMING_ENV), so compile
@@ -60,7 +73,7 @@ JAX_CACHE := JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax JAX_PERSISTENT_CACHE
 ## single-threaded Python and tracing, so 2 workers on 2 cores take ~0.65 of the sequential time here.
 ## `make test PYTEST_WORKERS=0` runs them in one process; the slowest 15 are listed at the end.
 PYTEST_WORKERS ?= auto
-test: $(STAMP) chromium $(KJV) $(NODE_STAMP)
+test: $(STAMP) $(CUDA_STAMP) chromium $(KJV) $(NODE_STAMP)
 	VARLEN_REQUIRE_ALL=1 $(JAX_CACHE) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --durations 15
 
 ## the main job: equivalence check, quick CPU sweep (synthetic profiles + the KJV verse lengths), then the report
@@ -94,4 +107,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) results/report results/asv/html node_modules .cache/jax
+	rm -rf $(VENV) $(CUDA_VENV) results/report results/asv/html node_modules .cache/jax
