@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.profiles import PROFILES  # noqa: E402 - NumPy only
 
 # facts of the targets (NVIDIA's H100 SXM5 80GB and H200 SXM 141GB: 132 SMs, 227 KB of shared memory a block may
-# opt in to, 228 KB an SM, 50 MB of L2), as XLA's GpuTargetConfigProto text; what XLA needs to compile for them
+# opt in to, 228 KB an SM, 50 MB of L2), as XLA's GpuTargetConfigProto text; what XLA needs to compile for them. The
+# driver's version (that of the lent H200: 580, CUDA 13.0) decides what XLA puts in CUDA graphs: without it XLA
+# assumes a driver too old for conditional nodes and leaves every while loop out of them (scan_graph's point).
 TARGETS = {
     "h100": dict(name="NVIDIA H100 80GB HBM3", memory=85_520_809_984, bandwidth=3_352_320_000_000),
     "h200": dict(name="NVIDIA H200", memory=150_754_820_096, bandwidth=4_800_000_000_000),
@@ -54,6 +56,7 @@ def target_config(target: str) -> str:
   block_dim_limit_x: 2147483647  block_dim_limit_y: 65535  block_dim_limit_z: 65535
   registers_per_core_limit: 65536  registers_per_block_limit: 65536
   cuda_compute_capability {{ major: 9 minor: 0 }}
+  driver_version: "13.0.0"  runtime_version: "12.9.0"  compile_time_toolkit_version: "12.9.0"
 }}
 platform_name: "CUDA"
 dnn_version_info {{ major: 9 minor: 10 }}
@@ -128,9 +131,11 @@ def trip_counts(hlo: str) -> dict[str, int]:
     return out
 
 
-def kernels_per_call(thunks: list[dict], names: dict[int, str], trips: dict[str, int]) -> tuple[int, list[str]]:
+def kernels_per_call(thunks: list[dict], names: dict[int, str], trips: dict[str, int],
+                     graphs: bool = False) -> tuple[int, list[str]]:
     """(the kernels and copies one call runs, the while loops whose trip count XLA does not know: counted once). A
-    thunk that runs inner thunks counts as those."""
+    thunk that runs inner thunks counts as those; with `graphs` (the sequence after XLA's thunk passes), a command
+    buffer counts as one: what the host launches."""
     unknown: list[str] = []
 
     def count(seq: list[dict]) -> int:
@@ -143,6 +148,8 @@ def kernels_per_call(thunks: list[dict], names: dict[int, str], trips: dict[str,
                     unknown.append(name)
                     trip = 1
                 n += trip * count(t["body"]) + (trip + 1) * count(t["condition"])
+            elif graphs and t["kind"] == "kCommandBuffer":
+                n += 1
             elif "inner" in t:
                 n += count(t["inner"])
             else:
@@ -168,6 +175,7 @@ def triton_kernels(thunks: list[dict], names: dict[int, str], hlo: str) -> list[
     return found
 
 
+PTXAS_TIMEOUT_S = 600
 PTXAS = re.compile(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores, "
                    r"(\d+) bytes spill loads\s*\n[^\n]*Used (\d+) registers")
 
@@ -182,22 +190,29 @@ def read_dump(folder: Path, ptxas: str | None) -> dict:
     """What one program's XLA dump says: kernels a call, loops of unknown trip count, Triton kernels."""
     one = lambda pattern: next(iter(sorted(folder.glob(pattern))), None)  # noqa: E731
     seq, meta, hlo = one("*.thunk_sequence.txt"), one("*.thunk_metadata.txt"), one("*gpu_after_optimizations.txt")
-    if seq is None or meta is None or hlo is None:
-        raise ValueError(f"XLA's dump in {folder} lacks its thunk sequence, thunk metadata or optimized HLO")
+    passed = one("*.thunk_sequence_after_thunk_passes.txt")
+    if seq is None or meta is None or hlo is None or passed is None:
+        raise ValueError(f"XLA's dump in {folder} lacks its thunk sequences, thunk metadata or optimized HLO")
     thunks, names, text = parse_thunks(seq.read_text()), thunk_names(meta.read_text()), hlo.read_text()
-    kernels, unknown = kernels_per_call(thunks, names, trip_counts(text))
+    trips = trip_counts(text)
+    kernels, unknown = kernels_per_call(thunks, names, trips)
+    launches, _ = kernels_per_call(parse_thunks(passed.read_text()), names, trips, graphs=True)
     tri = triton_kernels(thunks, names, text)
     if tri and ptxas:
         for ptx in folder.glob("*.ptx"):
             body = ptx.read_text()
             if not any(f".entry {k['name']}(" in body for k in tri):
                 continue
-            res = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", str(ptx), "-o", os.devnull],
-                                 capture_output=True, text=True)
+            try:  # ptxas compiles the kernel again (minutes for H=512's unrolled tiles)
+                res = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", str(ptx), "-o", os.devnull],
+                                     capture_output=True, text=True, timeout=PTXAS_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                continue
             stats = ptxas_stats(res.stdout + res.stderr)
             for k in tri:
                 k.update(stats.get(k["name"], {}))
-    return {"kernels_per_call": kernels, "unknown_trip_loops": unknown, "triton": tri}
+    return {"kernels_per_call": kernels, "host_launches_per_call": launches, "unknown_trip_loops": unknown,
+            "triton": tri}
 
 
 # -- compiling the adapter's programs for the target --------------------------------------------------------------
@@ -251,7 +266,7 @@ def run_case(args, strategy: str) -> dict:
                                         target_config=target_config(args.target))
     fw = adapters.get("jax")
     records: list[dict] = []
-    dumps = Path(tempfile.mkdtemp(prefix="varlen-aot-"))
+    dumps = Path(tempfile.mkdtemp(prefix="varlen-aot-", dir=args.dump_to))
     compile_only(fw, jax, topo.devices[0], dumps, records)
     spec = RnnSpec(cell=args.cell, input_size=args.hidden, hidden_size=args.hidden, num_layers=args.layers,
                    bidirectional=args.bidirectional)
@@ -277,8 +292,11 @@ def run_case(args, strategy: str) -> dict:
         folder = r.pop("folder", None)
         if folder is not None:
             r.update(read_dump(folder, ptxas))
-    shutil.rmtree(dumps, ignore_errors=True)
+    if args.dump_to is None:
+        shutil.rmtree(dumps, ignore_errors=True)
     case["programs"] = records
+    if args.dump_to is not None:
+        case["dumps"] = str(dumps)
     return case
 
 
@@ -292,10 +310,11 @@ def describe(case: dict) -> str:
     for p in case["programs"]:
         loops = f" (loops of unknown trip count counted once: {', '.join(p['unknown_trip_loops'])})" \
             if p["unknown_trip_loops"] else ""
-        lines.append(f"  {p['program']}: compiled in {p['compile_s']} s; {p['kernels_per_call']} kernels a call{loops}")
+        lines.append(f"  {p['program']}: compiled in {p['compile_s']} s; {p['kernels_per_call']} kernels a call, "
+                     f"{p['host_launches_per_call']} launches from the host (a CUDA graph counts as one){loops}")
         for k in p["triton"]:
             regs = (f", {k['registers']} registers, {k['spill_stores']} B spilled a thread" if "registers" in k
-                    else ", ptxas not found")
+                    else ", no ptxas report (ptxas not found, or it ran past its time)")
             lines.append(f"    Triton {k['name']}: grid {k['grid'][0]}, {k['threads'][0]} threads, "
                          f"{k['shared']} B shared{regs}")
     return "\n".join(lines)
@@ -317,6 +336,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--forward", action="store_true", help="the forward call only (default: vjp)")
     p.add_argument("--out", type=Path, help="also write the cases as JSON here")
+    p.add_argument("--dump-to", type=Path, help="keep XLA's dumps (HLO, thunk sequences, PTX) in a new folder here")
     args = p.parse_args(argv)
     for name, v in (("--hidden", args.hidden), ("--layers", args.layers), ("--batch", args.batch),
                     ("--max-len", args.max_len)):
@@ -331,6 +351,8 @@ def main(argv=None) -> int:
                     "size while lowering")
         if s not in STRATEGIES:
             p.error(f"unknown JAX RNN strategy {s!r} (one of {', '.join(STRATEGIES)})")
+    if args.dump_to is not None and not args.dump_to.is_dir():
+        p.error(f"--dump-to: {args.dump_to} is not a folder")
     if args.dtype == "float64":
         os.environ["JAX_ENABLE_X64"] = "1"
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no GPU here: the plugin only compiles
@@ -343,7 +365,7 @@ def main(argv=None) -> int:
     cases = []
     for s in strategies:
         case = run_case(args, s)
-        print(describe(case), flush=True)
+        print(describe(case) + (f"\n  XLA's dumps: {case['dumps']}" if "dumps" in case else ""), flush=True)
         cases.append(case)
     if args.out:
         args.out.write_text(json.dumps(cases, indent=1) + "\n")

@@ -70,6 +70,33 @@ def test_kernels_a_call_count_each_loop_by_its_trip_count():
         {"name": "lstm", "grid": [2, 1, 1], "threads": [256, 1, 1], "shared": 65536, "hlo": "pallas_call.6"}]
 
 
+def test_a_cuda_graph_is_one_launch_from_the_host():
+    """After XLA's thunk passes a command buffer holds kernels and even while loops (conditional nodes): the host
+    launches it once."""
+    passed = """\
+000: kCommandBuffer [source       | next=010 (1)]
+    001: kCustomKernel [source | sink] fusion_a grid: [4, 1, 1] threads: [128, 1, 1]  shared_memory: 0 bytes
+    002: kWhile        [source | sink]
+    condition:
+        003: kCustomKernel [source | sink] compare grid: [1, 1, 1] threads: [1, 1, 1]  shared_memory: 0 bytes
+      body:
+        004: kCustomKernel [source | sink] step grid: [2, 1, 1] threads: [256, 1, 1]  shared_memory: 0 bytes
+010: kWhile         [prev=000 (1) | sink]
+condition:
+    011: kCustomKernel [source | sink] compare_1 grid: [1, 1, 1] threads: [1, 1, 1]  shared_memory: 0 bytes
+  body:
+    000: kCommandBuffer [source | sink]
+        012: kCustomKernel [source | sink] step_1 grid: [2, 1, 1] threads: [256, 1, 1]  shared_memory: 0 bytes
+        013: kCopy [source | sink] kCopy
+"""
+    tree = aot.parse_thunks(passed)
+    names, trips = {2: "while", 10: "while.1"}, {"while": 16, "while.1": 5}
+    # the graph: one launch; the host's loop: 5 graphs and 6 compares
+    assert aot.kernels_per_call(tree, names, trips, graphs=True) == (1 + 5 + 6, [])
+    # what runs on the GPU: fusion_a, 16 steps and 17 compares; 5 x (step_1 + copy) and 6 compares
+    assert aot.kernels_per_call(tree, names, trips) == (1 + 16 + 17 + 5 * 2 + 6, [])
+
+
 def test_a_line_it_cannot_place_is_an_error():
     with pytest.raises(ValueError, match="line 2 is neither a thunk nor a while's label"):
         aot.parse_thunks("001: kCopy [source | sink] kCopy\nbranch 0:\n")
@@ -118,9 +145,10 @@ def test_concat_pallas_compiles_for_an_h100(tmp_path):
     blocks: one program each, its two Triton kernels (forward and gradient loops) on ceil(20/16) = 2 blocks of
     256 threads, within the 227 KB a block may have: one 128x128 float32 tile of W_hh (64 KB) at H=128, 64x64 ones
     (16 KB) at H=256 (as one tile, 256 KB: XLA refuses it). The masked scan it replaces launches hundreds of kernels
-    a call where it launches tens."""
-    cases, text = run_aot(tmp_path, "--strategy", "concat_pallas", "--strategy", "scan")
-    pallas, scan = cases
+    a call where it launches tens; scan_graph's program is one CUDA graph, loops included."""
+    cases, text = run_aot(tmp_path, "--strategy", "concat_pallas", "--strategy", "scan_unroll8", "--strategy",
+                          "scan_graph")
+    pallas, scan, graph = cases
     assert pallas["kernel"] == "pallas-triton 3xtf32 rows[20x128]", text
     (program,) = pallas["programs"]
     shared = {k["name"]: k["shared"] for k in program["triton"]}
@@ -129,6 +157,8 @@ def test_concat_pallas_compiles_for_an_h100(tmp_path):
     assert all(k["registers"] <= 255 for k in program["triton"]), text
     (scan_program,) = scan["programs"]
     assert program["kernels_per_call"] < 50 and scan_program["kernels_per_call"] > 5 * 128, text
+    # scan_graph's premise: XLA puts its while loops in the CUDA graph too (scan_unroll8's host runs them)
+    assert graph["programs"][0]["host_launches_per_call"] == 1 < scan_program["host_launches_per_call"], text
     (wide,), text = run_aot(tmp_path, "--strategy", "concat_pallas", "--hidden", "256")
     assert wide["kernel"] == "pallas-triton 3xtf32 tiles[64] rows[20x128]", text
     assert {k["shared"] for k in wide["programs"][0]["triton"]} == {16384}, text
