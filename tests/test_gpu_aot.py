@@ -162,3 +162,8 @@ def test_concat_pallas_compiles_for_an_h100(tmp_path):
     (wide,), text = run_aot(tmp_path, "--strategy", "concat_pallas", "--hidden", "256")
     assert wide["kernel"] == "pallas-triton 3xtf32 tiles[64] rows[20x128]", text
     assert {k["shared"] for k in wide["programs"][0]["triton"]} == {16384}, text
+    # on equal lengths both run the masked scan's own program: each case compiles it afresh (the adapter is one
+    # instance a process, its compiled functions dropped between cases), none is left with no program
+    cases, text = run_aot(tmp_path, "--profile", "equal", "--strategy", "bucketed", "--strategy", "concat_rows")
+    assert [len(c["programs"]) for c in cases] == [1, 1], text
+    assert cases[0]["programs"][0]["kernels_per_call"] == cases[1]["programs"][0]["kernels_per_call"], text
