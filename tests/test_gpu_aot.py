@@ -162,6 +162,12 @@ def test_concat_pallas_compiles_for_an_h100(tmp_path):
     (wide,), text = run_aot(tmp_path, "--strategy", "concat_pallas", "--hidden", "256")
     assert wide["kernel"] == "pallas-triton 3xtf32 tiles[64] rows[20x128]", text
     assert {k["shared"] for k in wide["programs"][0]["triton"]} == {16384}, text
+    # every cell's kernels: GRU in float64 (Triton's fp64 dot), 2 layers both ways, H=129 in 4 column blocks of 64
+    (gru,), text = run_aot(tmp_path, "--strategy", "concat_pallas", "--cell", "gru", "--dtype", "float64",
+                           "--hidden", "129", "--layers", "2", "--bidirectional")
+    assert gru["kernel"] == "pallas-triton tiles[64] rows[20x128]", text
+    kernels = gru["programs"][0]["triton"]
+    assert len(kernels) == 8 and all(k["shared"] <= aot.SMEM_OPTIN for k in kernels), text  # 2 a layer and way
     # on equal lengths both run the masked scan's own program: each case compiles it afresh (the adapter is one
     # instance a process, its compiled functions dropped between cases), none is left with no program
     cases, text = run_aot(tmp_path, "--profile", "equal", "--strategy", "bucketed", "--strategy", "concat_rows")
