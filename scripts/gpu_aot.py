@@ -9,8 +9,9 @@ block of the target may have fails there (RESOURCE_EXHAUSTED), as it would have 
 For each case it runs one JAX RNN strategy's vjp (or forward) on a CPU batch through the JAX adapter, with every
 `jax.jit` of the adapter compiled for the target in place of running (the calls return zeros of their results'
 shapes, so a strategy of several programs goes on to its next one), and reports per program: compile seconds, the
-kernels one call launches (while loops counted by XLA's known trip counts), and each Triton kernel's launch (grid,
-threads, shared memory) with ptxas's registers and spills where ptxas is found. Nothing is timed: this is no GPU.
+kernels one call runs (while loops counted by XLA's known trip counts), the launches from the host (a CUDA graph
+counting as one), and each Triton kernel's launch (grid, threads, shared memory) with ptxas's registers and spills
+where ptxas is found (`--dump-to DIR` keeps XLA's dumps). Nothing is timed: this is no GPU.
 `cudnn_lstm` cannot be compiled so (jax.experimental.rnn asks cuDNN for its workspace size while lowering, which
 needs a GPU): it is refused with that reason.
 
