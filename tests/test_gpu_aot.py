@@ -144,8 +144,9 @@ def test_concat_pallas_compiles_for_an_h100(tmp_path):
     """The benchmark's point (LSTM H=128 float32, B=64 T=128 lognormal: a grid of 20 rows) and H=256 in column
     blocks: one program each, its two Triton kernels (forward and gradient loops) on ceil(20/16) = 2 blocks of
     256 threads, within the 227 KB a block may have: one 128x128 float32 tile of W_hh (64 KB) at H=128, 64x64 ones
-    (16 KB) at H=256 (as one tile, 256 KB: XLA refuses it). The masked scan it replaces launches hundreds of kernels
-    a call where it launches tens; scan_graph's program is one CUDA graph, loops included."""
+    (16 KB) at H=256 (as one tile, 256 KB: XLA refuses it); at H=512 concat_rows' scans instead. The masked scan it
+    replaces runs hundreds of kernels a call where it runs tens; scan_graph's program is one CUDA graph, loops
+    included."""
     cases, text = run_aot(tmp_path, "--strategy", "concat_pallas", "--strategy", "scan_unroll8", "--strategy",
                           "scan_graph")
     pallas, scan, graph = cases
@@ -162,6 +163,9 @@ def test_concat_pallas_compiles_for_an_h100(tmp_path):
     (wide,), text = run_aot(tmp_path, "--strategy", "concat_pallas", "--hidden", "256")
     assert wide["kernel"] == "pallas-triton 3xtf32 tiles[64] rows[20x128]", text
     assert {k["shared"] for k in wide["programs"][0]["triton"]} == {16384}, text
+    # above 256 hidden units concat_rows' scans run the grid (at H=512 the kernels took 298 s to compile here)
+    (big,), text = run_aot(tmp_path, "--strategy", "concat_pallas", "--hidden", "512")
+    assert big["kernel"] == "xla-scan unroll8 rows[20x128]" and not big["programs"][0]["triton"], text
     # every cell's kernels: GRU in float64 (Triton's fp64 dot), 2 layers both ways, H=129 in 4 column blocks of 64
     (gru,), text = run_aot(tmp_path, "--strategy", "concat_pallas", "--cell", "gru", "--dtype", "float64",
                            "--hidden", "129", "--layers", "2", "--bidirectional")

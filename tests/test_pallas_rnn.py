@@ -100,6 +100,26 @@ def test_concat_pallas_equal_lengths_runs_its_grid():
     assert out.kernel == "pallas-interpret rows[5x9]", out.kernel
 
 
+def test_hidden_sizes_above_256_run_concat_rows_scans():
+    """Above MAX_HIDDEN (256 padded) the kernels' unrolled tiles take minutes to compile and spill heavily: there
+    the strategy runs concat_rows' scans on the same grid, exact, and its kernel name and its programs say so; at 256
+    the kernels still run. LSTM on equal lengths, where the two differ most: concat_rows' LSTM runs the masked scan
+    there, the kernels their grid."""
+    require("jax")
+    from adapters.jax.pallas_rnn import MAX_HIDDEN, fits
+
+    assert MAX_HIDDEN == 256 and fits(256) and not fits(257)
+    fw = adapters.get("jax")
+    L = np.array([3, 3])
+    for hidden, kernel, program in ((257, "xla-scan rows[2x3]", ("scan", "full")),
+                                    (256, "pallas-interpret tiles[64] rows[2x3]", ("grid", 2, 3))):
+        spec = RnnSpec("lstm", input_size=2, hidden_size=hidden)
+        bad, out = against_reference(fw, spec, L, 3, dtype="float64", run=unit_vjp(fw, spec, L, "right"))
+        assert not bad and out.kernel == kernel, (hidden, bad, out.kernel)
+        programs = fw.programs("rnn", "concat_pallas", spec, L, 3, vjp=True)
+        assert programs == {program}, (hidden, programs)
+
+
 def tf32(jax, a):
     """a rounded to TF32 (float32's exponent, 10 mantissa bits), as a tensor core reads it."""
     return jax.lax.reduce_precision(a, exponent_bits=8, mantissa_bits=10)

@@ -41,7 +41,7 @@ H=128 one block, 64 KB of shared memory, 520 B / 32 B spilled (forward / gradien
 1.8 KB / 112 B, where one 256 x 256 tile is refused (RESOURCE_EXHAUSTED: 262144 bytes of shared memory asked,
 232448 available). At H=512 ptxas alone takes minutes (the whole compile 298 s on a 2-core machine, per grid
 shape) and the forward kernel spills 12.6 KB a thread: the unrolled tiles (4 gates x 8 x 8 per step) are past what
-this kernel is for; the scans or cuDNN suit such sizes.
+this kernel is for, so hidden sizes above MAX_HIDDEN = 256 run concat_rows' scans on the same grid instead.
 """
 from __future__ import annotations
 
@@ -56,6 +56,11 @@ ONE_BLOCK = 128
 #: above ONE_BLOCK, the hidden units' column block: W_hh in COL_BLOCK x COL_BLOCK tiles (16 KB of shared memory in
 #: float32, where H=256 as one block took 256 KB, more than an H100's thread block has; see the module docstring)
 COL_BLOCK = 64
+#: the largest padded hidden size the kernels take (`fits`): above it "concat_pallas" runs concat_rows' lax.scan
+#: loops on its grid, and its kernel name says so. At H=512 (4 gates x 8 x 8 unrolled 64 x 64 tiles a step) XLA's
+#: compile for an H100 took 298 s on a 2-core machine, per grid shape (a GPU bench case has 120 s), and the forward
+#: kernel spilled 12.6 KB a thread; 128-unit blocks there spilled 128 KB (`scripts/gpu_aot.py`)
+MAX_HIDDEN = 256
 #: the float32 products' algorithm on the GPU (a `jax.lax.DotAlgorithmPreset` name); float64 takes the default
 F32_ALGORITHM = "TF32_TF32_F32_X3"
 
@@ -63,6 +68,11 @@ F32_ALGORITHM = "TF32_TF32_F32_X3"
 def padded_size(n: int, lo: int = 16) -> int:
     """The power of two >= max(n, lo): a hidden size as the kernels hold it."""
     return max(lo, 1 << max(0, (n - 1).bit_length()))
+
+
+def fits(hidden: int) -> bool:
+    """Whether the kernels take this hidden size (padded, at most MAX_HIDDEN)."""
+    return padded_size(hidden) <= MAX_HIDDEN
 
 
 def column_block(Hp: int, blocks: tuple[int, int] = (ONE_BLOCK, COL_BLOCK)) -> int:

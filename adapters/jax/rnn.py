@@ -73,8 +73,11 @@ once per new bucket shape, a bounded set):
   float32 here, `tests/test_pallas_rnn.py`), float64 exact. Equal lengths run its grid too (one sequence per row), not
   the masked scan. Hidden sizes above 128 run in 64-unit column blocks (W_hh in 64 x 64 tiles: one 256 x 256 tile
   would not fit a thread block's shared memory). Kernel "pallas-triton 3xtf32 rows[<rows>x<steps>]" ("pallas-triton"
-  in float64; "... tiles[64] rows[...]" in column blocks). On the CPU it runs past its precondition only, in Pallas's
-  interpret mode (the tests); its Triton lowering is built there for CUDA without a device. Not yet timed on a GPU.
+  in float64; "... tiles[64] rows[...]" in column blocks). Hidden sizes above 256 run concat_rows' scans on the
+  grid instead (kernel "xla-scan unroll8 rows[...]"): at H=512 XLA's compile took 298 s per grid shape and the
+  forward kernel spilled 12.6 KB a thread (`pallas_rnn.MAX_HIDDEN`). On the CPU it runs past its precondition only,
+  in Pallas's interpret mode (the tests); `scripts/gpu_aot.py` compiles it for an H100 there with XLA's own Triton
+  and ptxas (`make gpu-aot`). Not yet timed on a GPU.
   Pallas's Triton backend is deprecated since JAX 0.11.0 (to be removed in a later version; Mosaic GPU is its
   successor).
 - "bucketed", "time_sliced" and "concat_rows" unroll their scans per device (`UNROLL`): 1 on the CPU, 8 on a GPU,
@@ -422,6 +425,7 @@ class JaxRnn:
         lengths = np.asarray(lengths, dtype=np.int64)
         x = self.asarray(x, device)
         B, T = x.shape[:2]
+        pallas = pallas and _pallas_fits(spec)
         pack = self._concat_pack(spec, lengths, T, pallas)
         if pack is None:
             return self._plain_scan(spec, params, x, lengths, cotangents, side, device,
@@ -459,7 +463,7 @@ class JaxRnn:
     def _concat_programs(self, spec, lengths, T: int, vjp: bool, compiled: frozenset, pallas: bool = False) -> set:
         """`Strategy.programs` of "concat_rows" and "concat_pallas": one program per grid shape (the masked scan's
         where none)."""
-        pack = self._concat_pack(spec, lengths, T, pallas)
+        pack = self._concat_pack(spec, lengths, T, pallas and _pallas_fits(spec))
         return {_plain_program(lengths, T)} if pack is None else {("grid", pack.rows, pack.steps)}
 
     def rnn_concat_grids(self) -> set:
@@ -879,6 +883,14 @@ def _cudnn_ok(adapter, cell: str | None = None, device: str = "cpu", dtype: str 
     return None
 
 
+def _pallas_fits(spec: RnnSpec) -> bool:
+    """Whether concat_pallas's kernels take this hidden size; above it concat_rows' scans run its grid (and its
+    kernel name says so: `adapters.jax.pallas_rnn.MAX_HIDDEN`)."""
+    from adapters.jax.pallas_rnn import fits
+
+    return fits(spec.hidden_size)
+
+
 def _pallas_ok(adapter, device: str = "cpu", **spec) -> str | None:
     """concat_pallas's precondition: Triton kernels (CUDA GPUs)."""
     if device != "gpu":
@@ -913,6 +925,6 @@ STRATEGIES = strategy_table(
              lambda a, spec, params, x, L, side, dev: a._concat(spec, params, x, L, None, side, dev, pallas=True),
              lambda a, spec, params, x, L, cot, side, dev: a._concat(spec, params, x, L, cot, side, dev, pallas=True),
              doc="concat_rows' grid with its two loops (forward, written-out backward) as Pallas Triton kernels "
-                 "in which each block of 16 rows runs every step",
+                 "in which each block of 16 rows runs every step (hidden sizes up to 256; above, concat_rows' scans)",
              supports=_pallas_ok, programs=lambda a, *args: a._concat_programs(*args, pallas=True)),
 )
