@@ -48,7 +48,7 @@ $(KJV):
 
 data: $(KJV)
 
-## JAX's CUDA plugin (with ptxas) in a venv of its own, ~1.2 GB: scripts/gpu_aot.py has XLA compile JAX's GPU
+## JAX's CUDA plugin (with ptxas) in a venv of its own, ~1.4 GB: scripts/gpu_aot.py has XLA compile JAX's GPU
 ## programs for a compile-only H100 here, with no GPU (a gate of `make test` among them). Not in .venv: there the
 ## plugin would look for a GPU in every JAX process.
 CUDA_VENV  := .venv-cuda

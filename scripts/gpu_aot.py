@@ -169,8 +169,8 @@ def triton_kernels(thunks: list[dict], names: dict[int, str], hlo: str) -> list[
         for t in seq:
             if t["launch"] and names.get(t["id"]) in triton:
                 found.append(dict(t["launch"], hlo=names[t["id"]]))
-            walk(t.get("condition", []))
-            walk(t.get("body", []))
+            for part in ("condition", "body", "inner"):
+                walk(t.get(part, []))
 
     walk(thunks)
     return found
@@ -255,22 +255,27 @@ def compile_only(adapter, jax, device, dumps: Path, records: list):
     adapter.devices = lambda: ["cpu", "gpu"]
 
 
-def run_case(args, strategy: str) -> dict:
-    import jax
+def target_device(target: str):
+    """The compile-only CUDA device of `target` (JAX's CUDA plugin)."""
     from jax.experimental import topologies
+
+    return topologies.get_topology_desc(platform="cuda", topology_name="", topology="1x1x1",
+                                        target_config=target_config(target)).devices[0]
+
+
+def run_case(args, strategy: str, device) -> dict:
+    import jax
 
     import adapters
     from adapters.spec import RnnSpec, init_params
     from harness.data import cotangents, padded
     from harness.profiles import lengths_for
 
-    topo = topologies.get_topology_desc(platform="cuda", topology_name="", topology="1x1x1",
-                                        target_config=target_config(args.target))
     fw = adapters.get("jax")  # one instance a process: its compiled functions of an earlier case are dropped
     fw.clear_compiled()
     records: list[dict] = []
     dumps = Path(tempfile.mkdtemp(prefix="varlen-aot-", dir=args.dump_to))
-    compile_only(fw, jax, topo.devices[0], dumps, records)
+    compile_only(fw, jax, device, dumps, records)
     spec = RnnSpec(cell=args.cell, input_size=args.hidden, hidden_size=args.hidden, num_layers=args.layers,
                    bidirectional=args.bidirectional)
     L = lengths_for(args.profile, args.batch, args.max_len, args.seed)
@@ -295,10 +300,10 @@ def run_case(args, strategy: str) -> dict:
         folder = r.pop("folder", None)
         if folder is not None:
             r.update(read_dump(folder, ptxas))
+    case["programs"] = records
     if args.dump_to is None:
         shutil.rmtree(dumps, ignore_errors=True)
-    case["programs"] = records
-    if args.dump_to is not None:
+    else:
         case["dumps"] = str(dumps)
     return case
 
@@ -365,9 +370,9 @@ def main(argv=None) -> int:
         print("gpu_aot.py: JAX's CUDA plugin is missing: run it with .venv-cuda/bin/python (`make gpu-aot`)",
               file=sys.stderr)
         return 2
-    cases = []
+    cases, device = [], target_device(args.target)
     for s in strategies:
-        case = run_case(args, s)
+        case = run_case(args, s, device)
         print(describe(case) + (f"\n  XLA's dumps: {case['dumps']}" if "dumps" in case else ""), flush=True)
         cases.append(case)
     if args.out:

@@ -70,6 +70,15 @@ def test_kernels_a_call_count_each_loop_by_its_trip_count():
         {"name": "lstm", "grid": [2, 1, 1], "threads": [256, 1, 1], "shared": 65536, "hlo": "pallas_call.6"}]
 
 
+def test_a_triton_kernel_under_another_thunk_is_found():
+    nested = """\
+001: kDynamicSliceFusion [source | sink] params=1, results=1
+    002: kCustomKernel [source | sink] lstm grid: [2, 1, 1] threads: [256, 1, 1]  shared_memory: 65536 bytes
+"""
+    found = aot.triton_kernels(aot.parse_thunks(nested), {2: "pallas_call.6"}, HLO)
+    assert [(k["name"], k["hlo"]) for k in found] == [("lstm", "pallas_call.6")]
+
+
 def test_a_cuda_graph_is_one_launch_from_the_host():
     """After XLA's thunk passes a command buffer holds kernels and even while loops (conditional nodes): the host
     launches it once."""
