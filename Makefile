@@ -61,10 +61,11 @@ $(CUDA_STAMP): pyproject.toml constraints.txt
 gpu-aot: $(CUDA_STAMP)
 	$(CUDA_VENV)/bin/python scripts/gpu_aot.py
 
-## JAX's persistent compilation cache for the runs that time nothing (the gates, the check): `make test` fills it and
-## `make demo`'s check then reads the compiles of its standard RNN case from it (JAX's RNN check on 2 cores: 175 s
-## compiling afresh, 44 s from the cache). Timing workers turn it off (harness/proc.py: TIMING_ENV), so compile
-## figures stay those of a fresh process. `make clean` empties it.
+## JAX's persistent compilation cache for the runs that time nothing (the gates, the check): a second `make test` or
+## `make check` reads its compiles from it. The two share none: the CPU gates compile with XLA's fast-compile options
+## (tests/conftest.py, adapters/jax: VARLEN_XLA_FAST_COMPILE), the check with XLA's defaults, as users do. Timing
+## workers turn both off (harness/proc.py: TIMING_ENV), so compile figures stay those of a fresh process with XLA's
+## defaults. `make clean` empties it.
 JAX_CACHE := JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1 JAX_COMPILATION_CACHE_MAX_SIZE=1073741824
 

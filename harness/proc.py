@@ -84,8 +84,9 @@ def adopt_malloc_tunables(framework: str | None = None) -> str | None:
 #: environment of the workers that time (`spawn(framework=...)`): JAX's persistent compilation cache off. A compile
 #: figure is what a fresh process pays; one read from a cache on disk (JAX_COMPILATION_CACHE_DIR, which `make test`
 #: and `varlen check` use: they time nothing) would read too low (JAX's RNN check on 2 cores: 175 s compiling
-#: afresh, 44 s with every compile in the cache)
-TIMING_ENV = {"JAX_ENABLE_COMPILATION_CACHE": "false"}
+#: afresh, 44 s with every compile in the cache). And XLA's default compile: the gates' fast-compile option
+#: (VARLEN_XLA_FAST_COMPILE, adapters/jax) trades the programs' speed for compile time
+TIMING_ENV = {"JAX_ENABLE_COMPILATION_CACHE": "false", "VARLEN_XLA_FAST_COMPILE": "0"}
 
 
 def worker_env(framework: str | None = None) -> dict[str, str]:

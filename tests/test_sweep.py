@@ -360,7 +360,8 @@ def test_timing_workers_compile_afresh_whatever_compilation_cache_the_environmen
     """`make test` and `varlen check` run with JAX's persistent compilation cache (the Makefile's JAX_CACHE); a
     bench worker inheriting it would read its compiles from disk and record compile figures no fresh process pays.
     Timing workers turn it off: nothing is written to (or read from) the cache; a worker that times nothing keeps
-    it."""
+    it. They also compile with XLA's defaults, not the gates' fast-compile options (VARLEN_XLA_FAST_COMPILE=1 in
+    this process, tests/conftest.py)."""
     from harness import proc
     from tests.conftest import require
 
@@ -376,5 +377,6 @@ def test_timing_workers_compile_afresh_whatever_compilation_cache_the_environmen
     recs = [r for r in results.read([out]) if r["source"] == "bench"]
     assert [r["status"] for r in recs] == ["ok"] and recs[0]["compile_s"] > 0, recs
     assert not cache.exists() or not list(cache.iterdir()), "a timing worker used the compilation cache"
+    assert "xla_options" not in recs[0], "a timing worker compiled with the gates' fast-compile options"
     assert "JAX_ENABLE_COMPILATION_CACHE" not in proc.worker_env(None), "the check's workers keep the cache"
     assert proc.worker_env(None)["JAX_COMPILATION_CACHE_DIR"] == str(cache)
