@@ -53,6 +53,8 @@ FULL = {"ops": OPS, "batches": BATCHES, "max_lens": MAX_LENS, "profiles": PROFIL
         "hidden": HIDDEN, "dtypes": ("float32",)}
 
 CASE_KEY_FIELDS = ("op", "framework", "strategy", "device", "dtype", "batch", "max_len", "profile")
+#: case fields that are not part of its identity (`case_key`)
+NOT_KEY = ("lengths_file", "budget_s")
 
 __all__ = ["BATCHES", "CELLS", "DEVICES", "DTYPES", "FRAMEWORKS", "HEADLINE", "HIDDEN", "MAX_LENS", "OPS",
            "PROFILES", "QUICK", "QUICK_BASE", "case_key", "cases"]
@@ -61,8 +63,9 @@ __all__ = ["BATCHES", "CELLS", "DEVICES", "DTYPES", "FRAMEWORKS", "HEADLINE", "H
 def case_key(case: dict) -> str:
     """The case's identity: the main axes first, then every family-specific field (cell, vocab, heads, ...)."""
     head = [f"{case.get(k, '')}" for k in CASE_KEY_FIELDS]
-    # the file a "file:..." profile came from is named by the profile; its local path differs between machines
-    rest = [f"{k}={case[k]}" for k in sorted(case) if k not in CASE_KEY_FIELDS and k != "lengths_file"]
+    # the file a "file:..." profile came from is named by the profile; its local path differs between machines; how
+    # long a case is timed (`budget_s`) is how it was measured, not which case it is
+    rest = [f"{k}={case[k]}" for k in sorted(case) if k not in CASE_KEY_FIELDS and k not in NOT_KEY]
     return "|".join(head + rest)
 
 

@@ -72,7 +72,7 @@ def measure_case(adapter, case: dict, floor_rates: dict, own_peak: bool = True) 
     setup_s = time.perf_counter() - t0
     compiles = adapter.compile_count() - c0
     faulted = memory.faulted_bytes()
-    t = timing.measure(p.call, compile_count=adapter.compile_count)
+    t = timing.measure(p.call, compile_count=adapter.compile_count, budget_s=case.get("budget_s", timing.BUDGET_S))
     if faulted is not None:  # per timed call (and the warm-up call measure makes first)
         faulted = (memory.faulted_bytes() - faulted) / (t.repeats * t.number + 1)
     # one call's peak above what was held just before it (the inputs, what earlier cases left alive): the

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import axes, records, results
+from harness import axes, records, results, timing
 
 RESULTS = Path("results")
 
@@ -365,6 +365,9 @@ def cmd_bench(args) -> int:
         frameworks=frameworks, strategies=chosen, devices=devices, **grid)}.values())
     if args.strategy:
         cases = [c for c in cases if c["op"] not in families.strategy_ops() or c["strategy"] in args.strategy]
+    budget = args.budget or (timing.QUICK_BUDGET_S if args.quick else timing.BUDGET_S)
+    for c in cases:
+        c["budget_s"] = budget  # every record says how long its calls were timed (not part of its key)
     _every_option_selects(args, cases, grids, frameworks, declared, devices)
     if not cases:
         raise Usage("these options select no case to run")
@@ -557,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(clean) and framework version on this host")
     p.add_argument("--timeout", type=_positive("--timeout", float, "a positive number of seconds"), default=600,
                    metavar="S", help="seconds per case before it is marked failed (default: %(default)s)")
+    p.add_argument("--budget", type=_positive("--budget", float, "a positive number of seconds"), metavar="S",
+                   help=f"seconds of timed calls per case, at least 5 samples (default: {timing.BUDGET_S}, --quick: "
+                        f"{timing.QUICK_BUDGET_S}); the speedups printed are timed again side by side")
     p.add_argument("--shared-worker", action="store_true",
                    help="run a framework's GPU cases in one worker even where its allocator peak cannot be reset "
                         "(JAX; by default a fresh process each): faster, and those cases record no peak memory")

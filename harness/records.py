@@ -49,7 +49,7 @@ SOURCES: dict[str, tuple[dict, dict]] = {
                "padded_tokens_per_s": FLOAT, "sec_per_M_valid_tokens": FLOAT, "floor": STR, "work": FLOAT,
                "floor_s": FLOAT, "fraction_of_floor": FLOAT, "ideal_share": FLOAT, "device_peak_bytes": INT,
                "peak_rss_bytes": INT, "peak_bytes": INT, "faulted_bytes_per_call": FLOAT, "memory_method": STR,
-               "floor_copy_bytes_per_s": FLOAT,
+               "floor_copy_bytes_per_s": FLOAT, "budget_s": FLOAT,
                "floor_gemm_flop_per_s": FLOAT, "floor_source": STR, "lengths_file": STR, "lengths_column": STR,
                "lengths_kind": STR, "lengths_digest": STR, "lengths_over_max_len": INT, "lengths_count": INT,
                "stream_batches": INT, "stream_compiles": INT, "stream_compile_s": FLOAT, "stream_error": STR,

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: how long a case's timed calls last (at least `min_repeats` samples): a sweep's default, and `varlen bench
+#: --quick`'s (`make demo`: its sweep took ~100 s less on 2 cores; the speedups it prints are timed again side by
+#: side, harness.paired, for their own 2 s a pair). A bench record carries its own (`budget_s`).
+BUDGET_S, QUICK_BUDGET_S = 1.5, 0.75
+
 
 @dataclass
 class Timing:
@@ -26,7 +31,7 @@ class Timing:
 
 
 def measure(call: Callable[[], object], *, compile_count: Callable[[], int] = lambda: 0, min_repeats: int = 5,
-            max_repeats: int = 30, budget_s: float = 1.5, min_sample_s: float = 2e-3) -> Timing:
+            max_repeats: int = 30, budget_s: float = BUDGET_S, min_sample_s: float = 2e-3) -> Timing:
     """Median seconds of one `call()` (which must end in a sync), with its spread."""
     t = time.perf_counter()
     call()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import adapters
 from harness import axes, cli, records, report, results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,8 @@ def varlen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     ["bench", "--framework", "torch", "--op", "mask", "--timeout", "nan"],
     ["bench", "--framework", "torch", "--op", "mask", "--timeout", "inf"],
     ["bench", "--framework", "torch", "--op", "mask", "--timeout", "0"],
+    ["bench", "--framework", "torch", "--op", "mask", "--budget", "0"],
+    ["bench", "--framework", "torch", "--op", "mask", "--budget", "nan"],
 ], ids=lambda a: " ".join(a))
 def test_bad_usage_exits_2_and_leaves_the_results_file_alone(tmp_path, args):
     out = tmp_path / "r.jsonl"
@@ -423,6 +426,45 @@ def test_quick_resume_leaves_out_the_overhead_ratios_already_recorded(tmp_path, 
     assert timed[-1] == (("jax", "cpu"),)
     assert "overhead ratios already recorded for torch (cpu): not timed again" in capsys.readouterr().out
     assert cli.main(args) == 0 and timed[-1] == (("torch", "cpu"), ("jax", "cpu")), "without --resume: all again"
+
+
+def test_every_case_is_timed_for_its_budget_and_its_record_says_so(tmp_path, monkeypatch):
+    """--budget S (default 1.5 s, --quick 0.75 s: `make demo`) reaches every case; how long a case is timed is not
+    part of its key (a --quick record and a full sweep's of the same case are the same case)."""
+    from harness import bench, timing
+
+    swept = []
+    monkeypatch.setattr(bench, "sweep", lambda cases, out, **kw: swept.append(cases) or [])
+    out = tmp_path / "r.jsonl"
+    args = ["bench", "--framework", "torch", "--op", "pad", "--batch", "2", "--max-len", "4", "--profile", "equal",
+            "--out", str(out)]
+    for extra, want in (([], timing.BUDGET_S), (["--quick"], timing.QUICK_BUDGET_S),
+                        (["--quick", "--budget", "0.2"], 0.2)):
+        assert cli.main([*args, *extra]) == 0
+        assert swept[-1] and {c["budget_s"] for c in swept[-1]} == {want}, (extra, swept[-1])
+    one = swept[-1][0]
+    assert axes.case_key(one) == axes.case_key({k: v for k, v in one.items() if k != "budget_s"})
+    assert (timing.BUDGET_S, timing.QUICK_BUDGET_S) == (1.5, 0.75)
+
+
+def test_a_case_is_timed_for_its_budget(monkeypatch):
+    """The worker times a case for the budget it carries: at least 5 samples, more while the budget lasts."""
+    from harness import bench, timing
+    from tests.conftest import require
+
+    require("torch")
+    seen = []
+    real = timing.measure
+    monkeypatch.setattr(timing, "measure", lambda call, **kw: seen.append(kw["budget_s"]) or real(call, **kw))
+    case = {"op": "pad", "framework": "torch", "strategy": "pad", "device": "cpu", "dtype": "float32", "batch": 2,
+            "max_len": 4, "seed": 0, "profile": "equal", "features": 3}
+    for budget in (0.05, 0.3):
+        rec = bench.measure_case(adapters.get("torch"), {**case, "budget_s": budget}, {})
+        assert rec["budget_s"] == budget and rec["repeats"] >= 5
+    assert seen == [0.05, 0.3]
+    assert bench.measure_case(adapters.get("torch"), case, {})["repeats"] >= 5 and seen[-1] == timing.BUDGET_S
+    naps = [timing.measure(lambda: time.sleep(0.02), budget_s=b).repeats for b in (0.05, 0.4)]
+    assert naps[0] == 5 and naps[1] > 5, naps
 
 
 def test_check_json_prints_strict_json_lines_only_and_says_its_run_on_stderr(tmp_path):
