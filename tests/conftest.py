@@ -25,6 +25,9 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
+#: VARLEN_XLA_FAST_COMPILE as given to pytest (None: pytest_configure decides)
+USER_FAST_COMPILE = os.environ.get("VARLEN_XLA_FAST_COMPILE")
+
 REQUIRE_ALL = os.environ.get("VARLEN_REQUIRE_ALL") == "1"
 
 
