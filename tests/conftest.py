@@ -14,6 +14,7 @@ import os
 import pytest
 
 import adapters
+from adapters.jax import FAST_COMPILE_ENV  # a constant: imports no framework
 from harness.axes import FRAMEWORKS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,7 +27,7 @@ if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 #: VARLEN_XLA_FAST_COMPILE as given to pytest (None: pytest_configure decides)
-USER_FAST_COMPILE = os.environ.get("VARLEN_XLA_FAST_COMPILE")
+USER_FAST_COMPILE = os.environ.get(FAST_COMPILE_ENV)
 
 REQUIRE_ALL = os.environ.get("VARLEN_REQUIRE_ALL") == "1"
 
@@ -67,7 +68,7 @@ def pytest_configure(config):
     own wins. Set here, before any test makes an adapter (the env var is read when the JAX adapter is made)."""
     benchmarking = config.getoption("benchmark_enable", default=False)
     if config.getoption("--device") == "cpu" and not benchmarking:
-        os.environ.setdefault("VARLEN_XLA_FAST_COMPILE", "1")
+        os.environ.setdefault(FAST_COMPILE_ENV, "1")
 
 
 @pytest.fixture(scope="session")
