@@ -12,7 +12,8 @@ masked row (whose NaN would otherwise poison the backward pass of the whole batc
   inputs (`torch._fused_sdp_choice`), e.g. "sdpa-flash_attention" (the CPU flash kernel takes masks and float64).
 - "njt": nested jagged tensors (`torch.nested.nested_tensor_from_jagged`) built from the valid steps only, SDPA
   with no mask at all. torch 2.13 has no causal jagged SDPA ("No viable backend") and no GQA broadcast between
-  jagged q and k (kv heads are `repeat_interleave`d, whose backward sums the group). On CPU it runs the math
+  jagged q and k (kv heads are `repeat_interleave`d, whose backward sums the group); a keyless row reads one
+  zeroed padding key (a zero-length key row crashed its CPU path on some batches). On CPU it runs the math
   backend per sequence ("njt-math"); on CUDA the fused varlen kernels ("njt-fused").
 - "flex": `flex_attention` (compiled) with a `BlockMask` from the same allowed mask. GPU only: compiling it with
   inductor on this 2-core CPU took ~30 s for one small shape (torch 2.13), too slow for a per-call strategy.
@@ -104,6 +105,10 @@ def _sdpa(a, q, k, v, ql, kvl, q_valid, keep, causal, side, scale):
 def _njt(a, q, k, v, ql, kvl, q_valid, keep, causal, side, scale):
     torch = a.torch
     group = q.shape[2] // k.shape[2]
+    # A keyless row reads one key: a padded step, 0 in the clean k and v, its output discarded (`keep`). Given a
+    # zero-length key row, torch 2.13's CPU math path for jagged SDPA crashed on some batches (RuntimeError
+    # "setStorage: ... out of bounds", e.g. query lengths (2, 2) with key lengths (1, 0)).
+    kvl = kvl.clamp(min=1)
     kv_valid = a.valid(kvl, k.shape[1], side)
     nested = []
     for x, valid, n, rep in ((q, q_valid, ql, 1), (k, kv_valid, kvl, group), (v, kv_valid, kvl, group)):
