@@ -21,3 +21,22 @@ def ragged_batches(draw, max_batch: int = 6, max_len: int = 7):
 def rnn_shapes(draw):
     """Small RNN sizes: (input_size, hidden_size, num_layers, bidirectional)."""
     return (draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(1, 2)), draw(st.booleans()))
+
+
+@st.composite
+def attention_batches(draw, max_batch: int = 5, max_len: int = 6):
+    """(q_lengths, kv_lengths or None (self-attention), Tq, Tk, causal, side, (Hq, Hkv), Dh, seed): zero-length
+    rows, keyless valid queries (cross) and rows with one key all occur."""
+    batch = draw(st.integers(1, max_batch))
+    ql = tuple(draw(st.lists(st.integers(0, max_len), min_size=batch, max_size=batch)))
+    Tq = draw(st.integers(max(max(ql), 1), max_len + 2))
+    cross = draw(st.booleans())
+    if cross:
+        kvl = tuple(draw(st.lists(st.integers(0, max_len), min_size=batch, max_size=batch)))
+        Tk = draw(st.integers(max(max(kvl), 1), max_len + 2))
+    else:
+        kvl, Tk = None, Tq
+    causal = not cross and draw(st.booleans())
+    heads = draw(st.sampled_from([(1, 1), (2, 2), (2, 1), (4, 2)]))
+    return (ql, kvl, Tq, Tk, causal, draw(st.sampled_from(SIDES)), heads, draw(st.sampled_from([1, 4, 16])),
+            draw(st.integers(0, 2**16)))
