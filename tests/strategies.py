@@ -40,3 +40,15 @@ def attention_batches(draw, max_batch: int = 5, max_len: int = 6):
     heads = draw(st.sampled_from([(1, 1), (2, 2), (2, 1), (4, 2)]))
     return (ql, kvl, Tq, Tk, causal, draw(st.sampled_from(SIDES)), heads, draw(st.sampled_from([1, 4, 16])),
             draw(st.integers(0, 2**16)))
+
+
+@st.composite
+def loss_batches(draw, max_batch: int = 5, max_len: int = 6):
+    """(lengths, T, classes (1 included), side, reduction, kind, label_axis, seed)."""
+    from adapters.base import LOSS_REDUCTIONS
+    from harness.families.loss import KINDS
+
+    lengths, T, side, seed = draw(ragged_batches(max_batch, max_len))
+    kind, label_axis = draw(st.sampled_from(KINDS))
+    return (lengths, max(T, 1), draw(st.sampled_from([1, 2, 5])), side, draw(st.sampled_from(LOSS_REDUCTIONS)), kind,
+            label_axis, seed)

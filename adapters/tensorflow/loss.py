@@ -7,6 +7,9 @@ Strategies (all exact; the default for a kind is the first that supports it):
   `keras.losses.BinaryCrossentropy(from_logits=True)` with `reduction="sum"` and the reduction weights given as
   `sample_weight`. The loss object is built with the logits' dtype (Keras would otherwise compute in floatx,
   float32), and BCE labels get a trailing axis of 1 so that Keras's mean over the last axis is the identity.
+  Class labels get one too, [B, T, 1], a shape the loss takes (it drops the axis): given [B, T] labels, Keras's
+  loss wrapper squeezes a trailing axis of 1 off the logits (one class: C = 1) to match their rank, and the loss
+  then refused them ("Argument `output` must have rank (ndim) `target.ndim - 1`", Keras 3.15).
 - "valid_only" (both): the valid steps' rows gathered first (host positions), then the same `tf.nn` primitive on
   those rows only: no work on padding. The gather's gradient (`tf.custom_gradient`) is the inverse gather, each
   valid step reading its row's cotangent and a padded step a zero row, one dense pass where `tf.gather`'s own
@@ -67,8 +70,8 @@ class TensorflowLoss:
         if key not in self._fns:
             cls = losses.SparseCategoricalCrossentropy if kind == "softmax_ce" else losses.BinaryCrossentropy
             self._fns[key] = cls(from_logits=True, reduction="sum", dtype=x.dtype.name)
-        if kind == "softmax_ce":
-            return self._fns[key](z, x, sample_weight=w)
+        if kind == "softmax_ce":  # labels [B, T, 1], see the module docstring
+            return self._fns[key](z[..., None], x, sample_weight=w)
         w = self.tf.broadcast_to(w[..., None], x.shape) if x.shape.rank == 3 else w  # one weight per label
         return self._fns[key](z[..., None], x[..., None], sample_weight=w)
 
