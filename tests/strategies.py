@@ -52,3 +52,13 @@ def loss_batches(draw, max_batch: int = 5, max_len: int = 6):
     kind, label_axis = draw(st.sampled_from(KINDS))
     return (lengths, max(T, 1), draw(st.sampled_from([1, 2, 5])), side, draw(st.sampled_from(LOSS_REDUCTIONS)), kind,
             label_axis, seed)
+
+
+@st.composite
+def embedding_batches(draw, max_batch: int = 5, max_len: int = 6):
+    """(lengths, T, vocab (1 included), dim, side, (op, mode), seed)."""
+    from harness.families.embedding import VARIANTS
+
+    lengths, T, side, seed = draw(ragged_batches(max_batch, max_len))
+    return (lengths, T, draw(st.sampled_from([1, 2, 7])), draw(st.sampled_from([1, 3])), side,
+            draw(st.sampled_from(VARIANTS)), seed)

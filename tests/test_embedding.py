@@ -3,7 +3,8 @@ and recipes with their expected verdicts, and pairwise agreement between framewo
 
 The strategy gate (harness/families/embedding.py) covers embed and embedding_bag sum/mean/max, forward + VJP,
 float32/float64, both sides, a zero-length row and an all-empty batch, garbage padded ids (negative, out of range)
-with a NaN table row only they could reach, and bit-identical results whatever the padded ids hold.
+with a NaN table row only they could reach, and bit-identical results whatever the padded ids hold; and Hypothesis'
+random batches (vocabularies of 1-7 ids, both sides, every variant, float64) for every strategy.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
 
 import adapters
 from adapters.spec import valid_mask
@@ -20,6 +22,7 @@ from harness.families import embedding as fam
 from harness.families.base import doc_why
 from harness.tolerances import tolerance
 from tests.conftest import on_device, require, strategy_params
+from tests.strategies import embedding_batches
 
 STRATS = strategy_params("embedding")
 
@@ -37,6 +40,32 @@ def test_strategy_matches_reference(name, strategy, device, ref):
     bad = [(r["op"], r["case"], r["side"], r["dtype"], r["quantity"], r["max_abs_err"], r.get("error", ""))
            for r in recs if not r["equivalent"]]
     assert not bad, f"{name}/{strategy}: {len(bad)} failing cells, e.g. {bad[:4]}"
+
+
+@pytest.mark.parametrize("name,strategy", STRATS)
+def test_strategy_on_random_batches(name, strategy, device, ref):
+    """Random lengths (zero-length rows), vocabularies down to one id, garbage padded ids, every variant, float64,
+    against the reference."""
+    fw = adapter_on(name, device)
+
+    @given(batch=embedding_batches())
+    @settings(max_examples=12, deadline=None)
+    def run(batch):
+        lengths, T, vocab, dim, side, (op, mode), seed = batch
+        assume(fw.why_not("embedding", strategy, op=op, mode=mode, device=device, dtype="float64") is None)
+        L = np.array(lengths)
+        tokens = fam.tokens_for(L, T, side, seed=seed, vocab=vocab)
+        table = fam.table_for(vocab, dim, seed=seed, nan_row=False)
+        cot = fam.cotangents_for(L.size, T, dim, seed=seed)
+        want = fam.run_vjp(ref, op, mode, tokens, table, L, cot, side=side)
+        got = fam.run_vjp(fw, op, mode, tokens, fw.asarray(table, device), L,
+                          {k: fw.asarray(v, device) for k, v in cot.items()}, side=side, strategy=strategy,
+                          device=device)
+        for what, g, w in zip(("output", "grad_table"), got, want, strict=True):
+            ok, err = close(g, w, tolerance("float64", device))
+            assert ok, f"{name}/{strategy} {batch}: {what} off by {err}"
+
+    run()
 
 
 @pytest.mark.parametrize("name,strategy", STRATS)
