@@ -11,7 +11,9 @@ import pytest
 
 import adapters
 from adapters.spec import RnnSpec, init_params
+from harness.compare import close
 from harness.data import cotangents, padded
+from harness.tolerances import tolerance
 from tests.conftest import require
 from tests.rnn_cases import against_reference
 
@@ -272,7 +274,8 @@ def test_concat_rows_gru_gives_b_in_back_its_gradient(fw, monkeypatch):
     import adapters.torch.rnn as torch_rnn
 
     columns = torch_rnn.concat_columns
-    monkeypatch.setattr(torch_rnn, "concat_columns", lambda torch, cell, p, H: columns(torch, cell, p, H).detach())
+    monkeypatch.setattr(torch_rnn, "concat_columns",
+                        lambda torch, cell, p, H, *a: columns(torch, cell, p, H, *a).detach())
     bad, _ = run_case(fw, "concat_rows", RnnSpec("gru", input_size=3, hidden_size=4), SKEWED)
     assert set(bad) == {"grad_params"}, bad
 
@@ -307,8 +310,8 @@ def test_concat_rows_reads_out_large_cell_states(fw, dtype, monkeypatch):
     assert not bad, bad
     columns = torch_rnn.concat_columns
 
-    def uncancelled(torch, cell, p, H):
-        col = columns(torch, cell, p, H).clone()
+    def uncancelled(torch, cell, p, H, *a):
+        col = columns(torch, cell, p, H, *a).clone()
         col[H:2 * H, 1] = torch_rnn._READOUT_F
         return col
 
@@ -316,3 +319,42 @@ def test_concat_rows_reads_out_large_cell_states(fw, dtype, monkeypatch):
     bad, _ = against_reference(fw, spec, SKEWED, T, dtype=dtype, seed=2, strategy="concat_rows",
                                tweak=_large_cell_state)
     assert "c_n" in bad, bad
+
+
+def _growing_cell_state(params):
+    """Every gate's bias +20 and no weights: i, f, o and g are exactly 1 in float32, so c grows by exactly 1 a step
+    there (c_n = the length; the float64 reference's f = 1 - 2e-9 leaves it ~0.4 short at 20 000)."""
+    for dirs in params:
+        for p in dirs:
+            for k in p:
+                p[k][...] = 0.0
+            p["b_ih"][...] = 20.0
+
+
+def test_concat_rows_reads_out_the_cell_state_of_long_sequences(fw, monkeypatch):
+    """|c_n| up to 20 000 behind a 20 000-step sequence reads out within float32's tolerance: the read-out's f
+    shrinks with the grid's steps, keeping |f c_n| < 1. With f = sigmoid(-8) on every grid, tanh(f c_n) rounded
+    towards 1 and c_n came out 4 off (inf at 40 000). Forward only: float32's saturated gates have a derivative of
+    exactly 0 where float64's is ~2e-9, so every strategy's parameter gradients differ from the reference here
+    (packed's and concat_rows' alike, 0.75 off, measured when this test was written; packed takes ~2 minutes)."""
+    import adapters.torch.rnn as torch_rnn
+
+    spec = RnnSpec("lstm", input_size=1, hidden_size=1)
+    lengths, steps = np.array([20000, 10000, 3]), 20000
+    x = padded(lengths, steps, (1,), seed=0, dtype="float32")
+    params = init_params(spec, seed=0, dtype="float32")
+    _growing_cell_state(params)
+    want = adapters.get("numpy").rnn(spec, [[{k: v.astype("float64") for k, v in p.items()} for p in dirs]
+                                            for dirs in params], x.astype("float64"), lengths)
+    assert np.abs(want.c_n).max() > 19999
+
+    def errors():
+        out = fw.rnn(spec, params, fw.asarray(x), lengths, strategy="concat_rows")
+        assert out.kernel.startswith("rows[2x"), out.kernel  # two sequences share a row: the read-out ran
+        return {q: close(fw.to_numpy(getattr(out, q)), getattr(want, q), tolerance("float32"))
+                for q in ("outputs", "h_n", "c_n")}
+
+    bad = {q: err for q, (ok, err) in errors().items() if not ok}
+    assert not bad, bad
+    monkeypatch.setattr(torch_rnn, "readout_preactivation", lambda steps: torch_rnn._READOUT_F)
+    assert not errors()["c_n"][0]

@@ -16,7 +16,8 @@
   layer and direction over that grid (oneDNN / cuDNN / aten); indicator inputs reset the state to exactly 0
   between sequences (LSTM i and f shut; GRU z and r shut, b_in cancelled). The fused kernel outputs h only, so
   each LSTM sequence is followed by a hold slot (i, o shut, f open: c kept, h = 0) and a read-out slot (o open,
-  f = sigmoid(-8) whatever the biases: h = tanh(f c)), and c_n = atanh(h) / f. Unlike time_sliced it runs the
+  f = sigmoid(-8) whatever the biases, less on grids over ~3000 steps: h = tanh(f c), |f c| < 1), and
+  c_n = atanh(h) / f. Unlike time_sliced it runs the
   longest sequence's steps once for ~a third of the rows (lognormal): B=64 T=128 H=128 LSTM fwd+bwd on 2 CPU
   cores, 12.0 vs 14.9 ms (lognormal, a 21x130 grid), 6.0 vs 7.8 ms (zipf, 11x90). Kernel "rows[<rows>x<steps>]x
   <fused kernel>"; where packing leaves one sequence per row, saturated_gate's call runs the batch.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -97,10 +99,19 @@ _MAX_GRAPHS = 4
 #: (it was (256, 1024), a guess, before a GPU timed it: 2 segments, 1.5-1.9x slower than one call)
 _SLICE_COST = dict(_BUCKET_COST)
 #: concat_rows' LSTM read-out: the forget gate's pre-activation on the read-out slot (the user's biases cancelled by
-#: the indicator column itself, the previous h exactly 0): f = sigmoid(-8) ~ 3.4e-4, so the read-out's
-#: h = tanh(f * c_n) stays off tanh's flat ends (atanh well conditioned) for |c_n| up to ~1000, and f * c_n is a
-#: normal float32 for any |c_n| above ~1e-34
+#: the indicator column itself, the previous h exactly 0): f = sigmoid(-8) ~ 3.4e-4 on grids of up to ~3000 steps,
+#: lower on longer ones (`readout_preactivation`)
 _READOUT_F = -8.0
+
+
+def readout_preactivation(steps: int) -> float:
+    """The read-out's forget-gate pre-activation on a grid of `steps` steps: min(-8, -ln steps), so that
+    f = sigmoid(pre) <= 1 / (1 + steps). An LSTM's |c| grows by at most 1 a step (|i g| <= 1, f <= 1), so a sequence
+    of at most `steps` steps ends with |c_n| <= steps and the read-out's h = tanh(f c_n) has |f c_n| < 1: off tanh's
+    flat ends, c_n = atanh(h) / f within ~1e-7 relative in float32. A fixed f = sigmoid(-8) lost c_n to tanh's
+    rounding to 1 beyond |c_n| ~ 1000 (2e-4 off at 20 000, inf at 40 000, on a 40 000-step sequence). f * c_n stays a
+    normal float32 for |c_n| above ~1e-34 * steps / 3000."""
+    return min(_READOUT_F, -math.log(steps))
 
 
 def with_indicator(torch, w_ih, hidden: int, gates: dict[int, float]):
@@ -425,21 +436,21 @@ def _concat_setup_of(lengths: np.ndarray, cell: str, T: int, directions: int, to
 _concat_setup = _memo_by_lengths(_concat_setup_of)
 
 
-def concat_columns(torch, cell: str, p: dict, hidden: int):
-    """concat_rows' indicator columns of w_ih [gates * H, k], in PyTorch's gate order. LSTM (i, f, g, o), columns
-    hold, read-out, reset: hold keeps c and zeroes h (i shut, f open, o shut: c = 1 * c + 0 * g, h = 0 * tanh(c));
-    read-out scales c by f = sigmoid(_READOUT_F) and shows it (i shut, o open: h = tanh(f * c)), f's column
-    cancelling the user's two biases (so f does not depend on them, and their gradient through it is 0); reset
-    zeroes the state (i, f shut: c = 0, h = o * tanh(0) = 0). GRU (r, z, n), one reset column: r and z shut and
-    the candidate's input bias cancelled (x W + b_in is exactly 0 on a zero input: h = 1 * tanh(0) + 0 * h). The
-    bias-cancelling entries are built from the canonical leaves, so autograd gives those biases back what the
-    columns took; the constant entries get no gradient. Every path to the previous state through a hold, reset or
-    read-out goes through a gate whose value and derivative are exactly 0, except c's: through the hold (f = 1)
-    and the read-out (f), the path c_n's gradient takes."""
+def concat_columns(torch, cell: str, p: dict, hidden: int, readout: float = _READOUT_F):
+    """concat_rows' indicator columns of w_ih [gates * H, k], in PyTorch's gate order. LSTM (i, f, g, o), columns hold,
+    read-out, reset: hold keeps c and zeroes h (i shut, f open, o shut: c = 1 * c + 0 * g, h = 0 * tanh(c)); read-out
+    scales c by f = sigmoid(readout) (`readout_preactivation`) and shows it (i shut, o open: h = tanh(f * c)), f's
+    column cancelling the user's two biases (so f does not depend on them, and their gradient through it is 0); reset
+    zeroes the state (i, f shut: c = 0, h = o * tanh(0) = 0). GRU (r, z, n), one reset column: r and z shut and the
+    candidate's input bias cancelled (x W + b_in is exactly 0 on a zero input: h = 1 * tanh(0) + 0 * h). The
+    bias-cancelling entries are built from the canonical leaves, so autograd gives those biases back what the columns
+    took; the constant entries get no gradient. Every path to the previous state through a hold, reset or read-out goes
+    through a gate whose value and derivative are exactly 0, except c's: through the hold (f = 1) and the read-out (f),
+    the path c_n's gradient takes."""
     H, sat, b_ih, b_hh = hidden, _SATURATION, p["b_ih"], p["b_hh"]
     block = lambda *values: p["w_ih"].new_tensor(values).expand(H, len(values))
     if cell == "lstm":
-        f = torch.stack([torch.full_like(b_ih[H:2 * H], sat), _READOUT_F - b_ih[H:2 * H] - b_hh[H:2 * H],
+        f = torch.stack([torch.full_like(b_ih[H:2 * H], sat), readout - b_ih[H:2 * H] - b_hh[H:2 * H],
                          torch.full_like(b_ih[H:2 * H], -sat)], dim=1)
         return torch.cat([block(-sat, -sat, -sat), f, block(0.0, 0.0, 0.0), block(-sat, sat, 0.0)])
     return torch.cat([block(-sat), block(-sat), -b_ih[2 * H:, None]])
@@ -870,7 +881,7 @@ class TorchRnn:
         """One fused call over the grid (`seq` [slots, F], zero off the sequences): (its output [slots, H], the
         LSTM's c_n of every row read out (0 for an empty row), else None)."""
         torch, H = self.torch, p["w_hh"].shape[1]
-        w_ih = torch.cat([p["w_ih"], concat_columns(torch, cell, p, H)], dim=1)
+        w_ih = torch.cat([p["w_ih"], concat_columns(torch, cell, p, H, readout_preactivation(setup.steps))], dim=1)
         inp = torch.cat([seq, setup.indicator], dim=1).reshape(setup.steps, setup.rows, -1)
         weights, h0 = [w_ih, p["w_hh"], p["b_ih"], p["b_hh"]], inp.new_zeros((1, setup.rows, H))
         train = torch.is_grad_enabled()
