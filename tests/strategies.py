@@ -27,19 +27,17 @@ def rnn_shapes(draw):
 def attention_batches(draw, max_batch: int = 5, max_len: int = 6):
     """(q_lengths, kv_lengths or None (self-attention), Tq, Tk, causal, side, (Hq, Hkv), Dh, seed): zero-length
     rows, keyless valid queries (cross) and rows with one key all occur."""
-    batch = draw(st.integers(1, max_batch))
-    ql = tuple(draw(st.lists(st.integers(0, max_len), min_size=batch, max_size=batch)))
-    Tq = draw(st.integers(max(max(ql), 1), max_len + 2))
+    ql, Tq, side, seed = draw(ragged_batches(max_batch, max_len))
+    Tq = max(Tq, 1)
     cross = draw(st.booleans())
     if cross:
-        kvl = tuple(draw(st.lists(st.integers(0, max_len), min_size=batch, max_size=batch)))
+        kvl = tuple(draw(st.lists(st.integers(0, max_len), min_size=len(ql), max_size=len(ql))))
         Tk = draw(st.integers(max(max(kvl), 1), max_len + 2))
     else:
         kvl, Tk = None, Tq
     causal = not cross and draw(st.booleans())
     heads = draw(st.sampled_from([(1, 1), (2, 2), (2, 1), (4, 2)]))
-    return (ql, kvl, Tq, Tk, causal, draw(st.sampled_from(SIDES)), heads, draw(st.sampled_from([1, 4, 16])),
-            draw(st.integers(0, 2**16)))
+    return ql, kvl, Tq, Tk, causal, side, heads, draw(st.sampled_from([1, 4, 16])), seed
 
 
 @st.composite
