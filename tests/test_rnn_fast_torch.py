@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import adapters
-from adapters.spec import RnnSpec, init_params
+from adapters.spec import RnnSpec, init_params, map_params
 from harness.compare import close
 from harness.data import cotangents, padded
 from harness.tolerances import tolerance
@@ -344,8 +344,8 @@ def test_concat_rows_reads_out_the_cell_state_of_long_sequences(fw, monkeypatch)
     x = padded(lengths, steps, (1,), seed=0, dtype="float32")
     params = init_params(spec, seed=0, dtype="float32")
     _growing_cell_state(params)
-    want = adapters.get("numpy").rnn(spec, [[{k: v.astype("float64") for k, v in p.items()} for p in dirs]
-                                            for dirs in params], x.astype("float64"), lengths)
+    want = adapters.get("numpy").rnn(spec, map_params(lambda a: a.astype("float64"), params), x.astype("float64"),
+                                     lengths)
     assert np.abs(want.c_n).max() > 19999
 
     def errors():
